@@ -1,0 +1,203 @@
+"""The ASGI application: one ``Runtime`` (settings, engine, schema, auth) and its routes.
+
+``/graphql``: POST and GET (``coregraph.http``), WebSocket graphql-transport-ws (strawberry's
+router); ``/healthz`` (the process is up) and ``/readyz`` (database reachable, migrations current,
+Redis reachable when configured).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from strawberry.fastapi import GraphQLRouter
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+
+from coregraph import db, migrate
+from coregraph.auth.authenticate import Authenticator
+from coregraph.auth.principal import ANONYMOUS
+from coregraph.auth.tokens import TokenService
+from coregraph.context import Context
+from coregraph.errors import CoregraphError
+from coregraph.http import handle_graphql
+from coregraph.schema import CoregraphSchema, build_schema
+from coregraph.services.uow import RequestMeta
+from coregraph.settings import Settings, load_settings
+
+log = logging.getLogger("coregraph.request")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+@dataclass
+class Runtime:
+    """Everything a request needs that lives as long as the process."""
+
+    settings: Settings
+    engine: AsyncEngine
+    schema: CoregraphSchema
+    tokens: TokenService
+    authenticator: Authenticator
+    redis: Any = None
+
+    @classmethod
+    def create(cls, settings: Settings) -> Runtime:
+        engine = db.create_engine(settings)
+        tokens = TokenService(settings)
+        redis = None
+        if settings.redis_url:
+            from redis.asyncio import Redis
+
+            redis = Redis.from_url(settings.redis_url)
+        return cls(
+            settings=settings,
+            engine=engine,
+            schema=build_schema(settings),
+            tokens=tokens,
+            authenticator=Authenticator(settings, engine, tokens),
+            redis=redis,
+        )
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.engine.dispose()
+
+
+class RequestLog:
+    """Pure ASGI middleware: request id in and out, and one JSON log line per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        incoming = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode(
+            "latin-1"
+        )
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if scope["type"] == "http" and scope["path"] not in ("/healthz", "/readyz"):
+                log.info(
+                    "request",
+                    extra={
+                        "request_id": request_id,
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "principal": state.get("principal_kind", "anonymous"),
+                        "tenant_id": state.get("tenant_id"),
+                        "operation": state.get("operation_name"),
+                        "outcome": state.get("outcome", "OK" if status < 400 else "ERROR"),
+                    },
+                )
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    settings = settings or (runtime.settings if runtime else load_settings())
+    owned = runtime is None
+    runtime = runtime or Runtime.create(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned:
+            await runtime.close()
+
+    app = FastAPI(
+        title="coregraph",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.runtime = runtime
+
+    @app.api_route("/graphql", methods=["GET", "POST"], include_in_schema=False)
+    async def graphql_http(request: Request) -> Response:
+        return await handle_graphql(request, runtime)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> Response:
+        checks: dict[str, str] = {}
+        try:
+            current = await migrate.current_revision(runtime.engine)
+            head = migrate.head_revision()
+            checks["database"] = "ok"
+            checks["migrations"] = (
+                "ok" if current == head else f"at {current}, expected {head}: run coregraph migrate"
+            )
+        except Exception as exc:  # readiness reports any failure rather than raising it
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        if runtime.redis is not None:
+            try:
+                await runtime.redis.ping()
+                checks["redis"] = "ok"
+            except Exception as exc:
+                checks["redis"] = f"unreachable: {type(exc).__name__}"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "unavailable", "checks": checks},
+            status_code=200 if ready else 503,
+        )
+
+    async def websocket_context(websocket: WebSocket) -> Context:
+        meta = RequestMeta(
+            request_id=websocket.scope.get("state", {}).get("request_id"),
+            ip=websocket.client.host if websocket.client else None,
+            user_agent=websocket.headers.get("user-agent"),
+        )
+        try:
+            principal = await runtime.authenticator.authenticate(
+                websocket.headers.get("authorization"),
+                websocket.headers.get("x-tenant-id"),
+                websocket.headers.get("x-environment"),
+                meta,
+            )
+        except CoregraphError:
+            principal = ANONYMOUS
+        return Context(runtime, principal, meta)
+
+    ws_router = GraphQLRouter(
+        runtime.schema,
+        context_getter=websocket_context,
+        subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
+        graphql_ide=None,
+    )
+    # HTTP on /graphql is ours (above, registered first); the router adds the WebSocket route.
+    app.include_router(ws_router, prefix="/graphql")
+    app.add_middleware(RequestLog)
+    return app

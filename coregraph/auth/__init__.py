@@ -1,0 +1,1 @@
+"""Who is acting: credentials in, a typed ``Principal`` out."""

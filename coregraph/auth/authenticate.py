@@ -1,0 +1,194 @@
+"""Credentials in, ``Principal`` out: the only place a request's identity is decided.
+
+``Authorization: Bearer <token>`` carries either an API key (``cg_live_…``/``cg_test_…``) or an
+access JWT (coregraph's own or the configured external issuer's). The tenant is the API key's, or
+the ``X-Tenant-Id`` header checked against the user's memberships; the environment is the key's,
+or ``X-Environment`` (``live`` by default).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coregraph import ids
+from coregraph.auth import secrets
+from coregraph.auth.principal import ANONYMOUS, Principal, PrincipalKind
+from coregraph.auth.tokens import TokenService, VerifiedToken
+from coregraph.errors import BadUserInput, Forbidden, Unauthenticated
+from coregraph.models import ApiKey, Membership, Role, Session
+from coregraph.models.base import Environment
+from coregraph.services import identity
+from coregraph.services.uow import RequestMeta, UnitOfWork
+from coregraph.settings import Settings
+
+# lastUsedAt is a hint, not a log: writing it at most once a minute keeps reads read-only.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+class Authenticator:
+    def __init__(self, settings: Settings, engine: AsyncEngine, tokens: TokenService) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.tokens = tokens
+
+    async def authenticate(
+        self,
+        authorization: str | None,
+        tenant_header: str | None,
+        environment_header: str | None,
+        meta: RequestMeta,
+    ) -> Principal:
+        environment = _environment(environment_header)
+        tenant_id = _tenant(tenant_header)
+        if not authorization:
+            if tenant_id is not None:
+                raise Unauthenticated("X-Tenant-Id needs a credential")
+            return ANONYMOUS
+        scheme, _, credential = authorization.partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            raise Unauthenticated("Authorization must be 'Bearer <token or API key>'")
+        if secrets.is_api_key(credential):
+            return await self._api_key(credential, tenant_id, environment_header)
+        token = await self.tokens.verify(credential)
+        return await self._user(token, tenant_id, environment, meta)
+
+    async def _user(
+        self,
+        token: VerifiedToken,
+        tenant_id: str | None,
+        environment: Environment,
+        meta: RequestMeta,
+    ) -> Principal:
+        session_id: str | None = None
+        stmt: Any
+        if token.external:
+            async with UnitOfWork(self.engine, ANONYMOUS, meta) as uow:
+                user = await identity.user_for_external_token(uow, self.settings, token)
+            user_id = user.id
+            stmt = (
+                select(Membership.tenant_id, Role.permissions)
+                .join(Role, Role.id == Membership.role_id)
+                .where(Membership.user_id == user_id)
+            )
+        else:
+            user_id = token.subject
+            session_id = str(token.claims["sid"])
+            # One round trip: the session must still be live, and it brings the memberships.
+            stmt = (
+                select(Session.revoked_at, Membership.tenant_id, Role.permissions)
+                .outerjoin(Membership, Membership.user_id == Session.user_id)
+                .outerjoin(Role, Role.id == Membership.role_id)
+                .where(Session.id == session_id, Session.user_id == user_id)
+            )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        if not token.external:
+            if not rows or rows[0].revoked_at is not None:
+                raise Unauthenticated("session has ended")
+        narrowed = token.scopes
+        tenant_scopes: dict[str, frozenset[str]] = {}
+        for row in rows:
+            if row.tenant_id is None:
+                continue
+            perms = frozenset(row.permissions)
+            tenant_scopes[row.tenant_id] = perms & narrowed if narrowed is not None else perms
+        if tenant_id is not None and tenant_id not in tenant_scopes:
+            raise Forbidden("X-Tenant-Id: not a member of this tenant", field="X-Tenant-Id")
+        return Principal(
+            kind=PrincipalKind.USER,
+            user_id=user_id,
+            session_id=session_id,
+            tenant_id=tenant_id,
+            environment=environment,
+            tenant_scopes=tenant_scopes,
+        )
+
+    async def _api_key(
+        self, secret: str, tenant_id: str | None, environment_header: str | None
+    ) -> Principal:
+        stmt = (
+            select(
+                ApiKey.id,
+                ApiKey.tenant_id,
+                ApiKey.environment,
+                ApiKey.scopes,
+                ApiKey.expires_at,
+                ApiKey.revoked_at,
+                ApiKey.last_used_at,
+                ApiKey.created_by_user_id,
+                Role.permissions,
+            )
+            .outerjoin(
+                Membership,
+                (Membership.tenant_id == ApiKey.tenant_id)
+                & (Membership.user_id == ApiKey.created_by_user_id),
+            )
+            .outerjoin(Role, Role.id == Membership.role_id)
+            .where(ApiKey.secret_hash == secrets.digest(secret))
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        now = datetime.now(UTC)
+        if row is None or row.revoked_at is not None:
+            raise Unauthenticated("API key is invalid or revoked")
+        expires_at = _aware(row.expires_at)
+        if expires_at is not None and expires_at <= now:
+            raise Unauthenticated("API key has expired")
+        if tenant_id is not None and tenant_id != row.tenant_id:
+            raise Forbidden(
+                "X-Tenant-Id: this API key belongs to another tenant", field="X-Tenant-Id"
+            )
+        environment = Environment(row.environment)
+        if environment_header and _environment(environment_header) != environment:
+            raise Forbidden(
+                f"X-Environment: this API key is for the {environment} environment",
+                field="X-Environment",
+            )
+        last_used = _aware(row.last_used_at)
+        if last_used is None or now - last_used > LAST_USED_RESOLUTION:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now)
+                )
+        # A key never exceeds its creator's current rights: demoting or removing the creator
+        # narrows or disables the key at once.
+        creator_permissions = frozenset(row.permissions or ())
+        return Principal(
+            kind=PrincipalKind.API_KEY,
+            api_key_id=row.id,
+            acting_for_user_id=row.created_by_user_id,
+            tenant_id=row.tenant_id,
+            environment=environment,
+            tenant_scopes={row.tenant_id: frozenset(row.scopes) & creator_permissions},
+        )
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _environment(header: str | None) -> Environment:
+    if not header:
+        return Environment.LIVE
+    try:
+        return Environment(header.strip().lower())
+    except ValueError:
+        raise BadUserInput(
+            "X-Environment: must be 'live' or 'test'", field="X-Environment"
+        ) from None
+
+
+def _tenant(header: str | None) -> str | None:
+    if not header:
+        return None
+    value = header.strip()
+    if not ids.is_valid(value, "ten"):
+        raise BadUserInput("X-Tenant-Id: not a valid tenant id", field="X-Tenant-Id")
+    return value

@@ -1,0 +1,63 @@
+"""The acting subject of a request, as a type rather than a dict."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from coregraph.models.base import Environment
+
+NO_SCOPES: frozenset[str] = frozenset()
+
+
+class PrincipalKind(enum.StrEnum):
+    ANONYMOUS = "anonymous"
+    USER = "user"
+    API_KEY = "api_key"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who acts, in which tenant and environment, with which effective scopes.
+
+    ``tenant_scopes`` maps every tenant the principal can act in to its effective scopes there
+    (role permissions, narrowed by the token's or key's own scopes). Checks are row-relative:
+    a row of tenant T is judged by ``scopes_in(T)``, so a user who belongs to several tenants
+    never carries one tenant's rights into another. ``tenant_id`` is the tenant the request
+    addresses (``X-Tenant-Id`` or the API key's tenant): the default for root fields and writes.
+    """
+
+    kind: PrincipalKind
+    user_id: str | None = None
+    api_key_id: str | None = None
+    session_id: str | None = None
+    # The person an API key (or, later, an agent) acts for: the key's creator.
+    acting_for_user_id: str | None = None
+    tenant_id: str | None = None
+    environment: Environment = Environment.LIVE
+    tenant_scopes: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    @property
+    def is_authenticated(self) -> bool:
+        return self.kind is not PrincipalKind.ANONYMOUS
+
+    @property
+    def actor_id(self) -> str | None:
+        return self.api_key_id if self.kind is PrincipalKind.API_KEY else self.user_id
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        """Effective scopes in the addressed tenant."""
+        return self.scopes_in(self.tenant_id)
+
+    def scopes_in(self, tenant_id: str | None) -> frozenset[str]:
+        if tenant_id is None:
+            return NO_SCOPES
+        return self.tenant_scopes.get(tenant_id, NO_SCOPES)
+
+    def is_member_of(self, tenant_id: str) -> bool:
+        return tenant_id in self.tenant_scopes
+
+
+ANONYMOUS = Principal(kind=PrincipalKind.ANONYMOUS)

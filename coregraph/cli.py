@@ -1,0 +1,159 @@
+"""The ``coregraph`` command: serve, migrate, create-user, create-tenant, export-schema."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from coregraph.settings import Settings, load_settings
+
+app = typer.Typer(help="coregraph: the durable core as one GraphQL Federation v2 subgraph.")
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = "COREGRAPH_" + "_".join(str(p) for p in error["loc"]).upper()
+            lines.append(f"  {name or 'settings'}: {error['msg']}")
+        typer.echo("coregraph: invalid configuration\n" + "\n".join(lines), err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (COREGRAPH_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (COREGRAPH_PORT).")] = None,
+    migrate: Annotated[bool, typer.Option(help="Apply migrations before serving.")] = True,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+) -> None:
+    """Start the API (GraphQL at /graphql, GraphiQL in a browser outside production)."""
+    import uvicorn
+
+    from coregraph import logging as cg_logging
+
+    settings = _settings()
+    cg_logging.configure(settings.log_level)
+    if migrate:
+        asyncio.run(_migrate(settings))
+    uvicorn.run(
+        "coregraph.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+    )
+
+
+async def _migrate(settings: Settings) -> None:
+    from coregraph import db, migrate
+
+    engine = db.create_engine(settings)
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations up to the newest revision."""
+    settings = _settings()
+    asyncio.run(_migrate(settings))
+    typer.echo("migrations applied")
+
+
+async def _with_uow(settings: Settings, fn):  # type: ignore[no-untyped-def]
+    from coregraph import db
+    from coregraph.auth.principal import ANONYMOUS
+    from coregraph.services.uow import SYSTEM_REQUEST, UnitOfWork
+
+    engine = db.create_engine(settings)
+    try:
+        async with UnitOfWork(engine, ANONYMOUS, SYSTEM_REQUEST) as uow:
+            return await fn(uow)
+    finally:
+        await engine.dispose()
+
+
+def _fail(exc: Exception) -> None:
+    from coregraph.errors import CoregraphError
+
+    if isinstance(exc, CoregraphError):
+        typer.echo(f"coregraph: {exc.code}: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    raise exc
+
+
+@app.command("create-user")
+def create_user(
+    email: str,
+    password: Annotated[str, typer.Option(prompt=True, hide_input=True)],
+    display_name: Annotated[str, typer.Option("--name")] = "",
+) -> None:
+    """Create a user (audited like a sign-up)."""
+    from coregraph.services import identity
+
+    settings = _settings()
+
+    async def run(uow):  # type: ignore[no-untyped-def]
+        return await identity.create_user(
+            uow, settings, email=email, password=password, display_name=display_name
+        )
+
+    try:
+        user = asyncio.run(_with_uow(settings, run))
+    except Exception as exc:
+        _fail(exc)
+        return
+    typer.echo(user.id)
+
+
+@app.command("create-tenant")
+def create_tenant(
+    slug: str,
+    owner_email: Annotated[str, typer.Option("--owner", help="Email of the owning user.")],
+    name: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Create a tenant owned by an existing user."""
+    from sqlalchemy import select
+
+    from coregraph.errors import NotFound
+    from coregraph.models import User
+    from coregraph.services import tenancy
+
+    settings = _settings()
+
+    async def run(uow):  # type: ignore[no-untyped-def]
+        owner = await uow.session.scalar(select(User).where(User.email == owner_email.lower()))
+        if owner is None:
+            raise NotFound(f"no user with email {owner_email}")
+        return await tenancy.create_tenant(uow, name=name or slug, slug=slug, owner_id=owner.id)
+
+    try:
+        tenant = asyncio.run(_with_uow(settings, run))
+    except Exception as exc:
+        _fail(exc)
+        return
+    typer.echo(tenant.id)
+
+
+@app.command("export-schema")
+def export_schema() -> None:
+    """Print the federation SDL (what a gateway reads from `_service { sdl }`)."""
+    from coregraph.schema import build_schema
+
+    sys.stdout.write(build_schema(_settings()).as_str() + "\n")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,99 @@
+"""The per-request context: who acts, one read connection, dataloaders, the write path.
+
+Built once per HTTP request (or WebSocket connection). Dataloaders live in it and die with it,
+so no cache crosses requests, principals or tenants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import replace
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import Executable
+from strawberry.fastapi import BaseContext
+
+from coregraph.auth.principal import Principal
+from coregraph.errors import Forbidden
+from coregraph.services.uow import RequestMeta, UnitOfWork
+
+if TYPE_CHECKING:
+    from coregraph.app import Runtime
+    from coregraph.loaders import Loaders
+
+
+class Context(BaseContext):
+    def __init__(self, runtime: Runtime, principal: Principal, meta: RequestMeta) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.principal = principal
+        self.meta = meta
+        self.operation_name: str | None = None
+        self._connection: AsyncConnection | None = None
+        # Resolvers run concurrently (asyncio.gather); one connection serves them in turn.
+        self._lock = asyncio.Lock()
+
+    @property
+    def request_id(self) -> str | None:
+        return self.meta.request_id
+
+    @cached_property
+    def loaders(self) -> Loaders:
+        from coregraph.loaders import Loaders
+
+        return Loaders(self)
+
+    def grant_for_this_request(self, tenant_id: str, scopes: frozenset[str]) -> None:
+        """A write just made the principal a member (createTenant, acceptInvitation): the rest
+        of this operation may read the new tenant. Later requests get it from the database."""
+        self.principal = replace(
+            self.principal, tenant_scopes={**self.principal.tenant_scopes, tenant_id: scopes}
+        )
+        self.__dict__.pop("loaders", None)
+
+    def require_tenant(self) -> str:
+        """The addressed tenant, for root fields and writes that act on "this tenant"."""
+        tenant_id = self.principal.tenant_id
+        if tenant_id is None:
+            raise Forbidden("this operation needs a tenant: send the X-Tenant-Id header")
+        return tenant_id
+
+    async def read(self, statement: Executable) -> Sequence[Row[Any]]:
+        async with self._lock:
+            if self._connection is None:
+                self._connection = await self.runtime.engine.connect()
+            result = await self._connection.execute(statement)
+            return result.all()
+
+    def unit_of_work(self) -> UnitOfWork:
+        return _RefreshingUnitOfWork(self)
+
+    async def reset_reads(self) -> None:
+        """After a write commits: later reads in this request must see it, not a cached copy."""
+        async with self._lock:
+            if self._connection is not None:
+                await self._connection.close()
+                self._connection = None
+        self.__dict__.pop("loaders", None)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+
+class _RefreshingUnitOfWork(UnitOfWork):
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx.runtime.engine, ctx.principal, ctx.meta)
+        self._ctx = ctx
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            await super().__aexit__(exc_type, exc, tb)
+        finally:
+            await self._ctx.reset_reads()

@@ -1,0 +1,222 @@
+"""GraphQL over HTTP (https://graphql.github.io/graphql-over-http/draft/) for POST and GET.
+
+Our own small handler rather than strawberry's router: it owns media types and status codes
+(``application/graphql-response+json`` with 4xx on request errors, ``application/json`` with 200),
+authenticates once per request, and keeps the per-request path short. WebSockets
+(graphql-transport-ws) are served by strawberry's router on the same path (``coregraph.app``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from fastapi import Request
+from fastapi.responses import HTMLResponse, Response
+from strawberry.exceptions import MissingQueryError
+from strawberry.http.ides import get_graphql_ide_html
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.types.execution import PreExecutionError
+from strawberry.types.graphql import OperationType
+
+from coregraph.context import Context
+from coregraph.errors import CoregraphError
+from coregraph.services.uow import RequestMeta
+
+if TYPE_CHECKING:
+    from coregraph.app import Runtime
+
+log = logging.getLogger("coregraph.http")
+
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+JSON = "application/json"
+_STATUS_FOR_CODE = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "BAD_USER_INPUT": 400}
+
+
+class RequestError(Exception):
+    """A malformed GraphQL-over-HTTP request: it never reaches execution."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def negotiate(accept: str | None) -> str | None:
+    """The response media type, or None when the client accepts neither JSON type."""
+    if not accept:
+        return JSON
+    ranges = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    if GRAPHQL_RESPONSE in ranges:
+        return GRAPHQL_RESPONSE
+    if JSON in ranges or "application/*" in ranges or "*/*" in ranges:
+        return JSON
+    return None
+
+
+def wants_ide(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept and "query" not in request.query_params
+
+
+def _json_param(raw: str | None, name: str) -> Any:
+    if raw is None or raw == "":
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise RequestError(400, f"{name} must be JSON") from None
+
+
+def _check_params(body: Any) -> tuple[str, dict[str, Any] | None, str | None]:
+    if not isinstance(body, dict):
+        raise RequestError(400, "the body must be a JSON object")
+    query = body.get("query")
+    if not isinstance(query, str):
+        raise RequestError(400, "query must be a string")
+    variables = body.get("variables")
+    if variables is not None and not isinstance(variables, dict):
+        raise RequestError(400, "variables must be an object")
+    operation_name = body.get("operationName")
+    if operation_name is not None and not isinstance(operation_name, str):
+        raise RequestError(400, "operationName must be a string")
+    extensions = body.get("extensions")
+    if extensions is not None and not isinstance(extensions, dict):
+        raise RequestError(400, "extensions must be an object")
+    return query, variables, operation_name
+
+
+async def read_params(request: Request) -> tuple[str, dict[str, Any] | None, str | None]:
+    if request.method == "GET":
+        params = request.query_params
+        return _check_params(
+            {
+                "query": params.get("query"),
+                "variables": _json_param(params.get("variables"), "variables"),
+                "operationName": params.get("operationName"),
+                "extensions": _json_param(params.get("extensions"), "extensions"),
+            }
+        )
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != JSON:
+        raise RequestError(415, "POST needs Content-Type: application/json")
+    raw = await request.body()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise RequestError(400, "the body is not valid JSON") from None
+    return _check_params(body)
+
+
+def _response(payload: dict[str, Any], status: int, media_type: str, **headers: str) -> Response:
+    return Response(
+        orjson.dumps(payload), status_code=status, media_type=media_type, headers=headers or None
+    )
+
+
+def error_payload(message: str, extensions: dict[str, Any]) -> dict[str, Any]:
+    return {"errors": [{"message": message, "extensions": extensions}]}
+
+
+async def handle_graphql(request: Request, runtime: Runtime) -> Response:
+    state = request.state
+    started = time.perf_counter()
+    if request.method == "GET" and runtime.settings.graphiql_enabled and wants_ide(request):
+        return HTMLResponse(get_graphql_ide_html("graphiql"))
+    media_type = negotiate(request.headers.get("accept"))
+    request_id = state.request_id
+    if media_type is None:
+        return _response(
+            error_payload(
+                "Accept application/graphql-response+json or application/json",
+                {"code": "BAD_REQUEST", "requestId": request_id},
+            ),
+            406,
+            JSON,
+        )
+    try:
+        query, variables, operation_name = await read_params(request)
+    except RequestError as exc:
+        state.outcome = "BAD_REQUEST"
+        return _response(
+            error_payload(exc.message, {"code": "BAD_REQUEST", "requestId": request_id}),
+            exc.status,
+            media_type,
+        )
+    state.operation_name = operation_name
+    meta = RequestMeta(
+        request_id=request_id,
+        ip=request.client.host if request.client else None,
+        user_agent=(request.headers.get("user-agent") or "")[:400] or None,
+    )
+    try:
+        principal = await runtime.authenticator.authenticate(
+            request.headers.get("authorization"),
+            request.headers.get("x-tenant-id"),
+            request.headers.get("x-environment"),
+            meta,
+        )
+    except CoregraphError as exc:
+        state.outcome = exc.code
+        extra = {"WWW-Authenticate": "Bearer"} if exc.code == "UNAUTHENTICATED" else {}
+        return _response(
+            error_payload(exc.message, {**exc.extensions, "requestId": request_id}),
+            _STATUS_FOR_CODE.get(exc.code, 400),
+            media_type,
+            **extra,
+        )
+    state.principal_kind = principal.kind.value
+    state.tenant_id = principal.tenant_id
+    context = Context(runtime, principal, meta)
+    allowed = (
+        {OperationType.QUERY}
+        if request.method == "GET"
+        else {OperationType.QUERY, OperationType.MUTATION}
+    )
+    try:
+        result = await runtime.schema.execute(
+            query,
+            variable_values=variables,
+            context_value=context,
+            operation_name=operation_name,
+            allowed_operation_types=allowed,
+        )
+    except InvalidOperationTypeError:
+        state.outcome = "METHOD_NOT_ALLOWED"
+        return _response(
+            error_payload(
+                "only queries may be sent with GET; use POST",
+                {"code": "BAD_REQUEST", "requestId": request_id},
+            ),
+            405,
+            media_type,
+            Allow="POST",
+        )
+    except (MissingQueryError, CannotGetOperationTypeError) as exc:
+        state.outcome = "BAD_REQUEST"
+        message = exc.as_http_error_reason() if hasattr(exc, "as_http_error_reason") else str(exc)
+        return _response(
+            error_payload(message, {"code": "BAD_REQUEST", "requestId": request_id}),
+            400,
+            media_type,
+        )
+    finally:
+        await context.close()
+
+    payload: dict[str, Any] = {}
+    request_error = isinstance(result, PreExecutionError) or (
+        result.data is None
+        and all(e.path is None for e in result.errors or ())
+        and bool(result.errors)
+    )
+    if not (request_error and media_type == GRAPHQL_RESPONSE):
+        payload["data"] = result.data
+    if result.errors:
+        payload["errors"] = [error.formatted for error in result.errors]
+        state.outcome = (result.errors[0].extensions or {}).get("code", "ERROR")
+    status = 400 if request_error and media_type == GRAPHQL_RESPONSE else 200
+    state.graphql_ms = round((time.perf_counter() - started) * 1000, 2)
+    return _response(payload, status, media_type)

@@ -1,0 +1,67 @@
+"""Per-request dataloaders, one per relation; each batches a tick's lookups into one query.
+
+Every loader is built from the request's principal and only returns rows of tenants the
+principal belongs to: a forged id from another tenant loads as ``None``, never as data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from aiodataloader import DataLoader
+from sqlalchemy import Row, select
+
+from coregraph.models import Membership, Role, Tenant, User
+
+if TYPE_CHECKING:
+    from coregraph.context import Context
+
+
+def _by_id(rows: Iterable[Row[Any]], keys: Sequence[str], attr: str = "id") -> list[Any]:
+    found = {getattr(row, attr): row for row in rows}
+    return [found.get(key) for key in keys]
+
+
+def _loader(fn: Callable[[Any], Awaitable[list[Any]]]) -> DataLoader:
+    return DataLoader(fn, max_batch_size=500)  # type: ignore[arg-type]
+
+
+class Loaders:
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._tenants = frozenset(ctx.principal.tenant_scopes)
+        self.user = _loader(self._users)
+        self.role = _loader(self._roles)
+        self.tenant = _loader(self._tenant_rows)
+        self.memberships_of_user = _loader(self._memberships_of_users)
+
+    async def _users(self, keys: Sequence[str]) -> list[Any]:
+        # Users are reached through rows already scoped to the principal's tenants (a membership,
+        # the viewer); lookups by a client-supplied id go through ``services.directory``.
+        rows = await self._ctx.read(select(User.__table__).where(User.id.in_(keys)))
+        return _by_id(rows, keys)
+
+    async def _roles(self, keys: Sequence[str]) -> list[Any]:
+        rows = await self._ctx.read(
+            select(Role.__table__).where(Role.id.in_(keys), Role.tenant_id.in_(self._tenants))
+        )
+        return _by_id(rows, keys)
+
+    async def _tenant_rows(self, keys: Sequence[str]) -> list[Any]:
+        wanted = [k for k in keys if k in self._tenants]
+        if not wanted:
+            return [None] * len(keys)
+        rows = await self._ctx.read(select(Tenant.__table__).where(Tenant.id.in_(wanted)))
+        return _by_id(rows, keys)
+
+    async def _memberships_of_users(self, keys: Sequence[str]) -> list[list[Any]]:
+        rows = await self._ctx.read(
+            select(Membership.__table__)
+            .where(Membership.user_id.in_(keys), Membership.tenant_id.in_(self._tenants))
+            .order_by(Membership.id)
+        )
+        grouped: dict[str, list[Any]] = {k: [] for k in keys}
+        for row in rows:
+            grouped[row.user_id].append(row)
+        return [grouped[k] for k in keys]

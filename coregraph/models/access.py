@@ -1,0 +1,53 @@
+"""Roles (sets of permissions) and API keys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from coregraph.models.base import (
+    Base,
+    Environment,
+    JSONDocument,
+    Timestamped,
+    UTCDateTime,
+    environment_column,
+    id_column,
+)
+
+
+class Role(Timestamped, Base):
+    """Built-in roles are copied into every tenant at creation (``builtin``), so a membership
+    always points at a row of its own tenant; custom roles are created per tenant."""
+
+    __tablename__ = "roles"
+    __table_args__ = (UniqueConstraint("tenant_id", "key"),)
+
+    id: Mapped[str] = id_column()
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), nullable=False)
+    key: Mapped[str] = mapped_column(String(63), nullable=False)
+    name: Mapped[str] = mapped_column(String(120), nullable=False)
+    description: Mapped[str] = mapped_column(String(500), nullable=False, default="")
+    permissions: Mapped[list[str]] = mapped_column(JSONDocument, nullable=False)
+    builtin: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ApiKey(Timestamped, Base):
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_tenant_env_id", "tenant_id", "environment", "id"),)
+
+    id: Mapped[str] = id_column()
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), nullable=False)
+    environment: Mapped[Environment] = environment_column()
+    name: Mapped[str] = mapped_column(String(120), nullable=False)
+    # The first characters of the secret, shown in lists so a person can recognise a key.
+    display_prefix: Mapped[str] = mapped_column(String(32), nullable=False)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    scopes: Mapped[list[str]] = mapped_column(JSONDocument, nullable=False)
+    created_by_user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -1,0 +1,1 @@
+"""Root operations, one module per domain. Thin: read input, call a service, map the result."""

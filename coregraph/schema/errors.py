@@ -1,0 +1,79 @@
+"""Error masking: every error leaves with a stable ``extensions.code`` and the request id.
+
+Known failures (``CoregraphError``) keep their message and code; parse and validation errors get
+``GRAPHQL_PARSE_FAILED`` / ``GRAPHQL_VALIDATION_FAILED``; anything else is logged with its stack
+and reaches the client only as ``INTERNAL_SERVER_ERROR``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+
+from graphql import GraphQLError
+from strawberry.extensions import SchemaExtension
+
+from coregraph.errors import CoregraphError
+
+log = logging.getLogger("coregraph.errors")
+
+_SUGGESTION = re.compile(r" Did you mean .*\?$")
+
+
+def classify(error: GraphQLError) -> GraphQLError:
+    original = error.original_error
+    if isinstance(original, CoregraphError):
+        return GraphQLError(
+            original.message,
+            nodes=error.nodes,
+            source=error.source,
+            positions=error.positions,
+            path=error.path,
+            extensions=original.extensions,
+        )
+    if original is None:
+        if error.message.startswith("Syntax Error"):
+            code = "GRAPHQL_PARSE_FAILED"
+        elif error.message.startswith("Variable '$"):
+            code = "BAD_USER_INPUT"
+        else:
+            code = "GRAPHQL_VALIDATION_FAILED"
+        error.extensions = {**(error.extensions or {}), "code": code}
+        return error
+    log.error(
+        "unhandled error in resolver",
+        exc_info=(type(original), original, original.__traceback__),
+        extra={"path": error.path},
+    )
+    return GraphQLError(
+        "Internal server error",
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        extensions={"code": "INTERNAL_SERVER_ERROR"},
+    )
+
+
+class CoregraphErrors(SchemaExtension):
+    suggestions = True
+
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        if result is None or not result.errors:
+            return
+        request_id = getattr(self.execution_context.context, "request_id", None)
+        masked = []
+        for error in result.errors:
+            error = classify(error)
+            if not self.suggestions and error.original_error is None:
+                error.message = _SUGGESTION.sub("", error.message)
+            error.extensions = {**(error.extensions or {}), "requestId": request_id}
+            masked.append(error)
+        result.errors = masked
+
+
+def error_extension(suggestions: bool) -> type[CoregraphErrors]:
+    return type("CoregraphErrorsConfigured", (CoregraphErrors,), {"suggestions": suggestions})

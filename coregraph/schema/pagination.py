@@ -1,0 +1,108 @@
+"""Relay-style cursor connections with keyset pagination.
+
+Ids are time-ordered (``coregraph.ids``), so "after this cursor" is ``id > cursor`` on an index:
+constant cost at any depth, and stable while rows are added.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import strawberry
+from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy.orm import InstrumentedAttribute
+
+from coregraph.context import Context
+from coregraph.errors import BadUserInput
+
+T = TypeVar("T")
+_CURSOR_PREFIX = "c1:"
+
+
+@strawberry.type(description="Where a page sits in a list (Relay cursor connections).")
+class PageInfo:
+    has_next_page: bool
+    has_previous_page: bool
+    start_cursor: str | None
+    end_cursor: str | None
+
+
+@strawberry.type
+class Edge(Generic[T]):
+    cursor: str
+    node: T
+
+
+@strawberry.type
+class Connection(Generic[T]):
+    edges: list[Edge[T]]
+    page_info: PageInfo
+    _count_statement: strawberry.Private[Select[Any] | None] = None
+
+    @strawberry.field(description="How many items the whole list holds (one extra query).")
+    async def total_count(self, info: strawberry.Info[Context, None]) -> int:
+        if self._count_statement is None:
+            return len(self.edges)
+        rows = await info.context.read(self._count_statement)
+        return int(rows[0][0])
+
+    @strawberry.field(description="The items of this page, without cursors.")
+    def nodes(self) -> list[T]:
+        return [edge.node for edge in self.edges]
+
+
+def encode_cursor(key: str) -> str:
+    return base64.urlsafe_b64encode((_CURSOR_PREFIX + key).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, field: str = "after") -> str:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        raw = base64.urlsafe_b64decode(padded.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = ""
+    if not raw.startswith(_CURSOR_PREFIX) or len(raw) > 64:
+        raise BadUserInput(f"{field}: not a cursor from this list", field=field)
+    return raw.removeprefix(_CURSOR_PREFIX)
+
+
+def page_size(ctx: Context, first: int | None) -> int:
+    limit = ctx.settings.max_page_size
+    if first is None:
+        return min(50, limit)
+    if first < 0 or first > limit:
+        raise BadUserInput(f"first: between 0 and {limit}", field="first")
+    return first
+
+
+async def paginate(
+    ctx: Context,
+    statement: Select[Any],
+    key: ColumnElement[str] | InstrumentedAttribute[str],
+    first: int | None,
+    after: str | None,
+    to_node: Callable[[Any], T],
+) -> Connection[T]:
+    """One page of ``statement`` ordered by ``key`` (a time-ordered id)."""
+    size = page_size(ctx, first)
+    count_statement = select(func.count()).select_from(statement.subquery())
+    page = statement
+    if after is not None:
+        page = page.where(key > decode_cursor(after))
+    rows = await ctx.read(page.order_by(key).limit(size + 1))
+    has_next = len(rows) > size
+    rows = rows[:size]
+    edges = [Edge(cursor=encode_cursor(row.id), node=to_node(row)) for row in rows]
+    return Connection(
+        edges=edges,
+        page_info=PageInfo(
+            has_next_page=has_next,
+            has_previous_page=after is not None,
+            start_cursor=edges[0].cursor if edges else None,
+            end_cursor=edges[-1].cursor if edges else None,
+        ),
+        _count_statement=count_statement,
+    )

@@ -1,0 +1,227 @@
+"""GraphQL types of the tenancy domain: tenants, memberships, invitations."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+import strawberry
+from sqlalchemy import select
+from strawberry.federation import field, type as ftype
+
+from coregraph import models
+from coregraph.models.base import Environment as EnvironmentValue
+from coregraph.schema.access import ApiKey, Environment, Role
+from coregraph.schema.audit import AuditEntry
+from coregraph.schema.identity import User
+from coregraph.schema.node import Node
+from coregraph.schema.pagination import Connection, paginate
+
+
+@ftype(
+    keys=["id"],
+    requires_scopes=[["tenant:read"]],
+    description="A workspace: members, roles, keys and data, split into live and test.",
+)
+class Tenant(Node):
+    id: strawberry.ID
+    slug: str
+    name: str
+    created_at: datetime
+
+    @property
+    def tenant_id(self) -> str:
+        return str(self.id)
+
+    @strawberry.field
+    def environments(self) -> list[Environment]:  # type: ignore[valid-type]
+        return list(EnvironmentValue)
+
+    @field(requires_scopes=[["members:read"]])
+    async def members(
+        self, info: strawberry.Info, first: int | None = None, after: str | None = None
+    ) -> Connection[Membership] | None:
+        stmt = select(models.Membership.__table__).where(
+            models.Membership.tenant_id == self.tenant_id
+        )
+        return await paginate(
+            info.context, stmt, models.Membership.id, first, after, Membership.from_row
+        )
+
+    @field(requires_scopes=[["members:read"], ["roles:manage"]])
+    async def roles(self, info: strawberry.Info) -> list[Role] | None:
+        rows = await info.context.read(
+            select(models.Role.__table__)
+            .where(models.Role.tenant_id == self.tenant_id)
+            .order_by(models.Role.builtin.desc(), models.Role.key)
+        )
+        return [Role.from_row(row) for row in rows]
+
+    @field(requires_scopes=[["members:manage"]])
+    async def invitations(
+        self,
+        info: strawberry.Info,
+        first: int | None = None,
+        after: str | None = None,
+        pending_only: bool = True,
+    ) -> Connection[Invitation] | None:
+        stmt = select(models.Invitation.__table__).where(
+            models.Invitation.tenant_id == self.tenant_id
+        )
+        if pending_only:
+            stmt = stmt.where(
+                models.Invitation.accepted_at.is_(None),
+                models.Invitation.revoked_at.is_(None),
+                models.Invitation.expires_at > datetime.now(UTC),
+            )
+        return await paginate(
+            info.context, stmt, models.Invitation.id, first, after, Invitation.from_row
+        )
+
+    @field(requires_scopes=[["apikeys:manage"]])
+    async def api_keys(
+        self,
+        info: strawberry.Info,
+        environment: Environment | None = None,  # type: ignore[valid-type]
+        first: int | None = None,
+        after: str | None = None,
+    ) -> Connection[ApiKey] | None:
+        stmt = select(models.ApiKey.__table__).where(models.ApiKey.tenant_id == self.tenant_id)
+        if environment is not None:
+            stmt = stmt.where(models.ApiKey.environment == EnvironmentValue(environment).value)
+        return await paginate(info.context, stmt, models.ApiKey.id, first, after, ApiKey.from_row)
+
+    @field(
+        requires_scopes=[["audit:read"]],
+        description="Changes to this tenant, oldest first; filter by action or target.",
+    )
+    async def audit_log(
+        self,
+        info: strawberry.Info,
+        first: int | None = None,
+        after: str | None = None,
+        environment: Environment | None = None,  # type: ignore[valid-type]
+        action: str | None = None,
+        target_id: strawberry.ID | None = None,
+    ) -> Connection[AuditEntry] | None:
+        entry = models.AuditEntry
+        stmt = select(entry.__table__).where(entry.tenant_id == self.tenant_id)
+        if environment is not None:
+            stmt = stmt.where(entry.environment == EnvironmentValue(environment).value)
+        if action is not None:
+            stmt = stmt.where(entry.action == action)
+        if target_id is not None:
+            stmt = stmt.where(entry.target_id == str(target_id))
+        return await paginate(info.context, stmt, entry.id, first, after, AuditEntry.from_row)
+
+    @classmethod
+    def from_row(cls, row: Any) -> Tenant:
+        return cls(
+            id=strawberry.ID(row.id), slug=row.slug, name=row.name, created_at=row.created_at
+        )
+
+    @classmethod
+    async def resolve_reference(cls, info: strawberry.Info, id: strawberry.ID) -> Tenant | None:
+        from coregraph.schema import lookup
+
+        return await lookup.tenant(info.context, id)
+
+
+@ftype(
+    keys=["id"],
+    requires_scopes=[["members:read"]],
+    description="A user's place in a tenant, with one role.",
+)
+class Membership(Node):
+    id: strawberry.ID
+    created_at: datetime
+    tenant_id: strawberry.Private[str]
+    user_id: strawberry.Private[str]
+    role_id: strawberry.Private[str]
+
+    @strawberry.field
+    async def user(self, info: strawberry.Info) -> User | None:
+        row = await info.context.loaders.user.load(self.user_id)
+        return User.from_row(row, via_tenant_id=self.tenant_id)
+
+    @strawberry.field
+    async def role(self, info: strawberry.Info) -> Role | None:
+        return Role.from_row(await info.context.loaders.role.load(self.role_id))
+
+    @strawberry.field
+    async def tenant(self, info: strawberry.Info) -> Tenant | None:
+        return Tenant.from_row(await info.context.loaders.tenant.load(self.tenant_id))
+
+    @classmethod
+    def from_row(cls, row: Any) -> Membership:
+        return cls(
+            id=strawberry.ID(row.id),
+            created_at=row.created_at,
+            tenant_id=row.tenant_id,
+            user_id=row.user_id,
+            role_id=row.role_id,
+        )
+
+    @classmethod
+    async def resolve_reference(cls, info: strawberry.Info, id: strawberry.ID) -> Membership | None:
+        from coregraph.schema import lookup
+
+        return await lookup.membership(info.context, id)
+
+
+@strawberry.enum
+class InvitationStatus(enum.Enum):
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
+@ftype(
+    keys=["id"],
+    requires_scopes=[["members:manage"]],
+    description="A single-use, expiring offer to join a tenant.",
+)
+class Invitation(Node):
+    id: strawberry.ID
+    email: str
+    expires_at: datetime
+    accepted_at: datetime | None
+    revoked_at: datetime | None
+    created_at: datetime
+    tenant_id: strawberry.Private[str]
+    role_id: strawberry.Private[str]
+
+    @strawberry.field
+    def status(self) -> InvitationStatus:
+        if self.accepted_at is not None:
+            return InvitationStatus.ACCEPTED
+        if self.revoked_at is not None:
+            return InvitationStatus.REVOKED
+        if self.expires_at <= datetime.now(UTC):
+            return InvitationStatus.EXPIRED
+        return InvitationStatus.PENDING
+
+    @strawberry.field
+    async def role(self, info: strawberry.Info) -> Role | None:
+        return Role.from_row(await info.context.loaders.role.load(self.role_id))
+
+    @classmethod
+    def from_row(cls, row: Any) -> Invitation:
+        return cls(
+            id=strawberry.ID(row.id),
+            email=row.email,
+            expires_at=row.expires_at,
+            accepted_at=row.accepted_at,
+            revoked_at=row.revoked_at,
+            created_at=row.created_at,
+            tenant_id=row.tenant_id,
+            role_id=row.role_id,
+        )
+
+    @classmethod
+    async def resolve_reference(cls, info: strawberry.Info, id: strawberry.ID) -> Invitation | None:
+        from coregraph.schema import lookup
+
+        return await lookup.invitation(info.context, id)

@@ -1,0 +1,330 @@
+"""Permissions, roles and API keys.
+
+The permission catalog is the vocabulary of every ``@requiresScopes`` declaration in the schema;
+a role is a named set of catalog permissions; an API key is a tenant-and-environment-bound
+credential whose scopes never exceed its creator's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+
+from coregraph import ids
+from coregraph.auth import secrets
+from coregraph.errors import BadUserInput, Conflict, Forbidden
+from coregraph.models import ApiKey, Membership, Role
+from coregraph.models.base import Environment
+from coregraph.services import validation
+from coregraph.services.uow import UnitOfWork
+
+
+@dataclass(frozen=True, slots=True)
+class Permission:
+    key: str
+    description: str
+
+
+PERMISSIONS: tuple[Permission, ...] = (
+    Permission("tenant:read", "See the tenant's name, slug and environments."),
+    Permission("tenant:manage", "Rename the tenant and change its settings."),
+    Permission("members:read", "List members, their users and roles."),
+    Permission("members:manage", "Invite, remove and re-role members."),
+    Permission("roles:manage", "Create, change and delete custom roles."),
+    Permission("apikeys:manage", "Issue, list and revoke API keys."),
+    Permission("audit:read", "Read the audit trail."),
+    Permission("events:read", "Read and subscribe to business events."),
+    Permission("events:write", "Publish business events."),
+    Permission("webhooks:manage", "Configure webhook endpoints and replay deliveries."),
+    Permission("files:read", "Read files."),
+    Permission("files:write", "Upload and delete files."),
+    Permission("usage:read", "Read usage records."),
+    Permission("usage:write", "Record usage."),
+    Permission("billing:read", "See plans, entitlements and invoices."),
+    Permission("billing:manage", "Change the plan and billing details."),
+    Permission("approvals:review", "Approve or reject sensitive actions."),
+)
+PERMISSION_KEYS: frozenset[str] = frozenset(p.key for p in PERMISSIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltinRole:
+    key: str
+    name: str
+    description: str
+    permissions: frozenset[str]
+
+
+_ALL = PERMISSION_KEYS
+BUILTIN_ROLES: dict[str, BuiltinRole] = {
+    r.key: r
+    for r in (
+        BuiltinRole("owner", "Owner", "Everything, including billing and ownership.", _ALL),
+        BuiltinRole(
+            "admin",
+            "Admin",
+            "Everything except billing management.",
+            _ALL - {"billing:manage"},
+        ),
+        BuiltinRole(
+            "member",
+            "Member",
+            "Works with the tenant's data.",
+            frozenset(
+                {
+                    "tenant:read",
+                    "members:read",
+                    "events:read",
+                    "events:write",
+                    "files:read",
+                    "files:write",
+                    "usage:read",
+                }
+            ),
+        ),
+        BuiltinRole(
+            "viewer",
+            "Viewer",
+            "Reads the tenant's data.",
+            frozenset({"tenant:read", "members:read", "events:read", "files:read", "usage:read"}),
+        ),
+        BuiltinRole(
+            "billing",
+            "Billing",
+            "Manages plans and billing.",
+            frozenset(
+                {"tenant:read", "members:read", "usage:read", "billing:read", "billing:manage"}
+            ),
+        ),
+    )
+}
+OWNER_ROLE_KEY = "owner"
+
+
+def check_permissions(values: list[str], field: str) -> list[str]:
+    unknown = sorted(set(values) - PERMISSION_KEYS)
+    if unknown:
+        raise BadUserInput(f"{field}: unknown permission(s) {', '.join(unknown)}", field=field)
+    return sorted(set(values))
+
+
+def builtin_role_rows(tenant_id: str) -> list[Role]:
+    return [
+        Role(
+            id=ids.new_id("rol"),
+            tenant_id=tenant_id,
+            key=r.key,
+            name=r.name,
+            description=r.description,
+            permissions=sorted(r.permissions),
+            builtin=True,
+        )
+        for r in BUILTIN_ROLES.values()
+    ]
+
+
+def role_snapshot(role: Role) -> dict[str, object]:
+    return {
+        "key": role.key,
+        "name": role.name,
+        "description": role.description,
+        "permissions": list(role.permissions),
+    }
+
+
+async def get_role(uow: UnitOfWork, tenant_id: str, role_id: str, field: str = "roleId") -> Role:
+    validation.object_id(role_id, "rol", field)
+    role = await uow.session.scalar(
+        select(Role).where(Role.tenant_id == tenant_id, Role.id == role_id)
+    )
+    if role is None:
+        raise validation.not_found("role", field)
+    return role
+
+
+async def get_role_by_key(uow: UnitOfWork, tenant_id: str, key: str, field: str = "role") -> Role:
+    role = await uow.session.scalar(
+        select(Role).where(Role.tenant_id == tenant_id, Role.key == key)
+    )
+    if role is None:
+        raise BadUserInput(f"{field}: unknown role '{key}'", field=field)
+    return role
+
+
+async def create_role(
+    uow: UnitOfWork,
+    tenant_id: str,
+    *,
+    key: str,
+    name: str,
+    description: str,
+    permissions: list[str],
+) -> Role:
+    key = validation.key(key)
+    name = validation.text(name, "name", max_length=120)
+    description = validation.text(description, "description", max_length=500, min_length=0)
+    perms = check_permissions(permissions, "permissions")
+    exists = await uow.session.scalar(
+        select(func.count()).where(Role.tenant_id == tenant_id, Role.key == key)
+    )
+    if exists:
+        raise Conflict(f"key: a role '{key}' already exists in this tenant", field="key")
+    role = Role(
+        id=ids.new_id("rol"),
+        tenant_id=tenant_id,
+        key=key,
+        name=name,
+        description=description,
+        permissions=perms,
+        builtin=False,
+    )
+    uow.session.add(role)
+    await uow.session.flush()
+    uow.record(
+        "role.created",
+        tenant_id=tenant_id,
+        target_type="Role",
+        target_id=role.id,
+        after=role_snapshot(role),
+    )
+    return role
+
+
+async def update_role(
+    uow: UnitOfWork,
+    tenant_id: str,
+    role_id: str,
+    *,
+    name: str | None,
+    description: str | None,
+    permissions: list[str] | None,
+) -> Role:
+    role = await get_role(uow, tenant_id, role_id)
+    if role.builtin:
+        raise BadUserInput("roleId: built-in roles cannot be changed", field="roleId")
+    before = role_snapshot(role)
+    if name is not None:
+        role.name = validation.text(name, "name", max_length=120)
+    if description is not None:
+        role.description = validation.text(description, "description", max_length=500, min_length=0)
+    if permissions is not None:
+        role.permissions = check_permissions(permissions, "permissions")
+    role.updated_at = datetime.now(UTC)
+    uow.record(
+        "role.updated",
+        tenant_id=tenant_id,
+        target_type="Role",
+        target_id=role.id,
+        before=before,
+        after=role_snapshot(role),
+    )
+    return role
+
+
+async def delete_role(uow: UnitOfWork, tenant_id: str, role_id: str) -> Role:
+    role = await get_role(uow, tenant_id, role_id)
+    if role.builtin:
+        raise BadUserInput("roleId: built-in roles cannot be deleted", field="roleId")
+    in_use = await uow.session.scalar(
+        select(func.count()).where(Membership.tenant_id == tenant_id, Membership.role_id == role.id)
+    )
+    if in_use:
+        raise Conflict(
+            f"roleId: the role is held by {in_use} member(s); change their role first",
+            field="roleId",
+        )
+    uow.record(
+        "role.deleted",
+        tenant_id=tenant_id,
+        target_type="Role",
+        target_id=role.id,
+        before=role_snapshot(role),
+    )
+    await uow.session.delete(role)
+    return role
+
+
+def api_key_snapshot(key: ApiKey) -> dict[str, object]:
+    return {
+        "name": key.name,
+        "environment": str(key.environment),
+        "scopes": list(key.scopes),
+        "expiresAt": key.expires_at,
+        "revokedAt": key.revoked_at,
+        "secret_hash": key.secret_hash,
+    }
+
+
+async def create_api_key(
+    uow: UnitOfWork,
+    tenant_id: str,
+    *,
+    name: str,
+    scopes: list[str],
+    environment: Environment,
+    expires_at: datetime | None,
+) -> tuple[ApiKey, str]:
+    """Issue a key; returns the row and the secret, which is never retrievable again."""
+    principal = uow.principal
+    name = validation.text(name, "name", max_length=120)
+    wanted = set(check_permissions(scopes, "scopes"))
+    if not wanted:
+        raise BadUserInput("scopes: name at least one permission", field="scopes")
+    beyond = sorted(wanted - principal.scopes_in(tenant_id))
+    if beyond:
+        raise Forbidden(
+            f"scopes: a key cannot hold permissions its creator lacks ({', '.join(beyond)})",
+            field="scopes",
+        )
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            raise BadUserInput("expiresAt: must carry a timezone offset", field="expiresAt")
+        if expires_at <= datetime.now(UTC):
+            raise BadUserInput("expiresAt: must be in the future", field="expiresAt")
+    secret = secrets.generate(secrets.API_KEY_PREFIX[str(environment)])
+    key = ApiKey(
+        id=ids.new_id("key"),
+        tenant_id=tenant_id,
+        environment=environment,
+        name=name,
+        display_prefix=secret[:16],
+        secret_hash=secrets.digest(secret),
+        scopes=sorted(wanted),
+        created_by_user_id=principal.user_id or principal.acting_for_user_id,
+        expires_at=expires_at,
+    )
+    uow.session.add(key)
+    await uow.session.flush()
+    uow.record(
+        "api_key.created",
+        tenant_id=tenant_id,
+        environment=environment,
+        target_type="ApiKey",
+        target_id=key.id,
+        after=api_key_snapshot(key),
+    )
+    return key, secret
+
+
+async def revoke_api_key(uow: UnitOfWork, tenant_id: str, key_id: str) -> ApiKey:
+    validation.object_id(key_id, "key", "id")
+    key = await uow.session.scalar(
+        select(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.id == key_id)
+    )
+    if key is None:
+        raise validation.not_found("API key", "id")
+    if key.revoked_at is None:
+        before = api_key_snapshot(key)
+        key.revoked_at = datetime.now(UTC)
+        uow.record(
+            "api_key.revoked",
+            tenant_id=tenant_id,
+            environment=key.environment,
+            target_type="ApiKey",
+            target_id=key.id,
+            before=before,
+            after=api_key_snapshot(key),
+        )
+    return key

@@ -1,0 +1,241 @@
+"""Users and sessions: sign-up, login, refresh-token rotation, logout, external identities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from coregraph import ids
+from coregraph.auth import passwords, secrets
+from coregraph.auth.tokens import TokenService, VerifiedToken
+from coregraph.errors import Conflict, Unauthenticated
+from coregraph.models import ExternalIdentity, Session, User
+from coregraph.services import validation
+from coregraph.services.uow import UnitOfWork
+from coregraph.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedSession:
+    user: User
+    session: Session
+    access_token: str
+    access_token_expires_at: datetime
+    refresh_token: str
+
+
+def user_snapshot(user: User) -> dict[str, object]:
+    return {"email": user.email, "displayName": user.display_name}
+
+
+async def create_user(
+    uow: UnitOfWork,
+    settings: Settings,
+    *,
+    email: str,
+    password: str,
+    display_name: str | None,
+) -> User:
+    email = validation.email(email)
+    validation.password(password, settings.password_min_length)
+    name = validation.text(display_name or "", "displayName", max_length=120, min_length=0)
+    if await uow.session.scalar(select(User.id).where(User.email == email)):
+        raise Conflict("email: an account with this email already exists", field="email")
+    user = User(
+        id=ids.new_id("usr"),
+        email=email,
+        display_name=name,
+        password_hash=await passwords.hash_password(password),
+    )
+    uow.session.add(user)
+    await uow.session.flush()
+    uow.record(
+        "user.signed_up",
+        tenant_id=None,
+        target_type="User",
+        target_id=user.id,
+        after=user_snapshot(user),
+        actor_id=uow.principal.actor_id or user.id,
+    )
+    return user
+
+
+async def _open_session(
+    uow: UnitOfWork, settings: Settings, tokens: TokenService, user: User
+) -> IssuedSession:
+    refresh = secrets.generate(secrets.REFRESH_TOKEN_PREFIX)
+    session = Session(
+        id=ids.new_id("ses"),
+        user_id=user.id,
+        refresh_token_hash=secrets.digest(refresh),
+        expires_at=datetime.now(UTC) + timedelta(seconds=settings.refresh_token_ttl_seconds),
+        user_agent=(uow.meta.user_agent or "")[:400] or None,
+        ip=uow.meta.ip,
+    )
+    uow.session.add(session)
+    await uow.session.flush()
+    access, expires = tokens.issue_access_token(user.id, session.id)
+    return IssuedSession(user, session, access, expires, refresh)
+
+
+async def sign_up(
+    uow: UnitOfWork,
+    settings: Settings,
+    tokens: TokenService,
+    *,
+    email: str,
+    password: str,
+    display_name: str | None,
+) -> IssuedSession:
+    user = await create_user(
+        uow, settings, email=email, password=password, display_name=display_name
+    )
+    return await _open_session(uow, settings, tokens, user)
+
+
+async def login(
+    uow: UnitOfWork, settings: Settings, tokens: TokenService, *, email: str, password: str
+) -> IssuedSession:
+    try:
+        normalized = validation.email(email)
+    except validation.BadUserInput:
+        normalized = email.strip().lower()
+    user = await uow.session.scalar(select(User).where(User.email == normalized))
+    # Verify even for an unknown email, so the answer's timing does not reveal accounts.
+    ok = await passwords.verify_password(user.password_hash if user else None, password)
+    if user is None or not ok:
+        raise Unauthenticated("email or password is wrong")
+    issued = await _open_session(uow, settings, tokens, user)
+    uow.record(
+        "session.created",
+        tenant_id=None,
+        target_type="Session",
+        target_id=issued.session.id,
+        actor_id=user.id,
+    )
+    return issued
+
+
+async def refresh_session(
+    uow: UnitOfWork, settings: Settings, tokens: TokenService, *, refresh_token: str
+) -> IssuedSession:
+    digest = secrets.digest(refresh_token)
+    now = datetime.now(UTC)
+    session = await uow.session.scalar(select(Session).where(Session.refresh_token_hash == digest))
+    if session is None:
+        reused = await uow.session.scalar(
+            select(Session).where(Session.previous_token_hash == digest)
+        )
+        if reused is not None and reused.revoked_at is None:
+            # A rotated token came back: someone else holds a copy. End the whole session.
+            reused.revoked_at = now
+            uow.record(
+                "session.revoked_on_reuse",
+                tenant_id=None,
+                target_type="Session",
+                target_id=reused.id,
+                actor_id=reused.user_id,
+            )
+            await uow.session.flush()
+            uow.keep_on_failure()
+        raise Unauthenticated("refresh token is invalid, expired or revoked")
+    if session.revoked_at is not None or session.expires_at <= now:
+        raise Unauthenticated("refresh token is invalid, expired or revoked")
+    user = await uow.session.get(User, session.user_id)
+    assert user is not None
+    refresh = secrets.generate(secrets.REFRESH_TOKEN_PREFIX)
+    session.previous_token_hash = session.refresh_token_hash
+    session.refresh_token_hash = secrets.digest(refresh)
+    session.last_refreshed_at = now
+    access, expires = tokens.issue_access_token(user.id, session.id)
+    return IssuedSession(user, session, access, expires, refresh)
+
+
+async def logout(uow: UnitOfWork, *, session_id: str | None, refresh_token: str | None) -> bool:
+    """End a session: the caller's own (by access token) or the one a refresh token names."""
+    stmt = select(Session)
+    if refresh_token:
+        stmt = stmt.where(Session.refresh_token_hash == secrets.digest(refresh_token))
+    elif session_id:
+        stmt = stmt.where(Session.id == session_id)
+    else:
+        raise Unauthenticated("no session to end")
+    session = await uow.session.scalar(stmt)
+    if session is None or session.revoked_at is not None:
+        return False
+    if uow.principal.user_id and session.user_id != uow.principal.user_id:
+        return False
+    session.revoked_at = datetime.now(UTC)
+    uow.record(
+        "session.revoked",
+        tenant_id=None,
+        target_type="Session",
+        target_id=session.id,
+        actor_id=session.user_id,
+    )
+    return True
+
+
+async def user_for_external_token(
+    uow: UnitOfWork, settings: Settings, token: VerifiedToken
+) -> User:
+    """Map an external issuer's subject to a user, creating (or linking) one on first sight.
+
+    An existing account is linked by email only when the issuer says the email is verified;
+    otherwise a new, password-less user is created.
+    """
+    link = await uow.session.scalar(
+        select(ExternalIdentity).where(
+            ExternalIdentity.issuer == token.issuer, ExternalIdentity.subject == token.subject
+        )
+    )
+    if link is not None:
+        user = await uow.session.get(User, link.user_id)
+        assert user is not None
+        return user
+    raw_email = token.claims.get(settings.external_jwt_email_claim)
+    email: str | None = None
+    if isinstance(raw_email, str):
+        try:
+            email = validation.email(raw_email)
+        except validation.BadUserInput:
+            email = None
+    user = None
+    if email and token.claims.get("email_verified") is True:
+        user = await uow.session.scalar(select(User).where(User.email == email))
+    if user is None:
+        if email is None or await uow.session.scalar(select(User.id).where(User.email == email)):
+            email = f"{token.subject[:60]}@{ids.new_id('ext')}.external.invalid".lower()
+        user = User(
+            id=ids.new_id("usr"),
+            email=email,
+            display_name=str(token.claims.get("name") or "")[:120],
+            password_hash=None,
+        )
+        uow.session.add(user)
+        await uow.session.flush()
+        uow.record(
+            "user.provisioned_external",
+            tenant_id=None,
+            target_type="User",
+            target_id=user.id,
+            after={**user_snapshot(user), "issuer": token.issuer},
+            actor_id=user.id,
+        )
+    uow.session.add(
+        ExternalIdentity(
+            id=ids.new_id("ext"), issuer=token.issuer, subject=token.subject, user_id=user.id
+        )
+    )
+    uow.record(
+        "user.external_identity_linked",
+        tenant_id=None,
+        target_type="User",
+        target_id=user.id,
+        after={"issuer": token.issuer, "subject": token.subject},
+        actor_id=user.id,
+    )
+    await uow.session.flush()
+    return user

@@ -1,0 +1,145 @@
+"""The one write path (DESIGN.md, "The one rule").
+
+Every change to production truth runs inside a ``UnitOfWork``: one database transaction that
+applies the change and appends its audit entries. The event outbox and usage records slot in
+here as further ``record_*`` methods, so they commit or roll back with the change itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from coregraph import ids
+from coregraph.auth.principal import Principal
+from coregraph.models import AuditEntry
+from coregraph.models.base import Environment
+
+REDACTED = "[redacted]"
+SECRET_FIELDS = frozenset(
+    {
+        "password",
+        "password_hash",
+        "secret",
+        "secret_hash",
+        "token",
+        "token_hash",
+        "refresh_token",
+        "refresh_token_hash",
+        "previous_token_hash",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMeta:
+    """Where a change came from; copied onto every audit entry."""
+
+    request_id: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+SYSTEM_REQUEST = RequestMeta(request_id=None, ip=None, user_agent="coregraph-cli")
+
+
+def diff(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Before/after of the fields that changed, secrets redacted."""
+    before = before or {}
+    after = after or {}
+    changed: dict[str, Any] = {"before": {}, "after": {}}
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if old == new and key in before and key in after:
+            continue
+        if key in SECRET_FIELDS:
+            old = REDACTED if old is not None else None
+            new = REDACTED if new is not None else None
+        if key in before:
+            changed["before"][key] = _jsonable(old)
+        if key in after:
+            changed["after"][key] = _jsonable(new)
+    return changed
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset, tuple)):
+        return sorted(value)
+    return value
+
+
+class UnitOfWork:
+    """``async with UnitOfWork(...) as uow:`` — commit on success, roll back on any exception."""
+
+    def __init__(self, engine: AsyncEngine, principal: Principal, meta: RequestMeta) -> None:
+        self.engine = engine
+        self.principal = principal
+        self.meta = meta
+        self.session: AsyncSession = AsyncSession(engine, expire_on_commit=False)
+        self.audit_entries: list[AuditEntry] = []
+        self._keep_on_failure = False
+
+    async def __aenter__(self) -> UnitOfWork:
+        await self.session.begin()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is None or self._keep_on_failure:
+                await self.session.commit()
+            else:
+                await self.session.rollback()
+        finally:
+            await self.session.close()
+
+    def keep_on_failure(self) -> None:
+        """Commit what was written even though the operation then fails.
+
+        Only for security reactions that must stick while the caller still gets an error
+        (revoking a session whose rotated refresh token was replayed).
+        """
+        self._keep_on_failure = True
+
+    def record(
+        self,
+        action: str,
+        *,
+        tenant_id: str | None,
+        target_type: str | None = None,
+        target_id: str | None = None,
+        before: Mapping[str, Any] | None = None,
+        after: Mapping[str, Any] | None = None,
+        environment: Environment | None = None,
+        actor_id: str | None = None,
+    ) -> AuditEntry:
+        """Append an audit entry to this transaction: it commits with the change or not at all."""
+        principal = self.principal
+        entry = AuditEntry(
+            id=ids.new_id("aud"),
+            tenant_id=tenant_id,
+            environment=environment or principal.environment,
+            actor_kind=principal.kind.value,
+            actor_id=actor_id or principal.actor_id,
+            acting_for_user_id=principal.acting_for_user_id,
+            action=action,
+            target_type=target_type,
+            target_id=target_id,
+            changes=diff(before, after),
+            request_id=self.meta.request_id,
+            ip=self.meta.ip,
+            user_agent=self.meta.user_agent,
+        )
+        self.session.add(entry)
+        self.audit_entries.append(entry)
+        return entry

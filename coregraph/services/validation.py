@@ -1,0 +1,89 @@
+"""Input rules shared by every entry point (GraphQL, CLI). Each failure names the field."""
+
+from __future__ import annotations
+
+import re
+
+from email_validator import EmailNotValidError, validate_email
+
+from coregraph import ids
+from coregraph.errors import BadUserInput, NotFound
+
+_SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{1,62}$")
+_COMMON_PASSWORDS = frozenset(
+    {
+        "password",
+        "password1",
+        "password123",
+        "passw0rd",
+        "1234567890",
+        "12345678910",
+        "qwertyuiop",
+        "iloveyou123",
+        "letmein123",
+        "welcome123",
+        "administrator",
+        "changeme123",
+    }
+)
+
+
+def email(value: str, field: str = "email") -> str:
+    if len(value) > 254:
+        raise BadUserInput(f"{field}: at most 254 characters", field=field)
+    try:
+        result = validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise BadUserInput(f"{field}: not a valid email address", field=field) from exc
+    return result.normalized.lower()
+
+
+def password(value: str, min_length: int, field: str = "password") -> str:
+    if len(value) < min_length:
+        raise BadUserInput(f"{field}: at least {min_length} characters", field=field)
+    if len(value) > 256:
+        raise BadUserInput(f"{field}: at most 256 characters", field=field)
+    if value.lower() in _COMMON_PASSWORDS or len(set(value)) < 4:
+        raise BadUserInput(f"{field}: too easy to guess", field=field)
+    return value
+
+
+def text(value: str, field: str, *, max_length: int, min_length: int = 1) -> str:
+    value = value.strip()
+    if len(value) < min_length:
+        raise BadUserInput(f"{field}: must not be empty", field=field)
+    if len(value) > max_length:
+        raise BadUserInput(f"{field}: at most {max_length} characters", field=field)
+    return value
+
+
+def slug(value: str, field: str = "slug") -> str:
+    if len(value) > 63 or not _SLUG_RE.match(value):
+        raise BadUserInput(
+            f"{field}: 1-63 lowercase letters, digits or hyphens, not starting or ending with "
+            "a hyphen",
+            field=field,
+        )
+    return value
+
+
+def key(value: str, field: str = "key") -> str:
+    if not _KEY_RE.match(value):
+        raise BadUserInput(
+            f"{field}: 2-63 characters, lowercase letters, digits, '-' or '_', starting with a "
+            "letter",
+            field=field,
+        )
+    return value
+
+
+def object_id(value: str, prefix: str, field: str) -> str:
+    """A malformed id is bad input; a well-formed one that is not visible is NOT_FOUND later."""
+    if not ids.is_valid(value, prefix):
+        raise BadUserInput(f"{field}: not a valid {ids.PREFIXES[prefix]} id", field=field)
+    return value
+
+
+def not_found(kind: str, field: str | None = None) -> NotFound:
+    return NotFound(f"{kind} not found", field=field)

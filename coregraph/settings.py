@@ -1,0 +1,127 @@
+"""One typed settings object, read from ``COREGRAPH_*`` environment variables.
+
+Nothing is required on the embedded defaults (SQLite, in-process broker, local disk). With
+``COREGRAPH_ENV=production`` the process refuses to start on an insecure setting unless
+``COREGRAPH_ALLOW_INSECURE=true`` says so explicitly.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "coregraph-development-secret-change-me-0123456789"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COREGRAPH_", extra="ignore", frozen=True)
+
+    env: Literal["development", "test", "production"] = "development"
+    allow_insecure: bool = False
+
+    database_url: str = "sqlite+aiosqlite:///./var/coregraph.sqlite3"
+    database_echo: bool = False
+    redis_url: str | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    public_url: str = "http://127.0.0.1:8000"
+    # Where an invitation link points; the edge app that renders it owns the page.
+    invitation_url_template: str = "{public_url}/invitations/accept?token={token}"
+
+    # coregraph's own tokens: one key, one algorithm (RFC 8725).
+    jwt_secret: str = DEV_JWT_SECRET
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    jwt_issuer: str = "coregraph"
+    jwt_audience: str = "coregraph"
+    access_token_ttl_seconds: int = Field(900, ge=30, le=86400)
+    refresh_token_ttl_seconds: int = Field(30 * 86400, ge=300)
+    invitation_ttl_seconds: int = Field(7 * 86400, ge=60)
+
+    # A company's existing identity provider (optional): RS256/ES256 with a PEM key or a JWKS URL.
+    external_jwt_issuer: str | None = None
+    external_jwt_audience: str | None = None
+    external_jwt_algorithm: Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"] = "RS256"
+    external_jwt_public_key: str | None = None
+    external_jwt_jwks_url: str | None = None
+    external_jwt_email_claim: str = "email"
+
+    # GraphQL abuse limits.
+    introspection: bool | None = None  # default: on, except in production
+    field_suggestions: bool | None = None  # default: on, except in production
+    max_query_depth: int = Field(12, ge=2, le=100)
+    max_aliases: int = Field(30, ge=1, le=10_000)
+    max_tokens: int = Field(4000, ge=50, le=1_000_000)
+    max_page_size: int = Field(200, ge=1, le=1000)
+    graphiql: bool | None = None  # default: on, except in production
+
+    password_min_length: int = Field(10, ge=8, le=128)
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://", "postgresql://")):
+            raise ValueError(
+                "must be sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db"
+            )
+        if value.startswith("postgresql://"):
+            value = "postgresql+asyncpg://" + value.removeprefix("postgresql://")
+        return value
+
+    @model_validator(mode="after")
+    def _production_is_safe(self) -> Settings:
+        if self.external_jwt_issuer and not (
+            self.external_jwt_public_key or self.external_jwt_jwks_url
+        ):
+            raise ValueError(
+                "COREGRAPH_EXTERNAL_JWT_ISSUER needs COREGRAPH_EXTERNAL_JWT_PUBLIC_KEY "
+                "or COREGRAPH_EXTERNAL_JWT_JWKS_URL"
+            )
+        if self.env != "production" or self.allow_insecure:
+            return self
+        problems = []
+        if self.jwt_secret == DEV_JWT_SECRET or len(self.jwt_secret) < 32:
+            problems.append("COREGRAPH_JWT_SECRET is the development default or shorter than 32")
+        if self.introspection:
+            problems.append("COREGRAPH_INTROSPECTION is forced on")
+        if self.field_suggestions:
+            problems.append("COREGRAPH_FIELD_SUGGESTIONS is forced on")
+        if self.graphiql:
+            problems.append("COREGRAPH_GRAPHIQL is forced on")
+        if problems:
+            raise ValueError(
+                "refusing to start in production with insecure settings: "
+                + "; ".join(problems)
+                + " (set COREGRAPH_ALLOW_INSECURE=true to override)"
+            )
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def introspection_enabled(self) -> bool:
+        return self.introspection if self.introspection is not None else not self.is_production
+
+    @property
+    def suggestions_enabled(self) -> bool:
+        if self.field_suggestions is not None:
+            return self.field_suggestions
+        return not self.is_production
+
+    @property
+    def graphiql_enabled(self) -> bool:
+        return self.graphiql if self.graphiql is not None else not self.is_production
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment; a bad value raises ``pydantic.ValidationError`` naming the variable."""
+    return Settings(**overrides)  # type: ignore[arg-type]

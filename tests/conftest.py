@@ -1,0 +1,57 @@
+"""Session fixtures: one real database (SQLite by default, PostgreSQL when
+COREGRAPH_DATABASE_URL says so), one real server on 127.0.0.1, one HTTP client."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from coregraph.settings import Settings
+from tests.support import (
+    GraphQLClient,
+    Server,
+    create_test_database,
+    drop_test_database,
+    env_database_url,
+    running_server,
+)
+
+
+def make_settings(database_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "env": "test",
+        "database_url": database_url,
+        "redis_url": os.environ.get("COREGRAPH_REDIS_URL") or None,
+        "jwt_secret": "test-secret-0123456789-0123456789-0123456789",
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+async def database_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    base = env_database_url()
+    url, name = await create_test_database(base, str(tmp_path_factory.mktemp("db")))
+    yield url
+    if name and base:
+        await drop_test_database(base, name)
+
+
+@pytest.fixture(scope="session")
+def server(database_url: str) -> Iterator[Server]:
+    with running_server(make_settings(database_url)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def client(server: Server, http: httpx.AsyncClient) -> GraphQLClient:
+    return GraphQLClient(http, server.url)

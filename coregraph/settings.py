@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     jwt_audience: str = "coregraph"
     access_token_ttl_seconds: int = Field(900, ge=30, le=86400)
     refresh_token_ttl_seconds: int = Field(30 * 86400, ge=300)
-    invitation_ttl_seconds: int = Field(7 * 86400, ge=60)
+    invitation_ttl_seconds: int = Field(7 * 86400, ge=1)
 
     # A company's existing identity provider (optional): RS256/ES256 with a PEM key or a JWKS URL.
     external_jwt_issuer: str | None = None

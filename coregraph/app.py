@@ -24,6 +24,7 @@ from strawberry.fastapi import GraphQLRouter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from coregraph import db, migrate
+from coregraph.auth import passwords
 from coregraph.auth.authenticate import Authenticator
 from coregraph.auth.principal import ANONYMOUS
 from coregraph.auth.tokens import TokenService
@@ -51,6 +52,11 @@ class Runtime:
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
+        passwords.configure(
+            settings.password_hash_time_cost,
+            settings.password_hash_memory_kib,
+            settings.password_hash_parallelism,
+        )
         engine = db.create_engine(settings)
         tokens = TokenService(settings)
         redis = None

@@ -74,9 +74,15 @@ def migrate() -> None:
 
 async def _with_uow(settings: Settings, fn):  # type: ignore[no-untyped-def]
     from coregraph import db
+    from coregraph.auth import passwords
     from coregraph.auth.principal import ANONYMOUS
     from coregraph.services.uow import SYSTEM_REQUEST, UnitOfWork
 
+    passwords.configure(
+        settings.password_hash_time_cost,
+        settings.password_hash_memory_kib,
+        settings.password_hash_parallelism,
+    )
     engine = db.create_engine(settings)
     try:
         async with UnitOfWork(engine, ANONYMOUS, SYSTEM_REQUEST) as uow:

@@ -23,6 +23,7 @@ from strawberry.types.graphql import OperationType
 
 from coregraph.context import Context
 from coregraph.errors import CoregraphError
+from coregraph.schema.errors import present
 from coregraph.services.uow import RequestMeta
 
 if TYPE_CHECKING:
@@ -206,6 +207,7 @@ async def handle_graphql(request: Request, runtime: Runtime) -> Response:
     finally:
         await context.close()
 
+    state.operation_name = context.operation_name or operation_name
     payload: dict[str, Any] = {}
     request_error = isinstance(result, PreExecutionError) or (
         result.data is None
@@ -215,8 +217,9 @@ async def handle_graphql(request: Request, runtime: Runtime) -> Response:
     if not (request_error and media_type == GRAPHQL_RESPONSE):
         payload["data"] = result.data
     if result.errors:
-        payload["errors"] = [error.formatted for error in result.errors]
-        state.outcome = (result.errors[0].extensions or {}).get("code", "ERROR")
+        errors = present(result.errors, request_id, runtime.settings.suggestions_enabled)
+        payload["errors"] = [error.formatted for error in errors]
+        state.outcome = (errors[0].extensions or {}).get("code", "ERROR")
     status = 400 if request_error and media_type == GRAPHQL_RESPONSE else 200
     state.graphql_ms = round((time.perf_counter() - started) * 1000, 2)
     return _response(payload, status, media_type)

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     graphiql: bool | None = None  # default: on, except in production
 
     password_min_length: int = Field(10, ge=8, le=128)
+    # argon2id cost for new hashes (argon2-cffi's defaults, RFC 9106's second recommendation).
+    # Production refuses less than OWASP's floor (19 MiB, 2 passes) unless allow_insecure.
+    password_hash_time_cost: int = Field(3, ge=1, le=20)
+    password_hash_memory_kib: int = Field(65536, ge=8, le=4 * 1024 * 1024)
+    password_hash_parallelism: int = Field(4, ge=1, le=16)
     log_level: str = "INFO"
 
     @field_validator("database_url")
@@ -91,6 +96,10 @@ class Settings(BaseSettings):
             problems.append("COREGRAPH_FIELD_SUGGESTIONS is forced on")
         if self.graphiql:
             problems.append("COREGRAPH_GRAPHIQL is forced on")
+        if self.password_hash_memory_kib < 19456 or self.password_hash_time_cost < 2:
+            problems.append(
+                "COREGRAPH_PASSWORD_HASH_MEMORY_KIB/TIME_COST are below OWASP's argon2id floor"
+            )
         if problems:
             raise ValueError(
                 "refusing to start in production with insecure settings: "

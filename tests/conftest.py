@@ -26,6 +26,10 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "database_url": database_url,
         "redis_url": os.environ.get("COREGRAPH_REDIS_URL") or None,
         "jwt_secret": "test-secret-0123456789-0123456789-0123456789",
+        # Cheap argon2id: tests sign up hundreds of users; production keeps the real cost.
+        "password_hash_time_cost": 1,
+        "password_hash_memory_kib": 1024,
+        "password_hash_parallelism": 1,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -13,6 +13,22 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("coregraph-timing-equaliser")
 
 
+def configure(time_cost: int, memory_kib: int, parallelism: int) -> None:
+    """Set the cost of new hashes (existing hashes carry their own parameters)."""
+    global _hasher, _DUMMY_HASH
+    current = _hasher
+    if (current.time_cost, current.memory_cost, current.parallelism) == (
+        time_cost,
+        memory_kib,
+        parallelism,
+    ):
+        return
+    _hasher = PasswordHasher(
+        time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism
+    )
+    _DUMMY_HASH = _hasher.hash("coregraph-timing-equaliser")
+
+
 async def hash_password(password: str) -> str:
     # ~50 ms of CPU: off the event loop so one login does not stall every other request.
     return await asyncio.to_thread(_hasher.hash, password)

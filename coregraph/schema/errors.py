@@ -22,6 +22,8 @@ _SUGGESTION = re.compile(r" Did you mean .*\?$")
 
 
 def classify(error: GraphQLError) -> GraphQLError:
+    if (error.extensions or {}).get("code"):
+        return error  # already classified (e.g. by the extension, then again by the transport)
     original = error.original_error
     if isinstance(original, CoregraphError):
         return GraphQLError(
@@ -56,23 +58,40 @@ def classify(error: GraphQLError) -> GraphQLError:
     )
 
 
+def present(
+    errors: list[GraphQLError], request_id: str | None, suggestions: bool
+) -> list[GraphQLError]:
+    """Classify, mask and label errors for a client. Idempotent."""
+    presented = []
+    for error in errors:
+        error = classify(error)
+        if not suggestions and error.original_error is None:
+            error.message = _SUGGESTION.sub("", error.message)
+        error.extensions = {**(error.extensions or {}), "requestId": request_id}
+        presented.append(error)
+    return presented
+
+
 class CoregraphErrors(SchemaExtension):
+    """Applies ``present`` inside the schema, so every transport (HTTP, WebSocket) gets it.
+
+    Strawberry does not resume ``on_operation`` after a parse failure, so the HTTP transport
+    calls ``present`` once more on what it sends (a no-op for errors already presented).
+    """
+
     suggestions = True
 
     def on_operation(self) -> Iterator[None]:
         yield
+        context = self.execution_context.context
+        if context is not None and hasattr(context, "operation_name"):
+            # For the request log: the name the document gives, even when the request did not.
+            context.operation_name = self.execution_context.operation_name
         result = self.execution_context.result
         if result is None or not result.errors:
             return
-        request_id = getattr(self.execution_context.context, "request_id", None)
-        masked = []
-        for error in result.errors:
-            error = classify(error)
-            if not self.suggestions and error.original_error is None:
-                error.message = _SUGGESTION.sub("", error.message)
-            error.extensions = {**(error.extensions or {}), "requestId": request_id}
-            masked.append(error)
-        result.errors = masked
+        request_id = getattr(context, "request_id", None)
+        result.errors = present(result.errors, request_id, self.suggestions)
 
 
 def error_extension(suggestions: bool) -> type[CoregraphErrors]:

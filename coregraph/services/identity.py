@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from coregraph import ids
 from coregraph.auth import passwords, secrets
@@ -128,29 +128,58 @@ async def refresh_session(
         reused = await uow.session.scalar(
             select(Session).where(Session.previous_token_hash == digest)
         )
-        if reused is not None and reused.revoked_at is None:
+        if reused is not None:
             # A rotated token came back: someone else holds a copy. End the whole session.
-            reused.revoked_at = now
-            uow.record(
-                "session.revoked_on_reuse",
-                tenant_id=None,
-                target_type="Session",
-                target_id=reused.id,
-                actor_id=reused.user_id,
-            )
-            await uow.session.flush()
-            uow.keep_on_failure()
+            await _revoke_on_reuse(uow, reused, now)
         raise Unauthenticated("refresh token is invalid, expired or revoked")
     if session.revoked_at is not None or session.expires_at <= now:
         raise Unauthenticated("refresh token is invalid, expired or revoked")
     user = await uow.session.get(User, session.user_id)
     assert user is not None
     refresh = secrets.generate(secrets.REFRESH_TOKEN_PREFIX)
-    session.previous_token_hash = session.refresh_token_hash
-    session.refresh_token_hash = secrets.digest(refresh)
-    session.last_refreshed_at = now
+    # Compare-and-swap: only the request that still sees this token as current rotates it, so
+    # one token raced from two places cannot mint two live successors.
+    rotated = await uow.session.execute(
+        update(Session)
+        .where(
+            Session.id == session.id,
+            Session.refresh_token_hash == digest,
+            Session.revoked_at.is_(None),
+        )
+        .values(
+            previous_token_hash=digest,
+            refresh_token_hash=secrets.digest(refresh),
+            last_refreshed_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if rotated.rowcount != 1:
+        # Another request rotated it first: the same token was presented twice.
+        await _revoke_on_reuse(uow, session, now)
+        raise Unauthenticated("refresh token is invalid, expired or revoked")
+    await uow.session.refresh(session)
     access, expires = tokens.issue_access_token(user.id, session.id)
     return IssuedSession(user, session, access, expires, refresh)
+
+
+async def _revoke_on_reuse(uow: UnitOfWork, session: Session, now: datetime) -> None:
+    revoked = await uow.session.execute(
+        update(Session)
+        .where(Session.id == session.id, Session.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if revoked.rowcount != 1:
+        return  # already ended
+    uow.record(
+        "session.revoked_on_reuse",
+        tenant_id=None,
+        target_type="Session",
+        target_id=session.id,
+        actor_id=session.user_id,
+    )
+    await uow.session.flush()
+    uow.keep_on_failure()
 
 
 async def logout(uow: UnitOfWork, *, session_id: str | None, refresh_token: str | None) -> bool:

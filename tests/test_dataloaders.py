@@ -1,0 +1,69 @@
+"""A tenant with its members, their users and roles costs the same number of SQL statements
+whether it has 5 members or 200: every relation is batched per request."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import event
+
+from tests.support import Actor, GraphQLClient, Server
+
+QUERY = """{ tenant { id name members(first: 200) { totalCount edges { node {
+    id user { id email displayName } role { id key permissions } tenant { slug } } } } } }"""
+
+
+@contextmanager
+def counting_statements(server: Server) -> Iterator[list[str]]:
+    statements: list[str] = []
+    lock = threading.Lock()
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        with lock:
+            statements.append(statement)
+
+    engine = server.runtime.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+async def tenant_with_members(client: GraphQLClient, members: int) -> tuple[Actor, str]:
+    """A tenant whose membership list holds `members` people, built through the public API."""
+    owner = await client.sign_up()
+    tenant_id = await client.create_tenant(owner)
+    remaining = members - 1
+    while remaining:
+        batch = min(remaining, 20)
+        await asyncio.gather(
+            *(client.add_member(owner, tenant_id, role="viewer") for _ in range(batch))
+        )
+        remaining -= batch
+    return owner, tenant_id
+
+
+async def test_statement_count_does_not_grow_with_members(
+    client: GraphQLClient, server: Server
+) -> None:
+    small_owner, small = await tenant_with_members(client, 5)
+    large_owner, large = await tenant_with_members(client, 200)
+
+    counts = {}
+    for owner, tenant_id, expected in ((small_owner, small, 5), (large_owner, large, 200)):
+        with counting_statements(server) as statements:
+            r = await client.execute(QUERY, actor=owner, tenant_id=tenant_id)
+        data = r.ok()["tenant"]
+        assert data["members"]["totalCount"] == expected
+        assert len(data["members"]["edges"]) == expected
+        assert all(e["node"]["user"]["email"] for e in data["members"]["edges"])
+        counts[expected] = len(statements)
+
+    assert counts[5] == counts[200], counts
+    # auth (session + memberships), tenant, page, count, users, roles, tenants of members
+    assert counts[5] <= 8, counts

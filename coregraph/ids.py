@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import threading
 import time
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -27,9 +28,25 @@ PREFIXES = {
 _ID_RE = re.compile(r"^([a-z]{3})_([0-9a-hjkmnp-tv-z]{26})$")
 
 
+_lock = threading.Lock()
+_last = 0
+
+
+def _next_value() -> int:
+    """Monotonic within a process (the ULID rule): ids minted in the same millisecond still
+    sort in the order they were made, so an audit trail reads in the order it was written."""
+    global _last
+    with _lock:
+        value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+        if value <= _last:
+            value = _last + 1 + secrets.randbits(16)
+        _last = value
+        return value
+
+
 def new_id(prefix: str) -> str:
     assert prefix in PREFIXES, prefix
-    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    value = _next_value()
     chars = []
     for _ in range(26):
         chars.append(_ALPHABET[value & 31])

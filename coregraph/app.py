@@ -16,24 +16,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request, WebSocket
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from strawberry.fastapi import GraphQLRouter
-from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from coregraph import db, migrate
 from coregraph.auth import passwords
 from coregraph.auth.authenticate import Authenticator
-from coregraph.auth.principal import ANONYMOUS
 from coregraph.auth.tokens import TokenService
-from coregraph.context import Context
-from coregraph.errors import CoregraphError
 from coregraph.http import handle_graphql
 from coregraph.schema import CoregraphSchema, build_schema
-from coregraph.services.uow import RequestMeta
 from coregraph.settings import Settings, load_settings
+from coregraph.ws import WebSocketRouter
 
 log = logging.getLogger("coregraph.request")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -180,29 +175,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             status_code=200 if ready else 503,
         )
 
-    async def websocket_context(websocket: WebSocket) -> Context:
-        meta = RequestMeta(
-            request_id=websocket.scope.get("state", {}).get("request_id"),
-            ip=websocket.client.host if websocket.client else None,
-            user_agent=websocket.headers.get("user-agent"),
-        )
-        try:
-            principal = await runtime.authenticator.authenticate(
-                websocket.headers.get("authorization"),
-                websocket.headers.get("x-tenant-id"),
-                websocket.headers.get("x-environment"),
-                meta,
-            )
-        except CoregraphError:
-            principal = ANONYMOUS
-        return Context(runtime, principal, meta)
-
-    ws_router = GraphQLRouter(
-        runtime.schema,
-        context_getter=websocket_context,
-        subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
-        graphql_ide=None,
-    )
+    ws_router = WebSocketRouter(runtime)
     # HTTP on /graphql is ours (above, registered first); the router adds the WebSocket route.
     app.include_router(ws_router, prefix="/graphql")
     app.add_middleware(RequestLog)

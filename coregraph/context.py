@@ -27,8 +27,19 @@ if TYPE_CHECKING:
 
 
 class Context(BaseContext):
-    def __init__(self, runtime: Runtime, principal: Principal, meta: RequestMeta) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        principal: Principal,
+        meta: RequestMeta,
+        *,
+        hold_connection: bool = True,
+    ) -> None:
         super().__init__()
+        # HTTP requests keep one connection for their few statements; a long-lived WebSocket
+        # takes one per statement so an idle connection holds nothing from the pool.
+        self.hold_connection = hold_connection
+        self.connection_params: Any = None
         self.runtime = runtime
         self.settings = runtime.settings
         self.principal = principal
@@ -64,6 +75,9 @@ class Context(BaseContext):
         return tenant_id
 
     async def read(self, statement: Executable) -> Sequence[Row[Any]]:
+        if not self.hold_connection:
+            async with self.runtime.engine.connect() as connection:
+                return (await connection.execute(statement)).all()
         async with self._lock:
             if self._connection is None:
                 self._connection = await self.runtime.engine.connect()

@@ -40,6 +40,7 @@ class Context(BaseContext):
         # takes one per statement so an idle connection holds nothing from the pool.
         self.hold_connection = hold_connection
         self.connection_params: Any = None
+        self.handshake_headers: Any = {}
         self.runtime = runtime
         self.settings = runtime.settings
         self.principal = principal

@@ -44,7 +44,7 @@ class WebSocketRouter(GraphQLRouter[Context, None]):
                 user_agent=(websocket.headers.get("user-agent") or "")[:400] or None,
             )
             context = Context(runtime, ANONYMOUS, meta, hold_connection=False)
-            context.websocket_headers = websocket.headers
+            context.handshake_headers = websocket.headers
             return context
 
         super().__init__(
@@ -56,7 +56,7 @@ class WebSocketRouter(GraphQLRouter[Context, None]):
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         params = context.connection_params if isinstance(context.connection_params, dict) else {}
-        headers = getattr(context, "websocket_headers", {})
+        headers = context.handshake_headers
         try:
             context.principal = await self.runtime.authenticator.authenticate(
                 _param(params, headers, "Authorization"),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from coregraph import ids
 from coregraph.auth import passwords, secrets
@@ -153,7 +154,7 @@ async def refresh_session(
         )
         .execution_options(synchronize_session=False)
     )
-    if rotated.rowcount != 1:
+    if cast(CursorResult[Any], rotated).rowcount != 1:
         # Another request rotated it first: the same token was presented twice.
         await _revoke_on_reuse(uow, session, now)
         raise Unauthenticated("refresh token is invalid, expired or revoked")
@@ -169,7 +170,7 @@ async def _revoke_on_reuse(uow: UnitOfWork, session: Session, now: datetime) -> 
         .values(revoked_at=now)
         .execution_options(synchronize_session=False)
     )
-    if revoked.rowcount != 1:
+    if cast(CursorResult[Any], revoked).rowcount != 1:
         return  # already ended
     uow.record(
         "session.revoked_on_reuse",
@@ -213,7 +214,7 @@ async def user_for_external_token(
     """Map an external issuer's subject to a user, creating (or linking) one on first sight.
 
     An existing account is linked by email only when the issuer says the email is verified;
-    otherwise a new, password-less user is created.
+    otherwise a new, password-less user is created, which takes the email only if verified.
     """
     link = await uow.session.scalar(
         select(ExternalIdentity).where(
@@ -231,11 +232,18 @@ async def user_for_external_token(
             email = validation.email(raw_email)
         except validation.BadUserInput:
             email = None
+    verified = token.claims.get("email_verified") is True
     user = None
-    if email and token.claims.get("email_verified") is True:
+    if email and verified:
         user = await uow.session.scalar(select(User).where(User.email == email))
     if user is None:
-        if email is None or await uow.session.scalar(select(User.id).where(User.email == email)):
+        # An unverified address is not the user's: taking it would let whoever merely claims
+        # it block its owner's sign-up and accept invitations sent to it.
+        if (
+            email is None
+            or not verified
+            or await uow.session.scalar(select(User.id).where(User.email == email))
+        ):
             email = f"{token.subject[:60]}@{ids.new_id('ext')}.external.invalid".lower()
         user = User(
             id=ids.new_id("usr"),

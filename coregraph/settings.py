@@ -85,6 +85,11 @@ class Settings(BaseSettings):
                 "COREGRAPH_EXTERNAL_JWT_ISSUER needs COREGRAPH_EXTERNAL_JWT_PUBLIC_KEY "
                 "or COREGRAPH_EXTERNAL_JWT_JWKS_URL"
             )
+        if self.external_jwt_issuer and not self.external_jwt_audience:
+            raise ValueError(
+                "COREGRAPH_EXTERNAL_JWT_ISSUER needs COREGRAPH_EXTERNAL_JWT_AUDIENCE: "
+                "tokens minted for another application must not pass"
+            )
         if self.env != "production" or self.allow_insecure:
             return self
         problems = []

@@ -27,6 +27,7 @@ from coregraph.auth.authenticate import Authenticator
 from coregraph.auth.tokens import TokenService
 from coregraph.http import handle_graphql
 from coregraph.schema import CoregraphSchema, build_schema
+from coregraph.services.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from coregraph.settings import Settings, load_settings
 from coregraph.ws import WebSocketRouter
 
@@ -43,6 +44,7 @@ class Runtime:
     schema: CoregraphSchema
     tokens: TokenService
     authenticator: Authenticator
+    limiter: RateLimiter
     redis: Any = None
 
     @classmethod
@@ -55,16 +57,19 @@ class Runtime:
         engine = db.create_engine(settings)
         tokens = TokenService(settings)
         redis = None
+        limiter: RateLimiter = MemoryRateLimiter()
         if settings.redis_url:
             from redis.asyncio import Redis
 
             redis = Redis.from_url(settings.redis_url)
+            limiter = RedisRateLimiter(redis, settings.redis_prefix)
         return cls(
             settings=settings,
             engine=engine,
             schema=build_schema(settings),
             tokens=tokens,
             authenticator=Authenticator(settings, engine, tokens),
+            limiter=limiter,
             redis=redis,
         )
 

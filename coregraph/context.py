@@ -19,6 +19,7 @@ from strawberry.fastapi import BaseContext
 
 from coregraph.auth.principal import Principal
 from coregraph.errors import Forbidden
+from coregraph.services import ratelimit
 from coregraph.services.uow import RequestMeta, UnitOfWork
 
 if TYPE_CHECKING:
@@ -84,6 +85,19 @@ class Context(BaseContext):
                 self._connection = await self.runtime.engine.connect()
             result = await self._connection.execute(statement)
             return result.all()
+
+    async def limit(self, action: str, account: str | None) -> None:
+        """Count one attempt at a rate-limited action (login, refresh, invitation acceptance)."""
+        settings = self.settings
+        await ratelimit.enforce(
+            self.runtime.limiter,
+            action,
+            account=account,
+            ip=self.meta.ip,
+            per_account=settings.auth_rate_limit_per_account,
+            per_ip=settings.auth_rate_limit_per_ip,
+            window_seconds=settings.auth_rate_limit_window_seconds,
+        )
 
     def unit_of_work(self) -> UnitOfWork:
         return _RefreshingUnitOfWork(self)

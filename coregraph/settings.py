@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./var/coregraph.sqlite3"
     database_echo: bool = False
     redis_url: str | None = None
+    # Prefix of every Redis key, so deployments (or test runs) can share one Redis.
+    redis_prefix: str = Field("coregraph", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -56,6 +58,11 @@ class Settings(BaseSettings):
     max_tokens: int = Field(4000, ge=50, le=1_000_000)
     max_page_size: int = Field(200, ge=1, le=1000)
     graphiql: bool | None = None  # default: on, except in production
+
+    # login, refreshSession and acceptInvitation attempts per window, per account and per address.
+    auth_rate_limit_per_account: int = Field(10, ge=1)
+    auth_rate_limit_per_ip: int = Field(100, ge=1)
+    auth_rate_limit_window_seconds: int = Field(60, ge=1, le=86400)
 
     password_min_length: int = Field(10, ge=8, le=128)
     # argon2id cost for new hashes (argon2-cffi's defaults, RFC 9106's second recommendation).

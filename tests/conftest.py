@@ -30,6 +30,8 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "password_hash_time_cost": 1,
         "password_hash_memory_kib": 1024,
         "password_hash_parallelism": 1,
+        # Every test client is 127.0.0.1: per-address limits are tested on their own server.
+        "auth_rate_limit_per_ip": 100_000,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -74,6 +74,7 @@ class IdentityMutation:
     @field(description="Sign in with email and password.")
     async def login(self, info: Info, input: LoginInput) -> AuthPayload | None:
         ctx = info.context
+        await ctx.limit("login", account=input.email)
         async with ctx.unit_of_work() as uow:
             issued = await identity.login(
                 uow, ctx.settings, ctx.runtime.tokens, email=input.email, password=input.password
@@ -83,6 +84,7 @@ class IdentityMutation:
     @field(description="Trade a refresh token for a new access token and a new refresh token.")
     async def refresh_session(self, info: Info, refresh_token: str) -> AuthPayload | None:
         ctx = info.context
+        await ctx.limit("refresh", account=refresh_token[:64])
         async with ctx.unit_of_work() as uow:
             issued = await identity.refresh_session(
                 uow, ctx.settings, ctx.runtime.tokens, refresh_token=refresh_token

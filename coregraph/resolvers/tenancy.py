@@ -135,6 +135,7 @@ class TenancyMutation:
         user_id = ctx.principal.user_id
         if user_id is None:
             raise Forbidden("only a signed-in user can accept an invitation")
+        await ctx.limit("accept_invitation", account=user_id)
         async with ctx.unit_of_work() as uow:
             row = await tenancy.accept_invitation(uow, token=token, user_id=user_id)
             role = await uow.session.get(access.Role, row.role_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Awaitable
 from functools import partial
 from typing import Any
 
@@ -15,8 +17,10 @@ from strawberry.extensions import (
     QueryDepthLimiter,
     ValidationCache,
 )
+from strawberry.federation.schema import FederationAny
 from strawberry.tools import merge_types
 
+from coregraph.errors import BadUserInput, NotFound
 from coregraph.resolvers.access import AccessMutation, AccessQuery
 from coregraph.resolvers.identity import IdentityMutation, IdentityQuery
 from coregraph.resolvers.node import NodeQuery
@@ -39,7 +43,72 @@ Mutation = merge_types("Mutation", (IdentityMutation, TenancyMutation, AccessMut
 ENTITY_TYPES = [Tenant, User, Membership, Role, ApiKey, Invitation, AuditEntry, Permission]
 
 
+def _found(result: Any) -> Any:
+    """An entity that did not resolve is an error, not a silent null: NOT_FOUND, the same answer
+    as ``node(id:)`` for "does not exist" and "not yours" (DESIGN.md, Errors)."""
+    if inspect.isawaitable(result):
+        return _await_found(result)
+    if result is None:
+        return NotFound("no object with this id", field="representations")
+    return result
+
+
+async def _await_found(result: Awaitable[Any]) -> Any:
+    return _found(await result)
+
+
+def _entity_keys() -> dict[str, frozenset[str]]:
+    """Each entity type's key fields (from its ``@key`` directives), by type name."""
+    from strawberry.federation.schema_directives import Key
+
+    keys: dict[str, frozenset[str]] = {}
+    for type_ in ENTITY_TYPES:
+        definition = type_.__strawberry_definition__  # type: ignore[attr-defined]
+        for directive in definition.directives or ():
+            if isinstance(directive, Key):
+                keys[definition.name] = frozenset(str(directive.fields).split())
+    return keys
+
+
+_ENTITY_KEYS = _entity_keys()
+
+
+def _representation_problem(representation: Any) -> str | None:
+    """Why a client-supplied ``_entities`` representation is unusable, or None. Without this
+    check strawberry fails on it with an internal error (an unknown ``__typename``, a field that
+    is not the key), and one bad item fails the whole list."""
+    if not isinstance(representation, dict):
+        return "must be an object"
+    keys = _ENTITY_KEYS.get(representation.get("__typename"))  # type: ignore[arg-type]
+    if keys is None:
+        return "__typename must name an entity type"
+    given = representation.keys() - {"__typename"}
+    if given != keys or not all(isinstance(representation[k], str) for k in keys):
+        return f"give exactly the key fields {sorted(keys)}, as strings"
+    return None
+
+
 class CoregraphSchema(strawberry.federation.Schema):
+    def entities_resolver(
+        self, info: strawberry.Info, representations: list[FederationAny]
+    ) -> list[FederationAny]:
+        # graphql-core raises an Exception returned as a list item, so each unusable or
+        # unresolved representation becomes null with its own error at ``_entities.<index>``.
+        results: list[Any] = [None] * len(representations)
+        usable: list[int] = []
+        for index, representation in enumerate(representations):
+            problem = _representation_problem(representation)
+            if problem is None:
+                usable.append(index)
+            else:
+                results[index] = BadUserInput(
+                    f"representations[{index}]: {problem}", field="representations"
+                )
+        resolved = super().entities_resolver(info, [representations[i] for i in usable])
+        for index, result in zip(usable, resolved, strict=True):
+            results[index] = _found(result)
+        return results
+
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         """Errors are classified and logged once, in ``schema.errors``; expected ones
         (FORBIDDEN, BAD_USER_INPUT, ...) are not stack traces worth logging."""

@@ -34,7 +34,9 @@ def classify(error: GraphQLError) -> GraphQLError:
             path=error.path,
             extensions=original.extensions,
         )
-    if original is None:
+    # Request errors (parse, validation, variable coercion) have no path; graphql-core 3.3 sets
+    # ``original_error`` on variable coercion errors, and they are the client's, not ours.
+    if original is None or (isinstance(original, GraphQLError) and error.path is None):
         if error.message.startswith("Syntax Error"):
             code = "GRAPHQL_PARSE_FAILED"
         elif error.message.startswith("Variable '$"):
@@ -65,7 +67,7 @@ def present(
     presented = []
     for error in errors:
         error = classify(error)
-        if not suggestions and error.original_error is None:
+        if not suggestions and (error.original_error is None or error.path is None):
             error.message = _SUGGESTION.sub("", error.message)
         error.extensions = {**(error.extensions or {}), "requestId": request_id}
         presented.append(error)

@@ -1,0 +1,316 @@
+"""Every field that can expose tenant data carries an authorization declaration, and the guard
+that enforces it is installed. The walk is over the built schema, so a new type or field that
+forgets its declaration fails here before it ships.
+
+Rule: every field of every object type is covered by a declaration (on the field or on its
+type), except
+  (a) a small allow-list of public root fields and federation internals, and
+  (b) fields of *wrapper* types (connections, edges, PageInfo, mutation payloads, ...). A type
+      counts as a wrapper only if it is reached, and every field that returns it (through lists
+      and non-null) is declared, is a public root field that may vouch for its result, or
+      belongs to another acceptable wrapper. Types reached only through an interface or a union
+      (`node`, `_entities`) cannot be wrappers: they must carry their own declarations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import pytest
+import strawberry
+from graphql import (
+    GraphQLInterfaceType,
+    GraphQLObjectType,
+    GraphQLSchema,
+    GraphQLUnionType,
+    get_named_type,
+)
+
+from coregraph.auth.principal import ANONYMOUS
+from coregraph.errors import Unauthenticated
+from coregraph.schema import build_schema
+from coregraph.schema.authorization import enforce_declarations, field_declarations
+from coregraph.settings import Settings
+
+# Public root fields: anyone may call them. Their results are the caller's own (a new session);
+# `_service` answers the SDL, which declares nothing secret.
+PUBLIC_ROOT_FIELDS = frozenset(
+    {
+        "Mutation.signUp",
+        "Mutation.login",
+        "Mutation.refreshSession",
+        "Mutation.logout",
+        "Query._service",
+        "Query._entities",
+    }
+)
+# Federation internals: fields of federation's own types.
+FEDERATION_INTERNALS = frozenset({"_Service.sdl"})
+# `_entities` may be called by anyone, but it does not vouch for what it returns: each entity
+# it can return must be declared itself.
+NOT_VOUCHING = frozenset({"Query._entities"})
+
+
+@dataclass
+class Coverage:
+    offenders: list[str] = field(default_factory=list)
+    wrappers: set[str] = field(default_factory=set)
+    declared: dict[str, GraphQLObjectType] = field(default_factory=dict)
+
+
+def _object_types(schema: GraphQLSchema) -> list[GraphQLObjectType]:
+    return [
+        t
+        for t in schema.type_map.values()
+        if isinstance(t, GraphQLObjectType) and not t.name.startswith("__")
+    ]
+
+
+def check_declarations(
+    schema: GraphQLSchema,
+    public_root_fields: frozenset[str] = PUBLIC_ROOT_FIELDS,
+    federation_internals: frozenset[str] = FEDERATION_INTERNALS,
+) -> Coverage:
+    """Walk ``schema`` and report every uncovered field by its coordinate."""
+    coverage = Coverage()
+    types = _object_types(schema)
+    declared: set[str] = set()
+    # Fields returning each object type directly (through lists / non-null only) ...
+    direct: dict[str, set[str]] = {t.name: set() for t in types}
+    # ... and through an interface or a union.
+    abstract: dict[str, set[str]] = {t.name: set() for t in types}
+    for type_ in types:
+        for name, graphql_field in type_.fields.items():
+            coordinate = f"{type_.name}.{name}"
+            if field_declarations(type_, name, graphql_field):
+                declared.add(coordinate)
+                coverage.declared[coordinate] = type_
+            target = get_named_type(graphql_field.type)
+            if isinstance(target, GraphQLObjectType):
+                direct.setdefault(target.name, set()).add(coordinate)
+            elif isinstance(target, GraphQLUnionType):
+                for member in target.types:
+                    abstract.setdefault(member.name, set()).add(coordinate)
+            elif isinstance(target, GraphQLInterfaceType):
+                for member in schema.get_implementations(target).objects:
+                    abstract.setdefault(member.name, set()).add(coordinate)
+
+    vouching_roots = public_root_fields - NOT_VOUCHING
+    # Least fixpoint: a type becomes an acceptable wrapper once every field reaching it is
+    # declared, a vouching public root field, or a field of a wrapper already accepted.
+    changed = True
+    while changed:
+        changed = False
+        for type_ in types:
+            if type_.name in coverage.wrappers:
+                continue
+            referrers = direct.get(type_.name, set())
+            if not referrers or abstract.get(type_.name):
+                continue
+            if all(
+                ref in declared
+                or ref in vouching_roots
+                or ref.split(".", 1)[0] in coverage.wrappers
+                for ref in referrers
+            ):
+                coverage.wrappers.add(type_.name)
+                changed = True
+
+    for type_ in types:
+        for name in type_.fields:
+            coordinate = f"{type_.name}.{name}"
+            if (
+                coordinate in declared
+                or coordinate in public_root_fields
+                or coordinate in federation_internals
+                or type_.name in coverage.wrappers
+            ):
+                continue
+            coverage.offenders.append(coordinate)
+    return coverage
+
+
+def unguarded(coverage: Coverage, schema: GraphQLSchema) -> list[str]:
+    """Declared fields whose resolver is not wrapped by the guard."""
+    missing = []
+    for coordinate, type_ in coverage.declared.items():
+        resolve = type_.fields[coordinate.split(".", 1)[1]].resolve
+        if getattr(resolve, "__wrapped__", None) is None:
+            missing.append(coordinate)
+    return missing
+
+
+@pytest.fixture(scope="module")
+def coregraph_schema() -> GraphQLSchema:
+    return build_schema(Settings())._schema
+
+
+# --- coregraph's schema ------------------------------------------------------------------
+
+
+def test_every_field_is_declared_or_inside_an_acceptable_wrapper(
+    coregraph_schema: GraphQLSchema,
+) -> None:
+    coverage = check_declarations(coregraph_schema)
+    assert coverage.offenders == [], (
+        "fields that may expose tenant data without @authenticated/@requiresScopes/@policy "
+        "(declare them, or on their type):\n  " + "\n  ".join(coverage.offenders)
+    )
+    # The walk really looked: the types we expect to be wrappers are, and entities are not.
+    assert {
+        "PageInfo",
+        "MembershipConnection",
+        "MembershipEdge",
+        "AuthPayload",
+        "CreateApiKeyPayload",
+        "_Service",
+    } <= coverage.wrappers
+    assert not coverage.wrappers & {"Tenant", "User", "Membership", "Role", "ApiKey"}
+    # The allow-list is exactly what the schema has: an entry that no longer exists is stale.
+    fields = {f"{t.name}.{n}" for t in _object_types(coregraph_schema) for n in t.fields}
+    assert (PUBLIC_ROOT_FIELDS | FEDERATION_INTERNALS) <= fields
+
+
+def test_every_declared_field_has_the_guard_installed(coregraph_schema: GraphQLSchema) -> None:
+    coverage = check_declarations(coregraph_schema)
+    assert len(coverage.declared) > 50
+    assert unguarded(coverage, coregraph_schema) == []
+
+
+def test_every_guard_refuses_an_anonymous_caller(coregraph_schema: GraphQLSchema) -> None:
+    """The wrapper is the guard, not any decorator: called without a credential, each declared
+    field raises UNAUTHENTICATED before its own resolver runs."""
+    info = SimpleNamespace(context=SimpleNamespace(principal=ANONYMOUS))
+    letting_through = []
+    for coordinate, type_ in check_declarations(coregraph_schema).declared.items():
+        resolve = type_.fields[coordinate.split(".", 1)[1]].resolve
+        assert resolve is not None
+        try:
+            resolve(None, info)
+        except Unauthenticated:
+            continue
+        letting_through.append(coordinate)
+    assert letting_through == []
+
+
+# --- the checker itself can fail ---------------------------------------------------------
+
+
+@strawberry.federation.type(keys=["id"], requires_scopes=[["things:read"]])
+class GuardedThing:
+    id: strawberry.ID
+    secret: str
+
+
+@strawberry.type
+class GuardedThingPayload:
+    thing: GuardedThing | None
+
+
+@strawberry.federation.type(keys=["id"])
+class LeakyThing:
+    """An entity without a declaration: reachable through a root field and `_entities`."""
+
+    id: strawberry.ID
+    secret: str
+
+
+@strawberry.federation.type(keys=["id"])
+class OrphanEntity:
+    """Only reachable through `_entities`: it is not a wrapper, whoever calls `_entities`."""
+
+    id: strawberry.ID
+    secret: str
+
+
+@strawberry.type
+class SharedPayload:
+    """Returned by a declared field and by an undeclared one: not an acceptable wrapper."""
+
+    thing: GuardedThing | None
+    note: str
+
+
+@strawberry.type
+class LeakyPayload:
+    thing: LeakyThing | None
+
+
+@strawberry.type(name="Query")
+class TinyQuery:
+    @strawberry.federation.field(authenticated=True)
+    def guarded(self) -> GuardedThing | None:
+        return None
+
+    @strawberry.field
+    def leaky(self) -> LeakyThing | None:
+        return None
+
+    @strawberry.federation.field(authenticated=True)
+    def shared(self) -> SharedPayload | None:
+        return None
+
+
+@strawberry.type(name="Mutation")
+class TinyMutation:
+    @strawberry.federation.field(requires_scopes=[["things:write"]])
+    def update_thing(self) -> GuardedThingPayload | None:
+        return None
+
+    @strawberry.field
+    def leak(self) -> LeakyPayload | None:
+        return None
+
+    @strawberry.field
+    def share(self) -> SharedPayload | None:
+        return None
+
+
+def tiny_schema(enforce: bool) -> GraphQLSchema:
+    schema = strawberry.federation.Schema(
+        query=TinyQuery, mutation=TinyMutation, types=[OrphanEntity], federation_version="2.9"
+    )
+    if enforce:
+        enforce_declarations(schema._schema)
+    return schema._schema
+
+
+def test_the_walk_reports_undeclared_fields() -> None:
+    coverage = check_declarations(
+        tiny_schema(enforce=True),
+        public_root_fields=frozenset({"Query._service", "Query._entities"}),
+    )
+    assert sorted(coverage.offenders) == sorted(
+        [
+            "Query.leaky",
+            "Mutation.leak",
+            "Mutation.share",
+            "LeakyPayload.thing",
+            "LeakyThing.id",
+            "LeakyThing.secret",
+            "OrphanEntity.id",
+            "OrphanEntity.secret",
+            "SharedPayload.thing",
+            "SharedPayload.note",
+        ]
+    )
+    assert "GuardedThingPayload" in coverage.wrappers
+    assert not coverage.wrappers & {"SharedPayload", "LeakyPayload", "OrphanEntity"}
+
+
+def test_the_guard_check_reports_an_unenforced_schema() -> None:
+    expected = {
+        "GuardedThing.id",
+        "GuardedThing.secret",
+        "Query.guarded",
+        "Query.shared",
+        "Mutation.updateThing",
+    }
+    bare = tiny_schema(enforce=False)
+    coverage = check_declarations(bare)
+    assert set(coverage.declared) == expected
+    assert set(unguarded(coverage, bare)) == expected
+
+    enforced = tiny_schema(enforce=True)
+    assert unguarded(check_declarations(enforced), enforced) == []

@@ -25,7 +25,7 @@ from coregraph import db, migrate
 from coregraph.auth import passwords
 from coregraph.auth.authenticate import Authenticator
 from coregraph.auth.tokens import TokenService
-from coregraph.http import handle_graphql
+from coregraph.http import handle_graphql, method_not_allowed
 from coregraph.schema import CoregraphSchema, build_schema
 from coregraph.services.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from coregraph.settings import Settings, load_settings
@@ -151,6 +151,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     @app.api_route("/graphql", methods=["GET", "POST"], include_in_schema=False)
     async def graphql_http(request: Request) -> Response:
         return await handle_graphql(request, runtime)
+
+    @app.api_route(
+        "/graphql", methods=["PUT", "PATCH", "DELETE", "OPTIONS"], include_in_schema=False
+    )
+    async def graphql_other_methods(request: Request) -> Response:
+        return method_not_allowed(request)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

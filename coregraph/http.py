@@ -122,6 +122,18 @@ def error_payload(message: str, extensions: dict[str, Any]) -> dict[str, Any]:
     return {"errors": [{"message": message, "extensions": extensions}]}
 
 
+def method_not_allowed(request: Request) -> Response:
+    return _response(
+        error_payload(
+            f"{request.method} is not supported on /graphql; use POST (or GET for queries)",
+            {"code": "BAD_REQUEST", "requestId": request.state.request_id},
+        ),
+        405,
+        JSON,
+        Allow="GET, POST",
+    )
+
+
 async def handle_graphql(request: Request, runtime: Runtime) -> Response:
     state = request.state
     started = time.perf_counter()
@@ -214,7 +226,8 @@ async def handle_graphql(request: Request, runtime: Runtime) -> Response:
         and all(e.path is None for e in result.errors or ())
         and bool(result.errors)
     )
-    if not (request_error and media_type == GRAPHQL_RESPONSE):
+    if not request_error:
+        # A request error never started execution: the response has no "data" entry at all.
         payload["data"] = result.data
     if result.errors:
         errors = present(result.errors, request_id, runtime.settings.suggestions_enabled)

@@ -362,3 +362,16 @@ async def test_no_suggestions_when_they_are_off(
                 "BAD_USER_INPUT",
             }, error
             assert ("Did you mean" in error["message"]) is expect_hint, (url, error)
+
+
+async def test_request_errors_carry_no_data_and_other_methods_are_typed_405(
+    http: httpx.AsyncClient, server: Server
+) -> None:
+    r = await http.post(
+        server.url, json={"query": "{ nope }"}, headers={"Accept": "application/json"}
+    )
+    assert r.status_code == 200 and "data" not in r.json()
+    assert r.json()["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+    r = await http.put(server.url, json={"query": "{ __typename }"})
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+    assert r.json()["errors"][0]["extensions"]["requestId"] == r.headers["x-request-id"]

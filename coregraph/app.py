@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -189,5 +190,20 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     ws_router = WebSocketRouter(runtime)
     # HTTP on /graphql is ours (above, registered first); the router adds the WebSocket route.
     app.include_router(ws_router, prefix="/graphql")
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "X-Tenant-Id",
+                "X-Environment",
+                "X-Request-Id",
+            ],
+            expose_headers=["X-Request-Id"],
+            max_age=600,
+        )
     app.add_middleware(RequestLog)
     return app

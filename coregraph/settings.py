@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     public_url: str = "http://127.0.0.1:8000"
+    # Browser origins allowed to call the API (portals on another origin), as a JSON list.
+    cors_origins: list[str] = Field(default_factory=list)
     # Where an invitation link points; the edge app that renders it owns the page.
     invitation_url_template: str = "{public_url}/invitations/accept?token={token}"
 

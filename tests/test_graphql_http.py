@@ -375,3 +375,22 @@ async def test_request_errors_carry_no_data_and_other_methods_are_typed_405(
     r = await http.put(server.url, json={"query": "{ __typename }"})
     assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
     assert r.json()["errors"][0]["extensions"]["requestId"] == r.headers["x-request-id"]
+
+
+async def test_cors_allows_only_configured_origins(
+    http: httpx.AsyncClient, database_url: str
+) -> None:
+    settings = make_settings(database_url, cors_origins=["https://portal.example.com"])
+    with running_server(settings) as srv:
+        preflight = {
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, x-tenant-id",
+        }
+        r = await http.options(
+            srv.url, headers={"Origin": "https://portal.example.com", **preflight}
+        )
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "https://portal.example.com"
+        assert "x-tenant-id" in r.headers["access-control-allow-headers"].lower()
+        r = await http.options(srv.url, headers={"Origin": "https://evil.example", **preflight})
+        assert "access-control-allow-origin" not in r.headers

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coregraph import ids
@@ -67,9 +68,7 @@ class Authenticator:
         session_id: str | None = None
         stmt: Any
         if token.external:
-            async with UnitOfWork(self.engine, ANONYMOUS, meta) as uow:
-                user = await identity.user_for_external_token(uow, self.settings, token)
-            user_id = user.id
+            user_id = await self._external_user(token, meta)
             stmt = (
                 select(Membership.tenant_id, Role.permissions)
                 .join(Role, Role.id == Membership.role_id)
@@ -107,6 +106,20 @@ class Authenticator:
             environment=environment,
             tenant_scopes=tenant_scopes,
         )
+
+    async def _external_user(self, token: VerifiedToken, meta: RequestMeta) -> str:
+        # A client's first screen may send several requests at once with a brand-new identity:
+        # they race to create it, and the losers hit a unique constraint. By then the winner's
+        # link is committed, so looking again finds it.
+        for attempt in range(3):
+            try:
+                async with UnitOfWork(self.engine, ANONYMOUS, meta) as uow:
+                    user = await identity.user_for_external_token(uow, self.settings, token)
+                return user.id
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _api_key(
         self, secret: str, tenant_id: str | None, environment_header: str | None

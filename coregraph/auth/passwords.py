@@ -23,9 +23,7 @@ def configure(time_cost: int, memory_kib: int, parallelism: int) -> None:
         parallelism,
     ):
         return
-    _hasher = PasswordHasher(
-        time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism
-    )
+    _hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
     _DUMMY_HASH = _hasher.hash("coregraph-timing-equaliser")
 
 

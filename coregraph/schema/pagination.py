@@ -15,6 +15,7 @@ import strawberry
 from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import InstrumentedAttribute
 
+from coregraph import ids
 from coregraph.context import Context
 from coregraph.errors import BadUserInput
 
@@ -64,9 +65,12 @@ def decode_cursor(cursor: str, field: str = "after") -> str:
         raw = base64.urlsafe_b64decode(padded.encode()).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raw = ""
-    if not raw.startswith(_CURSOR_PREFIX) or len(raw) > 64:
+    key = raw.removeprefix(_CURSOR_PREFIX)
+    # Keys are coregraph ids; anything else (e.g. a NUL byte, which PostgreSQL refuses in a
+    # query) was not made here.
+    if not raw.startswith(_CURSOR_PREFIX) or ids.type_of(key) is None:
         raise BadUserInput(f"{field}: not a cursor from this list", field=field)
-    return raw.removeprefix(_CURSOR_PREFIX)
+    return key
 
 
 def page_size(ctx: Context, first: int | None) -> int:

@@ -10,13 +10,15 @@ import strawberry
 from sqlalchemy import select
 from strawberry.federation import field, type as ftype
 
-from coregraph import models
+from coregraph import ids, models
+from coregraph.errors import BadUserInput
 from coregraph.models.base import Environment as EnvironmentValue
 from coregraph.schema.access import ApiKey, Environment, Role
 from coregraph.schema.audit import AuditEntry
 from coregraph.schema.identity import User
 from coregraph.schema.node import Node
 from coregraph.schema.pagination import Connection, paginate
+from coregraph.services import validation
 
 
 @ftype(
@@ -110,8 +112,10 @@ class Tenant(Node):
         if environment is not None:
             stmt = stmt.where(entry.environment == EnvironmentValue(environment).value)
         if action is not None:
-            stmt = stmt.where(entry.action == action)
+            stmt = stmt.where(entry.action == validation.text(action, "action", max_length=80))
         if target_id is not None:
+            if ids.type_of(str(target_id)) is None:
+                raise BadUserInput("targetId: not a coregraph id", field="targetId")
             stmt = stmt.where(entry.target_id == str(target_id))
         return await paginate(info.context, stmt, entry.id, first, after, AuditEntry.from_row)
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from coregraph import ids
 from coregraph.auth import secrets
 from coregraph.errors import BadUserInput, Conflict, Forbidden
-from coregraph.models import ApiKey, Membership, Role
+from coregraph.models import ApiKey, Invitation, Membership, Role
 from coregraph.models.base import Environment
 from coregraph.services import validation
 from coregraph.services.uow import UnitOfWork
@@ -145,6 +145,10 @@ async def get_role(uow: UnitOfWork, tenant_id: str, role_id: str, field: str = "
 
 
 async def get_role_by_key(uow: UnitOfWork, tenant_id: str, key: str, field: str = "role") -> Role:
+    if not validation.is_key(key):
+        # No role has such a key; don't echo it (it may be huge, or hold a NUL byte that
+        # PostgreSQL refuses in a query).
+        raise BadUserInput(f"{field}: unknown role", field=field)
     role = await uow.session.scalar(
         select(Role).where(Role.tenant_id == tenant_id, Role.key == key)
     )
@@ -169,8 +173,9 @@ async def create_role(
     exists = await uow.session.scalar(
         select(func.count()).where(Role.tenant_id == tenant_id, Role.key == key)
     )
+    taken = Conflict(f"key: a role '{key}' already exists in this tenant", field="key")
     if exists:
-        raise Conflict(f"key: a role '{key}' already exists in this tenant", field="key")
+        raise taken
     role = Role(
         id=ids.new_id("rol"),
         tenant_id=tenant_id,
@@ -181,7 +186,7 @@ async def create_role(
         builtin=False,
     )
     uow.session.add(role)
-    await uow.session.flush()
+    await uow.flush_unique(taken)
     uow.record(
         "role.created",
         tenant_id=tenant_id,
@@ -235,6 +240,28 @@ async def delete_role(uow: UnitOfWork, tenant_id: str, role_id: str) -> Role:
             f"roleId: the role is held by {in_use} member(s); change their role first",
             field="roleId",
         )
+    now = datetime.now(UTC)
+    pending = await uow.session.scalar(
+        select(func.count()).where(
+            Invitation.tenant_id == tenant_id,
+            Invitation.role_id == role.id,
+            Invitation.accepted_at.is_(None),
+            Invitation.revoked_at.is_(None),
+            Invitation.expires_at > now,
+        )
+    )
+    if pending:
+        raise Conflict(
+            f"roleId: the role is offered by {pending} pending invitation(s); revoke them first",
+            field="roleId",
+        )
+    # Spent invitations (accepted, revoked, expired) still point at the role; they are dead
+    # tokens whose history lives in the audit trail, and would otherwise pin the role forever.
+    await uow.session.execute(
+        delete(Invitation)
+        .where(Invitation.tenant_id == tenant_id, Invitation.role_id == role.id)
+        .execution_options(synchronize_session=False)
+    )
     uow.record(
         "role.deleted",
         tenant_id=tenant_id,

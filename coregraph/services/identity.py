@@ -42,8 +42,9 @@ async def create_user(
     email = validation.email(email)
     validation.password(password, settings.password_min_length)
     name = validation.text(display_name or "", "displayName", max_length=120, min_length=0)
+    taken = Conflict("email: an account with this email already exists", field="email")
     if await uow.session.scalar(select(User.id).where(User.email == email)):
-        raise Conflict("email: an account with this email already exists", field="email")
+        raise taken
     user = User(
         id=ids.new_id("usr"),
         email=email,
@@ -51,7 +52,7 @@ async def create_user(
         password_hash=await passwords.hash_password(password),
     )
     uow.session.add(user)
-    await uow.session.flush()
+    await uow.flush_unique(taken)
     uow.record(
         "user.signed_up",
         tenant_id=None,
@@ -103,7 +104,10 @@ async def login(
         normalized = validation.email(email)
     except validation.BadUserInput:
         normalized = email.strip().lower()
-    user = await uow.session.scalar(select(User).where(User.email == normalized))
+    user = None
+    # No stored address holds a NUL byte, and PostgreSQL refuses one in a query parameter.
+    if "\x00" not in normalized:
+        user = await uow.session.scalar(select(User).where(User.email == normalized))
     # Verify even for an unknown email, so the answer's timing does not reveal accounts.
     ok = await passwords.verify_password(user.password_hash if user else None, password)
     if user is None or not ok:

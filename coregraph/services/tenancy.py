@@ -31,11 +31,12 @@ async def create_tenant(uow: UnitOfWork, *, name: str, slug: str, owner_id: str)
     """Create a tenant with the built-in roles; ``owner_id`` becomes its owner."""
     name = validation.text(name, "name", max_length=120)
     slug = validation.slug(slug)
+    taken = Conflict(f"slug: '{slug}' is taken", field="slug")
     if await uow.session.scalar(select(Tenant.id).where(Tenant.slug == slug)):
-        raise Conflict(f"slug: '{slug}' is taken", field="slug")
+        raise taken
     tenant = Tenant(id=ids.new_id("ten"), slug=slug, name=name)
     uow.session.add(tenant)
-    await uow.session.flush()
+    await uow.flush_unique(taken)
     roles = access.builtin_role_rows(tenant.id)
     uow.session.add_all(roles)
     await uow.session.flush()
@@ -73,9 +74,11 @@ async def update_tenant(
         tenant.name = validation.text(name, "name", max_length=120)
     if slug is not None and slug != tenant.slug:
         slug = validation.slug(slug)
+        taken = Conflict(f"slug: '{slug}' is taken", field="slug")
         if await uow.session.scalar(select(Tenant.id).where(Tenant.slug == slug)):
-            raise Conflict(f"slug: '{slug}' is taken", field="slug")
+            raise taken
         tenant.slug = slug
+        await uow.flush_unique(taken)
     tenant.updated_at = datetime.now(UTC)
     uow.record(
         "tenant.updated",
@@ -220,12 +223,13 @@ async def invite_member(
 
 
 async def revoke_invitation(uow: UnitOfWork, tenant_id: str, invitation_id: str) -> Invitation:
-    validation.object_id(invitation_id, "inv", "invitationId")
+    # ``id`` is the name of the GraphQL argument, so a client can point at it.
+    validation.object_id(invitation_id, "inv", "id")
     invitation = await uow.session.scalar(
         select(Invitation).where(Invitation.tenant_id == tenant_id, Invitation.id == invitation_id)
     )
     if invitation is None:
-        raise validation.not_found("invitation", "invitationId")
+        raise validation.not_found("invitation", "id")
     if invitation.accepted_at is None and invitation.revoked_at is None:
         invitation.revoked_at = datetime.now(UTC)
         uow.record(
@@ -268,7 +272,8 @@ async def accept_invitation(uow: UnitOfWork, *, token: str, user_id: str) -> Mem
         role_id=invitation.role_id,
     )
     uow.session.add(membership)
-    await uow.session.flush()
+    # A concurrent acceptance of the same token got there first.
+    await uow.flush_unique(Conflict("token: this invitation was already used", field="token"))
     role = await uow.session.get(Role, invitation.role_id)
     uow.record(
         "invitation.accepted",

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from coregraph import ids
 from coregraph.auth.principal import Principal
+from coregraph.errors import CoregraphError
 from coregraph.models import AuditEntry
 from coregraph.models.base import Environment
 
@@ -102,6 +104,14 @@ class UnitOfWork:
                 await self.session.rollback()
         finally:
             await self.session.close()
+
+    async def flush_unique(self, conflict: CoregraphError) -> None:
+        """Flush now; if a concurrent request won a unique constraint first (the check before
+        it raced), answer ``conflict`` rather than an internal error."""
+        try:
+            await self.session.flush()
+        except IntegrityError:
+            raise conflict from None
 
     def keep_on_failure(self) -> None:
         """Commit what was written even though the operation then fails.

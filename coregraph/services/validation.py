@@ -11,6 +11,9 @@ from coregraph.errors import BadUserInput, NotFound
 
 _SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{1,62}$")
+# C0 controls other than tab and line breaks, and DEL: never meant in a name, and PostgreSQL
+# refuses NUL in text outright (which would surface as an internal error, not a typed one).
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _COMMON_PASSWORDS = frozenset(
     {
         "password",
@@ -55,6 +58,8 @@ def text(value: str, field: str, *, max_length: int, min_length: int = 1) -> str
         raise BadUserInput(f"{field}: must not be empty", field=field)
     if len(value) > max_length:
         raise BadUserInput(f"{field}: at most {max_length} characters", field=field)
+    if _CONTROL_RE.search(value):
+        raise BadUserInput(f"{field}: must not contain control characters", field=field)
     return value
 
 
@@ -68,8 +73,12 @@ def slug(value: str, field: str = "slug") -> str:
     return value
 
 
+def is_key(value: str) -> bool:
+    return _KEY_RE.match(value) is not None
+
+
 def key(value: str, field: str = "key") -> str:
-    if not _KEY_RE.match(value):
+    if not is_key(value):
         raise BadUserInput(
             f"{field}: 2-63 characters, lowercase letters, digits, '-' or '_', starting with a "
             "letter",

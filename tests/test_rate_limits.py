@@ -4,15 +4,32 @@ Runs against the in-process limiter, or Redis when COREGRAPH_REDIS_URL is set.""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
+import pytest
 
 from tests.conftest import make_settings
 from tests.support import PASSWORD, GraphQLClient, running_server, unique
 
 LOGIN = """mutation($i: LoginInput!) { login(input: $i) { accessToken } }"""
+# Fixed windows: an hour-long one keeps a burst of attempts inside a single window.
+WINDOW = 3600
 
 
-async def test_login_attempts_are_limited_per_account(client: GraphQLClient) -> None:
+@pytest.fixture(scope="module")
+def limited(database_url: str, http: httpx.AsyncClient) -> Iterator[GraphQLClient]:
+    settings = make_settings(
+        database_url,
+        auth_rate_limit_window_seconds=WINDOW,
+        redis_prefix=unique("ratelimit-test-"),
+    )
+    with running_server(settings) as srv:
+        yield GraphQLClient(http, srv.url)
+
+
+async def test_login_attempts_are_limited_per_account(limited: GraphQLClient) -> None:
+    client = limited
     user = await client.sign_up()
     wrong = {"i": {"email": user.email, "password": "wrong password 123"}}
     codes = []
@@ -22,13 +39,14 @@ async def test_login_attempts_are_limited_per_account(client: GraphQLClient) -> 
     assert codes == ["UNAUTHENTICATED"] * 10
     r = await client.execute(LOGIN, {"i": {"email": user.email, "password": PASSWORD}})
     assert r.codes == ["RATE_LIMITED"], "even the right password waits out the window"
-    assert r.errors[0]["extensions"]["retryAfterSeconds"] == 60
+    assert r.errors[0]["extensions"]["retryAfterSeconds"] == WINDOW
     other = await client.sign_up()
     r = await client.execute(LOGIN, {"i": {"email": other.email, "password": PASSWORD}})
     assert r.ok()["login"]["accessToken"]
 
 
-async def test_aliases_count_as_separate_attempts(client: GraphQLClient) -> None:
+async def test_aliases_count_as_separate_attempts(limited: GraphQLClient) -> None:
+    client = limited
     user = await client.sign_up()
     aliased = " ".join(
         f'a{i}: login(input: {{email: "{user.email}", password: "nope nope {i}"}}) '
@@ -42,7 +60,10 @@ async def test_aliases_count_as_separate_attempts(client: GraphQLClient) -> None
 
 async def test_attempts_are_limited_per_address(http: httpx.AsyncClient, database_url: str) -> None:
     settings = make_settings(
-        database_url, auth_rate_limit_per_ip=5, redis_prefix=unique("ratelimit-test-")
+        database_url,
+        auth_rate_limit_per_ip=5,
+        auth_rate_limit_window_seconds=WINDOW,
+        redis_prefix=unique("ratelimit-test-"),
     )
     with running_server(settings) as srv:
         limited = GraphQLClient(http, srv.url)

@@ -197,3 +197,36 @@ async def test_audit_log_pages_with_cursors(client: GraphQLClient) -> None:
         '{ tenant { auditLog(after: "garbage") { totalCount } } }', actor=owner
     )
     assert r.codes == ["BAD_USER_INPUT"]
+
+
+async def test_a_member_always_sees_their_own_membership(client: GraphQLClient) -> None:
+    owner = await client.sign_up()
+    tenant_id = await client.create_tenant(owner)
+    r = await client.execute(
+        """mutation { createRole(input: {key: "auditor", name: "Auditor",
+            permissions: ["tenant:read", "audit:read"]}) { role { id } } }""",
+        actor=owner,
+    )
+    r.ok()
+    auditor = await client.sign_up()
+    r = await client.execute(
+        """mutation($e: String!) { inviteMember(input: {email: $e, role: "auditor"}) { token } }""",
+        {"e": auditor.email},
+        actor=owner,
+    )
+    token = r.ok()["inviteMember"]["token"]
+    r = await client.execute(
+        """mutation($t: String!) { acceptInvitation(token: $t) {
+            membership { id tenant { id } } } }""",
+        {"t": token},
+        actor=auditor,
+    )
+    membership = r.ok()["acceptInvitation"]["membership"]
+    assert membership["tenant"] == {"id": tenant_id}
+    r = await client.execute("{ viewer { memberships { id tenant { name } } } }", actor=auditor)
+    assert [m["id"] for m in r.ok()["viewer"]["memberships"]] == [membership["id"]]
+    # ...but not the other members: the role lacks members:read.
+    r = await client.execute(
+        "{ tenant { members { totalCount } } }", actor=auditor, tenant_id=tenant_id
+    )
+    assert r.codes == ["FORBIDDEN"]

@@ -609,3 +609,24 @@ def test_production_builds_when_overridden_or_secure() -> None:
     secure = Settings(env="production", jwt_secret="p" * 16 + uuid.uuid4().hex)  # type: ignore[call-arg]
     assert secure.is_production
     assert not secure.introspection_enabled
+
+
+async def test_a_token_scope_claim_narrows_only_with_coregraph_permissions(
+    rs_idp: IdP,
+) -> None:
+    email = f"{unique('ext')}@corp.example"
+    subject = unique("sub-")
+    owner = Actor(token=rs_idp.token(subject, email=email, email_verified=True))
+    tenant_id = await rs_idp.client.create_tenant(owner)
+    query = "{ tenant { name members { totalCount } } }"
+
+    # An identity provider's usual scopes say nothing about tenants: the role decides.
+    oidc = Actor(token=rs_idp.token(subject, scope="openid profile email"))
+    r = await rs_idp.client.execute(query, actor=oidc, tenant_id=tenant_id)
+    assert r.ok()["tenant"]["members"]["totalCount"] == 1
+
+    # A token limited to tenant:read reads the tenant but not its members, owner or not.
+    narrow = Actor(token=rs_idp.token(subject, scope="openid tenant:read"))
+    r = await rs_idp.client.execute(query, actor=narrow, tenant_id=tenant_id)
+    assert r.data == {"tenant": {"name": r.data["tenant"]["name"], "members": None}}
+    assert r.codes == ["FORBIDDEN"]

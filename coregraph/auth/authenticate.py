@@ -20,9 +20,10 @@ from coregraph.auth import secrets
 from coregraph.auth.principal import ANONYMOUS, Principal, PrincipalKind
 from coregraph.auth.tokens import TokenService, VerifiedToken
 from coregraph.errors import BadUserInput, Forbidden, Unauthenticated
-from coregraph.models import ApiKey, Membership, Role, Session
+from coregraph.models import ApiKey, ExternalIdentity, Membership, Role, Session
 from coregraph.models.base import Environment
 from coregraph.services import identity
+from coregraph.services.access import PERMISSION_KEYS
 from coregraph.services.uow import RequestMeta, UnitOfWork
 from coregraph.settings import Settings
 
@@ -89,7 +90,10 @@ class Authenticator:
         if not token.external:
             if not rows or rows[0].revoked_at is not None:
                 raise Unauthenticated("session has ended")
-        narrowed = token.scopes
+        # Only coregraph permissions in a token's scope claim narrow it: an identity provider's
+        # "openid profile email" says nothing about tenants and must not strip every right.
+        narrowed = token.scopes & PERMISSION_KEYS if token.scopes is not None else None
+        narrowed = narrowed or None
         tenant_scopes: dict[str, frozenset[str]] = {}
         for row in rows:
             if row.tenant_id is None:
@@ -111,6 +115,15 @@ class Authenticator:
         # A client's first screen may send several requests at once with a brand-new identity:
         # they race to create it, and the losers hit a unique constraint. By then the winner's
         # link is committed, so looking again finds it.
+        async with self.engine.connect() as conn:
+            known = await conn.scalar(
+                select(ExternalIdentity.user_id).where(
+                    ExternalIdentity.issuer == token.issuer,
+                    ExternalIdentity.subject == token.subject,
+                )
+            )
+        if known is not None:  # the common case: a read, not a write transaction
+            return str(known)
         for attempt in range(3):
             try:
                 async with UnitOfWork(self.engine, ANONYMOUS, meta) as uow:

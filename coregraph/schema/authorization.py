@@ -38,10 +38,16 @@ def _is_colleague(principal: Principal, obj: Any) -> bool:
     return "members:read" in principal.scopes_in(getattr(obj, "via_tenant_id", None))
 
 
+def _reads_member_directory(principal: Principal, obj: Any) -> bool:
+    """The principal holds members:read in the row's tenant."""
+    return "members:read" in principal.scopes_in(getattr(obj, "tenant_id", None))
+
+
 # Named row-relative rules for ``@policy``. Synchronous by design: they run per object.
 POLICIES: dict[str, PolicyCheck] = {
     "self": _is_self,
     "colleague": _is_colleague,
+    "member_directory": _reads_member_directory,
 }
 
 

@@ -134,8 +134,10 @@ class Tenant(Node):
 
 @ftype(
     keys=["id"],
-    requires_scopes=[["members:read"]],
-    description="A user's place in a tenant, with one role.",
+    authenticated=True,
+    policy=[["self"], ["member_directory"]],
+    description="A user's place in a tenant, with one role. Yours, or any in a tenant where "
+    "you hold members:read.",
 )
 class Membership(Node):
     id: strawberry.ID

@@ -55,13 +55,9 @@ def serve(
 
 
 async def _migrate(settings: Settings) -> None:
-    from coregraph import db, migrate
+    from coregraph import migrate
 
-    engine = db.create_engine(settings)
-    try:
-        await migrate.upgrade(engine)
-    finally:
-        await engine.dispose()
+    await migrate.upgrade(settings)
 
 
 @app.command()

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable
 from strawberry.fastapi import BaseContext
 
+from coregraph import db
 from coregraph.auth.principal import Principal
 from coregraph.errors import Forbidden
 from coregraph.services import ratelimit
@@ -48,6 +49,7 @@ class Context(BaseContext):
         self.meta = meta
         self.operation_name: str | None = None
         self._connection: AsyncConnection | None = None
+        self._scoped_for: Principal | None = None
         # Resolvers run concurrently (asyncio.gather); one connection serves them in turn.
         self._lock = asyncio.Lock()
 
@@ -79,10 +81,16 @@ class Context(BaseContext):
     async def read(self, statement: Executable) -> Sequence[Row[Any]]:
         if not self.hold_connection:
             async with self.runtime.engine.connect() as connection:
+                await self._scope(connection)
                 return (await connection.execute(statement)).all()
         async with self._lock:
             if self._connection is None:
                 self._connection = await self.runtime.engine.connect()
+                self._scoped_for = None
+            if self._scoped_for is not self.principal:
+                # The principal can change mid-operation (login, createTenant): re-scope.
+                await self._scope(self._connection)
+                self._scoped_for = self.principal
             result = await self._connection.execute(statement)
             return result.all()
 
@@ -97,6 +105,13 @@ class Context(BaseContext):
             per_account=settings.auth_rate_limit_per_account,
             per_ip=settings.auth_rate_limit_per_ip,
             window_seconds=settings.auth_rate_limit_window_seconds,
+        )
+
+    async def _scope(self, connection: AsyncConnection) -> None:
+        await db.scope_transaction(
+            connection,
+            tenant_ids=self.principal.tenant_scopes.keys(),
+            user_id=self.principal.user_id,
         )
 
     def unit_of_work(self) -> UnitOfWork:

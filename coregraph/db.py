@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from coregraph.settings import Settings
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
+def create_engine(settings: Settings, *, as_owner: bool = False) -> AsyncEngine:
+    """The application's engine. On PostgreSQL every connection drops to
+    ``COREGRAPH_DATABASE_ROLE`` (which owns no table), so row-level security applies to it;
+    ``as_owner`` keeps the login role, for migrations only."""
     kwargs: dict[str, Any] = {"echo": settings.database_echo}
     if settings.is_sqlite:
         _ensure_sqlite_dir(settings.database_url)
@@ -21,10 +25,44 @@ def create_engine(settings: Settings) -> AsyncEngine:
         kwargs["pool_size"] = 10
         kwargs["max_overflow"] = 20
         kwargs["pool_pre_ping"] = True
+        if settings.database_role and not as_owner:
+            # The role is a startup parameter of the session, not a `SET ROLE` statement: a
+            # statement would run inside the driver's implicit transaction and the pool's
+            # rollback-on-return would quietly undo it (and with it row-level security).
+            kwargs["connect_args"] = {"server_settings": {"role": settings.database_role}}
     engine = create_async_engine(settings.database_url, **kwargs)
     if settings.is_sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+async def scope_transaction(
+    conn: AsyncConnection,
+    *,
+    tenant_ids: Iterable[str],
+    user_id: str | None = None,
+    api_key_hash: str | None = None,
+    invitation_token_hash: str | None = None,
+) -> None:
+    """Tell PostgreSQL's row-level security what this transaction may see (the second wall
+    behind the application's own tenant filters). ``set_config(..., true)`` is local to the
+    transaction, so nothing leaks to the next user of a pooled connection. No-op on SQLite."""
+    if conn.dialect.name != "postgresql":
+        return
+    await conn.execute(
+        text(
+            "SELECT set_config('app.tenant_ids', :tenant_ids, true),"
+            " set_config('app.user_id', :user_id, true),"
+            " set_config('app.api_key_hash', :api_key_hash, true),"
+            " set_config('app.invitation_token_hash', :invitation_token_hash, true)"
+        ),
+        {
+            "tenant_ids": ",".join(sorted(tenant_ids)),
+            "user_id": user_id or "",
+            "api_key_hash": api_key_hash or "",
+            "invitation_token_hash": invitation_token_hash or "",
+        },
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -47,6 +85,4 @@ def _ensure_sqlite_dir(url: str) -> None:
 
 
 async def ping(conn: AsyncConnection) -> None:
-    from sqlalchemy import text
-
     await conn.execute(text("SELECT 1"))

@@ -10,6 +10,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coregraph import db
+from coregraph.settings import Settings
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -24,16 +27,22 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("")).get_current_head()
 
 
-async def upgrade(engine: AsyncEngine) -> None:
-    """Bring the database to the newest revision (idempotent)."""
-    config = alembic_config(str(engine.url))
+async def upgrade(settings: Settings) -> None:
+    """Bring the database to the newest revision (idempotent), as the login role: the
+    application's own role may not change the schema."""
+    engine = db.create_engine(settings, as_owner=True)
+    config = alembic_config(settings.database_url)
+    config.attributes["database_role"] = settings.database_role
 
     def run(connection: object) -> None:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 
-    async with engine.begin() as connection:
-        await connection.run_sync(run)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(run)
+    finally:
+        await engine.dispose()
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

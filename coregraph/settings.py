@@ -23,6 +23,10 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+aiosqlite:///./var/coregraph.sqlite3"
     database_echo: bool = False
+    # PostgreSQL: the role every application connection switches to. It owns no table, so
+    # row-level security holds for it; migrations keep the login role. Empty: no switch (when
+    # the login role already is such a role).
+    database_role: str = Field("coregraph_app", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$|^$")
     redis_url: str | None = None
     # Prefix of every Redis key, so deployments (or test runs) can share one Redis.
     redis_prefix: str = Field("coregraph", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")

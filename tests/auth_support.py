@@ -1,8 +1,7 @@
 """Helpers for the identity, token and access tests (test_identity, test_tokens, test_access).
 
-- ``db_rows``: a read-only SELECT through a running server's own engine, executed on that
-  server's event loop (its pooled connections belong to that loop). Only for facts the API
-  deliberately never shows: how a password or a secret is stored.
+- ``db_rows``: a read-only SELECT as the database owner. Only for facts the API deliberately
+  never shows: how a password or a secret is stored.
 - ``LoopbackHTTP``: a tiny HTTP server on 127.0.0.1 that serves fixed documents (a JWKS) and
   records every request it receives, so a test can assert what was (never) fetched.
 """
@@ -19,26 +18,25 @@ from typing import Any
 
 from sqlalchemy import text
 
+from coregraph import db
 from tests.support import Response, Server
 
 READ_TIMEOUT = 15.0
 
 
 async def db_rows(server: Server, sql: str, **params: Any) -> list[dict[str, Any]]:
-    """Run one read-only SELECT on the server's engine, on the server's loop."""
+    """Run one read-only SELECT as the database owner (past row-level security, which hides
+    tenant rows from the application's own role): what an operator at a SQL prompt sees."""
     assert sql.lstrip().upper().startswith("SELECT"), "read-only: SELECT statements only"
-    engine = server.runtime.engine
-
-    async def read() -> list[dict[str, Any]]:
+    engine = db.create_engine(server.settings, as_owner=True)
+    try:
         async with engine.connect() as conn:
-            result = await conn.execute(text(sql), params)
+            result = await asyncio.wait_for(conn.execute(text(sql), params), READ_TIMEOUT)
             rows = [dict(row._mapping) for row in result]
             await conn.rollback()
             return rows
-
-    loop = server.uvicorn_server.servers[0].get_loop()
-    future = asyncio.run_coroutine_threadsafe(read(), loop)
-    return await asyncio.wait_for(asyncio.wrap_future(future), READ_TIMEOUT)
+    finally:
+        await engine.dispose()
 
 
 async def all_text_in_db(server: Server) -> str:

@@ -98,7 +98,7 @@ def running_server(settings: Settings, migrate_first: bool = True) -> Iterator[S
             runtime = Runtime.create(settings)
             runtime_holder["runtime"] = runtime
             if migrate_first:
-                await migrate.upgrade(runtime.engine)
+                await migrate.upgrade(settings)
             config.app = create_app(runtime=runtime)
             config.loaded = False
             try:

@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coregraph import ids
+from coregraph import db, ids
 from coregraph.auth import secrets
 from coregraph.auth.principal import ANONYMOUS, Principal, PrincipalKind
 from coregraph.auth.tokens import TokenService, VerifiedToken
@@ -86,6 +86,8 @@ class Authenticator:
                 .where(Session.id == session_id, Session.user_id == user_id)
             )
         async with self.engine.connect() as conn:
+            # Row-level security: this step sees the user's own memberships and their roles.
+            await db.scope_transaction(conn, tenant_ids=(), user_id=user_id)
             rows = (await conn.execute(stmt)).all()
         if not token.external:
             if not rows or rows[0].revoked_at is not None:
@@ -137,28 +139,37 @@ class Authenticator:
     async def _api_key(
         self, secret: str, tenant_id: str | None, environment_header: str | None
     ) -> Principal:
-        stmt = (
-            select(
-                ApiKey.id,
-                ApiKey.tenant_id,
-                ApiKey.environment,
-                ApiKey.scopes,
-                ApiKey.expires_at,
-                ApiKey.revoked_at,
-                ApiKey.last_used_at,
-                ApiKey.created_by_user_id,
-                Role.permissions,
-            )
-            .outerjoin(
-                Membership,
-                (Membership.tenant_id == ApiKey.tenant_id)
-                & (Membership.user_id == ApiKey.created_by_user_id),
-            )
-            .outerjoin(Role, Role.id == Membership.role_id)
-            .where(ApiKey.secret_hash == secrets.digest(secret))
-        )
+        digest = secrets.digest(secret)
         async with self.engine.connect() as conn:
-            row = (await conn.execute(stmt)).first()
+            # Row-level security shows this step only the key whose secret it holds...
+            await db.scope_transaction(conn, tenant_ids=(), api_key_hash=digest)
+            row = (
+                await conn.execute(
+                    select(
+                        ApiKey.id,
+                        ApiKey.tenant_id,
+                        ApiKey.environment,
+                        ApiKey.scopes,
+                        ApiKey.expires_at,
+                        ApiKey.revoked_at,
+                        ApiKey.last_used_at,
+                        ApiKey.created_by_user_id,
+                    ).where(ApiKey.secret_hash == digest)
+                )
+            ).first()
+            creator_permissions: frozenset[str] = frozenset()
+            if row is not None and row.created_by_user_id is not None:
+                # ...then the key's own tenant, for its creator's current role.
+                await db.scope_transaction(conn, tenant_ids=(row.tenant_id,))
+                permissions = await conn.scalar(
+                    select(Role.permissions)
+                    .join(Membership, Membership.role_id == Role.id)
+                    .where(
+                        Membership.tenant_id == row.tenant_id,
+                        Membership.user_id == row.created_by_user_id,
+                    )
+                )
+                creator_permissions = frozenset(permissions or ())
         now = datetime.now(UTC)
         if row is None or row.revoked_at is not None:
             raise Unauthenticated("API key is invalid or revoked")
@@ -178,12 +189,12 @@ class Authenticator:
         last_used = _aware(row.last_used_at)
         if last_used is None or now - last_used > LAST_USED_RESOLUTION:
             async with self.engine.begin() as conn:
+                await db.scope_transaction(conn, tenant_ids=(row.tenant_id,))
                 await conn.execute(
                     update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now)
                 )
         # A key never exceeds its creator's current rights: demoting or removing the creator
         # narrows or disables the key at once.
-        creator_permissions = frozenset(row.permissions or ())
         return Principal(
             kind=PrincipalKind.API_KEY,
             api_key_id=row.id,

@@ -28,7 +28,7 @@ def _run(connection: Connection) -> None:
 
 async def _run_async() -> None:
     url = config.attributes.get("database_url") or load_settings().database_url
-    engine = create_engine(load_settings(database_url=url))
+    engine = create_engine(load_settings(database_url=url), as_owner=True)
     async with engine.connect() as connection:
         await connection.run_sync(_run)
         await connection.commit()

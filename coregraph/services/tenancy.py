@@ -35,6 +35,7 @@ async def create_tenant(uow: UnitOfWork, *, name: str, slug: str, owner_id: str)
     if await uow.session.scalar(select(Tenant.id).where(Tenant.slug == slug)):
         raise taken
     tenant = Tenant(id=ids.new_id("ten"), slug=slug, name=name)
+    await uow.allow_tenant(tenant.id)
     uow.session.add(tenant)
     await uow.flush_unique(taken)
     roles = access.builtin_role_rows(tenant.id)
@@ -243,8 +244,10 @@ async def revoke_invitation(uow: UnitOfWork, tenant_id: str, invitation_id: str)
 
 async def accept_invitation(uow: UnitOfWork, *, token: str, user_id: str) -> Membership:
     """Join the inviting tenant as the signed-in user; the token works once."""
+    token_hash = secrets.digest(token)
+    await uow.reveal_invitation(token_hash)
     invitation = await uow.session.scalar(
-        select(Invitation).where(Invitation.token_hash == secrets.digest(token))
+        select(Invitation).where(Invitation.token_hash == token_hash)
     )
     now = datetime.now(UTC)
     if invitation is None or invitation.revoked_at is not None:
@@ -263,6 +266,7 @@ async def accept_invitation(uow: UnitOfWork, *, token: str, user_id: str) -> Mem
         )
     ):
         raise Conflict("token: you are already a member of this tenant", field="token")
+    await uow.allow_tenant(invitation.tenant_id)
     invitation.accepted_at = now
     invitation.accepted_by_user_id = user_id
     membership = Membership(

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from coregraph import ids
+from coregraph import db, ids
 from coregraph.auth.principal import Principal
 from coregraph.errors import CoregraphError
 from coregraph.models import AuditEntry
@@ -89,7 +89,28 @@ class UnitOfWork:
 
     async def __aenter__(self) -> UnitOfWork:
         await self.session.begin()
+        self._tenant_ids = set(self.principal.tenant_scopes)
+        self._invitation_token_hash: str | None = None
+        await self._scope()
         return self
+
+    async def _scope(self) -> None:
+        await db.scope_transaction(
+            await self.session.connection(),
+            tenant_ids=self._tenant_ids,
+            user_id=self.principal.user_id,
+            invitation_token_hash=self._invitation_token_hash,
+        )
+
+    async def allow_tenant(self, tenant_id: str) -> None:
+        """This transaction creates or joins ``tenant_id``: let row-level security admit it."""
+        self._tenant_ids.add(tenant_id)
+        await self._scope()
+
+    async def reveal_invitation(self, token_hash: str) -> None:
+        """Let this transaction find the invitation whose token the caller holds."""
+        self._invitation_token_hash = token_hash
+        await self._scope()
 
     async def __aexit__(
         self,

@@ -282,3 +282,18 @@ async def test_audit_trail_records_sign_up_and_sessions(
         assert "$argon2" not in blob
         assert str(user.refresh_token) not in blob
         assert str(session.refresh_token) not in blob
+
+
+async def test_any_rotated_refresh_token_coming_back_revokes_the_session(
+    client: GraphQLClient,
+) -> None:
+    user = await client.sign_up()
+    oldest = str(user.refresh_token)
+    middle = (await refresh(client, oldest)).ok()["refreshSession"]
+    newest = (await refresh(client, middle["refreshToken"])).ok()["refreshSession"]
+
+    # A token two rotations old is still recognised as this session's: the session ends.
+    assert_unauthenticated(await refresh(client, oldest))
+    assert_unauthenticated(await refresh(client, newest["refreshToken"]))
+    r = await client.execute(VIEWER, actor=Actor(token=newest["accessToken"]))
+    assert_unauthenticated(r)

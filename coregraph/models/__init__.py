@@ -3,7 +3,7 @@
 from coregraph.models.access import ApiKey, Role
 from coregraph.models.audit import AuditEntry
 from coregraph.models.base import Base, Environment
-from coregraph.models.identity import ExternalIdentity, Session, User
+from coregraph.models.identity import ExternalIdentity, RetiredRefreshToken, Session, User
 from coregraph.models.tenancy import Invitation, Membership, Tenant
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "ExternalIdentity",
     "Invitation",
     "Membership",
+    "RetiredRefreshToken",
     "Role",
     "Session",
     "Tenant",

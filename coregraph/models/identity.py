@@ -24,7 +24,7 @@ class User(Timestamped, Base):
 class Session(Timestamped, Base):
     """One login. Its refresh token rotates on every use; only the current token's hash is kept.
 
-    Presenting an already-rotated token means it leaked: the whole session is revoked.
+    Presenting any already-rotated token means it leaked: the whole session is revoked.
     """
 
     __tablename__ = "sessions"
@@ -32,12 +32,22 @@ class Session(Timestamped, Base):
     id: Mapped[str] = id_column()
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True, nullable=False)
     refresh_token_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
-    previous_token_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     user_agent: Mapped[str | None] = mapped_column(String(400))
     ip: Mapped[str | None] = mapped_column(String(64))
+
+
+class RetiredRefreshToken(Base):
+    """Every refresh token a session has rotated away from. Any of them coming back means a
+    copy leaked (OAuth 2.0 Security BCP, refresh token rotation): the session ends."""
+
+    __tablename__ = "retired_refresh_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True, nullable=False)
+    retired_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
 
 
 class ExternalIdentity(Timestamped, Base):

@@ -12,7 +12,7 @@ from coregraph import ids
 from coregraph.auth import passwords, secrets
 from coregraph.auth.tokens import TokenService, VerifiedToken
 from coregraph.errors import Conflict, Unauthenticated
-from coregraph.models import ExternalIdentity, Session, User
+from coregraph.models import ExternalIdentity, RetiredRefreshToken, Session, User
 from coregraph.services import validation
 from coregraph.services.uow import UnitOfWork
 from coregraph.settings import Settings
@@ -131,7 +131,9 @@ async def refresh_session(
     session = await uow.session.scalar(select(Session).where(Session.refresh_token_hash == digest))
     if session is None:
         reused = await uow.session.scalar(
-            select(Session).where(Session.previous_token_hash == digest)
+            select(Session)
+            .join(RetiredRefreshToken, RetiredRefreshToken.session_id == Session.id)
+            .where(RetiredRefreshToken.token_hash == digest)
         )
         if reused is not None:
             # A rotated token came back: someone else holds a copy. End the whole session.
@@ -151,17 +153,14 @@ async def refresh_session(
             Session.refresh_token_hash == digest,
             Session.revoked_at.is_(None),
         )
-        .values(
-            previous_token_hash=digest,
-            refresh_token_hash=secrets.digest(refresh),
-            last_refreshed_at=now,
-        )
+        .values(refresh_token_hash=secrets.digest(refresh), last_refreshed_at=now)
         .execution_options(synchronize_session=False)
     )
     if cast(CursorResult[Any], rotated).rowcount != 1:
         # Another request rotated it first: the same token was presented twice.
         await _revoke_on_reuse(uow, session, now)
         raise Unauthenticated("refresh token is invalid, expired or revoked")
+    uow.session.add(RetiredRefreshToken(token_hash=digest, session_id=session.id, retired_at=now))
     await uow.session.refresh(session)
     access, expires = tokens.issue_access_token(user.id, session.id)
     return IssuedSession(user, session, access, expires, refresh)

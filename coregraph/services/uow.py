@@ -32,7 +32,6 @@ SECRET_FIELDS = frozenset(
         "token_hash",
         "refresh_token",
         "refresh_token_hash",
-        "previous_token_hash",
     }
 )
 

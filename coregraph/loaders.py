@@ -7,7 +7,7 @@ principal belongs to: a forged id from another tenant loads as ``None``, never a
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiodataloader import DataLoader
 from sqlalchemy import Row, select
@@ -16,6 +16,25 @@ from coregraph.models import Membership, Role, Tenant, User
 
 if TYPE_CHECKING:
     from coregraph.context import Context
+
+T = TypeVar("T")
+
+
+def load_now_or_later(
+    loader: DataLoader, key: str, convert: Callable[[Any], T]
+) -> T | Awaitable[T]:
+    """``convert(row)`` for ``key``: at once when ``loader`` already holds the row (a list
+    resolver loaded its whole page up front), otherwise an awaitable. A field resolver that
+    returns this stays synchronous on the primed path, so graphql-core completes a page of
+    such objects without a task and a future per item (see ``Tenant.members``)."""
+    future = loader.load(key)
+    if future.done():
+        return convert(future.result())
+
+    async def later() -> T:
+        return convert(await future)
+
+    return later()
 
 
 def _by_id(rows: Iterable[Row[Any]], keys: Sequence[str], attr: str = "id") -> list[Any]:

@@ -11,11 +11,11 @@ import strawberry
 from graphql import GraphQLError, NoSchemaIntrospectionCustomRule
 from strawberry.extensions import (
     AddValidationRules,
-    MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
-    QueryDepthLimiter,
     ValidationCache,
+    max_aliases,
+    query_depth_limiter,
 )
 from strawberry.federation.schema import FederationAny
 from strawberry.tools import merge_types
@@ -116,17 +116,23 @@ class CoregraphSchema(strawberry.federation.Schema):
 
 def build_schema(settings: Settings) -> CoregraphSchema:
     # Factories: strawberry builds each extension per operation; the parser and validation
-    # caches themselves live at module level, shared by every request.
+    # caches themselves live at module level, shared by every request. The validation cache is
+    # keyed by the rule classes too, so the depth and alias rules are built once, here:
+    # strawberry's QueryDepthLimiter and MaxAliasesLimiter build new ones per operation, and
+    # then no lookup ever hits.
+    limits: list[Any] = [
+        query_depth_limiter.create_validator(settings.max_query_depth, None),
+        max_aliases.create_validator(settings.max_aliases),
+    ]
+    if not settings.introspection_enabled:
+        limits.append(NoSchemaIntrospectionCustomRule)
     extensions: list[Any] = [
         error_extension(settings.suggestions_enabled),
         partial(ParserCache, maxsize=1024),
         partial(ValidationCache, maxsize=1024),
-        partial(QueryDepthLimiter, max_depth=settings.max_query_depth),
-        partial(MaxAliasesLimiter, max_alias_count=settings.max_aliases),
+        partial(AddValidationRules, limits),
         partial(MaxTokensLimiter, max_token_count=settings.max_tokens),
     ]
-    if not settings.introspection_enabled:
-        extensions.append(partial(AddValidationRules, [NoSchemaIntrospectionCustomRule]))
     schema = CoregraphSchema(
         query=Query,
         mutation=Mutation,

@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 import strawberry
 from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import InstrumentedAttribute
+from strawberry.types.nodes import SelectedField, Selection
 
 from coregraph import ids
 from coregraph.context import Context
@@ -53,6 +54,29 @@ class Connection(Generic[T]):
     @strawberry.field(description="The items of this page, without cursors.")
     def nodes(self) -> list[T]:
         return [edge.node for edge in self.edges]
+
+
+def node_selects(info: strawberry.Info, name: str) -> bool:
+    """Whether the connection field being resolved selects ``name`` on its nodes, through
+    ``edges { node }`` or ``nodes``, fragments included (to load a relation for a whole page
+    only when it is asked for)."""
+    return any(
+        _selects(field.selections, ("edges", "node", name))
+        or _selects(field.selections, ("nodes", name))
+        for field in info.selected_fields
+    )
+
+
+def _selects(selections: list[Selection], path: tuple[str, ...]) -> bool:
+    if not path:
+        return True
+    for selection in selections:
+        if isinstance(selection, SelectedField):
+            if selection.name == path[0] and _selects(selection.selections, path[1:]):
+                return True
+        elif _selects(selection.selections, path):  # a fragment: same level
+            return True
+    return False
 
 
 def encode_cursor(key: str) -> str:

@@ -1,0 +1,389 @@
+"""``python -m bench``: coregraph's members query against a plain FastAPI endpoint running the
+same SQL, on a fresh embedded (SQLite) database, everything on 127.0.0.1.
+
+1. a temp dir, a SQLite file in it, ``coregraph migrate``;
+2. coregraph (``uvicorn coregraph.app:create_app --factory``) and the plain app
+   (``uvicorn bench.plain:create_app --factory``) in subprocesses, one worker each;
+3. one tenant with ``--members`` members (``bench.seed``);
+4. both answers fetched and compared (the whole ``data`` document must be equal, with the
+   expected member count and emails) before anything is measured;
+5. per target: a warm-up, then ``--requests`` requests at ``--concurrency``; then the table.
+
+Servers are stopped and the temp dir removed on the way out, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from importlib import metadata
+
+import httpx
+import orjson
+
+from bench import load, seed
+from bench.servers import uvicorn_server
+from coregraph.settings import Settings
+
+MEMBERS_QUERY = (
+    "{ tenant { id name members(first: 200) { edges { node { id createdAt "
+    "user { id displayName email } role { id key name permissions } } } } } }"
+)
+TYPENAME_QUERY = "{ __typename }"
+TARGET_RATIO = 0.5
+GRAPHQL_HEADERS = {
+    "Accept": "application/graphql-response+json",
+    "Content-Type": "application/json",
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--members", type=int, default=200, help="members in the tenant (200)")
+    parser.add_argument("--requests", type=int, default=1000, help="measured requests (1000)")
+    parser.add_argument("--warmup", type=int, default=100, help="warm-up requests (100)")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (16)")
+    parser.add_argument(
+        "--deadline", type=float, default=600.0, help="deadline per measured run, s (600)"
+    )
+    parser.add_argument(
+        "--only", choices=("members", "typename"), help="run only one pair of targets"
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    if not 1 <= args.members <= 200:
+        parser.error("--members: 1..200 (one page of the query)")
+    if args.requests < 1 or args.warmup < 0 or args.concurrency < 1:
+        parser.error("--requests >= 1, --warmup >= 0, --concurrency >= 1")
+    return args
+
+
+def machine() -> dict[str, str]:
+    info = {
+        "nproc": str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+    }
+    for package in (
+        "strawberry-graphql",
+        "graphql-core",
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "sqlalchemy",
+        "aiosqlite",
+        "httpx",
+        "orjson",
+    ):
+        try:
+            info[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            info[package] = "-"
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def migrate_database(env: dict[str, str]) -> None:
+    """``coregraph migrate`` through the CLI (its stable interface), bounded in time."""
+    subprocess.run(
+        [sys.executable, "-c", "from coregraph.cli import app; app()", "migrate"],
+        env={**os.environ, **env},
+        check=True,
+        timeout=120,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def body_check(expected_length: int, graphql: bool) -> Callable[[httpx.Response], bool]:
+    """Per response: 200, the verified length, and (GraphQL) no errors entry."""
+
+    def check(response: httpx.Response) -> bool:
+        content = response.content
+        if response.status_code != 200 or len(content) != expected_length:
+            return False
+        return not graphql or b'"errors"' not in content
+
+    return check
+
+
+async def verify_members(
+    http: httpx.AsyncClient, graphql: load.Target, plain: load.Target, tenant: seed.Tenant
+) -> tuple[int, int]:
+    """Both endpoints must give the same, correct answer. Returns both body lengths."""
+    g = await http.request(
+        graphql.method, graphql.url, headers=graphql.headers, content=graphql.body
+    )
+    p = await http.request(plain.method, plain.url, headers=plain.headers)
+    if g.status_code != 200 or p.status_code != 200:
+        raise SystemExit(f"verification: HTTP {g.status_code} / {p.status_code}: {g.text[:300]}")
+    g_body, p_body = orjson.loads(g.content), orjson.loads(p.content)
+    if g_body.get("errors"):
+        raise SystemExit(f"verification: coregraph answered with errors: {g_body['errors'][:3]}")
+    edges = g_body["data"]["tenant"]["members"]["edges"]
+    emails = sorted(edge["node"]["user"]["email"] for edge in edges)
+    if len(edges) != len(tenant.emails) or emails != sorted(tenant.emails):
+        raise SystemExit(
+            f"verification: coregraph returned {len(edges)} members, expected "
+            f"{len(tenant.emails)} with the seeded emails"
+        )
+    expected_roles = {"owner", *seed.ROLE_CYCLE[1 : len(tenant.emails)]}
+    if {edge["node"]["role"]["key"] for edge in edges} != expected_roles:
+        raise SystemExit("verification: the members do not have the seeded roles")
+    if g_body["data"] != p_body["data"]:
+        raise SystemExit("verification: coregraph and the plain endpoint disagree")
+    return len(g.content), len(p.content)
+
+
+async def verify_typename(
+    http: httpx.AsyncClient, graphql: load.Target, plain: load.Target
+) -> tuple[int, int]:
+    g = await http.request(
+        graphql.method, graphql.url, headers=graphql.headers, content=graphql.body
+    )
+    p = await http.request(plain.method, plain.url)
+    if g.status_code != 200 or orjson.loads(g.content) != orjson.loads(p.content):
+        raise SystemExit(f"verification: __typename differs: {g.text} / {p.text}")
+    return len(g.content), len(p.content)
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def table(results: list[load.Stats], lengths: dict[str, int]) -> str:
+    header = [
+        "target",
+        "requests",
+        "conc",
+        "median ms",
+        "p95 ms",
+        "req/s",
+        "server CPU ms/req",
+        "client CPU ms/req",
+        "body bytes",
+    ]
+    rows = [
+        [
+            s.name,
+            str(s.requests),
+            str(s.concurrency),
+            f"{s.median_ms:.2f}",
+            f"{s.p95_ms:.2f}",
+            f"{s.rps:.1f}",
+            _ms(s.server_cpu_ms_per_request),
+            _ms(s.client_cpu_ms_per_request),
+            str(lengths.get(s.name, "")),
+        ]
+        for s in results
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cols: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cols, widths, strict=True))
+        )
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def ratios(a: load.Stats, b: load.Stats) -> tuple[float, float | None]:
+    """(req/s of a / req/s of b, server CPU per request of b / of a)."""
+    rps = a.rps / b.rps
+    ca, cb = a.server_cpu_ms_per_request, b.server_cpu_ms_per_request
+    return rps, (cb / ca if ca and cb else None)
+
+
+async def main(args: argparse.Namespace) -> int:
+    tmp = tempfile.mkdtemp(prefix="coregraph-bench-")
+    try:
+        return await _main(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _main(args: argparse.Namespace, tmp: str) -> int:
+    env = {
+        "COREGRAPH_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/coregraph-bench.sqlite3",
+        "COREGRAPH_ENV": "production",
+        "COREGRAPH_JWT_SECRET": secrets.token_urlsafe(48),
+        "COREGRAPH_ACCESS_TOKEN_TTL_SECONDS": "86400",  # outlives any run
+        "COREGRAPH_LOG_LEVEL": "WARNING",
+        "COREGRAPH_REDIS_URL": "",
+    }
+    settings = Settings(
+        env="production",
+        database_url=env["COREGRAPH_DATABASE_URL"],
+        jwt_secret=env["COREGRAPH_JWT_SECRET"],
+        access_token_ttl_seconds=86400,
+    )
+    migrate_database(env)
+
+    info = machine()
+    print(
+        f"machine: nproc={info['nproc']}, python {info['python']}, {info['cpu']}\n"
+        f"         strawberry {info['strawberry-graphql']}, graphql-core {info['graphql-core']}, "
+        f"fastapi {info['fastapi']}, uvicorn {info['uvicorn']} (uvloop {info['uvloop']}), "
+        f"sqlalchemy {info['sqlalchemy']}, httpx {info['httpx']}",
+        flush=True,
+    )
+    with (
+        uvicorn_server("coregraph", "coregraph.app:create_app", env, tmp, "/healthz") as cg,
+        uvicorn_server("plain", "bench.plain:create_app", env, tmp, "/healthz") as plain,
+    ):
+        print(f"servers: coregraph {cg.base_url}, plain {plain.base_url}", flush=True)
+        tenant = await seed.load_tenant(settings, cg.base_url + "/graphql", args.members)
+        print(f"tenant {tenant.id}: {len(tenant.emails)} members", flush=True)
+
+        graphql_members = load.Target(
+            "coregraph members",
+            "POST",
+            cg.base_url + "/graphql",
+            {**GRAPHQL_HEADERS, **tenant.headers()},
+            orjson.dumps({"query": MEMBERS_QUERY}),
+            server_pid=cg.process.pid,
+        )
+        plain_members = load.Target(
+            "plain members",
+            "GET",
+            f"{plain.base_url}/tenant/members?first={args.members}",
+            tenant.headers(),
+            server_pid=plain.process.pid,
+        )
+        graphql_typename = load.Target(
+            "coregraph { __typename }",
+            "POST",
+            cg.base_url + "/graphql",
+            GRAPHQL_HEADERS,
+            orjson.dumps({"query": TYPENAME_QUERY}),
+            server_pid=cg.process.pid,
+        )
+        plain_typename = load.Target(
+            "plain JSON", "GET", plain.base_url + "/typename", {}, server_pid=plain.process.pid
+        )
+        limits = httpx.Limits(
+            max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+        )
+        async with httpx.AsyncClient(limits=limits, timeout=60.0) as http:
+            g_len, p_len = await verify_members(http, graphql_members, plain_members, tenant)
+            print(
+                f"verified: both return the same {len(tenant.emails)} members "
+                f"(same data document, {g_len} and {p_len} bytes)",
+                flush=True,
+            )
+            gt_len, pt_len = await verify_typename(http, graphql_typename, plain_typename)
+            lengths = {
+                graphql_members.name: g_len,
+                plain_members.name: p_len,
+                graphql_typename.name: gt_len,
+                plain_typename.name: pt_len,
+            }
+            targets = []
+            if args.only in (None, "members"):
+                targets += [
+                    _checked(graphql_members, body_check(g_len, graphql=True)),
+                    _checked(plain_members, body_check(p_len, graphql=False)),
+                ]
+            if args.only in (None, "typename"):
+                targets += [
+                    _checked(graphql_typename, body_check(gt_len, graphql=True)),
+                    _checked(plain_typename, body_check(pt_len, graphql=False)),
+                ]
+            results: list[load.Stats] = []
+            for target in targets:
+                if args.warmup:
+                    await load.run(http, target, args.warmup, args.concurrency, args.deadline)
+                stats = await load.run(http, target, args.requests, args.concurrency, args.deadline)
+                print(
+                    f"  {target.name}: {stats.rps:.1f} req/s, median {stats.median_ms:.2f} ms",
+                    flush=True,
+                )
+                results.append(stats)
+
+    print()
+    print(table(results, lengths))
+    print()
+    report: dict[str, object] = {
+        "machine": info,
+        "args": vars(args),
+        "results": {
+            s.name: {
+                "requests": s.requests,
+                "concurrency": s.concurrency,
+                "seconds": round(s.seconds, 3),
+                "median_ms": round(s.median_ms, 3),
+                "p95_ms": round(s.p95_ms, 3),
+                "rps": round(s.rps, 2),
+                "server_cpu_ms_per_request": s.server_cpu_ms_per_request,
+                "client_cpu_ms_per_request": round(s.client_cpu_ms_per_request, 3),
+            }
+            for s in results
+        },
+    }
+    by_name = {s.name: s for s in results}
+    if graphql_members.name in by_name and plain_members.name in by_name:
+        rps, cpu = ratios(by_name[graphql_members.name], by_name[plain_members.name])
+        report["members_rps_ratio"] = round(rps, 3)
+        report["members_server_cpu_ratio"] = round(cpu, 3) if cpu else None
+        verdict = "met" if rps >= TARGET_RATIO else "NOT met"
+        print(
+            f"members: GraphQL req/s / plain req/s = {rps:.2f} "
+            f"(target >= {TARGET_RATIO}: {verdict})"
+        )
+        if cpu:
+            print(f"         plain server CPU/req / GraphQL server CPU/req = {cpu:.2f}")
+    if graphql_typename.name in by_name and plain_typename.name in by_name:
+        rps, cpu = ratios(by_name[graphql_typename.name], by_name[plain_typename.name])
+        report["typename_rps_ratio"] = round(rps, 3)
+        report["typename_server_cpu_ratio"] = round(cpu, 3) if cpu else None
+        print(
+            f"__typename: GraphQL req/s / plain req/s = {rps:.2f}"
+            + (f", server CPU ratio {cpu:.2f}" if cpu else "")
+            + " (orientation only)"
+        )
+    if args.json:
+        await asyncio.to_thread(_write_json, args.json, report)
+    return 0
+
+
+def _write_json(path: str, report: dict[str, object]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2)
+
+
+def _checked(target: load.Target, check: Callable[[httpx.Response], bool]) -> load.Target:
+    return load.Target(
+        target.name,
+        target.method,
+        target.url,
+        target.headers,
+        target.body,
+        check,
+        target.server_pid,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse_args(None))))

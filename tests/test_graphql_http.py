@@ -394,3 +394,13 @@ async def test_cors_allows_only_configured_origins(
         assert "x-tenant-id" in r.headers["access-control-allow-headers"].lower()
         r = await http.options(srv.url, headers={"Origin": "https://evil.example", **preflight})
         assert "access-control-allow-origin" not in r.headers
+
+
+async def test_cached_validation_errors_carry_each_requests_own_id(
+    client: GraphQLClient,
+) -> None:
+    query = "{ definitelyNotAField }"
+    first = await client.execute(query, headers={"X-Request-Id": "cache-check-1"})
+    second = await client.execute(query, headers={"X-Request-Id": "cache-check-2"})
+    assert first.errors[0]["extensions"]["requestId"] == "cache-check-1"
+    assert second.errors[0]["extensions"]["requestId"] == "cache-check-2"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
+from typing import Any
 
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
@@ -43,8 +44,7 @@ def classify(error: GraphQLError) -> GraphQLError:
             code = "BAD_USER_INPUT"
         else:
             code = "GRAPHQL_VALIDATION_FAILED"
-        error.extensions = {**(error.extensions or {}), "code": code}
-        return error
+        return _copy(error, extensions={**(error.extensions or {}), "code": code})
     log.error(
         "unhandled error in resolver",
         exc_info=(type(original), original, original.__traceback__),
@@ -60,17 +60,32 @@ def classify(error: GraphQLError) -> GraphQLError:
     )
 
 
+def _copy(error: GraphQLError, *, message: str | None = None, **changes: Any) -> GraphQLError:
+    """A new error: validation errors come from a cache shared by every request, so one
+    request's id or wording must never be written into them."""
+    return GraphQLError(
+        message if message is not None else error.message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=error.original_error,
+        extensions=changes.get("extensions", error.extensions),
+    )
+
+
 def present(
     errors: list[GraphQLError], request_id: str | None, suggestions: bool
 ) -> list[GraphQLError]:
-    """Classify, mask and label errors for a client. Idempotent."""
+    """Classify, mask and label errors for a client. Idempotent, and never mutates its input."""
     presented = []
     for error in errors:
         error = classify(error)
+        message = error.message
         if not suggestions and (error.original_error is None or error.path is None):
-            error.message = _SUGGESTION.sub("", error.message)
-        error.extensions = {**(error.extensions or {}), "requestId": request_id}
-        presented.append(error)
+            message = _SUGGESTION.sub("", message)
+        extensions = {**(error.extensions or {}), "requestId": request_id}
+        presented.append(_copy(error, message=message, extensions=extensions))
     return presented
 
 

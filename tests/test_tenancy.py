@@ -230,3 +230,25 @@ async def test_a_member_always_sees_their_own_membership(client: GraphQLClient) 
         "{ tenant { members { totalCount } } }", actor=auditor, tenant_id=tenant_id
     )
     assert r.codes == ["FORBIDDEN"]
+
+
+async def test_inviting_again_replaces_the_pending_invitation(client: GraphQLClient) -> None:
+    owner = await client.sign_up()
+    tenant_id = await client.create_tenant(owner)
+    invitee = await client.sign_up()
+    invite = """mutation($e: String!, $r: String!) { inviteMember(input: {email: $e, role: $r}) {
+        token invitation { id } } }"""
+    first = (await client.execute(invite, {"e": invitee.email, "r": "viewer"}, actor=owner)).ok()
+    second = (await client.execute(invite, {"e": invitee.email, "r": "admin"}, actor=owner)).ok()
+
+    r = await client.execute("{ tenant { invitations { nodes { id } } } }", actor=owner)
+    assert r.ok()["tenant"]["invitations"]["nodes"] == [
+        {"id": second["inviteMember"]["invitation"]["id"]}
+    ]
+    accept = "mutation($t: String!) { acceptInvitation(token: $t) { membership { id } } }"
+    r = await client.execute(accept, {"t": first["inviteMember"]["token"]}, actor=invitee)
+    assert r.codes == ["NOT_FOUND"], "the superseded link no longer works"
+    r = await client.execute(accept, {"t": second["inviteMember"]["token"]}, actor=invitee)
+    r.ok()
+    [revoked] = await audit(client, owner, tenant_id, "invitation.revoked")
+    assert revoked["targetId"] == first["inviteMember"]["invitation"]["id"]

@@ -200,6 +200,26 @@ async def invite_member(
     )
     if already:
         raise Conflict("email: this person is already a member", field="email")
+    # Inviting again replaces what was sent before: one live link per person, the newest role.
+    now = datetime.now(UTC)
+    superseded = await uow.session.scalars(
+        select(Invitation).where(
+            Invitation.tenant_id == tenant_id,
+            Invitation.email == email,
+            Invitation.accepted_at.is_(None),
+            Invitation.revoked_at.is_(None),
+            Invitation.expires_at > now,
+        )
+    )
+    for old in superseded:
+        old.revoked_at = now
+        uow.record(
+            "invitation.revoked",
+            tenant_id=tenant_id,
+            target_type="Invitation",
+            target_id=old.id,
+            after={"reason": "superseded by a new invitation"},
+        )
     token = secrets.generate(secrets.INVITATION_TOKEN_PREFIX)
     invitation = Invitation(
         id=ids.new_id("inv"),

@@ -61,12 +61,17 @@ class Declaration:
     policies: tuple[tuple[str, ...], ...] | None = None
 
     def denial(self, principal: Principal, source: Any) -> Exception | None:
+        # Runs for every declared field of every object: plain loops, no generators (a third
+        # of the cost of any()/all() here, measured in bench/).
         if not principal.is_authenticated:
             return Unauthenticated(f"{self.where} needs a signed-in user or an API key")
         if self.scopes is not None:
             tenant_id = getattr(source, "tenant_id", None) or principal.tenant_id
             held = principal.scopes_in(tenant_id)
-            if not any(required <= held for required in self.scopes):
+            for required in self.scopes:
+                if required <= held:
+                    break
+            else:
                 if tenant_id is None:
                     return Forbidden(
                         f"{self.where} needs a tenant: send the X-Tenant-Id header",
@@ -74,10 +79,13 @@ class Declaration:
                 wanted = " or ".join(" and ".join(sorted(s)) for s in self.scopes)
                 return Forbidden(f"{self.where} requires the scope {wanted}")
         if self.policies is not None:
-            if not any(
-                all(POLICIES[name](principal, source) for name in group) for group in self.policies
-            ):
-                return Forbidden(f"{self.where} is not available to this principal")
+            for group in self.policies:
+                for name in group:
+                    if not POLICIES[name](principal, source):
+                        break
+                else:
+                    return None
+            return Forbidden(f"{self.where} is not available to this principal")
         return None
 
 

@@ -133,6 +133,13 @@ def _guard(resolve: Callable[..., Any], rules: tuple[Declaration, ...]) -> Calla
     return guarded
 
 
+def _essential(rules: tuple[Declaration, ...]) -> tuple[Declaration, ...]:
+    """The rules worth running: every check starts by requiring a credential, so a bare
+    ``@authenticated`` beside a scope or policy rule adds nothing but a call per field."""
+    specific = tuple(rule for rule in rules if rule.scopes is not None or rule.policies is not None)
+    return specific or rules[:1]
+
+
 def enforce_declarations(schema: GraphQLSchema) -> dict[str, tuple[Declaration, ...]]:
     """Wrap every declared field's resolver; returns the coordinates it guarded."""
     guarded: dict[str, tuple[Declaration, ...]] = {}
@@ -143,8 +150,9 @@ def enforce_declarations(schema: GraphQLSchema) -> dict[str, tuple[Declaration, 
             rules = tuple(field_declarations(type_, name, field))
             if not rules:
                 continue
-            field.resolve = _guard(field.resolve or default_field_resolver, rules)
-            if field.subscribe is not None:
-                field.subscribe = _guard(field.subscribe, rules)
             guarded[f"{type_.name}.{name}"] = rules
+            checks = _essential(rules)
+            field.resolve = _guard(field.resolve or default_field_resolver, checks)
+            if field.subscribe is not None:
+                field.subscribe = _guard(field.subscribe, checks)
     return guarded

@@ -9,6 +9,7 @@ from __future__ import annotations
 import strawberry
 from strawberry.federation import field
 
+from coregraph import models
 from coregraph.context import Context
 from coregraph.errors import Forbidden
 from coregraph.schema import lookup
@@ -138,7 +139,7 @@ class TenancyMutation:
         await ctx.limit("accept_invitation", account=user_id)
         async with ctx.unit_of_work() as uow:
             row = await tenancy.accept_invitation(uow, token=token, user_id=user_id)
-            role = await uow.session.get(access.Role, row.role_id)
+            role = await uow.session.get(models.Role, row.role_id)
         ctx.grant_for_this_request(row.tenant_id, frozenset(role.permissions if role else ()))
         return MembershipPayload(membership=Membership.from_row(row))
 

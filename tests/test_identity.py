@@ -297,3 +297,15 @@ async def test_any_rotated_refresh_token_coming_back_revokes_the_session(
     assert_unauthenticated(await refresh(client, newest["refreshToken"]))
     r = await client.execute(VIEWER, actor=Actor(token=newest["accessToken"]))
     assert_unauthenticated(r)
+
+
+async def test_refresh_is_audited(client: GraphQLClient, server: Server) -> None:
+    user = await client.sign_up()
+    (await refresh(client, str(user.refresh_token))).ok()
+    rows = await db_rows(
+        server,
+        "SELECT actor_kind, actor_id, target_type FROM audit_entries "
+        "WHERE actor_id = :u AND action = 'session.refreshed'",
+        u=user.user_id,
+    )
+    assert rows == [{"actor_kind": "user", "actor_id": user.user_id, "target_type": "Session"}]

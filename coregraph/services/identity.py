@@ -161,6 +161,13 @@ async def refresh_session(
         await _revoke_on_reuse(uow, session, now)
         raise Unauthenticated("refresh token is invalid, expired or revoked")
     uow.session.add(RetiredRefreshToken(token_hash=digest, session_id=session.id, retired_at=now))
+    uow.record(
+        "session.refreshed",
+        tenant_id=None,
+        target_type="Session",
+        target_id=session.id,
+        actor_id=session.user_id,
+    )
     await uow.session.refresh(session)
     access, expires = tokens.issue_access_token(user.id, session.id)
     return IssuedSession(user, session, access, expires, refresh)

@@ -153,14 +153,21 @@ class UnitOfWork:
         environment: Environment | None = None,
         actor_id: str | None = None,
     ) -> AuditEntry:
-        """Append an audit entry to this transaction: it commits with the change or not at all."""
+        """Append an audit entry to this transaction: it commits with the change or not at all.
+
+        ``actor_id`` names the acting user when the request itself carries no principal but the
+        action proves who acts (a password, a refresh token, an external identity token).
+        """
         principal = self.principal
+        actor_kind, actor = principal.kind.value, principal.actor_id
+        if actor is None and actor_id is not None:
+            actor_kind, actor = "user", actor_id
         entry = AuditEntry(
             id=ids.new_id("aud"),
             tenant_id=tenant_id,
             environment=environment or principal.environment,
-            actor_kind=principal.kind.value,
-            actor_id=actor_id or principal.actor_id,
+            actor_kind=actor_kind,
+            actor_id=actor_id or actor,
             acting_for_user_id=principal.acting_for_user_id,
             action=action,
             target_type=target_type,

@@ -19,17 +19,14 @@ class User(Node):
     id: strawberry.ID
     display_name: str
     created_at: datetime
-    email_value: strawberry.Private[str]
+    # A plain attribute: the policy guard wraps it like any declared field.
+    email: str | None = field(policy=[["self"], ["colleague"]])
     # The tenant through which this user was reached; ``colleague`` checks rights there.
     via_tenant_id: strawberry.Private[str | None]
 
     @property
     def user_id(self) -> str:
         return str(self.id)
-
-    @field(policy=[["self"], ["colleague"]])
-    def email(self) -> str | None:
-        return self.email_value
 
     @field(policy=[["self"]], description="Your memberships: which tenants you belong to.")
     async def memberships(
@@ -46,7 +43,7 @@ class User(Node):
             id=strawberry.ID(row.id),
             display_name=row.display_name,
             created_at=row.created_at,
-            email_value=row.email,
+            email=row.email,
             via_tenant_id=via_tenant_id,
         )
 

@@ -164,6 +164,8 @@ class Actor:
     email: str | None = None
     refresh_token: str | None = None
     tenant_id: str | None = None
+    # The membership ``add_member`` gave them in ``tenant_id``.
+    membership_id: str | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
 
     def headers(self, tenant_id: str | None = None) -> dict[str, str]:
@@ -230,9 +232,17 @@ class GraphQLClient:
         owner.tenant_id = owner.tenant_id or tenant_id
         return tenant_id
 
-    async def add_member(self, owner: Actor, tenant_id: str, role: str = "member") -> Actor:
+    async def add_member(
+        self,
+        owner: Actor,
+        tenant_id: str,
+        role: str = "member",
+        *,
+        email: str | None = None,
+        name: str = "Test User",
+    ) -> Actor:
         """Invite a new user with ``role`` and have them accept; returns them, in the tenant."""
-        member = await self.sign_up()
+        member = await self.sign_up(email=email, name=name)
         r = await self.execute(
             """mutation($input: InviteMemberInput!) { inviteMember(input: $input) {
                 token invitation { id } } }""",
@@ -246,7 +256,7 @@ class GraphQLClient:
             {"t": token},
             actor=member,
         )
-        r.ok()
+        member.membership_id = r.ok()["acceptInvitation"]["membership"]["id"]
         member.tenant_id = tenant_id
         return member
 

@@ -130,21 +130,14 @@ async def arrange_tenant_b(client: GraphQLClient) -> TenantB:
     owner = await client.sign_up(email=f"{tag}-owner@victim.example", name=f"Bea Owner {tag}")
     slug = f"victim-{tag}"
     tenant_id = await client.create_tenant(owner, slug=slug)
-    member = await client.sign_up(email=f"{tag}-member@victim.example", name=f"Bo Member {tag}")
-    r = await client.execute(
-        """mutation($input: InviteMemberInput!) { inviteMember(input: $input) { token } }""",
-        {"input": {"email": member.email, "role": "member"}},
-        actor=owner,
-        tenant_id=tenant_id,
+    member = await client.add_member(
+        owner,
+        tenant_id,
+        role="member",
+        email=f"{tag}-member@victim.example",
+        name=f"Bo Member {tag}",
     )
-    token = r.ok()["inviteMember"]["token"]
-    r = await client.execute(
-        "mutation($t: String!) { acceptInvitation(token: $t) { membership { id } } }",
-        {"t": token},
-        actor=member,
-    )
-    member_membership_id = r.ok()["acceptInvitation"]["membership"]["id"]
-    member.tenant_id = tenant_id
+    member_membership_id = str(member.membership_id)
 
     role_key = f"b-secret-{tag}"
     role_name = f"B Secret Role {tag}"

@@ -82,7 +82,3 @@ def _ensure_sqlite_dir(url: str) -> None:
     if path and path != ":memory:":
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
-
-
-async def ping(conn: AsyncConnection) -> None:
-    await conn.execute(text("SELECT 1"))

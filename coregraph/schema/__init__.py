@@ -142,10 +142,3 @@ def build_schema(settings: Settings) -> CoregraphSchema:
     )
     enforce_declarations(schema._schema)
     return schema
-
-
-def federation_sdl() -> str:
-    """The subgraph SDL as a gateway sees it through ``_service { sdl }``."""
-    from coregraph.settings import Settings
-
-    return build_schema(Settings()).as_str()

@@ -50,10 +50,16 @@ async def _graphql(
     return body["data"]  # type: ignore[no-any-return]
 
 
-async def load_tenant(settings: Settings, graphql_url: str, members: int) -> Tenant:
-    """A tenant with ``members`` members in all: its owner and ``members - 1`` invitees."""
+async def load_tenant(
+    settings: Settings,
+    graphql_url: str,
+    members: int,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Tenant:
+    """A tenant with ``members`` members in all: its owner and ``members - 1`` invitees.
+    ``transport``: an in-process ASGI transport instead of the network (``bench.inprocess``)."""
     owner_email = "owner@bench.example.com"
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=30, transport=transport) as http:
         data = await _graphql(
             http,
             graphql_url,

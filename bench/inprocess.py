@@ -1,0 +1,127 @@
+"""``python -m bench.inprocess``: server CPU per request without the network or a load
+generator, for comparing changes on a noisy machine.
+
+Both apps (coregraph and ``bench.plain``) run in this process on one fresh SQLite file, called
+through ``httpx.ASGITransport`` (the whole ASGI path: middleware, routing, authentication, SQL,
+execution, serialisation; no uvicorn, no sockets). Each target runs ``--batches`` batches of
+``--per-batch`` sequential requests with the cyclic GC paused inside a batch and run between
+batches; the figure is CPU time per request, minimum and median over batches. The minimum is
+the steadiest figure on a shared machine. ``--profile PATH`` writes a cProfile of extra
+coregraph requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import os
+import secrets
+import shutil
+import statistics
+import tempfile
+import time
+
+import httpx
+import orjson
+
+from bench import seed
+from bench.__main__ import GRAPHQL_HEADERS, MEMBERS_QUERY
+
+
+async def _cpu_per_request(
+    client: httpx.AsyncClient, request: httpx.Request, batches: int, per_batch: int
+) -> tuple[float, float]:
+    results = []
+    for _ in range(batches):
+        gc.collect()
+        gc.disable()
+        try:
+            started = time.process_time()
+            for _ in range(per_batch):
+                response = await client.send(request)
+                if response.status_code != 200 or b'"errors"' in response.content:
+                    raise SystemExit(f"bad response: {response.status_code} {response.text[:300]}")
+            results.append((time.process_time() - started) / per_batch * 1000)
+        finally:
+            gc.enable()
+    return min(results), statistics.median(results)
+
+
+async def main(args: argparse.Namespace) -> None:
+    tmp = tempfile.mkdtemp(prefix="coregraph-inprocess-")
+    try:
+        os.environ.update(
+            {
+                "COREGRAPH_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/bench.sqlite3",
+                "COREGRAPH_ENV": "production",
+                "COREGRAPH_JWT_SECRET": secrets.token_urlsafe(48),
+                "COREGRAPH_ACCESS_TOKEN_TTL_SECONDS": "86400",
+                "COREGRAPH_LOG_LEVEL": "WARNING",
+                "COREGRAPH_REDIS_URL": "",
+            }
+        )
+        from bench import plain
+        from coregraph import migrate
+        from coregraph.app import create_app
+        from coregraph.settings import load_settings
+
+        settings = load_settings()
+        await migrate.upgrade(settings)
+        coregraph_app = create_app(settings)
+        plain_app = plain.create_app()
+        cg = httpx.AsyncClient(transport=httpx.ASGITransport(coregraph_app), base_url="http://cg")
+        pl = httpx.AsyncClient(transport=httpx.ASGITransport(plain_app), base_url="http://pl")
+        tenant = await seed.load_tenant(
+            settings, "http://cg/graphql", args.members, httpx.ASGITransport(coregraph_app)
+        )
+        graphql = cg.build_request(
+            "POST",
+            "/graphql",
+            headers={**GRAPHQL_HEADERS, **tenant.headers()},
+            content=orjson.dumps({"query": MEMBERS_QUERY}),
+        )
+        baseline = pl.build_request(
+            "GET", f"/tenant/members?first={args.members}", headers=tenant.headers()
+        )
+        g = orjson.loads((await cg.send(graphql)).content)
+        p = orjson.loads((await pl.send(baseline)).content)
+        if g.get("errors") or g["data"] != p["data"]:
+            raise SystemExit("coregraph and the plain endpoint disagree")
+        gc.collect()
+        gc.freeze()
+        for _ in range(args.warmup):
+            await cg.send(graphql)
+            await pl.send(baseline)
+        if args.profile:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            for _ in range(args.per_batch):
+                await cg.send(graphql)
+            profiler.disable()
+            profiler.dump_stats(args.profile)
+        for _ in range(args.rounds):
+            g_min, g_med = await _cpu_per_request(cg, graphql, args.batches, args.per_batch)
+            p_min, p_med = await _cpu_per_request(pl, baseline, args.batches, args.per_batch)
+            print(
+                f"CPU ms/request: coregraph min {g_min:.2f} median {g_med:.2f} | "
+                f"plain min {p_min:.2f} median {p_med:.2f} | "
+                f"ratio plain/coregraph {p_min / g_min:.2f} (min) {p_med / g_med:.2f} (median)",
+                flush=True,
+            )
+        await cg.aclose()
+        await pl.aclose()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench.inprocess", description=__doc__)
+    parser.add_argument("--members", type=int, default=200)
+    parser.add_argument("--batches", type=int, default=15)
+    parser.add_argument("--per-batch", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--profile", metavar="PATH")
+    asyncio.run(main(parser.parse_args()))

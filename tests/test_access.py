@@ -254,6 +254,14 @@ async def test_a_custom_role_grants_exactly_its_permissions(client: GraphQLClien
         forbidden_at(r, "tenant", field.split()[0])
     r = await create_key(client, member, tenant_id, ["tenant:read"])
     assert r.codes == ["FORBIDDEN"]
+    # Role is declared on its type (members:read or roles:manage): its own membership is
+    # visible to the member, the role object is not, denied once where it would appear.
+    r = await client.execute("{ viewer { memberships { id role { key name } } } }", actor=member)
+    (membership,) = r.data["viewer"]["memberships"]
+    assert membership["id"] and membership["role"] is None
+    assert [(e["path"], e["extensions"]["code"]) for e in r.errors] == [
+        (["viewer", "memberships", 0, "role"], "FORBIDDEN")
+    ]
 
     # Changing the role changes what its holders may do, from the next request on.
     r = await client.execute(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import strawberry
@@ -30,7 +31,11 @@ from graphql import (
 from coregraph.auth.principal import ANONYMOUS
 from coregraph.errors import Unauthenticated
 from coregraph.schema import build_schema
-from coregraph.schema.authorization import enforce_declarations, field_declarations
+from coregraph.schema.authorization import (
+    enforce_declarations,
+    field_declarations,
+    own_declarations,
+)
 from coregraph.settings import Settings
 
 # Public root fields: anyone may call them. Their results are the caller's own (a new session);
@@ -131,12 +136,27 @@ def check_declarations(
     return coverage
 
 
+def enforcers(schema: GraphQLSchema, type_: GraphQLObjectType, name: str) -> list[Any]:
+    """The checks that must stand between a caller and this field: the field's guard for
+    its own declaration (and, on a root type, for the type's), the type's ``IsTypeOf`` check
+    for the type's declaration. An entry is None where the check is missing."""
+    roots = {schema.query_type, schema.mutation_type, schema.subscription_type}
+    resolve = type_.fields[name].resolve
+    field_guard = resolve if hasattr(resolve, "rules") else None
+    type_guard = type_.is_type_of if hasattr(type_.is_type_of, "rules") else None
+    needed = []
+    if own_declarations(type_.fields[name], name):
+        needed.append(field_guard)
+    if own_declarations(type_, type_.name):
+        needed.append(field_guard if type_ in roots else type_guard)
+    return needed
+
+
 def unguarded(coverage: Coverage, schema: GraphQLSchema) -> list[str]:
-    """Declared fields whose resolver is not wrapped by the guard."""
+    """Declared fields without the check that enforces each of their declarations."""
     missing = []
     for coordinate, type_ in coverage.declared.items():
-        resolve = type_.fields[coordinate.split(".", 1)[1]].resolve
-        if getattr(resolve, "__wrapped__", None) is None:
+        if None in enforcers(schema, type_, coordinate.split(".", 1)[1]):
             missing.append(coordinate)
     return missing
 
@@ -179,18 +199,24 @@ def test_every_declared_field_has_the_guard_installed(coregraph_schema: GraphQLS
 
 
 def test_every_guard_refuses_an_anonymous_caller(coregraph_schema: GraphQLSchema) -> None:
-    """The wrapper is the guard, not any decorator: called without a credential, each declared
-    field raises UNAUTHENTICATED before its own resolver runs."""
+    """The installed checks are the guards, not any decorator: called without a credential,
+    each field guard raises UNAUTHENTICATED before its own resolver runs, and each type's
+    ``IsTypeOf`` check raises it for an object of that type."""
     info = SimpleNamespace(context=SimpleNamespace(principal=ANONYMOUS))
     letting_through = []
     for coordinate, type_ in check_declarations(coregraph_schema).declared.items():
-        resolve = type_.fields[coordinate.split(".", 1)[1]].resolve
-        assert resolve is not None
-        try:
-            resolve(None, info)
-        except Unauthenticated:
-            continue
-        letting_through.append(coordinate)
+        for check in enforcers(coregraph_schema, type_, coordinate.split(".", 1)[1]):
+            assert check is not None
+            if check is type_.is_type_of:
+                origin = type_.extensions["strawberry-definition"].origin
+                value = origin.__new__(origin)  # an object of the type, nothing to read
+            else:
+                value = None
+            try:
+                check(value, info)
+            except Unauthenticated:
+                continue
+            letting_through.append(coordinate)
     assert letting_through == []
 
 

@@ -3,15 +3,21 @@
 Types and fields declare who may read them with the Federation 2 directives ``@authenticated``,
 ``@requiresScopes`` and ``@policy`` (strawberry's ``authenticated=``, ``requires_scopes=`` and
 ``policy=`` arguments), so a gateway reads the same rules from ``_service { sdl }``. After the
-schema is built, ``enforce_declarations`` reads those very directive objects back and wraps the
-resolver of every covered field with a synchronous guard. Because the guard sits on the field's
-resolver, it runs on every path that reaches the field: queries, mutations, ``node``,
-``_entities`` and subscriptions alike.
+schema is built, ``enforce_declarations`` reads those very directive objects back and installs
+synchronous checks in the schema itself, so they run on every path that reaches the data:
+queries, mutations, ``node``, ``_entities`` and subscriptions alike.
 
-Semantics (as in Apollo Router): a type's declaration applies to each of its fields, and every
+- A field's declaration wraps the field's resolver (and ``subscribe``) with a guard.
+- A type's declaration becomes the type's ``IsTypeOf`` check, which graphql-core runs once for
+  every object it completes as that type, wherever it was reached, before any of its fields.
+  (Root types are never completed as objects: their declaration is applied to each field.)
+
+Semantics (as in Apollo Router): a type's declaration covers each of its fields, and every
 declaration on the way must pass (AND); inside ``requiresScopes``/``policy`` the outer list is
-OR and each inner list is AND. Scope checks are row-relative: a row of tenant T is judged by the
-principal's scopes in T (``Principal.scopes_in``), root fields by the addressed tenant.
+OR and each inner list is AND. A denied object is null at its position with one error there, as
+the router removes a field whose type is denied. Scope checks are row-relative: a row of tenant
+T is judged by the principal's scopes in T (``Principal.scopes_in``), root fields by the
+addressed tenant.
 """
 
 from __future__ import annotations
@@ -106,18 +112,18 @@ def declarations_of(directives: Iterable[object], where: str) -> list[Declaratio
     return found
 
 
-def _strawberry_directives(graphql_object: Any) -> list[object]:
+def own_declarations(graphql_object: Any, where: str) -> list[Declaration]:
+    """The declarations written on this one type or field (not inherited from its type)."""
     definition = (graphql_object.extensions or {}).get("strawberry-definition")
-    return list(getattr(definition, "directives", None) or ())
+    return declarations_of(getattr(definition, "directives", None) or (), where)
 
 
 def field_declarations(
     parent: GraphQLObjectType, name: str, field: GraphQLField
 ) -> list[Declaration]:
+    """Every declaration covering a field: its type's and its own."""
     coordinate = f"{parent.name}.{name}"
-    return declarations_of(_strawberry_directives(parent), coordinate) + declarations_of(
-        _strawberry_directives(field), coordinate
-    )
+    return own_declarations(parent, coordinate) + own_declarations(field, coordinate)
 
 
 def _guard(resolve: Callable[..., Any], rules: tuple[Declaration, ...]) -> Callable[..., Any]:
@@ -130,6 +136,7 @@ def _guard(resolve: Callable[..., Any], rules: tuple[Declaration, ...]) -> Calla
         return resolve(source, info, **kwargs)
 
     guarded.__wrapped__ = resolve  # type: ignore[attr-defined]
+    guarded.rules = rules  # type: ignore[attr-defined]
     return guarded
 
 
@@ -140,19 +147,64 @@ def _essential(rules: tuple[Declaration, ...]) -> tuple[Declaration, ...]:
     return specific or rules[:1]
 
 
+def _type_guard(
+    type_: GraphQLObjectType, rules: tuple[Declaration, ...]
+) -> Callable[[Any, Any], bool]:
+    """``IsTypeOf`` for a type with declarations: graphql-core asks it once for every object
+    it completes as this type, on every path (a field returning it, a list item, ``node``,
+    ``_entities``, a subscription event), before executing any of the object's fields. It first
+    answers the question it is asked ("is this value of this type?", strawberry's own check, or
+    an instance check), then raises the denial when the principal may not see this object."""
+    original = type_.is_type_of
+    definition = (type_.extensions or {}).get("strawberry-definition")
+    origin = getattr(definition, "origin", None)
+    if original is None and origin is None:
+        raise ValueError(f"{type_.name}: cannot tell its objects apart to authorize them")
+
+    def is_type_of(value: Any, info: Any) -> bool:
+        if original is not None:
+            if not original(value, info):
+                return False
+        elif not isinstance(value, origin):  # type: ignore[arg-type]
+            return False
+        principal = info.context.principal
+        for rule in rules:
+            denial = rule.denial(principal, value)
+            if denial is not None:
+                raise denial
+        return True
+
+    is_type_of.rules = rules  # type: ignore[attr-defined]
+    return is_type_of
+
+
 def enforce_declarations(schema: GraphQLSchema) -> dict[str, tuple[Declaration, ...]]:
-    """Wrap every declared field's resolver; returns the coordinates it guarded."""
-    guarded: dict[str, tuple[Declaration, ...]] = {}
+    """Install the checks; returns each covered field's coordinate and all rules covering it.
+
+    A type's declaration becomes its ``IsTypeOf`` check (once per object rather than once per
+    field of it); a field's own declaration a guard on its resolver. The root types are
+    never completed as objects, so a declaration on a root type is applied to each of its
+    fields instead.
+    """
+    roots = {schema.query_type, schema.mutation_type, schema.subscription_type}
+    covered: dict[str, tuple[Declaration, ...]] = {}
     for type_ in schema.type_map.values():
         if not isinstance(type_, GraphQLObjectType) or type_.name.startswith("__"):
             continue
+        type_rules = tuple(own_declarations(type_, type_.name))
+        per_object = type_rules and type_ not in roots
+        if per_object:
+            type_.is_type_of = _type_guard(type_, _essential(type_rules))
         for name, field in type_.fields.items():
-            rules = tuple(field_declarations(type_, name, field))
-            if not rules:
+            coordinate = f"{type_.name}.{name}"
+            own = tuple(own_declarations(field, coordinate))
+            if type_rules or own:
+                covered[coordinate] = type_rules + own
+            checks = own if per_object else type_rules + own
+            if not checks:
                 continue
-            guarded[f"{type_.name}.{name}"] = rules
-            checks = _essential(rules)
+            checks = _essential(checks)
             field.resolve = _guard(field.resolve or default_field_resolver, checks)
             if field.subscribe is not None:
                 field.subscribe = _guard(field.subscribe, checks)
-    return guarded
+    return covered

@@ -29,6 +29,7 @@ from coregraph.schema.access import ApiKey, Permission, Role
 from coregraph.schema.audit import AuditEntry
 from coregraph.schema.authorization import enforce_declarations
 from coregraph.schema.errors import error_extension
+from coregraph.schema.execution import CoregraphExecutor, install_fast_resolvers
 from coregraph.schema.identity import User
 from coregraph.schema.tenancy import Invitation, Membership, Tenant
 from coregraph.settings import Settings
@@ -139,6 +140,9 @@ def build_schema(settings: Settings) -> CoregraphSchema:
         types=ENTITY_TYPES,
         extensions=extensions,
         federation_version=FEDERATION_VERSION,  # type: ignore[arg-type]
+        execution_context_class=CoregraphExecutor,
     )
+    # Leaner resolvers first: a declared field's guard then wraps one.
+    install_fast_resolvers(schema._schema, schema.config.info_class)
     enforce_declarations(schema._schema)
     return schema

@@ -1,0 +1,257 @@
+"""How the schema executes: graphql-core's executor with one shortcut for plain leaf fields.
+
+Most fields of a large answer are scalars read straight off an object (``id``, ``name``,
+``createdAt``...). graphql-core spends ~4 µs on each: a resolve-info object, a response path,
+argument coercion, the resolver call chain and the value-completion dispatch. For a page of
+200 members that is most of the request (``bench/RESULTS.md``).
+
+``CoregraphExecutor.execute_fields`` reads such a field itself: ``getattr`` on the object and the
+scalar's own ``coerce_output_value``, exactly what the normal path ends up doing. A field takes
+the shortcut only when all of this holds, decided once per selection and execution:
+
+- its resolver is an attribute read (``attribute_resolver``, installed by
+  ``install_fast_resolvers`` in place of strawberry's equivalent default resolver), or the
+  authorization guard around one: then the shortcut first runs the guard's own checks
+  (``Declaration.denial``), and a denial sends the field down the normal path, where the
+  guard raises it;
+- it takes no arguments, and its type is a scalar or enum (or a list of them);
+- no resolver middleware is installed (strawberry adds one for extensions with ``resolve``).
+
+Whenever the shortcut meets anything but a plain value (a missing attribute, ``None`` in a
+non-null position, a value the scalar refuses), that field goes down graphql-core's normal
+path, which produces the error exactly as it always would. Type declarations are unaffected:
+they run when the object is completed (``IsTypeOf``), before any of its fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from graphql import (
+    GraphQLField,
+    GraphQLLeafType,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLSchema,
+    Undefined,
+)
+from graphql.pyutils import Path, gather_with_cancel
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+_MISSING = object()
+
+
+def attribute_resolver(python_name: str) -> Callable[..., Any]:
+    """The resolver of a field without one: the object's attribute of that (Python) name."""
+
+    def resolve(source: Any, info: Any, **_: Any) -> Any:
+        return getattr(source, python_name)
+
+    resolve.attribute = python_name  # type: ignore[attr-defined]
+    return resolve
+
+
+def direct_resolver(definition: Any, info_class: type) -> Callable[..., Any] | None:
+    """A resolver that calls a strawberry resolver without arguments straight, or None.
+
+    For a field whose resolver takes no GraphQL arguments, strawberry's wrapper (an ``Info``,
+    argument conversion, its extension chain, ``get_result``) reduces to calling the function
+    with the object (as ``self``, ``root`` or ``parent``) and an ``Info``; this does only
+    that. Fields with arguments, field extensions or permission classes keep strawberry's.
+    """
+    resolver = definition.base_resolver
+    if resolver is None or definition.extensions or definition.arguments:
+        return None
+    func = resolver.wrapped_func
+    by_self = resolver.self_parameter is not None
+    source_names = [p.name for p in (resolver.parent_parameter, resolver.root_parameter) if p]
+    info_name = resolver.info_parameter.name if resolver.info_parameter else None
+
+    def resolve(source: Any, info: Any, **_: Any) -> Any:
+        kwargs = {name: source for name in source_names}
+        if info_name is not None:
+            kwargs[info_name] = info_class(_raw_info=info, _field=definition)
+        return func(source, **kwargs) if by_self else func(**kwargs)
+
+    return resolve
+
+
+def install_fast_resolvers(schema: GraphQLSchema, info_class: type) -> None:
+    """Replace strawberry's resolver wrappers where they add nothing: a field without a
+    resolver gets ``attribute_resolver`` (strawberry reaches the same ``getattr`` through
+    three layers), a resolver without arguments ``direct_resolver``. Runs before the
+    authorization guards are installed, so a declared field's guard wraps the new resolver
+    (and such a field is no longer recognised as a plain attribute read)."""
+    for type_ in schema.type_map.values():
+        if not isinstance(type_, GraphQLObjectType) or type_.name.startswith("__"):
+            continue
+        for field in type_.fields.values():
+            definition = (field.extensions or {}).get("strawberry-definition")
+            if definition is None:
+                continue
+            if (
+                getattr(field.resolve, "_is_default", False)
+                and definition.is_basic_field
+                and definition.default_resolver is getattr
+            ):
+                field.resolve = attribute_resolver(definition.python_name)
+            else:
+                direct = direct_resolver(definition, info_class)
+                if direct is not None:
+                    field.resolve = direct
+
+
+class _Leaf:
+    """How the shortcut reads one field: attribute, coercion, nullability, list-ness."""
+
+    __slots__ = ("attribute", "coerce", "list_of_non_null", "non_null", "rules")
+
+    def __init__(self, attribute: str, field: GraphQLField, rules: tuple[Any, ...]) -> None:
+        type_: Any = field.type
+        self.attribute = attribute
+        self.rules = rules
+        self.non_null = isinstance(type_, GraphQLNonNull)
+        if self.non_null:
+            type_ = type_.of_type
+        self.list_of_non_null = isinstance(type_, GraphQLList)
+        if self.list_of_non_null:
+            type_ = type_.of_type.of_type  # only [Leaf!] lists are planned, see _plan_field
+        self.coerce = type_.coerce_output_value
+
+    def read(self, source: Any, principal: Any) -> Any:
+        """The completed value, or ``_MISSING`` to send the field down the normal path."""
+        for rule in self.rules:
+            if rule.denial(principal, source) is not None:
+                return _MISSING  # the guard on the normal path raises the denial
+        value: Any = getattr(source, self.attribute, _MISSING)
+        if value is None:
+            return _MISSING if self.non_null else None
+        if value is _MISSING:
+            return _MISSING
+        coerce = self.coerce
+        try:
+            if self.list_of_non_null:
+                if not isinstance(value, list | tuple):  # other iterables: the normal path
+                    return _MISSING
+                completed = [coerce(item) for item in value]
+                for item in completed:
+                    if item is None or item is Undefined:
+                        return _MISSING
+                return completed
+            completed = coerce(value)
+        except Exception:  # the normal path raises the same error, located and typed
+            return _MISSING
+        if completed is None or completed is Undefined:
+            return _MISSING
+        return completed
+
+
+def _plan_field(field: GraphQLField | None, field_details_list: Any) -> _Leaf | None:
+    if field is None or field.args or field_details_list[0].node.arguments:
+        return None
+    resolve = field.resolve
+    # A declared field's resolver is its guard (``schema.authorization``) around the attribute
+    # read: the shortcut runs the guard's very checks first.
+    rules = getattr(resolve, "rules", ())
+    if rules:
+        resolve = getattr(resolve, "__wrapped__", None)
+    attribute = getattr(resolve, "attribute", None)
+    if attribute is None:
+        return None
+    type_: Any = field.type
+    if isinstance(type_, GraphQLNonNull):
+        type_ = type_.of_type
+    if isinstance(type_, GraphQLList):
+        if not isinstance(type_.of_type, GraphQLNonNull):
+            return None
+        type_ = type_.of_type.of_type
+    if not isinstance(type_, GraphQLLeafType):
+        return None
+    return _Leaf(attribute, field, rules)
+
+
+class CoregraphExecutor(StrawberryGraphQLCoreExecutionContext):
+    """strawberry's executor, with the leaf shortcut in ``execute_fields``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (parent type, id(grouped field set)) -> (the set, kept alive so that its id stays
+        # unique while cached; its plan)
+        self._leaf_plans: dict[tuple[str, int], tuple[Any, tuple[_Leaf | None, ...] | None]] = {}
+
+    def _plan(self, parent_type: GraphQLObjectType, grouped_field_set: Any) -> Any:
+        key = (parent_type.name, id(grouped_field_set))
+        cached = self._leaf_plans.get(key)
+        if cached is not None:
+            return cached[1]
+        plan: tuple[_Leaf | None, ...] | None = None
+        middleware = self.middleware_manager
+        if middleware is None or not middleware.middlewares:
+            get_field = self.schema.get_field
+            plan = tuple(
+                _plan_field(get_field(parent_type, details[0].node.name.value), details)
+                for details in grouped_field_set.values()
+            )
+            if not any(plan):
+                plan = None
+        self._leaf_plans[key] = (grouped_field_set, plan)
+        return plan
+
+    def execute_fields(
+        self,
+        parent_type: GraphQLObjectType,
+        source_value: Any,
+        path: Path | None,
+        grouped_field_set: Any,
+        position_context: Any,
+    ) -> Any:
+        plan = self._plan(parent_type, grouped_field_set)
+        if plan is None:
+            return super().execute_fields(
+                parent_type, source_value, path, grouped_field_set, position_context
+            )
+        # graphql-core's loop (Executor.execute_fields), with the shortcut in front.
+        results: dict[str, Any] = {}
+        principal = getattr(self.context_value, "principal", None)
+        is_awaitable = self.is_awaitable
+        awaitable_fields: list[str] = []
+        try:
+            for leaf, (response_name, field_details_list) in zip(
+                plan, grouped_field_set.items(), strict=True
+            ):
+                if leaf is not None:
+                    value = leaf.read(source_value, principal)
+                    if value is not _MISSING:
+                        results[response_name] = value
+                        continue
+                result = self.execute_field(
+                    parent_type,
+                    source_value,
+                    field_details_list,
+                    Path(path, response_name, parent_type.name),
+                    position_context,
+                )
+                if result is not Undefined:
+                    results[response_name] = result
+                    if is_awaitable(result):
+                        awaitable_fields.append(response_name)
+        except Exception:
+            if awaitable_fields:
+                self.settle_in_background([results[name] for name in awaitable_fields])
+            raise
+        if not awaitable_fields:
+            return results
+        return self._gather_fields(results, awaitable_fields)
+
+    async def _gather_fields(
+        self, results: dict[str, Any], awaitable_fields: list[str]
+    ) -> dict[str, Any]:
+        if len(awaitable_fields) == 1:
+            name = awaitable_fields[0]
+            results[name] = await results[name]
+        else:
+            awaited = await gather_with_cancel(*(results[name] for name in awaitable_fields))
+            results.update(zip(awaitable_fields, awaited, strict=True))
+        return results

@@ -1,0 +1,199 @@
+"""The executor's shortcut for plain leaf fields (``coregraph.schema.execution``) answers
+exactly what graphql-core's normal path answers, errors included, and is really taken.
+
+Each query runs against two builds of the same schema: strawberry's stock executor and
+coregraph's. Data and errors (message and path) must be identical.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import strawberry
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+from coregraph.auth.principal import Principal, PrincipalKind
+from coregraph.schema.authorization import enforce_declarations
+from coregraph.schema.execution import CoregraphExecutor, install_fast_resolvers
+
+
+@strawberry.enum
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@strawberry.type
+class Owner:
+    id: strawberry.ID
+    name: str
+
+
+@strawberry.type
+class Thing:
+    id: strawberry.ID
+    name: str
+    nickname: str | None
+    count: int
+    created_at: datetime
+    color: Color
+    tags: list[str]
+    loose_tags: list[str | None]
+    owner: Owner | None
+
+    @strawberry.field
+    def shout(self, suffix: str = "!") -> str:
+        return self.name.upper() + suffix
+
+
+def things() -> list[Thing]:
+    made = [
+        Thing(
+            id=strawberry.ID(f"thg_{i}"),
+            name=f"thing {i}",
+            nickname=None if i % 2 else f"t{i}",
+            count=i,
+            created_at=datetime(2026, 1, 1, i, tzinfo=UTC),
+            color=Color.RED if i % 3 else Color.BLUE,
+            tags=[f"a{i}", f"b{i}"],
+            loose_tags=["x", None],
+            owner=Owner(id=strawberry.ID(f"own_{i}"), name=f"owner {i}") if i % 2 else None,
+        )
+        for i in range(6)
+    ]
+    # What the normal path must report, and the shortcut must not hide:
+    made[1].name = None  # type: ignore[assignment]  # null in a non-null position
+    made[2].count = "many"  # type: ignore[assignment]  # a value Int refuses
+    made[3].tags = ["ok", None]  # type: ignore[list-item]  # null item in [String!]!
+    del made[4].nickname  # an attribute that is not there
+    made[5].tags = "ab"  # type: ignore[assignment]  # a string is not a list
+    return made
+
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    def things(self) -> list[Thing | None]:
+        return things()
+
+
+class CountingExecutor(CoregraphExecutor):
+    fields_executed = 0
+
+    def execute_field(self, *args: Any, **kwargs: Any) -> Any:
+        CountingExecutor.fields_executed += 1
+        return super().execute_field(*args, **kwargs)
+
+
+def stock() -> strawberry.Schema:
+    return strawberry.Schema(
+        query=Query, execution_context_class=StrawberryGraphQLCoreExecutionContext
+    )
+
+
+def shortcut(executor: type[CoregraphExecutor] = CoregraphExecutor) -> strawberry.Schema:
+    schema = strawberry.Schema(query=Query, execution_context_class=executor)
+    install_fast_resolvers(schema._schema, schema.config.info_class)
+    return schema
+
+
+QUERIES = [
+    "{ things { id name nickname count createdAt color tags looseTags } }",
+    "{ things { ...F owner { id name __typename } } } fragment F on Thing { id n: name count }",
+    '{ things { a: id b: id shout loud: shout(suffix: "?") tags } }',
+    "{ things { id ... on Thing { name } __typename } }",
+]
+
+
+def outcome(schema: strawberry.Schema, query: str) -> tuple[Any, list[tuple[str, Any]]]:
+    result = schema.execute_sync(query)
+    errors = [(error.message, error.path) for error in result.errors or []]
+    return result.data, errors
+
+
+def test_the_shortcut_answers_as_graphql_core_does() -> None:
+    for query in QUERIES:
+        expected = outcome(stock(), query)
+        assert outcome(shortcut(), query) == expected, query
+    # The comparison covered every kind of failure the shortcut hands back.
+    _, errors = outcome(stock(), QUERIES[0])
+    assert {tuple(path) for _, path in errors} == {
+        ("things", 1, "name"),
+        ("things", 2, "count"),
+        ("things", 3, "tags", 1),
+        ("things", 4, "nickname"),
+        ("things", 5, "tags"),
+    }
+
+
+def test_plain_leaves_skip_the_per_field_machinery() -> None:
+    CountingExecutor.fields_executed = 0
+    data, _ = outcome(shortcut(CountingExecutor), "{ things { id count createdAt color tags } }")
+    assert data is not None and len(data["things"]) == 6
+    # The root field, plus one normal-path retry for each bad value selected (thing 2's count,
+    # thing 3's and thing 5's tags); the 27 good leaves never reach execute_field.
+    assert CountingExecutor.fields_executed == 1 + 3
+
+
+def test_resolver_fields_and_arguments_take_the_normal_path() -> None:
+    CountingExecutor.fields_executed = 0
+    data, errors = outcome(shortcut(CountingExecutor), '{ things { shout(suffix: "?") } }')
+    assert CountingExecutor.fields_executed == 1 + 6
+    assert data is not None and data["things"][0] == {"shout": "THING 0?"}
+    assert [path for _, path in errors] == [["things", 1, "shout"]]
+
+
+@strawberry.federation.type(keys=["id"])
+class Person:
+    id: strawberry.ID
+    user_id: strawberry.Private[str]
+    email: str | None = strawberry.federation.field(policy=[["self"]])
+
+
+@strawberry.type(name="Query")
+class PeopleQuery:
+    @strawberry.field
+    def people(self) -> list[Person]:
+        return [
+            Person(id=strawberry.ID(f"prs_{i}"), user_id=f"usr_{i}", email=f"{i}@example.com")
+            for i in range(3)
+        ]
+
+
+def test_a_declared_leaf_is_checked_on_the_shortcut_too() -> None:
+    """``Person.email`` carries ``@policy(self)``: its guard wraps an attribute read, which the
+    shortcut may take only after the guard's own check passes."""
+    context = SimpleNamespace(principal=Principal(kind=PrincipalKind.USER, user_id="usr_1"))
+    answers = []
+    for executor in (StrawberryGraphQLCoreExecutionContext, CountingExecutor):
+        schema = strawberry.federation.Schema(
+            query=PeopleQuery, execution_context_class=executor, federation_version="2.9"
+        )
+        if executor is CountingExecutor:
+            install_fast_resolvers(schema._schema, schema.config.info_class)
+        enforce_declarations(schema._schema)
+        CountingExecutor.fields_executed = 0
+        result = schema.execute_sync("{ people { id email } }", context_value=context)
+        answers.append(
+            (result.data, [(e.message, e.path, e.original_error) for e in result.errors or []])
+        )
+    stock_answer, shortcut_answer = answers
+    data, errors = shortcut_answer
+    assert data == {
+        "people": [
+            {"id": "prs_0", "email": None},
+            {"id": "prs_1", "email": "1@example.com"},
+            {"id": "prs_2", "email": None},
+        ]
+    }
+    assert [(path, type(error).__name__) for _, path, error in errors] == [
+        (["people", 0, "email"], "Forbidden"),
+        (["people", 2, "email"], "Forbidden"),
+    ]
+    assert [(m, p) for m, p, _ in errors] == [(m, p) for m, p, _ in stock_answer[1]]
+    assert data == stock_answer[0]
+    # The allowed email came off the shortcut; the two denied ones went through the guard.
+    assert CountingExecutor.fields_executed == 1 + 2

@@ -67,6 +67,21 @@ class Stats:
         return self.percentile_ms(95)
 
 
+def combine(runs: list[Stats]) -> Stats:
+    """Several runs of one target as one: requests, time, latencies and CPU added up."""
+    first = runs[0]
+    server = [r.server_cpu_seconds for r in runs]
+    return Stats(
+        first.name,
+        sum(r.requests for r in runs),
+        first.concurrency,
+        sum(r.seconds for r in runs),
+        tuple(latency for r in runs for latency in r.latencies_ms),
+        None if None in server else sum(s for s in server if s is not None),
+        sum(r.client_cpu_seconds for r in runs),
+    )
+
+
 class BadResponse(RuntimeError):
     pass
 

@@ -34,8 +34,13 @@ class PageInfo:
 
 @strawberry.type
 class Edge(Generic[T]):
-    cursor: str
     node: T
+    key: strawberry.Private[str]
+
+    @strawberry.field
+    def cursor(self) -> str:
+        # Encoded when asked for: list UIs often select only the nodes.
+        return encode_cursor(self.key)
 
 
 @strawberry.type
@@ -123,14 +128,14 @@ async def paginate(
     rows = await ctx.read(page.order_by(key).limit(size + 1))
     has_next = len(rows) > size
     rows = rows[:size]
-    edges = [Edge(cursor=encode_cursor(row.id), node=to_node(row)) for row in rows]
+    edges = [Edge(node=to_node(row), key=row.id) for row in rows]
     return Connection(
         edges=edges,
         page_info=PageInfo(
             has_next_page=has_next,
             has_previous_page=after is not None,
-            start_cursor=edges[0].cursor if edges else None,
-            end_cursor=edges[-1].cursor if edges else None,
+            start_cursor=encode_cursor(rows[0].id) if rows else None,
+            end_cursor=encode_cursor(rows[-1].id) if rows else None,
         ),
         _count_statement=count_statement,
     )

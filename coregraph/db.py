@@ -15,15 +15,15 @@ def create_engine(settings: Settings, *, as_owner: bool = False) -> AsyncEngine:
     """The application's engine. On PostgreSQL every connection drops to
     ``COREGRAPH_DATABASE_ROLE`` (which owns no table), so row-level security applies to it;
     ``as_owner`` keeps the login role, for migrations only."""
-    kwargs: dict[str, Any] = {"echo": settings.database_echo}
+    kwargs: dict[str, Any] = {
+        "echo": settings.database_echo,
+        "pool_size": settings.database_pool_size,
+        "max_overflow": settings.database_max_overflow,
+    }
     if settings.is_sqlite:
         _ensure_sqlite_dir(settings.database_url)
         kwargs["connect_args"] = {"timeout": 30}
-        kwargs["pool_size"] = 8
-        kwargs["max_overflow"] = 8
     else:
-        kwargs["pool_size"] = 10
-        kwargs["max_overflow"] = 20
         kwargs["pool_pre_ping"] = True
         if settings.database_role and not as_owner:
             # The role is a startup parameter of the session, not a `SET ROLE` statement: a

@@ -23,6 +23,12 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+aiosqlite:///./var/coregraph.sqlite3"
     database_echo: bool = False
+    # Connections kept open per process, and how many more it may open under a burst. Those
+    # beyond the pool are closed when returned, so a pool smaller than the concurrency a
+    # process serves reconnects all the time (a new thread and PRAGMAs on SQLite, a TCP and
+    # auth handshake on PostgreSQL). Mind PostgreSQL's max_connections across processes.
+    database_pool_size: int = Field(20, ge=1, le=500)
+    database_max_overflow: int = Field(10, ge=0, le=500)
     # PostgreSQL: the role every application connection switches to. It owns no table, so
     # row-level security holds for it; migrations keep the login role. Empty: no switch (when
     # the login role already is such a role).

@@ -26,10 +26,14 @@ class Color(enum.Enum):
     BLUE = "blue"
 
 
-@strawberry.type
-class Owner:
-    id: strawberry.ID
+@strawberry.interface
+class Named:
     name: str
+
+
+@strawberry.type
+class Owner(Named):  # an interface gives it strawberry's IsTypeOf check, as Node does ours
+    id: strawberry.ID
 
 
 @strawberry.type
@@ -47,6 +51,25 @@ class Thing:
     @strawberry.field
     def shout(self, suffix: str = "!") -> str:
         return self.name.upper() + suffix
+
+    # Object fields: each kind of result the object shortcut hands to graphql-core's paths.
+    @strawberry.field
+    def keeper(self) -> Owner:  # non-null: null for odd things, an error that propagates
+        return self.owner  # type: ignore[return-value]
+
+    @strawberry.field
+    async def later(self) -> Owner | None:  # an awaitable
+        return self.owner
+
+    @strawberry.field
+    def failing(self) -> Owner | None:  # raises for one thing
+        if self.count == 3:
+            raise ValueError(f"no owner for {self.id}")
+        return self.owner
+
+    @strawberry.field(graphql_type=Owner | None)
+    def impostor(self) -> Any:  # not an Owner at all
+        return Color.RED if self.owner else None
 
 
 def things() -> list[Thing]:
@@ -101,6 +124,8 @@ def shortcut(executor: type[CoregraphExecutor] = CoregraphExecutor) -> strawberr
 
 
 QUERIES = [
+    "{ things { id owner { id name } keeper { id } later { name } failing { id } } }",
+    "{ things { id impostor { id } } }",
     "{ things { id name nickname count createdAt color tags looseTags } }",
     "{ things { ...F owner { id name __typename } } } fragment F on Thing { id n: name count }",
     '{ things { a: id b: id shout loud: shout(suffix: "?") tags } }',
@@ -114,12 +139,35 @@ def outcome(schema: strawberry.Schema, query: str) -> tuple[Any, list[tuple[str,
     return result.data, errors
 
 
-def test_the_shortcut_answers_as_graphql_core_does() -> None:
+async def async_outcome(schema: strawberry.Schema, query: str) -> tuple[Any, list[Any]]:
+    result = await schema.execute(query)
+    errors = [(error.message, error.path) for error in result.errors or []]
+    return result.data, errors
+
+
+async def test_the_shortcut_answers_as_graphql_core_does() -> None:
     for query in QUERIES:
-        expected = outcome(stock(), query)
-        assert outcome(shortcut(), query) == expected, query
-    # The comparison covered every kind of failure the shortcut hands back.
-    _, errors = outcome(stock(), QUERIES[0])
+        expected = await async_outcome(stock(), query)
+        assert await async_outcome(shortcut(), query) == expected, query
+    # The comparisons covered every kind of failure the shortcut hands back.
+    data, errors = await async_outcome(stock(), QUERIES[0])
+    assert [thing and thing["id"] for thing in data["things"]] == [
+        None,
+        "thg_1",
+        None,
+        "thg_3",
+        None,
+        "thg_5",
+    ]
+    assert {tuple(path) for _, path in errors} == {
+        ("things", 0, "keeper"),
+        ("things", 2, "keeper"),
+        ("things", 3, "failing"),
+        ("things", 4, "keeper"),
+    }
+    _, errors = await async_outcome(stock(), QUERIES[1])
+    assert {tuple(path) for _, path in errors} == {("things", i, "impostor") for i in (1, 3, 5)}
+    _, errors = outcome(stock(), QUERIES[2])
     assert {tuple(path) for _, path in errors} == {
         ("things", 1, "name"),
         ("things", 2, "count"),

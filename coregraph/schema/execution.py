@@ -1,4 +1,4 @@
-"""How the schema executes: graphql-core's executor with one shortcut for plain leaf fields.
+"""How the schema executes: graphql-core's executor with shortcuts for the common fields.
 
 Most fields of a large answer are scalars read straight off an object (``id``, ``name``,
 ``createdAt``...). graphql-core spends ~4 µs on each: a resolve-info object, a response path,
@@ -17,7 +17,12 @@ the shortcut only when all of this holds, decided once per selection and executi
 - it takes no arguments, and its type is a scalar or enum (or a list of them);
 - no resolver middleware is installed (strawberry adds one for extensions with ``resolve``).
 
-Whenever the shortcut meets anything but a plain value (a missing attribute, ``None`` in a
+Argument-less fields of an object type skip the field lookup, argument coercion and two levels
+of ``complete_value`` dispatch: a plain object goes straight to ``complete_object_value``
+(which runs the type's ``IsTypeOf``, where type declarations are enforced); null, an error or
+an awaitable takes graphql-core's own path for it (``_execute_object_field``).
+
+Whenever the leaf shortcut meets anything but a plain value (a missing attribute, ``None`` in a
 non-null position, a value the scalar refuses), that field goes down graphql-core's normal
 path, which produces the error exactly as it always would. Type declarations are unaffected:
 they run when the object is completed (``IsTypeOf``), before any of its fields.
@@ -37,6 +42,7 @@ from graphql import (
     GraphQLSchema,
     Undefined,
 )
+from graphql.execution.executor import to_nodes
 from graphql.pyutils import Path, gather_with_cancel
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
@@ -148,9 +154,22 @@ class _Leaf:
         return completed
 
 
-def _plan_field(field: GraphQLField | None, field_details_list: Any) -> _Leaf | None:
+class _Object:
+    """A field without arguments whose type is an object type (``T`` or ``T!``)."""
+
+    __slots__ = ("field", "object_type")
+
+    def __init__(self, field: GraphQLField, object_type: GraphQLObjectType) -> None:
+        self.field = field
+        self.object_type = object_type
+
+
+def _plan_field(field: GraphQLField | None, field_details_list: Any) -> _Leaf | _Object | None:
     if field is None or field.args or field_details_list[0].node.arguments:
         return None
+    named: Any = field.type.of_type if isinstance(field.type, GraphQLNonNull) else field.type
+    if isinstance(named, GraphQLObjectType) and field.resolve is not None:
+        return _Object(field, named)
     resolve = field.resolve
     # A declared field's resolver is its guard (``schema.authorization``) around the attribute
     # read: the shortcut runs the guard's very checks first.
@@ -179,14 +198,14 @@ class CoregraphExecutor(StrawberryGraphQLCoreExecutionContext):
         super().__init__(*args, **kwargs)
         # (parent type, id(grouped field set)) -> (the set, kept alive so that its id stays
         # unique while cached; its plan)
-        self._leaf_plans: dict[tuple[str, int], tuple[Any, tuple[_Leaf | None, ...] | None]] = {}
+        self._leaf_plans: dict[tuple[str, int], tuple[Any, tuple[Any, ...] | None]] = {}
 
     def _plan(self, parent_type: GraphQLObjectType, grouped_field_set: Any) -> Any:
         key = (parent_type.name, id(grouped_field_set))
         cached = self._leaf_plans.get(key)
         if cached is not None:
             return cached[1]
-        plan: tuple[_Leaf | None, ...] | None = None
+        plan: tuple[_Leaf | _Object | None, ...] | None = None
         middleware = self.middleware_manager
         if middleware is None or not middleware.middlewares:
             get_field = self.schema.get_field
@@ -218,21 +237,28 @@ class CoregraphExecutor(StrawberryGraphQLCoreExecutionContext):
         is_awaitable = self.is_awaitable
         awaitable_fields: list[str] = []
         try:
-            for leaf, (response_name, field_details_list) in zip(
+            for step, (response_name, field_details_list) in zip(
                 plan, grouped_field_set.items(), strict=True
             ):
-                if leaf is not None:
-                    value = leaf.read(source_value, principal)
+                if step.__class__ is _Leaf:
+                    value = step.read(source_value, principal)  # type: ignore[union-attr]
                     if value is not _MISSING:
                         results[response_name] = value
                         continue
-                result = self.execute_field(
-                    parent_type,
-                    source_value,
-                    field_details_list,
-                    Path(path, response_name, parent_type.name),
-                    position_context,
-                )
+                field_path = Path(path, response_name, parent_type.name)
+                if step.__class__ is _Object:
+                    result = self._execute_object_field(
+                        step,
+                        parent_type,
+                        source_value,
+                        field_details_list,
+                        field_path,
+                        position_context,
+                    )
+                else:
+                    result = self.execute_field(
+                        parent_type, source_value, field_details_list, field_path, position_context
+                    )
                 if result is not Undefined:
                     results[response_name] = result
                     if is_awaitable(result):
@@ -244,6 +270,52 @@ class CoregraphExecutor(StrawberryGraphQLCoreExecutionContext):
         if not awaitable_fields:
             return results
         return self._gather_fields(results, awaitable_fields)
+
+    def _execute_object_field(
+        self,
+        step: Any,
+        parent_type: GraphQLObjectType,
+        source: Any,
+        field_details_list: Any,
+        path: Path,
+        position_context: Any,
+    ) -> Any:
+        """``Executor.execute_field`` for an argument-less field of an object type, without
+        the field lookup, the argument coercion and two levels of ``complete_value``
+        dispatch: a plain object goes straight to ``complete_object_value`` (its ``IsTypeOf``,
+        where type declarations are enforced, included); anything else (null, an error, an
+        awaitable) takes ``complete_value`` or ``complete_awaitable_value`` as before."""
+        field = step.field
+        return_type = field.type
+        info = self.build_resolve_info(field, to_nodes(field_details_list), parent_type, path)
+        try:
+            result = field.resolve(source, info)
+            if self.is_awaitable(result):
+                return self.complete_awaitable_value(
+                    return_type, field_details_list, info, path, result, position_context
+                )
+            if result is None or isinstance(result, Exception):
+                return self.complete_value(
+                    return_type, field_details_list, info, path, result, position_context
+                )
+            completed = self.complete_object_value(
+                step.object_type, field_details_list, info, path, result, position_context
+            )
+            if self.is_awaitable(completed):
+                return self._await_completed(completed, return_type, field_details_list, path)
+            return completed
+        except Exception as raw_error:
+            self.handle_field_error(raw_error, return_type, field_details_list, path)
+            return None
+
+    async def _await_completed(
+        self, completed: Any, return_type: Any, field_details_list: Any, path: Path
+    ) -> Any:
+        try:
+            return await completed
+        except Exception as raw_error:
+            self.handle_field_error(raw_error, return_type, field_details_list, path)
+            return None
 
     async def _gather_fields(
         self, results: dict[str, Any], awaitable_fields: list[str]

@@ -62,9 +62,10 @@ class Tenant(Node):
         loaders = info.context.loaders
         memberships = [edge.node for edge in page.edges]
         wants_user, wants_role = node_selects(info, "user"), node_selects(info, "role")
+        user_ids = [m.user_id for m in memberships] if wants_user else []
+        role_ids = list(dict.fromkeys(m.role_id for m in memberships)) if wants_role else []
         users, roles = await asyncio.gather(
-            loaders.user.load_many([m.user_id for m in memberships] if wants_user else []),
-            loaders.role.load_many([m.role_id for m in memberships] if wants_role else []),
+            loaders.user.load_many(user_ids), loaders.role.load_many(role_ids)
         )
         if wants_user:
             for membership, row in zip(memberships, users, strict=True):
@@ -72,7 +73,11 @@ class Tenant(Node):
                     None if row is None else User.from_row(row, via_tenant_id=self.tenant_id)
                 )
         if wants_role:
-            converted = {row.id: Role.from_row(row) for row in roles if row is not None}
+            converted = {
+                key: Role.from_row(row)
+                for key, row in zip(role_ids, roles, strict=True)
+                if row is not None
+            }
             for membership in memberships:
                 membership.loaded_role = converted.get(membership.role_id)
         return page

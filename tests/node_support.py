@@ -7,11 +7,14 @@ parallel test runs do not race each other).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import select
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,3 +98,40 @@ def run_node_script(script: str, *args: str, timeout: float = NODE_TIMEOUT) -> N
         check=False,
     )
     return NodeRun(done.returncode, done.stdout, done.stderr)
+
+
+@contextlib.contextmanager
+def running_node_server(
+    script: str, *args: str, startup_timeout: float = 60.0
+) -> Iterator[dict[str, Any]]:
+    """Run ``tests/node/<script>``, a server that prints one JSON line once it listens and
+    exits when its stdin closes. Yields that JSON; stops the process however the block ends."""
+    node = node_binary()
+    ensure_node_modules()
+    process = subprocess.Popen(
+        [node, str(NODE_DIR / script), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=NODE_DIR,
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        ready, _, _ = select.select([process.stdout], [], [], startup_timeout)
+        line = process.stdout.readline() if ready else ""
+        if not line:
+            process.kill()
+            raise AssertionError(
+                f"{script} did not start within {startup_timeout:.0f} s "
+                f"(exit {process.poll()}):\n{process.stderr.read()}"
+            )
+        yield json.loads(line)
+    finally:
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

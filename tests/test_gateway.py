@@ -1,0 +1,129 @@
+"""coregraph behind a real federation gateway: Hive Gateway (The Guild's
+``@graphql-hive/gateway-runtime``) on the supergraph composed from coregraph's SDL and a
+"portal" edge subgraph that extends User and Tenant (``tests/node/gateway.mjs``). The gateway
+forwards the client's credentials, as a deployment's gateway is configured to; coregraph
+enforces its own declarations on what the gateway asks of it, including the ``_entities``
+calls the query planner makes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.node_support import run_node_script, running_node_server
+from tests.support import Actor, GraphQLClient, Server
+
+EDGE_SUBGRAPH = Path(__file__).resolve().parent / "node" / "edge-subgraph.graphql"
+
+
+@pytest.fixture(scope="module")
+def gateway_url(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("gateway")
+    sdl = httpx.post(server.url, json={"query": "{ _service { sdl } }"}, timeout=30).json()
+    core = tmp / "core.graphql"
+    core.write_text(sdl["data"]["_service"]["sdl"])
+    composed = run_node_script(
+        "compose.mjs", "--lib", "guild", f"core={core}", f"portal={EDGE_SUBGRAPH}"
+    )
+    result = composed.json()
+    assert composed.returncode == 0 and result["ok"], result["errors"]
+    supergraph = tmp / "supergraph.graphql"
+    supergraph.write_text(result["supergraphSdl"])
+    with running_node_server("gateway.mjs", str(supergraph), f"core={server.url}") as urls:
+        yield str(urls["gateway"])
+
+
+class Gateway:
+    def __init__(self, http: httpx.AsyncClient, url: str) -> None:
+        self.http, self.url = http, url
+
+    async def query(
+        self,
+        query: str,
+        variables: dict[str, Any] | None = None,
+        actor: Actor | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        headers = actor.headers() if actor else {}
+        if request_id:
+            headers["X-Request-Id"] = request_id
+        response = await self.http.post(
+            self.url, json={"query": query, "variables": variables or {}}, headers=headers
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+
+@pytest.fixture
+async def gateway(gateway_url: str) -> AsyncIterator[Gateway]:
+    async with httpx.AsyncClient(timeout=30) as http:
+        yield Gateway(http, gateway_url)
+
+
+async def owner_with_member(client: GraphQLClient) -> tuple[Actor, Actor]:
+    owner = await client.sign_up(name="Gateway Owner")
+    owner.tenant_id = await client.create_tenant(owner)
+    member = await client.add_member(owner, owner.tenant_id, name="Gateway Member")
+    return owner, member
+
+
+async def test_one_query_spans_coregraph_and_the_edge_subgraph(
+    client: GraphQLClient, gateway: Gateway
+) -> None:
+    owner, member = await owner_with_member(client)
+    body = await gateway.query(
+        """{ portalVersion
+             viewer { id displayName portalPreferences { theme } }
+             tenant { id portalTheme members { edges { node {
+               role { key } user { id email portalPreferences { locale } } } } } } }""",
+        actor=owner,
+    )
+    assert "errors" not in body, body
+    data = body["data"]
+    assert data["portalVersion"] == "portal-1"
+    assert data["viewer"]["id"] == owner.user_id
+    assert data["viewer"]["portalPreferences"]["theme"] == f"theme-of-{owner.user_id}"
+    assert data["tenant"]["id"] == owner.tenant_id
+    assert data["tenant"]["portalTheme"] == f"theme-of-{owner.tenant_id}"
+    members = {
+        edge["node"]["user"]["email"]: edge["node"] for edge in data["tenant"]["members"]["edges"]
+    }
+    assert members.keys() == {owner.email, member.email}
+    assert members[member.email]["role"]["key"] == "member"
+    assert members[member.email]["user"]["portalPreferences"]["locale"] == "en"
+
+
+async def test_entities_the_gateway_fetches_are_authorized_by_coregraph(
+    client: GraphQLClient, gateway: Gateway
+) -> None:
+    """``portalUser`` comes from the portal as a bare reference; the gateway asks coregraph's
+    ``_entities`` for the user's own fields, with the caller's credentials."""
+    owner, member = await owner_with_member(client)
+    stranger = await client.sign_up(name="Stranger")
+    stranger.tenant_id = await client.create_tenant(stranger)
+    query = "query($id: ID!) { portalUser(id: $id) { id displayName email } }"
+
+    body = await gateway.query(query, {"id": member.user_id}, actor=owner)
+    assert "errors" not in body, body
+    assert body["data"]["portalUser"] == {
+        "id": member.user_id,
+        "displayName": "Gateway Member",
+        "email": member.email,
+    }
+
+    # Another tenant's owner, and no credential at all: coregraph answers as for an id that
+    # does not exist, the gateway passes that on, and nothing of the user leaks.
+    for actor, request_id in ((stranger, "gw-stranger-1"), (None, "gw-anonymous-1")):
+        body = await gateway.query(query, {"id": member.user_id}, actor, request_id)
+        assert body["data"] == {"portalUser": None}, body
+        assert [
+            (e["extensions"]["code"], e["extensions"]["serviceName"], e["extensions"]["requestId"])
+            for e in body["errors"]
+        ] == [("NOT_FOUND", "core", request_id)], body
+        assert "Gateway Member" not in str(body) and member.email not in str(body)

@@ -9,7 +9,6 @@ pass as the other.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ from typing import Any
 
 import jwt
 
+from coregraph.auth.jwks import JwksKeys
 from coregraph.errors import Unauthenticated
 from coregraph.settings import Settings
 
@@ -47,11 +47,9 @@ class VerifiedToken:
 class TokenService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._jwks: jwt.PyJWKClient | None = None
+        self._jwks: JwksKeys | None = None
         if settings.external_jwt_jwks_url:
-            self._jwks = jwt.PyJWKClient(
-                settings.external_jwt_jwks_url, cache_keys=True, lifespan=300, timeout=5
-            )
+            self._jwks = JwksKeys(settings.external_jwt_jwks_url)
 
     def issue_access_token(self, user_id: str, session_id: str) -> tuple[str, datetime]:
         now = datetime.now(UTC)
@@ -113,10 +111,5 @@ class TokenService:
 
     async def _external_key(self, token: str) -> Any:
         if self._jwks is not None:
-            jwks = self._jwks
-            try:
-                signing_key = await asyncio.to_thread(jwks.get_signing_key_from_jwt, token)
-            except jwt.PyJWKClientError as exc:
-                raise Unauthenticated("no matching signing key") from exc
-            return signing_key.key
+            return await self._jwks.key(jwt.get_unverified_header(token).get("kid"))
         return self.settings.external_jwt_public_key

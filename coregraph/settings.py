@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     external_jwt_public_key: str | None = None
     external_jwt_jwks_url: str | None = None
     external_jwt_email_claim: str = "email"
+    # The issuer only puts addresses it has verified in the email claim (a company directory,
+    # e.g. an IdP that never sends `email_verified`): treat an email as verified unless the token
+    # says `email_verified: false`. Such an address then links to an existing account.
+    external_jwt_emails_verified: bool = False
 
     # GraphQL abuse limits.
     introspection: bool | None = None  # default: on, except in production

@@ -274,7 +274,12 @@ def jwk_of(private_key: Any, algorithm: str, kid: str) -> dict[str, Any]:
 
 @contextmanager
 def external_idp(
-    database_url: str, http: httpx.AsyncClient, algorithm: str, *, jwks: bool = True
+    database_url: str,
+    http: httpx.AsyncClient,
+    algorithm: str,
+    *,
+    jwks: bool = True,
+    **settings: object,
 ) -> Iterator[IdP]:
     if algorithm.startswith("ES"):
         private_key: Any = ec.generate_private_key(ec.SECP256R1())
@@ -287,6 +292,7 @@ def external_idp(
             "external_jwt_issuer": EXTERNAL_ISSUER,
             "external_jwt_audience": EXTERNAL_AUDIENCE,
             "external_jwt_algorithm": algorithm,
+            **settings,
         }
         if jwks:
             overrides["external_jwt_jwks_url"] = jwks_server.url("/.well-known/jwks.json")
@@ -433,6 +439,26 @@ async def test_an_unverified_email_does_not_link(rs_idp: IdP) -> None:
     # The existing account is untouched.
     r = await rs_idp.client.execute(VIEWER, actor=existing)
     assert r.ok()["viewer"] == {"id": existing.user_id, "email": existing.email}
+
+
+async def test_an_issuer_trusted_for_its_emails_links_without_email_verified(
+    database_url: str, http: httpx.AsyncClient
+) -> None:
+    """COREGRAPH_EXTERNAL_JWT_EMAILS_VERIFIED: for an issuer that never sends
+    ``email_verified``, its email claim counts as verified, unless a token says otherwise."""
+    with external_idp(database_url, http, "RS256", external_jwt_emails_verified=True) as idp:
+        existing = await idp.client.sign_up()
+        r = await idp_viewer(idp, idp.token(email=existing.email))
+        assert r.ok()["viewer"]["id"] == existing.user_id
+
+        address = f"{unique('directory')}@corp.example"
+        r = await idp_viewer(idp, idp.token(email=address))
+        assert r.ok()["viewer"]["email"] == address
+
+        other = await idp.client.sign_up()
+        r = await idp_viewer(idp, idp.token(email=other.email, email_verified=False))
+        viewer_row = r.ok()["viewer"]
+        assert viewer_row["id"] != other.user_id and viewer_row["email"] != other.email
 
 
 async def test_an_unverified_email_does_not_claim_the_address(rs_idp: IdP) -> None:

@@ -223,8 +223,9 @@ async def user_for_external_token(
 ) -> User:
     """Map an external issuer's subject to a user, creating (or linking) one on first sight.
 
-    An existing account is linked by email only when the issuer says the email is verified;
-    otherwise a new, password-less user is created, which takes the email only if verified.
+    An existing account is linked by email only when the issuer says the email is verified (or
+    is configured as one whose emails always are); otherwise a new, password-less user is
+    created, which takes the email only if verified.
     """
     link = await uow.session.scalar(
         select(ExternalIdentity).where(
@@ -242,7 +243,8 @@ async def user_for_external_token(
             email = validation.email(raw_email)
         except validation.BadUserInput:
             email = None
-    verified = token.claims.get("email_verified") is True
+    stated = token.claims.get("email_verified")
+    verified = stated is True or (settings.external_jwt_emails_verified and stated is None)
     user = None
     if email and verified:
         user = await uow.session.scalar(select(User).where(User.email == email))

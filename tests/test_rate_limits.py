@@ -1,19 +1,29 @@
 """Login, refresh and invitation acceptance are rate-limited per account and per address,
 counting operations: repeating `login` under aliases in one request does not get around it.
-Runs against the in-process limiter, or Redis when COREGRAPH_REDIS_URL is set."""
+Runs against the in-process limiter, or Redis when COREGRAPH_REDIS_URL is set; the sliding
+window is checked on both with a controllable clock."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
+from coregraph.errors import RateLimited
+from coregraph.services.ratelimit import (
+    MemoryRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+    enforce,
+)
 from tests.conftest import make_settings
 from tests.support import PASSWORD, GraphQLClient, running_server, unique
 
 LOGIN = """mutation($i: LoginInput!) { login(input: $i) { accessToken } }"""
-# Fixed windows: an hour-long one keeps a burst of attempts inside a single window.
+# An hour-long window keeps a burst of attempts well inside one window.
 WINDOW = 3600
 
 
@@ -74,3 +84,65 @@ async def test_attempts_are_limited_per_address(http: httpx.AsyncClient, databas
             )
             codes += r.codes
         assert codes == ["UNAUTHENTICATED"] * 5 + ["RATE_LIMITED"] * 2
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def limiter_and_clock(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[RateLimiter, Clock]]:
+    clock = Clock(600 * 1000 + 59.0)  # one second before a 60 s window ends
+    if request.param == "memory":
+        yield MemoryRateLimiter(clock), clock
+        return
+    url = os.environ.get("COREGRAPH_REDIS_URL")
+    if not url:
+        pytest.skip("the Redis limiter runs with COREGRAPH_REDIS_URL set")
+    redis = Redis.from_url(url)
+    try:
+        yield RedisRateLimiter(redis, unique("ratelimit-test-"), clock), clock
+    finally:
+        await redis.aclose()
+
+
+async def attempts(limiter: RateLimiter, n: int) -> list[str]:
+    outcomes = []
+    for _ in range(n):
+        try:
+            await enforce(
+                limiter,
+                "login",
+                account="someone@example.com",
+                ip=None,
+                per_account=5,
+                per_ip=5,
+                window_seconds=60,
+            )
+            outcomes.append("ok")
+        except RateLimited:
+            outcomes.append("limited")
+    return outcomes
+
+
+async def test_a_burst_cannot_straddle_a_window_boundary(
+    limiter_and_clock: tuple[RateLimiter, Clock],
+) -> None:
+    """Five attempts in the last second of a window, five more in the first second of the
+    next: a fixed window allowed all ten; the sliding window allows the first five."""
+    limiter, clock = limiter_and_clock
+    assert await attempts(limiter, 5) == ["ok"] * 5
+    clock.now += 1.5
+    assert await attempts(limiter, 5) == ["limited"] * 5
+    # 46 s into the new window, a quarter of the old window's 5 still counts, with the new 5
+    # refused attempts (refused attempts count too: a guesser is not let off by failing).
+    clock.now += 44
+    assert await attempts(limiter, 1) == ["limited"]
+    clock.now += 120  # after a whole window without attempts, the full allowance is back
+    assert await attempts(limiter, 5) == ["ok"] * 5

@@ -1,7 +1,12 @@
 """Rate limits for the operations attackers repeat: login, token refresh, invitation acceptance.
 
 They count operations, not HTTP requests: each resolver call is one hit, so aliasing ``login``
-twenty times in one request costs twenty. Fixed windows, per account and per client address.
+twenty times in one request costs twenty. Per account and per client address.
+
+Sliding windows, approximated as Cloudflare's limiter does: the count is this window's hits plus
+the previous window's, weighted by how much of it the sliding window still covers. A fixed
+window let a burst straddle the boundary (``limit`` hits at the end of one window and ``limit``
+more at the start of the next); this one does not, with two counters per key.
 Two implementations behind one interface: in-process (embedded default, one process) and Redis
 (shared by every API process).
 """
@@ -11,46 +16,59 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from coregraph.errors import RateLimited
 
 
 class RateLimiter(Protocol):
-    async def hit(self, key: str, limit: int, window_seconds: int) -> int:
-        """Count one hit; returns the hits in the current window, this one included."""
+    async def hit(self, key: str, window_seconds: int) -> float:
+        """Count one hit; returns the hits in the sliding window ending now, this one included
+        (an estimate: the previous fixed window's count is weighted by its remaining share)."""
         ...
 
 
-class MemoryRateLimiter:
-    def __init__(self) -> None:
-        self._windows: dict[str, tuple[int, int]] = {}
-        self._lock = asyncio.Lock()
+def _sliding(previous: int, current: int, now: float, window_seconds: int) -> float:
+    elapsed = (now % window_seconds) / window_seconds
+    return current + previous * (1.0 - elapsed)
 
-    async def hit(self, key: str, limit: int, window_seconds: int) -> int:
-        window = int(time.time() // window_seconds)
+
+class MemoryRateLimiter:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._counts: dict[tuple[str, int], int] = {}
+        self._lock = asyncio.Lock()
+        self._clock = clock
+
+    async def hit(self, key: str, window_seconds: int) -> float:
+        now = self._clock()
+        window = int(now // window_seconds)
         async with self._lock:
-            if len(self._windows) > 100_000:  # bounded memory: drop windows that have ended
-                self._windows = {k: v for k, v in self._windows.items() if v[0] >= window}
-            start, count = self._windows.get(key, (window, 0))
-            count = count + 1 if start == window else 1
-            self._windows[key] = (window, count)
-            return count
+            if len(self._counts) > 100_000:  # bounded memory: keep the two windows that count
+                self._counts = {k: v for k, v in self._counts.items() if k[1] >= window - 1}
+            current = self._counts.get((key, window), 0) + 1
+            self._counts[(key, window)] = current
+            previous = self._counts.get((key, window - 1), 0)
+        return _sliding(previous, current, now, window_seconds)
 
 
 class RedisRateLimiter:
-    def __init__(self, redis: Any, prefix: str) -> None:
+    def __init__(self, redis: Any, prefix: str, clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
         self._prefix = prefix
+        self._clock = clock
 
-    async def hit(self, key: str, limit: int, window_seconds: int) -> int:
-        window = int(time.time() // window_seconds)
-        redis_key = f"{self._prefix}:ratelimit:{key}:{window}"
+    async def hit(self, key: str, window_seconds: int) -> float:
+        now = self._clock()
+        window = int(now // window_seconds)
+        current_key = f"{self._prefix}:ratelimit:{key}:{window}"
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(redis_key)
-            pipe.expire(redis_key, window_seconds + 1)
-            count, _ = await pipe.execute()
-        return int(count)
+            pipe.incr(current_key)
+            # Kept through the next window, where it is the "previous" count.
+            pipe.expire(current_key, 2 * window_seconds + 1)
+            pipe.get(f"{self._prefix}:ratelimit:{key}:{window - 1}")
+            current, _, previous = await pipe.execute()
+        return _sliding(int(previous or 0), int(current), now, window_seconds)
 
 
 def _subject(value: str) -> str:
@@ -75,7 +93,7 @@ async def enforce(
     if ip:
         checks.append((f"{action}:ip:{_subject(ip)}", per_ip))
     for key, limit in checks:
-        if await limiter.hit(key, limit, window_seconds) > limit:
+        if await limiter.hit(key, window_seconds) > limit:
             raise RateLimited(
                 f"too many {action} attempts; try again in up to {window_seconds} seconds",
                 retryAfterSeconds=window_seconds,

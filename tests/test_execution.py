@@ -12,7 +12,9 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import strawberry
+from strawberry.scalars import JSON
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from coregraph.auth.principal import Principal, PrincipalKind
@@ -47,6 +49,7 @@ class Thing:
     tags: list[str]
     loose_tags: list[str | None]
     owner: Owner | None
+    extra: JSON | None = None
 
     @strawberry.field
     def shout(self, suffix: str = "!") -> str:
@@ -93,7 +96,21 @@ def things() -> list[Thing]:
     made[3].tags = ["ok", None]  # type: ignore[list-item]  # null item in [String!]!
     del made[4].nickname  # an attribute that is not there
     made[5].tags = "ab"  # type: ignore[assignment]  # a string is not a list
+    made[0].extra = PermissionError("an exception object is an error, not data")
+    made[3] = FailingThing(**{k: getattr(made[3], k) for k in Thing.__annotations__})
     return made
+
+
+class FailingThing(Thing):
+    """An object whose attribute read fails (as an ORM lazy load can)."""
+
+    @property  # type: ignore[override]
+    def nickname(self) -> str | None:
+        raise ValueError("lazy load failed")
+
+    @nickname.setter
+    def nickname(self, value: str | None) -> None:
+        pass
 
 
 @strawberry.type
@@ -124,6 +141,7 @@ def shortcut(executor: type[CoregraphExecutor] = CoregraphExecutor) -> strawberr
 
 
 QUERIES = [
+    "{ things { id nickname extra } }",
     "{ things { id owner { id name } keeper { id } later { name } failing { id } } }",
     "{ things { id impostor { id } } }",
     "{ things { id name nickname count createdAt color tags looseTags } }",
@@ -150,7 +168,7 @@ async def test_the_shortcut_answers_as_graphql_core_does() -> None:
         expected = await async_outcome(stock(), query)
         assert await async_outcome(shortcut(), query) == expected, query
     # The comparisons covered every kind of failure the shortcut hands back.
-    data, errors = await async_outcome(stock(), QUERIES[0])
+    data, errors = await async_outcome(stock(), QUERIES[1])
     assert [thing and thing["id"] for thing in data["things"]] == [
         None,
         "thg_1",
@@ -165,13 +183,20 @@ async def test_the_shortcut_answers_as_graphql_core_does() -> None:
         ("things", 3, "failing"),
         ("things", 4, "keeper"),
     }
-    _, errors = await async_outcome(stock(), QUERIES[1])
+    _, errors = await async_outcome(stock(), QUERIES[2])
     assert {tuple(path) for _, path in errors} == {("things", i, "impostor") for i in (1, 3, 5)}
-    _, errors = outcome(stock(), QUERIES[2])
+    _, errors = await async_outcome(stock(), QUERIES[0])
+    assert {tuple(path) for _, path in errors} == {
+        ("things", 0, "extra"),
+        ("things", 3, "nickname"),
+        ("things", 4, "nickname"),
+    }
+    _, errors = outcome(stock(), QUERIES[3])
     assert {tuple(path) for _, path in errors} == {
         ("things", 1, "name"),
         ("things", 2, "count"),
         ("things", 3, "tags", 1),
+        ("things", 3, "nickname"),
         ("things", 4, "nickname"),
         ("things", 5, "tags"),
     }
@@ -245,3 +270,11 @@ def test_a_declared_leaf_is_checked_on_the_shortcut_too() -> None:
     assert data == stock_answer[0]
     # The allowed email came off the shortcut; the two denied ones went through the guard.
     assert CountingExecutor.fields_executed == 1 + 2
+
+
+def test_installing_fast_resolvers_after_the_guards_is_refused() -> None:
+    """Replacing a guarded resolver would drop its check: the wrong order fails the build."""
+    schema = strawberry.federation.Schema(query=PeopleQuery, federation_version="2.9")
+    enforce_declarations(schema._schema)
+    with pytest.raises(RuntimeError, match="must run before enforce_declarations"):
+        install_fast_resolvers(schema._schema, schema.config.info_class)

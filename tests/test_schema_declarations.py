@@ -14,7 +14,8 @@ type), except
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import enum
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,11 +28,13 @@ from graphql import (
     GraphQLUnionType,
     get_named_type,
 )
+from strawberry.federation.schema_directives import RequiresScopes
 
-from coregraph.auth.principal import ANONYMOUS
-from coregraph.errors import Unauthenticated
+from coregraph.auth.principal import ANONYMOUS, Principal, PrincipalKind
+from coregraph.errors import Forbidden, Unauthenticated
 from coregraph.schema import build_schema
 from coregraph.schema.authorization import (
+    declarations_of,
     enforce_declarations,
     field_declarations,
     own_declarations,
@@ -340,3 +343,88 @@ def test_the_guard_check_reports_an_unenforced_schema() -> None:
 
     enforced = tiny_schema(enforce=True)
     assert unguarded(check_declarations(enforced), enforced) == []
+
+
+# --- what the checks refuse to enforce, and edge rows -------------------------------------
+
+
+@strawberry.federation.interface(requires_scopes=[["secrets:read"]])
+class Secretive:
+    secret: str
+
+
+@strawberry.type
+class Vault(Secretive):
+    id: strawberry.ID
+
+
+@strawberry.federation.enum(authenticated=True)
+class Level(enum.Enum):
+    TOP = "top"
+
+
+@strawberry.type(name="Query")
+class VaultQuery:
+    @strawberry.field
+    def vault(self) -> Vault | None:
+        return None
+
+    @strawberry.field
+    def level(self) -> Level | None:
+        return None
+
+
+@pytest.mark.parametrize("types", [[Vault], [Level]])
+def test_declarations_on_interfaces_and_enums_are_refused(types: list[Any]) -> None:
+    """Nothing would enforce them here (and Apollo's composition rejects them on interfaces):
+    the build fails rather than publish a rule only a gateway might apply."""
+    schema = strawberry.federation.Schema(query=VaultQuery, types=types, federation_version="2.9")
+    with pytest.raises(ValueError, match="declared on object types and fields only"):
+        enforce_declarations(schema._schema)
+
+
+def test_a_row_of_no_tenant_holds_no_tenant_scope() -> None:
+    """Scope checks judge a row in its own tenant. A row whose tenant is empty (a user's own
+    sign-in audit entry) is not judged in the tenant the caller addresses."""
+    (rule,) = declarations_of([RequiresScopes(scopes=[["audit:read"]])], "AuditEntry")
+    principal = Principal(
+        kind=PrincipalKind.USER,
+        user_id="usr_1",
+        tenant_id="ten_a",
+        tenant_scopes={"ten_a": frozenset({"audit:read"})},
+    )
+    assert rule.denial(principal, SimpleNamespace(tenant_id="ten_a")) is None
+    assert isinstance(rule.denial(principal, SimpleNamespace(tenant_id=None)), Forbidden)
+    assert isinstance(rule.denial(principal, SimpleNamespace(tenant_id="ten_b")), Forbidden)
+    # Root fields and objects that are not tenant rows: the addressed tenant.
+    assert rule.denial(principal, None) is None
+    assert rule.denial(replace(principal, tenant_id=None), None) is not None
+
+
+@strawberry.federation.type(authenticated=True)
+class Badge:
+    key: str
+
+
+@strawberry.type(name="Query")
+class BadgeQuery:
+    @strawberry.field
+    def badges(self) -> list[Badge]:
+        return [strawberry.cast(Badge, SimpleNamespace(key="cast"))]  # type: ignore[list-item]
+
+
+def test_the_type_check_accepts_what_strawberry_accepts() -> None:
+    """A declared type without interfaces gets an IsTypeOf check; it must still accept an
+    object ``strawberry.cast`` to the type, as strawberry does."""
+    schema = strawberry.federation.Schema(query=BadgeQuery, federation_version="2.9")
+    enforce_declarations(schema._schema)
+    principal = Principal(kind=PrincipalKind.USER, user_id="usr_1")
+    result = schema.execute_sync(
+        "{ badges { key } }", context_value=SimpleNamespace(principal=principal)
+    )
+    assert result.errors is None and result.data == {"badges": [{"key": "cast"}]}
+    result = schema.execute_sync(
+        "{ badges { key } }", context_value=SimpleNamespace(principal=ANONYMOUS)
+    )
+    assert result.data is None and result.errors
+    assert isinstance(result.errors[0].original_error, Unauthenticated)

@@ -28,11 +28,13 @@ from typing import Any
 
 from graphql import GraphQLField, GraphQLObjectType, GraphQLSchema, default_field_resolver
 from strawberry.federation.schema_directives import Authenticated, Policy, RequiresScopes
+from strawberry.types.cast import get_strawberry_type_cast
 
 from coregraph.auth.principal import Principal
 from coregraph.errors import Forbidden, Unauthenticated
 
 PolicyCheck = Callable[[Principal, Any], bool]
+_NOT_A_TENANT_ROW: Any = object()
 
 
 def _is_self(principal: Principal, obj: Any) -> bool:
@@ -72,16 +74,21 @@ class Declaration:
         if not principal.is_authenticated:
             return Unauthenticated(f"{self.where} needs a signed-in user or an API key")
         if self.scopes is not None:
-            tenant_id = getattr(source, "tenant_id", None) or principal.tenant_id
+            # A tenant's row is judged in its tenant; a row of no tenant (a user's own sign-in
+            # audit entry) holds no tenant scope at all. Root fields and objects that are not
+            # tenant rows are judged in the addressed tenant.
+            tenant_id = getattr(source, "tenant_id", _NOT_A_TENANT_ROW)
+            if tenant_id is _NOT_A_TENANT_ROW:
+                tenant_id = principal.tenant_id
+                if tenant_id is None:
+                    return Forbidden(f"{self.where} needs a tenant: send the X-Tenant-Id header")
             held = principal.scopes_in(tenant_id)
             for required in self.scopes:
                 if required <= held:
                     break
             else:
                 if tenant_id is None:
-                    return Forbidden(
-                        f"{self.where} needs a tenant: send the X-Tenant-Id header",
-                    )
+                    return Forbidden(f"{self.where}: this row belongs to no tenant")
                 wanted = " or ".join(" and ".join(sorted(s)) for s in self.scopes)
                 return Forbidden(f"{self.where} requires the scope {wanted}")
         if self.policies is not None:
@@ -165,7 +172,7 @@ def _type_guard(
         if original is not None:
             if not original(value, info):
                 return False
-        elif not isinstance(value, origin):  # type: ignore[arg-type]
+        elif not isinstance(value, origin) and get_strawberry_type_cast(value) is not origin:  # type: ignore[arg-type]
             return False
         principal = info.context.principal
         for rule in rules:
@@ -189,7 +196,22 @@ def enforce_declarations(schema: GraphQLSchema) -> dict[str, tuple[Declaration, 
     roots = {schema.query_type, schema.mutation_type, schema.subscription_type}
     covered: dict[str, tuple[Declaration, ...]] = {}
     for type_ in schema.type_map.values():
-        if not isinstance(type_, GraphQLObjectType) or type_.name.startswith("__"):
+        if type_.name.startswith("__"):
+            continue
+        if not isinstance(type_, GraphQLObjectType):
+            # Interfaces, unions, enums and scalars can carry these directives in the SDL, but
+            # nothing here would enforce them: refuse the schema rather than publish a rule
+            # that only a gateway might apply. Declare the object types or fields instead.
+            if own_declarations(type_, type_.name):
+                raise ValueError(
+                    f"{type_.name}: authorization is declared on object types and fields only"
+                )
+            for name, member in (getattr(type_, "fields", None) or {}).items():
+                if own_declarations(member, f"{type_.name}.{name}"):
+                    raise ValueError(
+                        f"{type_.name}.{name}: authorization is declared on object types and "
+                        "fields only"
+                    )
             continue
         type_rules = tuple(own_declarations(type_, type_.name))
         per_object = type_rules and type_ not in roots

@@ -23,9 +23,11 @@ of ``complete_value`` dispatch: a plain object goes straight to ``complete_objec
 an awaitable takes graphql-core's own path for it (``_execute_object_field``).
 
 Whenever the leaf shortcut meets anything but a plain value (a missing attribute, ``None`` in a
-non-null position, a value the scalar refuses), that field goes down graphql-core's normal
-path, which produces the error exactly as it always would. Type declarations are unaffected:
-they run when the object is completed (``IsTypeOf``), before any of its fields.
+non-null position, a value the scalar refuses, an ``Exception`` object, any exception raised
+while reading), that field goes down graphql-core's normal path, which produces the error
+exactly as it always would (a property that raised is then read a second time). Type
+declarations are unaffected: they run when the object is completed (``IsTypeOf``), before any
+of its fields.
 """
 
 from __future__ import annotations
@@ -93,7 +95,13 @@ def install_fast_resolvers(schema: GraphQLSchema, info_class: type) -> None:
     for type_ in schema.type_map.values():
         if not isinstance(type_, GraphQLObjectType) or type_.name.startswith("__"):
             continue
-        for field in type_.fields.values():
+        for name, field in type_.fields.items():
+            if hasattr(field.resolve, "rules"):
+                # Replacing a guard would drop the authorization check it carries.
+                raise RuntimeError(
+                    f"{type_.name}.{name} is already guarded: install_fast_resolvers must run "
+                    "before enforce_declarations"
+                )
             definition = (field.extensions or {}).get("strawberry-definition")
             if definition is None:
                 continue
@@ -128,16 +136,16 @@ class _Leaf:
 
     def read(self, source: Any, principal: Any) -> Any:
         """The completed value, or ``_MISSING`` to send the field down the normal path."""
-        for rule in self.rules:
-            if rule.denial(principal, source) is not None:
-                return _MISSING  # the guard on the normal path raises the denial
-        value: Any = getattr(source, self.attribute, _MISSING)
-        if value is None:
-            return _MISSING if self.non_null else None
-        if value is _MISSING:
-            return _MISSING
-        coerce = self.coerce
         try:
+            for rule in self.rules:
+                if rule.denial(principal, source) is not None:
+                    return _MISSING  # the guard on the normal path raises the denial
+            value: Any = getattr(source, self.attribute, _MISSING)
+            if value is None:
+                return _MISSING if self.non_null else None
+            if value is _MISSING or isinstance(value, Exception):
+                return _MISSING  # graphql-core raises an Exception value as the field's error
+            coerce = self.coerce
             if self.list_of_non_null:
                 if not isinstance(value, list | tuple):  # other iterables: the normal path
                     return _MISSING
@@ -147,7 +155,7 @@ class _Leaf:
                         return _MISSING
                 return completed
             completed = coerce(value)
-        except Exception:  # the normal path raises the same error, located and typed
+        except Exception:  # the normal path raises the same error, located at this field
             return _MISSING
         if completed is None or completed is Undefined:
             return _MISSING

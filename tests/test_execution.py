@@ -74,6 +74,15 @@ class Thing:
     def impostor(self) -> Any:  # not an Owner at all
         return Color.RED if self.owner else None
 
+    # Lists of objects: each item kind the list shortcut hands to graphql-core's paths.
+    @strawberry.field(graphql_type=list[Owner | None])
+    def crowd(self) -> Any:
+        return [self.owner, None, ValueError(f"item of {self.id}"), Color.BLUE][: 1 + self.count]
+
+    @strawberry.field(graphql_type=list[Owner] | None)
+    def strict_crowd(self) -> Any:  # a null or a wrong item nulls the whole list
+        return [self.owner or Owner(id=strawberry.ID("own_x"), name="x"), None][: 1 + self.count]
+
 
 def things() -> list[Thing]:
     made = [
@@ -141,6 +150,7 @@ def shortcut(executor: type[CoregraphExecutor] = CoregraphExecutor) -> strawberr
 
 
 QUERIES = [
+    "{ things { id crowd { id name } strictCrowd { id } } }",
     "{ things { id nickname extra } }",
     "{ things { id owner { id name } keeper { id } later { name } failing { id } } }",
     "{ things { id impostor { id } } }",
@@ -168,7 +178,13 @@ async def test_the_shortcut_answers_as_graphql_core_does() -> None:
         expected = await async_outcome(stock(), query)
         assert await async_outcome(shortcut(), query) == expected, query
     # The comparisons covered every kind of failure the shortcut hands back.
-    data, errors = await async_outcome(stock(), QUERIES[1])
+    data, errors = await async_outcome(stock(), QUERIES[0])
+    assert data["things"][5]["crowd"][:3] == [{"id": "own_5", "name": "owner 5"}, None, None]
+    paths = {tuple(path) for _, path in errors}
+    # an error item, a wrong-typed item; a null in a non-null list nulls the list
+    assert {("things", 3, "crowd", 2), ("things", 3, "crowd", 3)} <= paths
+    assert ("things", 1, "strictCrowd", 1) in paths and data["things"][1]["strictCrowd"] is None
+    data, errors = await async_outcome(stock(), QUERIES[2])
     assert [thing and thing["id"] for thing in data["things"]] == [
         None,
         "thg_1",
@@ -183,15 +199,15 @@ async def test_the_shortcut_answers_as_graphql_core_does() -> None:
         ("things", 3, "failing"),
         ("things", 4, "keeper"),
     }
-    _, errors = await async_outcome(stock(), QUERIES[2])
+    _, errors = await async_outcome(stock(), QUERIES[3])
     assert {tuple(path) for _, path in errors} == {("things", i, "impostor") for i in (1, 3, 5)}
-    _, errors = await async_outcome(stock(), QUERIES[0])
+    _, errors = await async_outcome(stock(), QUERIES[1])
     assert {tuple(path) for _, path in errors} == {
         ("things", 0, "extra"),
         ("things", 3, "nickname"),
         ("things", 4, "nickname"),
     }
-    _, errors = outcome(stock(), QUERIES[3])
+    _, errors = outcome(stock(), QUERIES[4])
     assert {tuple(path) for _, path in errors} == {
         ("things", 1, "name"),
         ("things", 2, "count"),

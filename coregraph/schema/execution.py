@@ -44,7 +44,7 @@ from graphql import (
     GraphQLSchema,
     Undefined,
 )
-from graphql.execution.executor import to_nodes
+from graphql.execution.executor import invalid_return_type_error, to_nodes
 from graphql.pyutils import Path, gather_with_cancel
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
@@ -306,7 +306,7 @@ class CoregraphExecutor(StrawberryGraphQLCoreExecutionContext):
                 return self.complete_value(
                     return_type, field_details_list, info, path, result, position_context
                 )
-            completed = self.complete_object_value(
+            completed = self._complete_object(
                 step.object_type, field_details_list, info, path, result, position_context
             )
             if self.is_awaitable(completed):
@@ -315,6 +315,88 @@ class CoregraphExecutor(StrawberryGraphQLCoreExecutionContext):
         except Exception as raw_error:
             self.handle_field_error(raw_error, return_type, field_details_list, path)
             return None
+
+    def _complete_object(
+        self,
+        object_type: GraphQLObjectType,
+        field_details_list: Any,
+        info: Any,
+        path: Path,
+        result: Any,
+        position_context: Any,
+    ) -> Any:
+        """``complete_object_value`` → ``collect_and_execute_subfields`` →
+        ``execute_collected_subfields`` → ``execute_fields``, in one call: the type's
+        ``IsTypeOf`` (type declarations are enforced there), then its fields. Anything but a
+        plain synchronous case (an awaitable ``IsTypeOf``, deferred fragments) takes
+        graphql-core's own path."""
+        is_type_of = object_type.is_type_of
+        if is_type_of is not None:
+            matches = is_type_of(result, info)
+            if self.is_awaitable(matches):
+                close = getattr(matches, "close", None)
+                if close is not None:
+                    close()
+                return self.complete_object_value(
+                    object_type, field_details_list, info, path, result, position_context
+                )
+            if not matches:
+                raise invalid_return_type_error(object_type, result, field_details_list)
+        grouped_field_set, new_defer_usages, _ = self.collect_subfields(
+            object_type, field_details_list
+        )
+        if new_defer_usages or position_context is not None:
+            return self.execute_collected_subfields(
+                object_type,
+                result,
+                path,
+                grouped_field_set,
+                new_defer_usages,
+                position_context,
+            )
+        return self.execute_fields(object_type, result, path, grouped_field_set, None)
+
+    def complete_list_item_value(
+        self,
+        item: Any,
+        complete_results: list[Any],
+        item_type: Any,
+        field_details_list: Any,
+        info: Any,
+        item_path: Path,
+        position_context: Any,
+    ) -> bool:
+        """A list item of an object type goes straight to ``_complete_object``; null, errors
+        and every other item type take graphql-core's ``complete_list_item_value``."""
+        object_type = item_type.of_type if isinstance(item_type, GraphQLNonNull) else item_type
+        if (
+            not isinstance(object_type, GraphQLObjectType)
+            or item is None
+            or isinstance(item, Exception)
+        ):
+            return super().complete_list_item_value(
+                item,
+                complete_results,
+                item_type,
+                field_details_list,
+                info,
+                item_path,
+                position_context,
+            )
+        try:
+            completed = self._complete_object(
+                object_type, field_details_list, info, item_path, item, position_context
+            )
+            if self.is_awaitable(completed):
+                complete_results.append(
+                    self._await_completed(completed, item_type, field_details_list, item_path)
+                )
+                return True
+            complete_results.append(completed)
+        except Exception as raw_error:
+            self.handle_field_error(raw_error, item_type, field_details_list, item_path)
+            complete_results.append(None)
+        return False
 
     async def _await_completed(
         self, completed: Any, return_type: Any, field_details_list: Any, path: Path

@@ -10,7 +10,8 @@ same SQL, on a fresh embedded (SQLite) database, everything on 127.0.0.1.
 5. per target a warm-up; then ``--rounds`` rounds, each running every target for ``--requests``
    requests at ``--concurrency``, the pair's order alternating from round to round. A ratio is
    taken per round (the pair ran back to back, under the same conditions); the verdict uses
-   their median. The table adds the rounds up.
+   their median. The table adds the rounds up. Each server's resident memory (and peak) is read
+   from /proc after seeding and after the runs.
 
 Servers are stopped and the temp dir removed on the way out, whatever happens.
 """
@@ -263,6 +264,10 @@ async def _main(args: argparse.Namespace, tmp: str) -> int:
         print(f"servers: coregraph {cg.base_url}, plain {plain.base_url}", flush=True)
         tenant = await seed.load_tenant(settings, cg.base_url + "/graphql", args.members)
         print(f"tenant {tenant.id}: {len(tenant.emails)} members", flush=True)
+        memory_before = {
+            "coregraph": load.process_memory_mib(cg.process.pid),
+            "plain": load.process_memory_mib(plain.process.pid),
+        }
 
         graphql_members = load.Target(
             "coregraph members",
@@ -347,13 +352,31 @@ async def _main(args: argparse.Namespace, tmp: str) -> int:
                         flush=True,
                     )
             results = [load.combine(r) for r in runs.values()]
+        memory_after = {
+            "coregraph": load.process_memory_mib(cg.process.pid),
+            "plain": load.process_memory_mib(plain.process.pid),
+        }
 
     print()
     print(table(results, lengths))
     print()
+    memory: dict[str, object] = {}
+    for name in ("coregraph", "plain"):
+        before, after = memory_before[name], memory_after[name]
+        if before is not None and after is not None:
+            memory[name] = {
+                "rss_mib_after_seeding": round(before[0], 1),
+                "rss_mib_after_runs": round(after[0], 1),
+                "peak_rss_mib": round(after[1], 1),
+            }
+            print(
+                f"memory {name}: {before[0]:.0f} MiB resident after seeding, "
+                f"{after[0]:.0f} MiB after the runs, peak {after[1]:.0f} MiB"
+            )
     report: dict[str, object] = {
         "machine": info,
         "args": vars(args),
+        "memory": memory,
         "results": {
             s.name: {
                 "requests": s.requests,

@@ -86,6 +86,16 @@ class BadResponse(RuntimeError):
     pass
 
 
+def process_memory_mib(pid: int) -> tuple[float, float] | None:
+    """(resident now, peak resident) of a process in MiB, from /proc (Linux); None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            fields = dict(line.split(":", 1) for line in fh if ":" in line)
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def process_cpu_seconds(pid: int) -> float | None:
     """User + system CPU of a process so far, from /proc (Linux); None elsewhere."""
     try:

@@ -200,17 +200,18 @@ def _plan_field(field: GraphQLField | None, field_details_list: Any) -> _Leaf | 
 
 
 class CoregraphExecutor(StrawberryGraphQLCoreExecutionContext):
-    """strawberry's executor, with the leaf shortcut in ``execute_fields``."""
+    """strawberry's executor with the shortcuts: leaves and object fields in
+    ``execute_fields``, object list items in ``complete_list_item_value``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # (parent type, id(grouped field set)) -> (the set, kept alive so that its id stays
         # unique while cached; its plan)
-        self._leaf_plans: dict[tuple[str, int], tuple[Any, tuple[Any, ...] | None]] = {}
+        self._plans: dict[tuple[str, int], tuple[Any, tuple[Any, ...] | None]] = {}
 
     def _plan(self, parent_type: GraphQLObjectType, grouped_field_set: Any) -> Any:
         key = (parent_type.name, id(grouped_field_set))
-        cached = self._leaf_plans.get(key)
+        cached = self._plans.get(key)
         if cached is not None:
             return cached[1]
         plan: tuple[_Leaf | _Object | None, ...] | None = None
@@ -223,7 +224,7 @@ class CoregraphExecutor(StrawberryGraphQLCoreExecutionContext):
             )
             if not any(plan):
                 plan = None
-        self._leaf_plans[key] = (grouped_field_set, plan)
+        self._plans[key] = (grouped_field_set, plan)
         return plan
 
     def execute_fields(
@@ -290,7 +291,7 @@ class CoregraphExecutor(StrawberryGraphQLCoreExecutionContext):
     ) -> Any:
         """``Executor.execute_field`` for an argument-less field of an object type, without
         the field lookup, the argument coercion and two levels of ``complete_value``
-        dispatch: a plain object goes straight to ``complete_object_value`` (its ``IsTypeOf``,
+        dispatch: a plain object goes straight to ``_complete_object`` (its ``IsTypeOf``,
         where type declarations are enforced, included); anything else (null, an error, an
         awaitable) takes ``complete_value`` or ``complete_awaitable_value`` as before."""
         field = step.field

@@ -21,6 +21,7 @@ from coregraph import db
 from coregraph.auth.principal import Principal
 from coregraph.errors import Forbidden
 from coregraph.services import ratelimit
+from coregraph.services.access import with_implied
 from coregraph.services.uow import RequestMeta, UnitOfWork
 
 if TYPE_CHECKING:
@@ -66,9 +67,8 @@ class Context(BaseContext):
     def grant_for_this_request(self, tenant_id: str, scopes: frozenset[str]) -> None:
         """A write just made the principal a member (createTenant, acceptInvitation): the rest
         of this operation may read the new tenant. Later requests get it from the database."""
-        self.principal = replace(
-            self.principal, tenant_scopes={**self.principal.tenant_scopes, tenant_id: scopes}
-        )
+        granted = {**self.principal.tenant_scopes, tenant_id: with_implied(scopes)}
+        self.principal = replace(self.principal, tenant_scopes=granted)
         self.__dict__.pop("loaders", None)
 
     def require_tenant(self) -> str:

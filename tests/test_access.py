@@ -538,3 +538,23 @@ async def test_audit_entries_for_keys_and_roles(client: GraphQLClient) -> None:
     for secret in (key.token, admin_key.token):
         assert secret not in trail
         assert secrets.digest(secret) not in trail
+
+
+async def test_managing_includes_reading_what_a_mutation_returns(client: GraphQLClient) -> None:
+    """A key that may re-role members gets the membership it changed back in the payload,
+    without holding members:read: managing a thing includes seeing it. Write permissions on
+    data do not include reading it (write-only keys are a use of their own)."""
+    owner, tenant_id = await owner_and_tenant(client)
+    member = await client.add_member(owner, tenant_id, role="member")
+    key = await client.api_key(owner, tenant_id, ["members:manage"])
+    r = await client.execute(
+        CHANGE_ROLE, {"input": {"membershipId": member.membership_id, "role": "viewer"}}, actor=key
+    )
+    assert r.ok()["changeMemberRole"]["membership"] == {
+        "id": member.membership_id,
+        "role": {"key": "viewer"},
+    }
+
+    reader = await client.api_key(owner, tenant_id, ["tenant:read", "usage:write"])
+    r = await client.execute("{ tenant { members { totalCount } } }", actor=reader)
+    assert r.codes == ["FORBIDDEN"], r.body

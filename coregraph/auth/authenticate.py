@@ -23,7 +23,7 @@ from coregraph.errors import BadUserInput, Forbidden, Unauthenticated
 from coregraph.models import ApiKey, ExternalIdentity, Membership, Role, Session
 from coregraph.models.base import Environment
 from coregraph.services import identity
-from coregraph.services.access import PERMISSION_KEYS
+from coregraph.services.access import PERMISSION_KEYS, with_implied
 from coregraph.services.uow import RequestMeta, UnitOfWork
 from coregraph.settings import Settings
 
@@ -100,8 +100,10 @@ class Authenticator:
         for row in rows:
             if row.tenant_id is None:
                 continue
-            perms = frozenset(row.permissions)
-            tenant_scopes[row.tenant_id] = perms & narrowed if narrowed is not None else perms
+            perms = with_implied(frozenset(row.permissions))
+            tenant_scopes[row.tenant_id] = (
+                with_implied(perms & narrowed) if narrowed is not None else perms
+            )
         if tenant_id is not None and tenant_id not in tenant_scopes:
             raise Forbidden("X-Tenant-Id: not a member of this tenant", field="X-Tenant-Id")
         return Principal(
@@ -201,7 +203,11 @@ class Authenticator:
             acting_for_user_id=row.created_by_user_id,
             tenant_id=row.tenant_id,
             environment=environment,
-            tenant_scopes={row.tenant_id: frozenset(row.scopes) & creator_permissions},
+            tenant_scopes={
+                row.tenant_id: with_implied(
+                    frozenset(row.scopes) & with_implied(creator_permissions)
+                )
+            },
         )
 
 

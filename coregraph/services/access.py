@@ -29,9 +29,11 @@ class Permission:
 
 PERMISSIONS: tuple[Permission, ...] = (
     Permission("tenant:read", "See the tenant's name, slug and environments."),
-    Permission("tenant:manage", "Rename the tenant and change its settings."),
+    Permission(
+        "tenant:manage", "Rename the tenant and change its settings (includes tenant:read)."
+    ),
     Permission("members:read", "List members, their users and roles."),
-    Permission("members:manage", "Invite, remove and re-role members."),
+    Permission("members:manage", "Invite, remove and re-role members (includes members:read)."),
     Permission("roles:manage", "Create, change and delete custom roles."),
     Permission("apikeys:manage", "Issue, list and revoke API keys."),
     Permission("audit:read", "Read the audit trail."),
@@ -43,10 +45,24 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("usage:read", "Read usage records."),
     Permission("usage:write", "Record usage."),
     Permission("billing:read", "See plans, entitlements and invoices."),
-    Permission("billing:manage", "Change the plan and billing details."),
+    Permission("billing:manage", "Change the plan and billing details (includes billing:read)."),
     Permission("approvals:review", "Approve or reject sensitive actions."),
 )
 PERMISSION_KEYS: frozenset[str] = frozenset(p.key for p in PERMISSIONS)
+# Managing a thing includes seeing it: a credential that may change a member's role may read
+# the membership it changed (the mutation's payload). Write permissions on data (events:write,
+# files:write, usage:write) do not include reading it: write-only keys are a use of their own.
+IMPLIED: dict[str, str] = {
+    "tenant:manage": "tenant:read",
+    "members:manage": "members:read",
+    "billing:manage": "billing:read",
+}
+
+
+def with_implied(permissions: frozenset[str]) -> frozenset[str]:
+    """``permissions`` and the ones they include (``IMPLIED``)."""
+    implied = {IMPLIED[p] for p in permissions if p in IMPLIED}
+    return permissions | implied if not implied <= permissions else permissions
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,19 +70,15 @@ class JwksKeys:
         ):
             self._forced_at = now
             await self._fetch(now)
-        key = self._keys.get(kid) if self._usable(self._clock()) else None
+        fetched_at = self._fetched_at
+        if fetched_at is None or self._clock() - fetched_at >= self._refresh + self._max_stale:
+            raise Unauthenticated(
+                "the identity provider's signing keys are unavailable; try again shortly"
+            )
+        key = self._keys.get(kid)
         if key is None:
-            if self._fetched_at is None or not self._usable(self._clock()):
-                raise Unauthenticated(
-                    "the identity provider's signing keys are unavailable; try again shortly"
-                )
             raise Unauthenticated("no matching signing key")
         return key
-
-    def _usable(self, now: float) -> bool:
-        return self._fetched_at is not None and (
-            now - self._fetched_at < self._refresh + self._max_stale
-        )
 
     async def _fetch(self, wanted_at: float) -> None:
         if self._lock is None:

@@ -133,13 +133,24 @@ def field_declarations(
     return own_declarations(parent, coordinate) + own_declarations(field, coordinate)
 
 
+def first_denial(
+    rules: tuple[Declaration, ...], principal: Principal, source: Any
+) -> Exception | None:
+    """Why ``principal`` may not see ``source`` under ``rules`` (all must pass), or None. The
+    one evaluation shared by the field guards, the types' ``IsTypeOf`` checks and the
+    executor's leaf shortcut (``schema.execution``)."""
+    for rule in rules:
+        denial = rule.denial(principal, source)
+        if denial is not None:
+            return denial
+    return None
+
+
 def _guard(resolve: Callable[..., Any], rules: tuple[Declaration, ...]) -> Callable[..., Any]:
     def guarded(source: Any, info: Any, **kwargs: Any) -> Any:
-        principal = info.context.principal
-        for rule in rules:
-            denial = rule.denial(principal, source)
-            if denial is not None:
-                raise denial
+        denial = first_denial(rules, info.context.principal, source)
+        if denial is not None:
+            raise denial
         return resolve(source, info, **kwargs)
 
     guarded.__wrapped__ = resolve  # type: ignore[attr-defined]
@@ -174,11 +185,9 @@ def _type_guard(
                 return False
         elif not isinstance(value, origin) and get_strawberry_type_cast(value) is not origin:  # type: ignore[arg-type]
             return False
-        principal = info.context.principal
-        for rule in rules:
-            denial = rule.denial(principal, value)
-            if denial is not None:
-                raise denial
+        denial = first_denial(rules, info.context.principal, value)
+        if denial is not None:
+            raise denial
         return True
 
     is_type_of.rules = rules  # type: ignore[attr-defined]
@@ -202,15 +211,13 @@ def enforce_declarations(schema: GraphQLSchema) -> dict[str, tuple[Declaration, 
             # Interfaces, unions, enums and scalars can carry these directives in the SDL, but
             # nothing here would enforce them: refuse the schema rather than publish a rule
             # that only a gateway might apply. Declare the object types or fields instead.
-            if own_declarations(type_, type_.name):
-                raise ValueError(
-                    f"{type_.name}: authorization is declared on object types and fields only"
-                )
-            for name, member in (getattr(type_, "fields", None) or {}).items():
-                if own_declarations(member, f"{type_.name}.{name}"):
+            members = (getattr(type_, "fields", None) or {}).items()
+            for where, item in [(type_.name, type_)] + [
+                (f"{type_.name}.{name}", member) for name, member in members
+            ]:
+                if own_declarations(item, where):
                     raise ValueError(
-                        f"{type_.name}.{name}: authorization is declared on object types and "
-                        "fields only"
+                        f"{where}: authorization is declared on object types and fields only"
                     )
             continue
         type_rules = tuple(own_declarations(type_, type_.name))

@@ -18,9 +18,10 @@ the shortcut only when all of this holds, decided once per selection and executi
 - no resolver middleware is installed (strawberry adds one for extensions with ``resolve``).
 
 Argument-less fields of an object type skip the field lookup, argument coercion and two levels
-of ``complete_value`` dispatch: a plain object goes straight to ``complete_object_value``
-(which runs the type's ``IsTypeOf``, where type declarations are enforced); null, an error or
-an awaitable takes graphql-core's own path for it (``_execute_object_field``).
+of ``complete_value`` dispatch, and so do list items of object types: a plain object goes
+straight to ``_complete_object``, which runs the type's ``IsTypeOf`` (where type declarations
+are enforced) and then its fields; null, an error or an awaitable takes graphql-core's own path
+for it.
 
 Whenever the leaf shortcut meets anything but a plain value (a missing attribute, ``None`` in a
 non-null position, a value the scalar refuses, an ``Exception`` object, any exception raised
@@ -47,6 +48,8 @@ from graphql import (
 from graphql.execution.executor import invalid_return_type_error, to_nodes
 from graphql.pyutils import Path, gather_with_cancel
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+from coregraph.schema.authorization import first_denial
 
 _MISSING = object()
 
@@ -137,9 +140,8 @@ class _Leaf:
     def read(self, source: Any, principal: Any) -> Any:
         """The completed value, or ``_MISSING`` to send the field down the normal path."""
         try:
-            for rule in self.rules:
-                if rule.denial(principal, source) is not None:
-                    return _MISSING  # the guard on the normal path raises the denial
+            if self.rules and first_denial(self.rules, principal, source) is not None:
+                return _MISSING  # the guard on the normal path raises the denial
             value: Any = getattr(source, self.attribute, _MISSING)
             if value is None:
                 return _MISSING if self.non_null else None

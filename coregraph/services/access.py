@@ -61,8 +61,7 @@ IMPLIED: dict[str, str] = {
 
 def with_implied(permissions: frozenset[str]) -> frozenset[str]:
     """``permissions`` and the ones they include (``IMPLIED``)."""
-    implied = {IMPLIED[p] for p in permissions if p in IMPLIED}
-    return permissions | implied if not implied <= permissions else permissions
+    return permissions | {IMPLIED[p] for p in permissions if p in IMPLIED}
 
 
 @dataclass(frozen=True, slots=True)

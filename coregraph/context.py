@@ -21,7 +21,7 @@ from coregraph import db
 from coregraph.auth.principal import Principal
 from coregraph.errors import Forbidden
 from coregraph.services import ratelimit
-from coregraph.services.access import with_implied
+from coregraph.services.access import effective_scopes
 from coregraph.services.uow import RequestMeta, UnitOfWork
 
 if TYPE_CHECKING:
@@ -67,7 +67,8 @@ class Context(BaseContext):
     def grant_for_this_request(self, tenant_id: str, scopes: frozenset[str]) -> None:
         """A write just made the principal a member (createTenant, acceptInvitation): the rest
         of this operation may read the new tenant. Later requests get it from the database."""
-        granted = {**self.principal.tenant_scopes, tenant_id: with_implied(scopes)}
+        scopes = effective_scopes(scopes, self.principal.scope_limit)
+        granted = {**self.principal.tenant_scopes, tenant_id: scopes}
         self.principal = replace(self.principal, tenant_scopes=granted)
         self.__dict__.pop("loaders", None)
 

@@ -656,3 +656,15 @@ async def test_a_token_scope_claim_narrows_only_with_coregraph_permissions(
     r = await rs_idp.client.execute(query, actor=narrow, tenant_id=tenant_id)
     assert r.data == {"tenant": {"name": r.data["tenant"]["name"], "members": None}}
     assert r.codes == ["FORBIDDEN"]
+
+    # A tenant it creates is narrowed the same way, within the very request that creates it:
+    # the creator is its owner, but this token still reads only what tenant:read allows.
+    r = await rs_idp.client.execute(
+        """mutation($input: CreateTenantInput!) { createTenant(input: $input) {
+            tenant { id apiKeys { totalCount } } } }""",
+        {"input": {"name": "Narrow", "slug": unique("narrow-")}},
+        actor=narrow,
+    )
+    created = r.data["createTenant"]["tenant"]
+    assert created["id"] and created["apiKeys"] is None
+    assert r.codes == ["FORBIDDEN"], r.body

@@ -23,7 +23,7 @@ from coregraph.errors import BadUserInput, Forbidden, Unauthenticated
 from coregraph.models import ApiKey, ExternalIdentity, Membership, Role, Session
 from coregraph.models.base import Environment
 from coregraph.services import identity
-from coregraph.services.access import PERMISSION_KEYS, with_implied
+from coregraph.services.access import PERMISSION_KEYS, effective_scopes
 from coregraph.services.uow import RequestMeta, UnitOfWork
 from coregraph.settings import Settings
 
@@ -96,14 +96,11 @@ class Authenticator:
         # "openid profile email" says nothing about tenants and must not strip every right.
         narrowed = token.scopes & PERMISSION_KEYS if token.scopes is not None else None
         narrowed = narrowed or None
-        tenant_scopes: dict[str, frozenset[str]] = {}
-        for row in rows:
-            if row.tenant_id is None:
-                continue
-            perms = with_implied(frozenset(row.permissions))
-            tenant_scopes[row.tenant_id] = (
-                with_implied(perms & narrowed) if narrowed is not None else perms
-            )
+        tenant_scopes = {
+            row.tenant_id: effective_scopes(frozenset(row.permissions), narrowed)
+            for row in rows
+            if row.tenant_id is not None
+        }
         if tenant_id is not None and tenant_id not in tenant_scopes:
             raise Forbidden("X-Tenant-Id: not a member of this tenant", field="X-Tenant-Id")
         return Principal(
@@ -113,6 +110,7 @@ class Authenticator:
             tenant_id=tenant_id,
             environment=environment,
             tenant_scopes=tenant_scopes,
+            scope_limit=narrowed,
         )
 
     async def _external_user(self, token: VerifiedToken, meta: RequestMeta) -> str:
@@ -204,9 +202,7 @@ class Authenticator:
             tenant_id=row.tenant_id,
             environment=environment,
             tenant_scopes={
-                row.tenant_id: with_implied(
-                    frozenset(row.scopes) & with_implied(creator_permissions)
-                )
+                row.tenant_id: effective_scopes(creator_permissions, frozenset(row.scopes))
             },
         )
 

@@ -37,6 +37,9 @@ class Principal:
     tenant_id: str | None = None
     environment: Environment = Environment.LIVE
     tenant_scopes: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # The credential's own limit on every tenant's permissions (a token's scope claim), kept
+    # so that a tenant granted during a request is narrowed the same way.
+    scope_limit: frozenset[str] | None = None
 
     @property
     def is_authenticated(self) -> bool:

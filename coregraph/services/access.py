@@ -64,6 +64,14 @@ def with_implied(permissions: frozenset[str]) -> frozenset[str]:
     return permissions | {IMPLIED[p] for p in permissions if p in IMPLIED}
 
 
+def effective_scopes(permissions: frozenset[str], limit: frozenset[str] | None) -> frozenset[str]:
+    """What a credential may do in a tenant: the role's (or key creator's) ``permissions``,
+    narrowed by the credential's own ``limit`` (a token's scope claim, a key's scopes) when it
+    has one, each with what it includes."""
+    granted = with_implied(permissions)
+    return granted if limit is None else with_implied(granted & limit)
+
+
 @dataclass(frozen=True, slots=True)
 class BuiltinRole:
     key: str

@@ -1,13 +1,14 @@
 """The per-request context: who acts, one read connection, dataloaders, the write path.
 
-Built once per HTTP request (or WebSocket connection). Dataloaders live in it and die with it,
-so no cache crosses requests, principals or tenants.
+Built once per HTTP request (or WebSocket connection). Dataloaders live in it for one operation
+(``OperationCaches`` empties them when a WebSocket operation starts), so no cache crosses
+operations, requests, principals or tenants.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable
+from strawberry.extensions import SchemaExtension
 from strawberry.fastapi import BaseContext
 
 from coregraph import db
@@ -57,6 +59,11 @@ class Context(BaseContext):
     @property
     def request_id(self) -> str | None:
         return self.meta.request_id
+
+    def begin_operation(self) -> None:
+        """A WebSocket connection keeps one context for many operations: each starts with
+        empty dataloaders, so nothing one operation loaded answers the next."""
+        self.__dict__.pop("loaders", None)
 
     @cached_property
     def loaders(self) -> Loaders:
@@ -142,3 +149,14 @@ class _RefreshingUnitOfWork(UnitOfWork):
             await super().__aexit__(exc_type, exc, tb)
         finally:
             await self._ctx.reset_reads()
+
+
+class OperationCaches(SchemaExtension):
+    """Empties the context's per-operation caches as each operation starts (see
+    ``Context.begin_operation``)."""
+
+    def on_operation(self) -> Iterator[None]:
+        context = self.execution_context.context
+        if isinstance(context, Context):
+            context.begin_operation()
+        yield

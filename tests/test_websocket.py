@@ -76,3 +76,33 @@ async def test_bad_credential_closes_the_connection(server: Server) -> None:
         with pytest.raises(ConnectionClosed) as closed:
             await receive(ws)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+
+
+async def test_each_operation_on_a_socket_reads_current_data(
+    server: Server, client: GraphQLClient
+) -> None:
+    """A socket lives long; what one operation loaded must not answer the next one."""
+    owner = await client.sign_up()
+    tenant_id = await client.create_tenant(owner)
+    async with websockets.connect(ws_url(server), subprotocols=[PROTOCOL], open_timeout=10) as ws:
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "connection_init",
+                    "payload": {"Authorization": f"Bearer {owner.token}", "X-Tenant-Id": tenant_id},
+                }
+            )
+        )
+        assert (await receive(ws))["type"] == "connection_ack"
+        before = (await run(ws, "1", "{ tenant { name } }"))[0]["payload"]["data"]
+        r = await client.execute(
+            """mutation($input: UpdateTenantInput!) { updateTenant(input: $input) {
+                tenant { name } } }""",
+            {"input": {"name": "Renamed While Connected"}},
+            actor=owner,
+            tenant_id=tenant_id,
+        )
+        assert r.ok()["updateTenant"]["tenant"]["name"] == "Renamed While Connected"
+        after = (await run(ws, "2", "{ tenant { name } }"))[0]["payload"]["data"]
+        assert before != after
+        assert after == {"tenant": {"name": "Renamed While Connected"}}

@@ -266,6 +266,8 @@ async def test_audit_trail_records_sign_up_and_sessions(
     )
     signed_up = [row for row in rows if row["action"] == "user.signed_up"]
     assert len(signed_up) == 1, rows
+    # Sign-up opens a session too, and records it like a login.
+    assert [row["action"] for row in rows[:2]] == ["user.signed_up", "session.created"]
     assert signed_up[0]["target_type"] == "User"
     assert signed_up[0]["target_id"] == user.user_id
     assert signed_up[0]["tenant_id"] is None

@@ -93,7 +93,7 @@ class TokenService:
                 )
                 return VerifiedToken(issuer, str(claims["sub"]), claims, external=False)
             if self.settings.external_jwt_issuer and issuer == self.settings.external_jwt_issuer:
-                key = await self._external_key(token)
+                key = await self._external_key(header.get("kid"))
                 claims = jwt.decode(
                     token,
                     key,
@@ -109,7 +109,7 @@ class TokenService:
             raise Unauthenticated("invalid token") from exc
         raise Unauthenticated("token issuer not accepted")
 
-    async def _external_key(self, token: str) -> Any:
+    async def _external_key(self, kid: str | None) -> Any:
         if self._jwks is not None:
-            return await self._jwks.key(jwt.get_unverified_header(token).get("kid"))
+            return await self._jwks.key(kid)
         return self.settings.external_jwt_public_key

@@ -64,9 +64,24 @@ async def create_user(
     return user
 
 
+_INVALID_REFRESH = "refresh token is invalid, expired or revoked"
+
+
+def _record_session(uow: UnitOfWork, action: str, session: Session) -> None:
+    """A session's audit entry: the user's own, in no tenant."""
+    uow.record(
+        action,
+        tenant_id=None,
+        target_type="Session",
+        target_id=session.id,
+        actor_id=session.user_id,
+    )
+
+
 async def _open_session(
     uow: UnitOfWork, settings: Settings, tokens: TokenService, user: User
 ) -> IssuedSession:
+    """A new session for ``user`` (sign-up, login), recorded as ``session.created``."""
     refresh = secrets.generate(secrets.REFRESH_TOKEN_PREFIX)
     session = Session(
         id=ids.new_id("ses"),
@@ -78,6 +93,7 @@ async def _open_session(
     )
     uow.session.add(session)
     await uow.session.flush()
+    _record_session(uow, "session.created", session)
     access, expires = tokens.issue_access_token(user.id, session.id)
     return IssuedSession(user, session, access, expires, refresh)
 
@@ -112,15 +128,7 @@ async def login(
     ok = await passwords.verify_password(user.password_hash if user else None, password)
     if user is None or not ok:
         raise Unauthenticated("email or password is wrong")
-    issued = await _open_session(uow, settings, tokens, user)
-    uow.record(
-        "session.created",
-        tenant_id=None,
-        target_type="Session",
-        target_id=issued.session.id,
-        actor_id=user.id,
-    )
-    return issued
+    return await _open_session(uow, settings, tokens, user)
 
 
 async def refresh_session(
@@ -138,9 +146,9 @@ async def refresh_session(
         if reused is not None:
             # A rotated token came back: someone else holds a copy. End the whole session.
             await _revoke_on_reuse(uow, reused, now)
-        raise Unauthenticated("refresh token is invalid, expired or revoked")
+        raise Unauthenticated(_INVALID_REFRESH)
     if session.revoked_at is not None or session.expires_at <= now:
-        raise Unauthenticated("refresh token is invalid, expired or revoked")
+        raise Unauthenticated(_INVALID_REFRESH)
     user = await uow.session.get(User, session.user_id)
     assert user is not None
     refresh = secrets.generate(secrets.REFRESH_TOKEN_PREFIX)
@@ -159,15 +167,9 @@ async def refresh_session(
     if cast(CursorResult[Any], rotated).rowcount != 1:
         # Another request rotated it first: the same token was presented twice.
         await _revoke_on_reuse(uow, session, now)
-        raise Unauthenticated("refresh token is invalid, expired or revoked")
+        raise Unauthenticated(_INVALID_REFRESH)
     uow.session.add(RetiredRefreshToken(token_hash=digest, session_id=session.id, retired_at=now))
-    uow.record(
-        "session.refreshed",
-        tenant_id=None,
-        target_type="Session",
-        target_id=session.id,
-        actor_id=session.user_id,
-    )
+    _record_session(uow, "session.refreshed", session)
     await uow.session.refresh(session)
     access, expires = tokens.issue_access_token(user.id, session.id)
     return IssuedSession(user, session, access, expires, refresh)
@@ -182,13 +184,7 @@ async def _revoke_on_reuse(uow: UnitOfWork, session: Session, now: datetime) -> 
     )
     if cast(CursorResult[Any], revoked).rowcount != 1:
         return  # already ended
-    uow.record(
-        "session.revoked_on_reuse",
-        tenant_id=None,
-        target_type="Session",
-        target_id=session.id,
-        actor_id=session.user_id,
-    )
+    _record_session(uow, "session.revoked_on_reuse", session)
     await uow.session.flush()
     uow.keep_on_failure()
 
@@ -208,13 +204,7 @@ async def logout(uow: UnitOfWork, *, session_id: str | None, refresh_token: str 
     if uow.principal.user_id and session.user_id != uow.principal.user_id:
         return False
     session.revoked_at = datetime.now(UTC)
-    uow.record(
-        "session.revoked",
-        tenant_id=None,
-        target_type="Session",
-        target_id=session.id,
-        actor_id=session.user_id,
-    )
+    _record_session(uow, "session.revoked", session)
     return True
 
 
@@ -251,11 +241,8 @@ async def user_for_external_token(
     if user is None:
         # An unverified address is not the user's: taking it would let whoever merely claims
         # it block its owner's sign-up and accept invitations sent to it.
-        if (
-            email is None
-            or not verified
-            or await uow.session.scalar(select(User.id).where(User.email == email))
-        ):
+        # (A verified address was looked up just above and is free.)
+        if email is None or not verified:
             email = f"{token.subject[:60]}@{ids.new_id('ext')}.external.invalid".lower()
         user = User(
             id=ids.new_id("usr"),

@@ -13,7 +13,6 @@ Two implementations behind one interface: in-process (embedded default, one proc
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import Callable
@@ -36,19 +35,26 @@ def _sliding(previous: int, current: int, now: float, window_seconds: int) -> fl
 
 class MemoryRateLimiter:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._counts: dict[tuple[str, int], int] = {}
-        self._lock = asyncio.Lock()
+        # (key, window length, window) -> hits. No lock: ``hit`` never awaits.
+        self._counts: dict[tuple[str, int, int], int] = {}
+        self._pruned: dict[int, int] = {}  # window length -> the window last pruned at
         self._clock = clock
 
     async def hit(self, key: str, window_seconds: int) -> float:
         now = self._clock()
         window = int(now // window_seconds)
-        async with self._lock:
-            if len(self._counts) > 100_000:  # bounded memory: keep the two windows that count
-                self._counts = {k: v for k, v in self._counts.items() if k[1] >= window - 1}
-            current = self._counts.get((key, window), 0) + 1
-            self._counts[(key, window)] = current
-            previous = self._counts.get((key, window - 1), 0)
+        if self._pruned.get(window_seconds) != window:
+            # Bounded memory, paid once per window (keys are attacker-chosen: never per hit):
+            # of each length, only this window and the previous one still count.
+            self._counts = {
+                k: v
+                for k, v in self._counts.items()
+                if k[1] != window_seconds or k[2] >= window - 1
+            }
+            self._pruned[window_seconds] = window
+        current = self._counts.get((key, window_seconds, window), 0) + 1
+        self._counts[(key, window_seconds, window)] = current
+        previous = self._counts.get((key, window_seconds, window - 1), 0)
         return _sliding(previous, current, now, window_seconds)
 
 

@@ -9,7 +9,6 @@ authenticates once per request, and keeps the per-request path short. WebSockets
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -136,7 +135,6 @@ def method_not_allowed(request: Request) -> Response:
 
 async def handle_graphql(request: Request, runtime: Runtime) -> Response:
     state = request.state
-    started = time.perf_counter()
     if request.method == "GET" and runtime.settings.graphiql_enabled and wants_ide(request):
         return HTMLResponse(get_graphql_ide_html("graphiql"))
     media_type = negotiate(request.headers.get("accept"))
@@ -234,5 +232,4 @@ async def handle_graphql(request: Request, runtime: Runtime) -> Response:
         payload["errors"] = [error.formatted for error in errors]
         state.outcome = (errors[0].extensions or {}).get("code", "ERROR")
     status = 400 if request_error and media_type == GRAPHQL_RESPONSE else 200
-    state.graphql_ms = round((time.perf_counter() - started) * 1000, 2)
     return _response(payload, status, media_type)

@@ -194,8 +194,8 @@ def _type_guard(
     return is_type_of
 
 
-def enforce_declarations(schema: GraphQLSchema) -> dict[str, tuple[Declaration, ...]]:
-    """Install the checks; returns each covered field's coordinate and all rules covering it.
+def enforce_declarations(schema: GraphQLSchema) -> None:
+    """Install the checks.
 
     A type's declaration becomes its ``IsTypeOf`` check (once per object rather than once per
     field of it); a field's own declaration a guard on its resolver. The root types are
@@ -203,7 +203,6 @@ def enforce_declarations(schema: GraphQLSchema) -> dict[str, tuple[Declaration, 
     fields instead.
     """
     roots = {schema.query_type, schema.mutation_type, schema.subscription_type}
-    covered: dict[str, tuple[Declaration, ...]] = {}
     for type_ in schema.type_map.values():
         if type_.name.startswith("__"):
             continue
@@ -225,10 +224,7 @@ def enforce_declarations(schema: GraphQLSchema) -> dict[str, tuple[Declaration, 
         if per_object:
             type_.is_type_of = _type_guard(type_, _essential(type_rules))
         for name, field in type_.fields.items():
-            coordinate = f"{type_.name}.{name}"
-            own = tuple(own_declarations(field, coordinate))
-            if type_rules or own:
-                covered[coordinate] = type_rules + own
+            own = tuple(own_declarations(field, f"{type_.name}.{name}"))
             checks = own if per_object else type_rules + own
             if not checks:
                 continue
@@ -236,4 +232,3 @@ def enforce_declarations(schema: GraphQLSchema) -> dict[str, tuple[Declaration, 
             field.resolve = _guard(field.resolve or default_field_resolver, checks)
             if field.subscribe is not None:
                 field.subscribe = _guard(field.subscribe, checks)
-    return covered

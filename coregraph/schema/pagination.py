@@ -47,13 +47,12 @@ class Edge(Generic[T]):
 class Connection(Generic[T]):
     edges: list[Edge[T]]
     page_info: PageInfo
-    _count_statement: strawberry.Private[Select[Any] | None] = None
+    # The list's whole statement (unpaginated), counted only when totalCount is asked for.
+    _statement: strawberry.Private[Select[Any]]
 
     @strawberry.field(description="How many items the whole list holds (one extra query).")
     async def total_count(self, info: strawberry.Info[Context, None]) -> int:
-        if self._count_statement is None:
-            return len(self.edges)
-        rows = await info.context.read(self._count_statement)
+        rows = await info.context.read(select(func.count()).select_from(self._statement.subquery()))
         return int(rows[0][0])
 
     @strawberry.field(description="The items of this page, without cursors.")
@@ -121,7 +120,6 @@ async def paginate(
 ) -> Connection[T]:
     """One page of ``statement`` ordered by ``key`` (a time-ordered id)."""
     size = page_size(ctx, first)
-    count_statement = select(func.count()).select_from(statement.subquery())
     page = statement
     if after is not None:
         page = page.where(key > decode_cursor(after))
@@ -137,5 +135,5 @@ async def paginate(
             start_cursor=encode_cursor(rows[0].id) if rows else None,
             end_cursor=encode_cursor(rows[-1].id) if rows else None,
         ),
-        _count_statement=count_statement,
+        _statement=statement,
     )

@@ -23,20 +23,20 @@ import asyncio
 import json
 import os
 import platform
-import secrets
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from importlib import metadata
 
 import httpx
 import orjson
 
 from bench import load, seed
-from bench.servers import uvicorn_server
+from bench.servers import bench_env, uvicorn_server
 from coregraph.settings import Settings
 
 MEMBERS_QUERY = (
@@ -233,14 +233,7 @@ async def main(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace, tmp: str) -> int:
-    env = {
-        "COREGRAPH_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/coregraph-bench.sqlite3",
-        "COREGRAPH_ENV": "production",
-        "COREGRAPH_JWT_SECRET": secrets.token_urlsafe(48),
-        "COREGRAPH_ACCESS_TOKEN_TTL_SECONDS": "86400",  # outlives any run
-        "COREGRAPH_LOG_LEVEL": "WARNING",
-        "COREGRAPH_REDIS_URL": "",
-    }
+    env = bench_env(tmp)
     settings = Settings(
         env="production",
         database_url=env["COREGRAPH_DATABASE_URL"],
@@ -316,15 +309,15 @@ async def _main(args: argparse.Namespace, tmp: str) -> int:
             if args.only in (None, "members"):
                 pairs.append(
                     (
-                        _checked(graphql_members, body_check(g_len, graphql=True)),
-                        _checked(plain_members, body_check(p_len, graphql=False)),
+                        replace(graphql_members, check=body_check(g_len, graphql=True)),
+                        replace(plain_members, check=body_check(p_len, graphql=False)),
                     )
                 )
             if args.only in (None, "typename"):
                 pairs.append(
                     (
-                        _checked(graphql_typename, body_check(gt_len, graphql=True)),
-                        _checked(plain_typename, body_check(pt_len, graphql=False)),
+                        replace(graphql_typename, check=body_check(gt_len, graphql=True)),
+                        replace(plain_typename, check=body_check(pt_len, graphql=False)),
                     )
                 )
             runs: dict[str, list[load.Stats]] = {}
@@ -424,18 +417,6 @@ async def _main(args: argparse.Namespace, tmp: str) -> int:
 def _write_json(path: str, report: dict[str, object]) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=2)
-
-
-def _checked(target: load.Target, check: Callable[[httpx.Response], bool]) -> load.Target:
-    return load.Target(
-        target.name,
-        target.method,
-        target.url,
-        target.headers,
-        target.body,
-        check,
-        target.server_pid,
-    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import time
 
 from graphql import build_schema, execute_sync, parse, validate
 
+from bench.__main__ import MEMBERS_QUERY
+
 SDL = """
 type Query { tenant: Tenant }
 type Tenant { id: ID! name: String! members(first: Int): MembershipConnection }
@@ -22,10 +24,6 @@ type Membership { id: ID! createdAt: String! user: User role: Role }
 type User { id: ID! displayName: String! email: String }
 type Role { id: ID! key: String! name: String! permissions: [String!]! }
 """
-QUERY = (
-    "{ tenant { id name members(first: 200) { edges { node { id createdAt "
-    "user { id displayName email } role { id key name permissions } } } } } }"
-)
 
 
 def data(members: int) -> dict[str, object]:
@@ -53,7 +51,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300)
     args = parser.parse_args()
     schema = build_schema(SDL)
-    document = parse(QUERY)
+    document = parse(MEMBERS_QUERY)
     assert not validate(schema, document)
     root = data(args.members)
     times = []

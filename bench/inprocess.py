@@ -18,7 +18,6 @@ import asyncio
 import cProfile
 import gc
 import os
-import secrets
 import shutil
 import statistics
 import tempfile
@@ -29,6 +28,7 @@ import orjson
 
 from bench import seed
 from bench.__main__ import GRAPHQL_HEADERS, MEMBERS_QUERY
+from bench.servers import bench_env
 
 
 async def _cpu_per_request(
@@ -57,16 +57,7 @@ async def _cpu_per_request(
 async def main(args: argparse.Namespace) -> None:
     tmp = tempfile.mkdtemp(prefix="coregraph-inprocess-")
     try:
-        os.environ.update(
-            {
-                "COREGRAPH_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/bench.sqlite3",
-                "COREGRAPH_ENV": "production",
-                "COREGRAPH_JWT_SECRET": secrets.token_urlsafe(48),
-                "COREGRAPH_ACCESS_TOKEN_TTL_SECONDS": "86400",
-                "COREGRAPH_LOG_LEVEL": "WARNING",
-                "COREGRAPH_REDIS_URL": "",
-            }
-        )
+        os.environ.update(bench_env(tmp))
         from bench import plain
         from coregraph import migrate
         from coregraph.app import create_app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -15,6 +16,20 @@ from dataclasses import dataclass
 import httpx
 
 HOST = "127.0.0.1"
+
+
+def bench_env(tmp: str) -> dict[str, str]:
+    """The ``COREGRAPH_*`` environment both servers run with: the embedded defaults (a SQLite
+    file in ``tmp``, no Redis) in production mode, with a random secret and tokens that
+    outlive any run."""
+    return {
+        "COREGRAPH_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/coregraph-bench.sqlite3",
+        "COREGRAPH_ENV": "production",
+        "COREGRAPH_JWT_SECRET": secrets.token_urlsafe(48),
+        "COREGRAPH_ACCESS_TOKEN_TTL_SECONDS": "86400",
+        "COREGRAPH_LOG_LEVEL": "WARNING",
+        "COREGRAPH_REDIS_URL": "",
+    }
 
 
 def free_port() -> int:

@@ -50,10 +50,6 @@ async def all_text_in_db(server: Server) -> str:
     return "\n".join(dump)
 
 
-def error_codes(response: Response) -> list[str | None]:
-    return response.codes
-
-
 def assert_unauthenticated(response: Response) -> None:
     """The credential was refused: an UNAUTHENTICATED error and no data for it."""
     assert response.codes, response.body

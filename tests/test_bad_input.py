@@ -706,6 +706,15 @@ async def test_bad_audit_log_filters_are_bad_input(
 RACERS = 6
 
 
+def assert_one_wins(results: list[Response], field: str, operation: str) -> None:
+    """Of RACERS identical writes, exactly one succeeds; each other one is a CONFLICT on
+    ``field``."""
+    assert sorted(tuple(r.codes) for r in results) == [()] + [("CONFLICT",)] * (RACERS - 1)
+    for r in results:
+        if r.errors:
+            assert_error(r, "CONFLICT", field, operation)
+
+
 async def test_concurrent_sign_ups_with_one_email_make_one_account(client: GraphQLClient) -> None:
     email = f"{unique('race')}@example.com"
     results = await asyncio.gather(
@@ -714,10 +723,7 @@ async def test_concurrent_sign_ups_with_one_email_make_one_account(client: Graph
             for _ in range(RACERS)
         )
     )
-    assert sorted(tuple(r.codes) for r in results) == [()] + [("CONFLICT",)] * (RACERS - 1)
-    for r in results:
-        if r.errors:
-            assert_error(r, "CONFLICT", "email", "signUp")
+    assert_one_wins(results, "email", "signUp")
     assert await can_log_in(client, email, PASSWORD)
 
 
@@ -730,10 +736,7 @@ async def test_concurrent_tenants_with_one_slug_make_one_tenant(client: GraphQLC
             for _ in range(RACERS)
         )
     )
-    assert sorted(tuple(r.codes) for r in results) == [()] + [("CONFLICT",)] * (RACERS - 1)
-    for r in results:
-        if r.errors:
-            assert_error(r, "CONFLICT", "slug", "createTenant")
+    assert_one_wins(results, "slug", "createTenant")
     assert len(await viewer_tenants(client, founder)) == 1
 
 
@@ -748,10 +751,7 @@ async def test_concurrent_acceptances_of_one_invitation_make_one_membership(
     results = await asyncio.gather(
         *(client.execute(ACCEPT, {"t": invited["token"]}, actor=invitee) for _ in range(RACERS))
     )
-    assert sorted(tuple(r.codes) for r in results) == [()] + [("CONFLICT",)] * (RACERS - 1)
-    for r in results:
-        if r.errors:
-            assert_error(r, "CONFLICT", "token", "acceptInvitation")
+    assert_one_wins(results, "token", "acceptInvitation")
     assert await viewer_tenants(client, invitee) == [team.tenant_id]
     state = await tenant_state(client, team.owner, team.tenant_id)
     accepted = [

@@ -8,7 +8,7 @@ calls the query planner makes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,32 +38,25 @@ def gateway_url(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield str(urls["gateway"])
 
 
-class Gateway:
-    def __init__(self, http: httpx.AsyncClient, url: str) -> None:
-        self.http, self.url = http, url
-
-    async def query(
-        self,
-        query: str,
-        variables: dict[str, Any] | None = None,
-        actor: Actor | None = None,
-        request_id: str | None = None,
-    ) -> dict[str, Any]:
-        headers = actor.headers() if actor else {}
-        if request_id:
-            headers["X-Request-Id"] = request_id
-        response = await self.http.post(
-            self.url, json={"query": query, "variables": variables or {}}, headers=headers
-        )
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        return body
-
-
 @pytest.fixture
-async def gateway(gateway_url: str) -> AsyncIterator[Gateway]:
-    async with httpx.AsyncClient(timeout=30) as http:
-        yield Gateway(http, gateway_url)
+def gateway(http: httpx.AsyncClient, gateway_url: str) -> GraphQLClient:
+    return GraphQLClient(http, gateway_url)
+
+
+async def through(
+    gateway: GraphQLClient,
+    query: str,
+    variables: dict[str, Any] | None = None,
+    actor: Actor | None = None,
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    """The gateway's whole answer (always a 200: errors travel in the body)."""
+    headers = {"X-Request-Id": request_id} if request_id else None
+    r = await gateway.execute(
+        query, variables, actor=actor, headers=headers, accept="application/json"
+    )
+    assert r.status == 200, r.body
+    return r.body
 
 
 async def owner_with_member(client: GraphQLClient) -> tuple[Actor, Actor]:
@@ -74,10 +67,11 @@ async def owner_with_member(client: GraphQLClient) -> tuple[Actor, Actor]:
 
 
 async def test_one_query_spans_coregraph_and_the_edge_subgraph(
-    client: GraphQLClient, gateway: Gateway
+    client: GraphQLClient, gateway: GraphQLClient
 ) -> None:
     owner, member = await owner_with_member(client)
-    body = await gateway.query(
+    body = await through(
+        gateway,
         """{ portalVersion
              viewer { id displayName portalPreferences { theme } }
              tenant { id portalTheme members { edges { node {
@@ -100,7 +94,7 @@ async def test_one_query_spans_coregraph_and_the_edge_subgraph(
 
 
 async def test_entities_the_gateway_fetches_are_authorized_by_coregraph(
-    client: GraphQLClient, gateway: Gateway
+    client: GraphQLClient, gateway: GraphQLClient
 ) -> None:
     """``portalUser`` comes from the portal as a bare reference; the gateway asks coregraph's
     ``_entities`` for the user's own fields, with the caller's credentials."""
@@ -109,7 +103,7 @@ async def test_entities_the_gateway_fetches_are_authorized_by_coregraph(
     stranger.tenant_id = await client.create_tenant(stranger)
     query = "query($id: ID!) { portalUser(id: $id) { id displayName email } }"
 
-    body = await gateway.query(query, {"id": member.user_id}, actor=owner)
+    body = await through(gateway, query, {"id": member.user_id}, actor=owner)
     assert "errors" not in body, body
     assert body["data"]["portalUser"] == {
         "id": member.user_id,
@@ -120,7 +114,7 @@ async def test_entities_the_gateway_fetches_are_authorized_by_coregraph(
     # Another tenant's owner, and no credential at all: coregraph answers as for an id that
     # does not exist, the gateway passes that on, and nothing of the user leaks.
     for actor, request_id in ((stranger, "gw-stranger-1"), (None, "gw-anonymous-1")):
-        body = await gateway.query(query, {"id": member.user_id}, actor, request_id)
+        body = await through(gateway, query, {"id": member.user_id}, actor, request_id)
         assert body["data"] == {"portalUser": None}, body
         assert [
             (e["extensions"]["code"], e["extensions"]["serviceName"], e["extensions"]["requestId"])

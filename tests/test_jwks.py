@@ -16,16 +16,9 @@ from jwt.algorithms import RSAAlgorithm
 from coregraph.auth.jwks import JwksKeys
 from coregraph.errors import Unauthenticated
 from tests.auth_support import LoopbackHTTP, loopback_http
+from tests.support import FakeClock
 
 PATH = "/.well-known/jwks.json"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def jwk(kid: str) -> tuple[Any, dict[str, Any]]:
@@ -40,7 +33,7 @@ def idp() -> Iterator[LoopbackHTTP]:
         yield server
 
 
-def keys_for(server: LoopbackHTTP, clock: Clock) -> JwksKeys:
+def keys_for(server: LoopbackHTTP, clock: FakeClock) -> JwksKeys:
     return JwksKeys(server.url(PATH), timeout_seconds=5, clock=clock)
 
 
@@ -49,7 +42,7 @@ def public_numbers(key: Any) -> Any:
 
 
 async def test_keys_are_refreshed_and_a_withdrawn_key_stops_working(idp: LoopbackHTTP) -> None:
-    clock = Clock()
+    clock = FakeClock()
     old_public, old = jwk("k-old")
     new_public, new = jwk("k-new")
     idp.serve(PATH, {"keys": [old]})
@@ -72,7 +65,7 @@ async def test_keys_are_refreshed_and_a_withdrawn_key_stops_working(idp: Loopbac
 async def test_an_outage_is_ridden_out_on_the_last_good_keys_without_waiting_per_request(
     idp: LoopbackHTTP,
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     public, key = jwk("k1")
     idp.serve(PATH, {"keys": [key]})
     keys = keys_for(idp, clock)
@@ -101,7 +94,7 @@ async def test_an_outage_is_ridden_out_on_the_last_good_keys_without_waiting_per
 async def test_a_provider_down_from_the_start_fails_fast_after_one_attempt(
     idp: LoopbackHTTP,
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     keys = keys_for(idp, clock)  # nothing served: 404
     for _ in range(5):
         with pytest.raises(Unauthenticated, match="unavailable"):
@@ -110,7 +103,7 @@ async def test_a_provider_down_from_the_start_fails_fast_after_one_attempt(
 
 
 async def test_unknown_kids_force_at_most_one_refresh_per_cooldown(idp: LoopbackHTTP) -> None:
-    clock = Clock()
+    clock = FakeClock()
     _, key = jwk("k1")
     idp.serve(PATH, {"keys": [key]})
     keys = keys_for(idp, clock)
@@ -132,7 +125,7 @@ async def test_unknown_kids_force_at_most_one_refresh_per_cooldown(idp: Loopback
 
 
 async def test_concurrent_requests_share_one_fetch(idp: LoopbackHTTP) -> None:
-    clock = Clock()
+    clock = FakeClock()
     _, key = jwk("k1")
     idp.serve(PATH, {"keys": [key]})
     keys = keys_for(idp, clock)

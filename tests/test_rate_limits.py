@@ -20,7 +20,7 @@ from coregraph.services.ratelimit import (
     enforce,
 )
 from tests.conftest import make_settings
-from tests.support import PASSWORD, GraphQLClient, running_server, unique
+from tests.support import PASSWORD, FakeClock, GraphQLClient, running_server, unique
 
 LOGIN = """mutation($i: LoginInput!) { login(input: $i) { accessToken } }"""
 # An hour-long window keeps a burst of attempts well inside one window.
@@ -86,19 +86,11 @@ async def test_attempts_are_limited_per_address(http: httpx.AsyncClient, databas
         assert codes == ["UNAUTHENTICATED"] * 5 + ["RATE_LIMITED"] * 2
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture(params=["memory", "redis"])
 async def limiter_and_clock(
     request: pytest.FixtureRequest,
-) -> AsyncIterator[tuple[RateLimiter, Clock]]:
-    clock = Clock(600 * 1000 + 59.0)  # one second before a 60 s window ends
+) -> AsyncIterator[tuple[RateLimiter, FakeClock]]:
+    clock = FakeClock(600 * 1000 + 59.0)  # one second before a 60 s window ends
     if request.param == "memory":
         yield MemoryRateLimiter(clock), clock
         return
@@ -132,7 +124,7 @@ async def attempts(limiter: RateLimiter, n: int) -> list[str]:
 
 
 async def test_a_burst_cannot_straddle_a_window_boundary(
-    limiter_and_clock: tuple[RateLimiter, Clock],
+    limiter_and_clock: tuple[RateLimiter, FakeClock],
 ) -> None:
     """Five attempts in the last second of a window, five more in the first second of the
     next: a fixed window allowed all ten; the sliding window allows the first five."""

@@ -3,6 +3,7 @@ with the same authentication and the same schema-declared rules as HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -20,7 +21,7 @@ def ws_url(server: Server) -> str:
 
 
 async def receive(ws: Any) -> dict[str, Any]:
-    return json.loads(await ws.recv())
+    return json.loads(await asyncio.wait_for(ws.recv(), 10))
 
 
 async def run(ws: Any, op_id: str, query: str) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiodataloader import DataLoader
-from sqlalchemy import Row, select
+from sqlalchemy import Row, exists, select
 
 from coregraph.models import Membership, Role, Tenant, User
 
@@ -50,10 +50,31 @@ class Loaders:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
         self._tenants = frozenset(ctx.principal.tenant_scopes)
+        self._by_model: dict[Any, DataLoader] = {}
         self.user = _loader(self._users)
-        self.role = _loader(self._roles)
+        self.role = self.rows_of(Role)
         self.tenant = _loader(self._tenant_rows)
         self.memberships_of_user = _loader(self._memberships_of_users)
+        self.addressed_tenant_user = _loader(self._addressed_tenant_users)
+
+    def rows_of(self, model: Any) -> DataLoader:
+        """Rows of a tenant-owned ``model`` by id, only in the principal's tenants: one query
+        per batch (a gateway's ``_entities`` list of 200 representations is one query)."""
+        loader = self._by_model.get(model)
+        if loader is None:
+
+            async def load(keys: Sequence[str]) -> list[Any]:
+                if not self._tenants:
+                    return [None] * len(keys)
+                rows = await self._ctx.read(
+                    select(model.__table__).where(
+                        model.id.in_(keys), model.tenant_id.in_(self._tenants)
+                    )
+                )
+                return _by_id(rows, keys)
+
+            loader = self._by_model[model] = _loader(load)
+        return loader
 
     async def _users(self, keys: Sequence[str]) -> list[Any]:
         # Users are reached through rows already scoped to the principal's tenants (a membership,
@@ -61,9 +82,16 @@ class Loaders:
         rows = await self._ctx.read(select(User.__table__).where(User.id.in_(keys)))
         return _by_id(rows, keys)
 
-    async def _roles(self, keys: Sequence[str]) -> list[Any]:
+    async def _addressed_tenant_users(self, keys: Sequence[str]) -> list[Any]:
+        """Users by id who are members of the tenant the request addresses."""
+        tenant_id = self._ctx.principal.tenant_id
+        if tenant_id is None:
+            return [None] * len(keys)
         rows = await self._ctx.read(
-            select(Role.__table__).where(Role.id.in_(keys), Role.tenant_id.in_(self._tenants))
+            select(User.__table__).where(
+                User.id.in_(keys),
+                exists().where(Membership.user_id == User.id, Membership.tenant_id == tenant_id),
+            )
         )
         return _by_id(rows, keys)
 

@@ -67,3 +67,33 @@ async def test_statement_count_does_not_grow_with_members(
     assert counts[5] == counts[200], counts
     # auth (session + memberships), tenant, page, count, users, roles, tenants of members
     assert counts[5] <= 8, counts
+
+
+ENTITIES = """query($r: [_Any!]!) { _entities(representations: $r) {
+    ... on Membership { id } ... on User { id displayName } } }"""
+
+
+async def test_entities_cost_the_same_for_3_representations_as_for_40(
+    client: GraphQLClient, server: Server
+) -> None:
+    """A gateway asks ``_entities`` for a whole list at once: lookups by id batch too."""
+    owner, tenant_id = await tenant_with_members(client, 40)
+    r = await client.execute(
+        "{ tenant { members(first: 200) { nodes { id user { id } } } } }",
+        actor=owner,
+        tenant_id=tenant_id,
+    )
+    nodes = r.ok()["tenant"]["members"]["nodes"]
+    counts = {}
+    for n in (3, 40):
+        representations = [{"__typename": "Membership", "id": m["id"]} for m in nodes[:n]] + [
+            {"__typename": "User", "id": m["user"]["id"]} for m in nodes[:n]
+        ]
+        with counting_statements(server) as statements:
+            r = await client.execute(
+                ENTITIES, {"r": representations}, actor=owner, tenant_id=tenant_id
+            )
+        found = r.ok()["_entities"]
+        assert len(found) == 2 * n and all(found), r.body
+        counts[n] = len(statements)
+    assert counts[3] == counts[40], counts

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import exists, select
-
 from coregraph import ids, models
 from coregraph.context import Context
 from coregraph.schema.access import ApiKey, Role
@@ -22,13 +20,7 @@ from coregraph.schema.tenancy import Invitation, Membership, Tenant
 async def _tenant_row(ctx: Context, model: Any, id_: str, prefix: str) -> Any | None:
     if not ids.is_valid(id_, prefix):
         return None
-    tenants = list(ctx.principal.tenant_scopes)
-    if not tenants:
-        return None
-    rows = await ctx.read(
-        select(model.__table__).where(model.id == id_, model.tenant_id.in_(tenants))
-    )
-    return rows[0] if rows else None
+    return await ctx.loaders.rows_of(model).load(id_)
 
 
 async def tenant(ctx: Context, id_: str) -> Tenant | None:
@@ -39,9 +31,7 @@ async def tenant(ctx: Context, id_: str) -> Tenant | None:
 
 
 async def role(ctx: Context, id_: str) -> Role | None:
-    if not ids.is_valid(id_, "rol"):
-        return None
-    row = await ctx.loaders.role.load(id_)
+    row = await _tenant_row(ctx, models.Role, id_, "rol")
     return Role.from_row(row) if row else None
 
 
@@ -73,18 +63,8 @@ async def user(ctx: Context, id_: str) -> User | None:
     if id_ == principal.user_id:
         row = await ctx.loaders.user.load(id_)
         return User.from_row(row, via_tenant_id=principal.tenant_id) if row else None
-    if principal.tenant_id is None:
-        return None
-    member = models.Membership
-    rows = await ctx.read(
-        select(models.User.__table__).where(
-            models.User.id == id_,
-            exists().where(
-                member.user_id == models.User.id, member.tenant_id == principal.tenant_id
-            ),
-        )
-    )
-    return User.from_row(rows[0], via_tenant_id=principal.tenant_id) if rows else None
+    row = await ctx.loaders.addressed_tenant_user.load(id_)
+    return User.from_row(row, via_tenant_id=principal.tenant_id) if row else None
 
 
 BY_TYPE = {

@@ -29,7 +29,7 @@ from coregraph.auth.authenticate import Authenticator
 from coregraph.auth.tokens import TokenService
 from coregraph.errors import CoregraphError
 from coregraph.models import Membership, Role, Tenant, User
-from coregraph.services.uow import RequestMeta
+from coregraph.request import RequestMeta
 from coregraph.settings import load_settings
 
 JSON = "application/json"

@@ -16,8 +16,9 @@ import httpx
 from coregraph import db
 from coregraph.auth import passwords
 from coregraph.auth.principal import ANONYMOUS, Principal, PrincipalKind
+from coregraph.request import RequestMeta
 from coregraph.services import identity, tenancy
-from coregraph.services.uow import RequestMeta, UnitOfWork
+from coregraph.services.uow import UnitOfWork
 from coregraph.settings import Settings
 
 PASSWORD = "bench-correct-horse-battery-staple"

@@ -24,11 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coregraph import db, migrate
+from coregraph.api import CoregraphSchema, build_schema
 from coregraph.auth import passwords
 from coregraph.auth.authenticate import Authenticator
 from coregraph.auth.tokens import TokenService
 from coregraph.http import handle_graphql, method_not_allowed
-from coregraph.schema import CoregraphSchema, build_schema
 from coregraph.services.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from coregraph.settings import Settings, load_settings
 from coregraph.ws import WebSocketRouter

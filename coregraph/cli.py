@@ -72,7 +72,8 @@ async def _with_uow(settings: Settings, fn):  # type: ignore[no-untyped-def]
     from coregraph import db
     from coregraph.auth import passwords
     from coregraph.auth.principal import ANONYMOUS
-    from coregraph.services.uow import SYSTEM_REQUEST, UnitOfWork
+    from coregraph.request import SYSTEM_REQUEST
+    from coregraph.services.uow import UnitOfWork
 
     passwords.configure(
         settings.password_hash_time_cost,
@@ -152,7 +153,7 @@ def create_tenant(
 @app.command("export-schema")
 def export_schema() -> None:
     """Print the federation SDL (what a gateway reads from `_service { sdl }`)."""
-    from coregraph.schema import build_schema
+    from coregraph.api import build_schema
 
     sys.stdout.write(build_schema(_settings()).as_str() + "\n")
 

@@ -20,11 +20,12 @@ from strawberry.extensions import SchemaExtension
 from strawberry.fastapi import BaseContext
 
 from coregraph import db
+from coregraph.auth.permissions import effective_scopes
 from coregraph.auth.principal import Principal
 from coregraph.errors import Forbidden
+from coregraph.request import RequestMeta
 from coregraph.services import ratelimit
-from coregraph.services.access import effective_scopes
-from coregraph.services.uow import RequestMeta, UnitOfWork
+from coregraph.services.uow import UnitOfWork
 
 if TYPE_CHECKING:
     from coregraph.app import Runtime

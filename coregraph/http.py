@@ -22,8 +22,8 @@ from strawberry.types.graphql import OperationType
 
 from coregraph.context import Context
 from coregraph.errors import CoregraphError
+from coregraph.request import RequestMeta
 from coregraph.schema.errors import present
-from coregraph.services.uow import RequestMeta
 
 if TYPE_CHECKING:
     from coregraph.app import Runtime

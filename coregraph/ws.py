@@ -19,7 +19,7 @@ from strawberry.types.unset import UnsetType
 from coregraph.auth.principal import ANONYMOUS
 from coregraph.context import Context
 from coregraph.errors import CoregraphError
-from coregraph.services.uow import RequestMeta
+from coregraph.request import RequestMeta
 
 if TYPE_CHECKING:
     from coregraph.app import Runtime

@@ -9,13 +9,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from coregraph.auth import secrets
-from coregraph.services import access
+from coregraph.auth import permissions, secrets
 from tests.auth_support import all_text_in_db, assert_unauthenticated, db_rows
 from tests.support import Actor, GraphQLClient, Response, Server, unique
 
 BUILTIN_KEYS = {"owner", "admin", "member", "viewer", "billing"}
-ACCESS_SOURCE = Path(access.__file__).read_text()
+ACCESS_SOURCE = Path(permissions.__file__).read_text()
 
 ROLES = "{ tenant { roles { id key name permissions builtin } } }"
 CREATE_ROLE = """mutation($input: CreateRoleInput!) { createRole(input: $input) {
@@ -92,9 +91,9 @@ async def test_a_new_tenant_has_the_builtin_roles(client: GraphQLClient) -> None
     assert {r["key"] for r in roles} == BUILTIN_KEYS
     for role in roles:
         assert role["builtin"] is True
-        assert set(role["permissions"]) == access.BUILTIN_ROLES[role["key"]].permissions
+        assert set(role["permissions"]) == permissions.BUILTIN_ROLES[role["key"]].permissions
     by_key = {r["key"]: set(r["permissions"]) for r in roles}
-    assert by_key["owner"] == set(access.PERMISSION_KEYS)
+    assert by_key["owner"] == set(permissions.PERMISSION_KEYS)
     assert "billing:manage" not in by_key["admin"]
     assert by_key["viewer"] < by_key["member"]
 
@@ -106,9 +105,9 @@ async def test_the_permission_catalog_lists_every_permission(client: GraphQLClie
     assert all(catalog.values())
     # Every permission the access service names anywhere (catalog, built-in roles) is listed.
     named = set(re.findall(r'"([a-z]+:[a-z]+)"', ACCESS_SOURCE))
-    assert named, "no permission names found in coregraph/services/access.py"
+    assert named, "no permission names found in coregraph/auth/permissions.py"
     assert named <= set(catalog), named - set(catalog)
-    assert set(catalog) == set(access.PERMISSION_KEYS)
+    assert set(catalog) == set(permissions.PERMISSION_KEYS)
     assert (await client.execute("{ permissions { key } }")).codes == ["UNAUTHENTICATED"]
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from coregraph.services.access import PERMISSION_KEYS
+from coregraph.auth.permissions import PERMISSION_KEYS
 from tests.support import Actor, GraphQLClient, Response, unique
 
 DENIED = {"FORBIDDEN", "NOT_FOUND"}

@@ -30,9 +30,9 @@ from graphql import (
 )
 from strawberry.federation.schema_directives import RequiresScopes
 
+from coregraph.api import build_schema
 from coregraph.auth.principal import ANONYMOUS, Principal, PrincipalKind
 from coregraph.errors import Forbidden, Unauthenticated
-from coregraph.schema import build_schema
 from coregraph.schema.authorization import (
     declarations_of,
     enforce_declarations,

@@ -17,14 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coregraph import db, ids
 from coregraph.auth import secrets
+from coregraph.auth.permissions import PERMISSION_KEYS, effective_scopes
 from coregraph.auth.principal import ANONYMOUS, Principal, PrincipalKind
 from coregraph.auth.tokens import TokenService, VerifiedToken
 from coregraph.errors import BadUserInput, Forbidden, Unauthenticated
 from coregraph.models import ApiKey, ExternalIdentity, Membership, Role, Session
 from coregraph.models.base import Environment
+from coregraph.request import RequestMeta
 from coregraph.services import identity
-from coregraph.services.access import PERMISSION_KEYS, effective_scopes
-from coregraph.services.uow import RequestMeta, UnitOfWork
+from coregraph.services.uow import UnitOfWork
 from coregraph.settings import Settings
 
 # lastUsedAt is a hint, not a log: writing it at most once a minute keeps reads read-only.

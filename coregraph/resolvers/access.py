@@ -7,6 +7,7 @@ from datetime import datetime
 import strawberry
 from strawberry.federation import field
 
+from coregraph.auth.permissions import PERMISSIONS
 from coregraph.context import Context
 from coregraph.models.base import Environment as EnvironmentValue
 from coregraph.schema.access import ApiKey, Environment, Permission, Role
@@ -66,7 +67,7 @@ class ApiKeyPayload:
 class AccessQuery:
     @field(authenticated=True, description="The permission catalog roles and keys draw from.")
     def permissions(self) -> list[Permission] | None:
-        return [Permission(key=p.key, description=p.description) for p in access.PERMISSIONS]
+        return [Permission(key=p.key, description=p.description) for p in PERMISSIONS]
 
 
 @strawberry.type

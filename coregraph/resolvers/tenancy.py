@@ -10,11 +10,12 @@ import strawberry
 from strawberry.federation import field
 
 from coregraph import models
+from coregraph.auth import permissions
 from coregraph.context import Context
 from coregraph.errors import Forbidden
 from coregraph.schema import lookup
 from coregraph.schema.tenancy import Invitation, Membership, Tenant
-from coregraph.services import access, tenancy
+from coregraph.services import tenancy
 
 Info = strawberry.Info[Context, None]
 
@@ -96,7 +97,9 @@ class TenancyMutation:
             row = await tenancy.create_tenant(
                 uow, name=input.name, slug=input.slug, owner_id=user_id
             )
-        ctx.grant_for_this_request(row.id, access.BUILTIN_ROLES[access.OWNER_ROLE_KEY].permissions)
+        ctx.grant_for_this_request(
+            row.id, permissions.BUILTIN_ROLES[permissions.OWNER_ROLE_KEY].permissions
+        )
         return TenantPayload(tenant=Tenant.from_row(row))
 
     @field(requires_scopes=[["tenant:manage"]])

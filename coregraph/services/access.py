@@ -1,129 +1,23 @@
-"""Permissions, roles and API keys.
+"""Roles and API keys.
 
-The permission catalog is the vocabulary of every ``@requiresScopes`` declaration in the schema;
-a role is a named set of catalog permissions; an API key is a tenant-and-environment-bound
-credential whose scopes never exceed its creator's.
+A role is a named set of permissions from the catalog (``coregraph.auth.permissions``); an API
+key is a tenant-and-environment-bound credential whose scopes never exceed its creator's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, func, select
 
 from coregraph import ids
 from coregraph.auth import secrets
+from coregraph.auth.permissions import BUILTIN_ROLES, PERMISSION_KEYS
 from coregraph.errors import BadUserInput, Conflict, Forbidden
 from coregraph.models import ApiKey, Invitation, Membership, Role
 from coregraph.models.base import Environment
 from coregraph.services import validation
 from coregraph.services.uow import UnitOfWork
-
-
-@dataclass(frozen=True, slots=True)
-class Permission:
-    key: str
-    description: str
-
-
-PERMISSIONS: tuple[Permission, ...] = (
-    Permission("tenant:read", "See the tenant's name, slug and environments."),
-    Permission(
-        "tenant:manage", "Rename the tenant and change its settings (includes tenant:read)."
-    ),
-    Permission("members:read", "List members, their users and roles."),
-    Permission("members:manage", "Invite, remove and re-role members (includes members:read)."),
-    Permission("roles:manage", "Create, change and delete custom roles."),
-    Permission("apikeys:manage", "Issue, list and revoke API keys."),
-    Permission("audit:read", "Read the audit trail."),
-    Permission("events:read", "Read and subscribe to business events."),
-    Permission("events:write", "Publish business events."),
-    Permission("webhooks:manage", "Configure webhook endpoints and replay deliveries."),
-    Permission("files:read", "Read files."),
-    Permission("files:write", "Upload and delete files."),
-    Permission("usage:read", "Read usage records."),
-    Permission("usage:write", "Record usage."),
-    Permission("billing:read", "See plans, entitlements and invoices."),
-    Permission("billing:manage", "Change the plan and billing details (includes billing:read)."),
-    Permission("approvals:review", "Approve or reject sensitive actions."),
-)
-PERMISSION_KEYS: frozenset[str] = frozenset(p.key for p in PERMISSIONS)
-# Managing a thing includes seeing it: a credential that may change a member's role may read
-# the membership it changed (the mutation's payload). Write permissions on data (events:write,
-# files:write, usage:write) do not include reading it: write-only keys are a use of their own.
-IMPLIED: dict[str, str] = {
-    "tenant:manage": "tenant:read",
-    "members:manage": "members:read",
-    "billing:manage": "billing:read",
-}
-
-
-def with_implied(permissions: frozenset[str]) -> frozenset[str]:
-    """``permissions`` and the ones they include (``IMPLIED``)."""
-    return permissions | {IMPLIED[p] for p in permissions if p in IMPLIED}
-
-
-def effective_scopes(permissions: frozenset[str], limit: frozenset[str] | None) -> frozenset[str]:
-    """What a credential may do in a tenant: the role's (or key creator's) ``permissions``,
-    narrowed by the credential's own ``limit`` (a token's scope claim, a key's scopes) when it
-    has one, each with what it includes."""
-    granted = with_implied(permissions)
-    return granted if limit is None else with_implied(granted & limit)
-
-
-@dataclass(frozen=True, slots=True)
-class BuiltinRole:
-    key: str
-    name: str
-    description: str
-    permissions: frozenset[str]
-
-
-_ALL = PERMISSION_KEYS
-BUILTIN_ROLES: dict[str, BuiltinRole] = {
-    r.key: r
-    for r in (
-        BuiltinRole("owner", "Owner", "Everything, including billing and ownership.", _ALL),
-        BuiltinRole(
-            "admin",
-            "Admin",
-            "Everything except billing management.",
-            _ALL - {"billing:manage"},
-        ),
-        BuiltinRole(
-            "member",
-            "Member",
-            "Works with the tenant's data.",
-            frozenset(
-                {
-                    "tenant:read",
-                    "members:read",
-                    "events:read",
-                    "events:write",
-                    "files:read",
-                    "files:write",
-                    "usage:read",
-                }
-            ),
-        ),
-        BuiltinRole(
-            "viewer",
-            "Viewer",
-            "Reads the tenant's data.",
-            frozenset({"tenant:read", "members:read", "events:read", "files:read", "usage:read"}),
-        ),
-        BuiltinRole(
-            "billing",
-            "Billing",
-            "Manages plans and billing.",
-            frozenset(
-                {"tenant:read", "members:read", "usage:read", "billing:read", "billing:manage"}
-            ),
-        ),
-    )
-}
-OWNER_ROLE_KEY = "owner"
 
 
 def check_permissions(values: list[str], field: str) -> list[str]:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 
 from coregraph import ids
-from coregraph.auth import secrets
+from coregraph.auth import permissions, secrets
 from coregraph.errors import BadUserInput, Conflict, Forbidden, NotFound
 from coregraph.models import Invitation, Membership, Role, Tenant, User
 from coregraph.services import access, validation
@@ -41,7 +41,7 @@ async def create_tenant(uow: UnitOfWork, *, name: str, slug: str, owner_id: str)
     roles = access.builtin_role_rows(tenant.id)
     uow.session.add_all(roles)
     await uow.session.flush()
-    owner_role = next(r for r in roles if r.key == access.OWNER_ROLE_KEY)
+    owner_role = next(r for r in roles if r.key == permissions.OWNER_ROLE_KEY)
     membership = Membership(
         id=ids.new_id("mem"), tenant_id=tenant.id, user_id=owner_id, role_id=owner_role.id
     )
@@ -107,7 +107,7 @@ async def _owner_count(uow: UnitOfWork, tenant_id: str) -> int:
         select(func.count())
         .select_from(Membership)
         .join(Role, Role.id == Membership.role_id)
-        .where(Membership.tenant_id == tenant_id, Role.key == access.OWNER_ROLE_KEY)
+        .where(Membership.tenant_id == tenant_id, Role.key == permissions.OWNER_ROLE_KEY)
     )
     return int(count or 0)
 
@@ -122,7 +122,7 @@ async def acting_user_is_owner(uow: UnitOfWork, tenant_id: str) -> bool:
         .join(Membership, Membership.role_id == Role.id)
         .where(Membership.tenant_id == tenant_id, Membership.user_id == user_id)
     )
-    return key == access.OWNER_ROLE_KEY
+    return key == permissions.OWNER_ROLE_KEY
 
 
 async def _guard_owner_change(
@@ -130,14 +130,14 @@ async def _guard_owner_change(
 ) -> Role:
     role = await uow.session.get(Role, membership.role_id)
     assert role is not None
-    touches_owner = role.key == access.OWNER_ROLE_KEY or (
-        new_role is not None and new_role.key == access.OWNER_ROLE_KEY
+    touches_owner = role.key == permissions.OWNER_ROLE_KEY or (
+        new_role is not None and new_role.key == permissions.OWNER_ROLE_KEY
     )
     # Only an owner may make or unmake owners (an admin cannot take over the tenant).
     if touches_owner and not await acting_user_is_owner(uow, tenant_id):
         raise Forbidden("only an owner can grant or remove the owner role", field="role")
-    if role.key == access.OWNER_ROLE_KEY and (
-        new_role is None or new_role.key != access.OWNER_ROLE_KEY
+    if role.key == permissions.OWNER_ROLE_KEY and (
+        new_role is None or new_role.key != permissions.OWNER_ROLE_KEY
     ):
         if await _owner_count(uow, tenant_id) <= 1:
             raise Conflict(
@@ -191,7 +191,7 @@ async def invite_member(
     """Create a single-use invitation. coregraph sends no email: the inviter gets the link."""
     email = validation.email(email)
     role = await access.get_role_by_key(uow, tenant_id, role_key)
-    if role.key == access.OWNER_ROLE_KEY and not await acting_user_is_owner(uow, tenant_id):
+    if role.key == permissions.OWNER_ROLE_KEY and not await acting_user_is_owner(uow, tenant_id):
         raise Forbidden("only an owner can invite an owner", field="role")
     already = await uow.session.scalar(
         select(Membership.id)

@@ -8,7 +8,6 @@ here as further ``record_*`` methods, so they commit or roll back with the chang
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -20,6 +19,7 @@ from coregraph.auth.principal import Principal
 from coregraph.errors import CoregraphError
 from coregraph.models import AuditEntry
 from coregraph.models.base import Environment
+from coregraph.request import RequestMeta
 
 REDACTED = "[redacted]"
 SECRET_FIELDS = frozenset(
@@ -34,18 +34,6 @@ SECRET_FIELDS = frozenset(
         "refresh_token_hash",
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class RequestMeta:
-    """Where a change came from; copied onto every audit entry."""
-
-    request_id: str | None = None
-    ip: str | None = None
-    user_agent: str | None = None
-
-
-SYSTEM_REQUEST = RequestMeta(request_id=None, ip=None, user_agent="coregraph-cli")
 
 
 def diff(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> dict[str, Any]:

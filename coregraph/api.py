@@ -1,0 +1,153 @@
+"""The one federation schema, assembled: the domain types of ``coregraph.schema``, the root
+operations of ``coregraph.resolvers``, the abuse limits and the authorization enforcement.
+
+It sits above both packages, so neither imports the other through it."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable
+from functools import partial
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError, NoSchemaIntrospectionCustomRule
+from strawberry.extensions import (
+    AddValidationRules,
+    MaxTokensLimiter,
+    ParserCache,
+    ValidationCache,
+    max_aliases,
+    query_depth_limiter,
+)
+from strawberry.federation.schema import FederationAny
+from strawberry.tools import merge_types
+
+from coregraph.context import OperationCaches
+from coregraph.errors import BadUserInput, NotFound
+from coregraph.resolvers.access import AccessMutation, AccessQuery
+from coregraph.resolvers.identity import IdentityMutation, IdentityQuery
+from coregraph.resolvers.node import NodeQuery
+from coregraph.resolvers.tenancy import TenancyMutation, TenancyQuery
+from coregraph.schema.access import ApiKey, Permission, Role
+from coregraph.schema.audit import AuditEntry
+from coregraph.schema.authorization import enforce_declarations
+from coregraph.schema.errors import error_extension
+from coregraph.schema.execution import CoregraphExecutor, install_fast_resolvers
+from coregraph.schema.identity import User
+from coregraph.schema.tenancy import Invitation, Membership, Tenant
+from coregraph.settings import Settings
+
+# The highest Federation version that both Apollo's and The Guild's composition accept (2.9);
+# it has @authenticated/@requiresScopes (2.5) and @policy (2.6).
+FEDERATION_VERSION = "2.9"
+
+Query = merge_types("Query", (IdentityQuery, TenancyQuery, AccessQuery, NodeQuery))
+Mutation = merge_types("Mutation", (IdentityMutation, TenancyMutation, AccessMutation))
+
+ENTITY_TYPES = [Tenant, User, Membership, Role, ApiKey, Invitation, AuditEntry, Permission]
+
+
+def _found(result: Any) -> Any:
+    """An entity that did not resolve is an error, not a silent null: NOT_FOUND, the same answer
+    as ``node(id:)`` for "does not exist" and "not yours" (DESIGN.md, Errors)."""
+    if inspect.isawaitable(result):
+        return _await_found(result)
+    if result is None:
+        return NotFound("no object with this id", field="representations")
+    return result
+
+
+async def _await_found(result: Awaitable[Any]) -> Any:
+    return _found(await result)
+
+
+def _entity_keys() -> dict[str, frozenset[str]]:
+    """Each entity type's key fields (from its ``@key`` directives), by type name."""
+    from strawberry.federation.schema_directives import Key
+
+    keys: dict[str, frozenset[str]] = {}
+    for type_ in ENTITY_TYPES:
+        definition = type_.__strawberry_definition__  # type: ignore[attr-defined]
+        for directive in definition.directives or ():
+            if isinstance(directive, Key):
+                keys[definition.name] = frozenset(str(directive.fields).split())
+    return keys
+
+
+_ENTITY_KEYS = _entity_keys()
+
+
+def _representation_problem(representation: Any) -> str | None:
+    """Why a client-supplied ``_entities`` representation is unusable, or None. Without this
+    check strawberry fails on it with an internal error (an unknown ``__typename``, a field that
+    is not the key), and one bad item fails the whole list."""
+    if not isinstance(representation, dict):
+        return "must be an object"
+    keys = _ENTITY_KEYS.get(representation.get("__typename"))  # type: ignore[arg-type]
+    if keys is None:
+        return "__typename must name an entity type"
+    given = representation.keys() - {"__typename"}
+    if given != keys or not all(isinstance(representation[k], str) for k in keys):
+        return f"give exactly the key fields {sorted(keys)}, as strings"
+    return None
+
+
+class CoregraphSchema(strawberry.federation.Schema):
+    def entities_resolver(
+        self, info: strawberry.Info, representations: list[FederationAny]
+    ) -> list[FederationAny]:
+        # graphql-core raises an Exception returned as a list item, so each unusable or
+        # unresolved representation becomes null with its own error at ``_entities.<index>``.
+        results: list[Any] = [None] * len(representations)
+        usable: list[int] = []
+        for index, representation in enumerate(representations):
+            problem = _representation_problem(representation)
+            if problem is None:
+                usable.append(index)
+            else:
+                results[index] = BadUserInput(
+                    f"representations[{index}]: {problem}", field="representations"
+                )
+        resolved = super().entities_resolver(info, [representations[i] for i in usable])
+        for index, result in zip(usable, resolved, strict=True):
+            results[index] = _found(result)
+        return results
+
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        """Errors are classified and logged once, in ``schema.errors``; expected ones
+        (FORBIDDEN, BAD_USER_INPUT, ...) are not stack traces worth logging."""
+
+
+def build_schema(settings: Settings) -> CoregraphSchema:
+    # Factories: strawberry builds each extension per operation; the parser and validation
+    # caches themselves live at module level, shared by every request. The validation cache is
+    # keyed by the rule classes too, so the depth and alias rules are built once, here:
+    # strawberry's QueryDepthLimiter and MaxAliasesLimiter build new ones per operation, and
+    # then no lookup ever hits.
+    limits: list[Any] = [
+        query_depth_limiter.create_validator(settings.max_query_depth, None),
+        max_aliases.create_validator(settings.max_aliases),
+    ]
+    if not settings.introspection_enabled:
+        limits.append(NoSchemaIntrospectionCustomRule)
+    extensions: list[Any] = [
+        OperationCaches,
+        error_extension(settings.suggestions_enabled),
+        partial(ParserCache, maxsize=1024),
+        partial(ValidationCache, maxsize=1024),
+        partial(AddValidationRules, limits),
+        partial(MaxTokensLimiter, max_token_count=settings.max_tokens),
+    ]
+    schema = CoregraphSchema(
+        query=Query,
+        mutation=Mutation,
+        types=ENTITY_TYPES,
+        extensions=extensions,
+        federation_version=FEDERATION_VERSION,  # type: ignore[arg-type]
+        execution_context_class=CoregraphExecutor,
+    )
+    # Leaner resolvers first: a declared field's guard then wraps one.
+    install_fast_resolvers(schema._schema, schema.config.info_class)
+    enforce_declarations(schema._schema)
+    return schema

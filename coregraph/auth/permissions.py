@@ -1,0 +1,116 @@
+"""The permission catalog and scope arithmetic: the vocabulary of every ``@requiresScopes``
+declaration in the schema, the built-in roles drawn from it, and how a role's permissions, a
+credential's own limit and what each permission includes combine into effective scopes.
+
+Pure data and functions (no database): authentication, the context, services and the schema
+all lean on this one module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Permission:
+    key: str
+    description: str
+
+
+PERMISSIONS: tuple[Permission, ...] = (
+    Permission("tenant:read", "See the tenant's name, slug and environments."),
+    Permission(
+        "tenant:manage", "Rename the tenant and change its settings (includes tenant:read)."
+    ),
+    Permission("members:read", "List members, their users and roles."),
+    Permission("members:manage", "Invite, remove and re-role members (includes members:read)."),
+    Permission("roles:manage", "Create, change and delete custom roles."),
+    Permission("apikeys:manage", "Issue, list and revoke API keys."),
+    Permission("audit:read", "Read the audit trail."),
+    Permission("events:read", "Read and subscribe to business events."),
+    Permission("events:write", "Publish business events."),
+    Permission("webhooks:manage", "Configure webhook endpoints and replay deliveries."),
+    Permission("files:read", "Read files."),
+    Permission("files:write", "Upload and delete files."),
+    Permission("usage:read", "Read usage records."),
+    Permission("usage:write", "Record usage."),
+    Permission("billing:read", "See plans, entitlements and invoices."),
+    Permission("billing:manage", "Change the plan and billing details (includes billing:read)."),
+    Permission("approvals:review", "Approve or reject sensitive actions."),
+)
+PERMISSION_KEYS: frozenset[str] = frozenset(p.key for p in PERMISSIONS)
+# Managing a thing includes seeing it: a credential that may change a member's role may read
+# the membership it changed (the mutation's payload). Write permissions on data (events:write,
+# files:write, usage:write) do not include reading it: write-only keys are a use of their own.
+IMPLIED: dict[str, str] = {
+    "tenant:manage": "tenant:read",
+    "members:manage": "members:read",
+    "billing:manage": "billing:read",
+}
+
+
+def with_implied(permissions: frozenset[str]) -> frozenset[str]:
+    """``permissions`` and the ones they include (``IMPLIED``)."""
+    return permissions | {IMPLIED[p] for p in permissions if p in IMPLIED}
+
+
+def effective_scopes(permissions: frozenset[str], limit: frozenset[str] | None) -> frozenset[str]:
+    """What a credential may do in a tenant: the role's (or key creator's) ``permissions``,
+    narrowed by the credential's own ``limit`` (a token's scope claim, a key's scopes) when it
+    has one, each with what it includes."""
+    granted = with_implied(permissions)
+    return granted if limit is None else with_implied(granted & limit)
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltinRole:
+    key: str
+    name: str
+    description: str
+    permissions: frozenset[str]
+
+
+_ALL = PERMISSION_KEYS
+BUILTIN_ROLES: dict[str, BuiltinRole] = {
+    r.key: r
+    for r in (
+        BuiltinRole("owner", "Owner", "Everything, including billing and ownership.", _ALL),
+        BuiltinRole(
+            "admin",
+            "Admin",
+            "Everything except billing management.",
+            _ALL - {"billing:manage"},
+        ),
+        BuiltinRole(
+            "member",
+            "Member",
+            "Works with the tenant's data.",
+            frozenset(
+                {
+                    "tenant:read",
+                    "members:read",
+                    "events:read",
+                    "events:write",
+                    "files:read",
+                    "files:write",
+                    "usage:read",
+                }
+            ),
+        ),
+        BuiltinRole(
+            "viewer",
+            "Viewer",
+            "Reads the tenant's data.",
+            frozenset({"tenant:read", "members:read", "events:read", "files:read", "usage:read"}),
+        ),
+        BuiltinRole(
+            "billing",
+            "Billing",
+            "Manages plans and billing.",
+            frozenset(
+                {"tenant:read", "members:read", "usage:read", "billing:read", "billing:manage"}
+            ),
+        ),
+    )
+}
+OWNER_ROLE_KEY = "owner"

@@ -2,7 +2,7 @@
 
 ``/graphql``: POST and GET (``coregraph.http``), WebSocket graphql-transport-ws (strawberry's
 router); ``/healthz`` (the process is up) and ``/readyz`` (database reachable, migrations current,
-Redis reachable when configured).
+Redis reachable when configured); ``/invitations/accept`` (the page invitation links open).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from coregraph.auth import passwords
 from coregraph.auth.authenticate import Authenticator
 from coregraph.auth.tokens import TokenService
 from coregraph.http import handle_graphql, method_not_allowed
+from coregraph.invitation_page import invitation_page
 from coregraph.services.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from coregraph.settings import Settings, load_settings
 from coregraph.ws import WebSocketRouter
@@ -165,6 +166,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     async def graphql_other_methods(request: Request) -> Response:
         return method_not_allowed(request)
+
+    app.add_api_route("/invitations/accept", invitation_page, include_in_schema=False)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -22,7 +22,7 @@ from strawberry.types.graphql import OperationType
 
 from coregraph.context import Context
 from coregraph.errors import CoregraphError
-from coregraph.request import RequestMeta
+from coregraph.request import RequestMeta, served_base_url
 from coregraph.schema.errors import present
 
 if TYPE_CHECKING:
@@ -162,6 +162,7 @@ async def handle_graphql(request: Request, runtime: Runtime) -> Response:
         request_id=request_id,
         ip=request.client.host if request.client else None,
         user_agent=(request.headers.get("user-agent") or "")[:400] or None,
+        base_url=served_base_url(request.base_url),
     )
     try:
         principal = await runtime.authenticator.authenticate(

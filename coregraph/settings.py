@@ -39,10 +39,14 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    public_url: str = "http://127.0.0.1:8000"
+    # Base of the links coregraph hands out (invitations). Unset: the address each request
+    # reached (its scheme and Host), so links work wherever coregraph is served directly. Set it
+    # when clients reach coregraph through something that rewrites Host (a gateway, a proxy).
+    public_url: str | None = Field(None, pattern=r"^https?://[^\s?#]+$")
     # Browser origins allowed to call the API (portals on another origin), as a JSON list.
     cors_origins: list[str] = Field(default_factory=list)
-    # Where an invitation link points; the edge app that renders it owns the page.
+    # Where an invitation link points: coregraph's own accept page by default
+    # (coregraph/invitation_page.py), or an edge app's page that follows the same contract.
     invitation_url_template: str = "{public_url}/invitations/accept?token={token}"
 
     # coregraph's own tokens: one key, one algorithm (RFC 8725).
@@ -98,6 +102,12 @@ class Settings(BaseSettings):
         if value.startswith("postgresql://"):
             value = "postgresql+asyncpg://" + value.removeprefix("postgresql://")
         return value
+
+    @field_validator("public_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Compose files pass `${COREGRAPH_PUBLIC_URL:-}`: empty means "the address served".
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _production_is_safe(self) -> Settings:

@@ -19,7 +19,7 @@ from strawberry.types.unset import UnsetType
 from coregraph.auth.principal import ANONYMOUS
 from coregraph.context import Context
 from coregraph.errors import CoregraphError
-from coregraph.request import RequestMeta
+from coregraph.request import RequestMeta, served_base_url
 
 if TYPE_CHECKING:
     from coregraph.app import Runtime
@@ -42,6 +42,7 @@ class WebSocketRouter(GraphQLRouter[Context, None]):
                 request_id=websocket.scope.get("state", {}).get("request_id"),
                 ip=websocket.client.host if websocket.client else None,
                 user_agent=(websocket.headers.get("user-agent") or "")[:400] or None,
+                base_url=served_base_url(websocket.base_url),
             )
             context = Context(runtime, ANONYMOUS, meta, hold_connection=False)
             context.handshake_headers = websocket.headers

@@ -239,7 +239,8 @@ async def invite_member(
         target_id=invitation.id,
         after=invitation_snapshot(invitation, role.key),
     )
-    url = settings.invitation_url_template.format(public_url=settings.public_url, token=token)
+    base = settings.public_url or uow.meta.base_url or f"http://{settings.host}:{settings.port}"
+    url = settings.invitation_url_template.format(public_url=base.rstrip("/"), token=token)
     return IssuedInvitation(invitation, token, url)
 
 

@@ -29,13 +29,10 @@ from coregraph.resolvers.access import AccessMutation, AccessQuery
 from coregraph.resolvers.identity import IdentityMutation, IdentityQuery
 from coregraph.resolvers.node import NodeQuery
 from coregraph.resolvers.tenancy import TenancyMutation, TenancyQuery
-from coregraph.schema.access import ApiKey, Permission, Role
-from coregraph.schema.audit import AuditEntry
 from coregraph.schema.authorization import enforce_declarations
 from coregraph.schema.errors import error_extension
 from coregraph.schema.execution import CoregraphExecutor, install_fast_resolvers
-from coregraph.schema.identity import User
-from coregraph.schema.tenancy import Invitation, Membership, Tenant
+from coregraph.schema.lookup import ENTITIES
 from coregraph.settings import Settings
 
 # The highest Federation version that both Apollo's and The Guild's composition accept (2.9);
@@ -45,7 +42,9 @@ FEDERATION_VERSION = "2.9"
 Query = merge_types("Query", (IdentityQuery, TenancyQuery, AccessQuery, NodeQuery))
 Mutation = merge_types("Mutation", (IdentityMutation, TenancyMutation, AccessMutation))
 
-ENTITY_TYPES = [Tenant, User, Membership, Role, ApiKey, Invitation, AuditEntry, Permission]
+# Every type declared with ``@entity`` (``schema.lookup``); importing the resolvers above
+# imported every domain's types.
+ENTITY_TYPES = list(ENTITIES.values())
 
 
 def _found(result: Any) -> Any:

@@ -8,7 +8,11 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from coregraph.models.base import RowSecurity
 from coregraph.settings import Settings
+
+_TENANTS = "string_to_array(current_setting('app.tenant_ids', true), ',')"
+ROW_SECURITY_POLICY = "tenant_wall"
 
 
 def create_engine(settings: Settings, *, as_owner: bool = False) -> AsyncEngine:
@@ -62,6 +66,34 @@ async def scope_transaction(
             "api_key_hash": api_key_hash or "",
             "invitation_token_hash": invitation_token_hash or "",
         },
+    )
+
+
+def row_security_statements(table: str, security: RowSecurity) -> list[str]:
+    """PostgreSQL statements that wall ``table`` as ``security`` declares (idempotent).
+
+    Migrations run them when they create a tenant-owned table or change its declaration. The
+    policy's comment records the declaration it was built from, so a test can tell a model
+    whose declaration changed without a migration (``tests/test_row_level_security.py``).
+    """
+    wall = f"{security.tenant_column} = ANY ({_TENANTS})"
+    visible = f"{wall} OR {security.also_visible}" if security.also_visible else wall
+    writable = f"{wall} OR {security.also_writable}" if security.also_writable else wall
+    comment = describe_row_security(security).replace("'", "''")
+    return [
+        f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
+        # Owners bypass row-level security unless it is forced.
+        f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY",
+        f"DROP POLICY IF EXISTS {ROW_SECURITY_POLICY} ON {table}",
+        f"CREATE POLICY {ROW_SECURITY_POLICY} ON {table} USING ({visible}) WITH CHECK ({writable})",
+        f"COMMENT ON POLICY {ROW_SECURITY_POLICY} ON {table} IS '{comment}'",
+    ]
+
+
+def describe_row_security(security: RowSecurity) -> str:
+    return (
+        f"tenant_column={security.tenant_column}; also_visible={security.also_visible or ''}; "
+        f"also_writable={security.also_writable or ''}"
     )
 
 

@@ -13,6 +13,7 @@ from aiodataloader import DataLoader
 from sqlalchemy import Row, exists, select
 
 from coregraph.models import Membership, Role, Tenant, User
+from coregraph.schema.readable import readable
 
 if TYPE_CHECKING:
     from coregraph.context import Context
@@ -49,11 +50,10 @@ def _loader(fn: Callable[[Any], Awaitable[list[Any]]]) -> DataLoader:
 class Loaders:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
-        self._tenants = frozenset(ctx.principal.tenant_scopes)
         self._by_model: dict[Any, DataLoader] = {}
         self.user = _loader(self._users)
         self.role = self.rows_of(Role)
-        self.tenant = _loader(self._tenant_rows)
+        self.tenant = self.rows_of(Tenant)
         self.memberships_of_user = _loader(self._memberships_of_users)
         self.addressed_tenant_user = _loader(self._addressed_tenant_users)
 
@@ -64,13 +64,10 @@ class Loaders:
         if loader is None:
 
             async def load(keys: Sequence[str]) -> list[Any]:
-                if not self._tenants:
+                principal = self._ctx.principal
+                if not principal.tenant_scopes:
                     return [None] * len(keys)
-                rows = await self._ctx.read(
-                    select(model.__table__).where(
-                        model.id.in_(keys), model.tenant_id.in_(self._tenants)
-                    )
-                )
+                rows = await self._ctx.read(readable(principal, model).where(model.id.in_(keys)))
                 return _by_id(rows, keys)
 
             loader = self._by_model[model] = _loader(load)
@@ -95,17 +92,10 @@ class Loaders:
         )
         return _by_id(rows, keys)
 
-    async def _tenant_rows(self, keys: Sequence[str]) -> list[Any]:
-        wanted = [k for k in keys if k in self._tenants]
-        if not wanted:
-            return [None] * len(keys)
-        rows = await self._ctx.read(select(Tenant.__table__).where(Tenant.id.in_(wanted)))
-        return _by_id(rows, keys)
-
     async def _memberships_of_users(self, keys: Sequence[str]) -> list[list[Any]]:
         rows = await self._ctx.read(
-            select(Membership.__table__)
-            .where(Membership.user_id.in_(keys), Membership.tenant_id.in_(self._tenants))
+            readable(self._ctx.principal, Membership)
+            .where(Membership.user_id.in_(keys))
             .order_by(Membership.id)
         )
         grouped: dict[str, list[Any]] = {k: [] for k in keys}

@@ -8,7 +8,25 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from coregraph import db
+from coregraph.models import Base
+from coregraph.models.base import TenantOwned, tenant_owned_models
 from tests.support import GraphQLClient, Server
+
+TENANT_OWNED = {model.__tablename__: model for model in tenant_owned_models()}
+
+
+def test_every_table_with_a_tenant_column_is_declared_tenant_owned() -> None:
+    """A new table that holds tenant data must say so, or it would miss the wall below."""
+    undeclared = [
+        mapper.class_.__tablename__
+        for mapper in Base.registry.mappers
+        if "tenant_id" in mapper.class_.__table__.columns
+        and not issubclass(mapper.class_, TenantOwned)
+    ]
+    assert not undeclared, f"tenant data without a TenantOwned declaration: {undeclared}"
+    assert {"tenants", "memberships", "roles", "invitations", "api_keys", "audit_entries"} <= set(
+        TENANT_OWNED
+    )
 
 
 @pytest.fixture
@@ -33,7 +51,7 @@ async def test_unfiltered_queries_see_only_the_scoped_tenant(
         async with engine.connect() as conn:
             role = await conn.scalar(text("SELECT current_user"))
             assert role == server.settings.database_role
-            for table in ("tenants", "memberships", "roles", "api_keys", "audit_entries"):
+            for table in TENANT_OWNED:
                 unscoped = await conn.scalar(text(f"SELECT count(*) FROM {table}"))
                 assert unscoped == 0, f"{table} is readable without a tenant scope"
             await conn.rollback()
@@ -43,15 +61,17 @@ async def test_unfiltered_queries_see_only_the_scoped_tenant(
             await db.scope_transaction(conn, tenant_ids=[tenant_a])
             seen = {
                 table: set(
-                    (await conn.execute(text(f"SELECT DISTINCT {column} FROM {table}"))).scalars()
+                    (
+                        await conn.execute(
+                            text(f"SELECT DISTINCT {column} FROM {table}"),
+                        )
+                    ).scalars()
                 )
                 for table, column in (
-                    ("tenants", "id"),
-                    ("memberships", "tenant_id"),
-                    ("roles", "tenant_id"),
-                    ("api_keys", "tenant_id"),
-                    ("audit_entries", "tenant_id"),
+                    (name, model.__row_security__.tenant_column)
+                    for name, model in TENANT_OWNED.items()
                 )
+                if table != "invitations"  # the arrange step sent none
             }
             assert all(values == {tenant_a} for values in seen.values()), seen
             with pytest.raises(DBAPIError, match="row-level security"):
@@ -76,3 +96,31 @@ async def test_unfiltered_queries_see_only_the_scoped_tenant(
 
     r = await client.execute("{ tenant { name } }", actor=owner_b, tenant_id=tenant_b)
     assert r.ok()["tenant"]["name"] != "taken over"
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_every_tenant_owned_table_is_walled_as_its_model_declares(server: Server) -> None:
+    engine = db.create_engine(server.settings, as_owner=True)
+    try:
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity,"
+                        " obj_description(p.oid, 'pg_policy') AS declared"
+                        " FROM pg_class c LEFT JOIN pg_policy p"
+                        " ON p.polrelid = c.oid AND p.polname = :policy"
+                        " WHERE c.relname = ANY(:tables)"
+                    ),
+                    {"policy": db.ROW_SECURITY_POLICY, "tables": list(TENANT_OWNED)},
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+    found = {row.relname: row for row in rows}
+    assert set(found) == set(TENANT_OWNED)
+    for table, model in TENANT_OWNED.items():
+        row = found[table]
+        assert row.relrowsecurity and row.relforcerowsecurity, f"{table} is not walled"
+        # A declaration changed in a model without a migration that applies it shows here.
+        assert row.declared == db.describe_row_security(model.__row_security__), table

@@ -11,6 +11,8 @@ from coregraph.models.base import (
     Base,
     Environment,
     JSONDocument,
+    RowSecurity,
+    TenantOwned,
     Timestamped,
     UTCDateTime,
     environment_column,
@@ -18,11 +20,17 @@ from coregraph.models.base import (
 )
 
 
-class Role(Timestamped, Base):
+class Role(TenantOwned, Timestamped, Base):
     """Built-in roles are copied into every tenant at creation (``builtin``), so a membership
     always points at a row of its own tenant; custom roles are created per tenant."""
 
     __tablename__ = "roles"
+    __id_prefix__ = "rol"
+    # A user reads the roles of their own memberships before a tenant is addressed.
+    __row_security__ = RowSecurity(
+        also_visible="id IN (SELECT role_id FROM memberships"
+        " WHERE user_id = current_setting('app.user_id', true))"
+    )
     __table_args__ = (UniqueConstraint("tenant_id", "key"),)
 
     id: Mapped[str] = id_column()
@@ -35,8 +43,14 @@ class Role(Timestamped, Base):
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
-class ApiKey(Timestamped, Base):
+class ApiKey(TenantOwned, Timestamped, Base):
     __tablename__ = "api_keys"
+    __id_prefix__ = "key"
+    # Authentication finds a key by the hash of the secret it was shown, before any tenant.
+    __row_security__ = RowSecurity(
+        also_visible="secret_hash = current_setting('app.api_key_hash', true)",
+        also_writable="secret_hash = current_setting('app.api_key_hash', true)",
+    )
     __table_args__ = (Index("ix_api_keys_tenant_env_id", "tenant_id", "environment", "id"),)
 
     id: Mapped[str] = id_column()

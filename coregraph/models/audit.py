@@ -11,14 +11,20 @@ from coregraph.models.base import (
     Base,
     Environment,
     JSONDocument,
+    RowSecurity,
+    TenantOwned,
     Timestamped,
     environment_column,
     id_column,
 )
 
 
-class AuditEntry(Timestamped, Base):
+class AuditEntry(TenantOwned, Timestamped, Base):
     __tablename__ = "audit_entries"
+    __id_prefix__ = "aud"
+    # Entries outside any tenant (sign-up, login) are written by anyone and read by no one
+    # through the tenant wall.
+    __row_security__ = RowSecurity(also_writable="tenant_id IS NULL")
     __table_args__ = (Index("ix_audit_entries_tenant_env_id", "tenant_id", "environment", "id"),)
 
     id: Mapped[str] = id_column()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import JSON, DateTime, MetaData, String, TypeDecorator
 from sqlalchemy.dialects.postgresql import JSONB
@@ -52,6 +53,57 @@ class Environment(enum.StrEnum):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+    # The entity's id prefix (``coregraph.ids``): ``rol`` makes ids ``rol_…``, and routes
+    # ``node(id:)``. Every table with an ``id`` column of its own declares one.
+    __id_prefix__: ClassVar[str | None] = None
+
+
+@dataclass(frozen=True, slots=True)
+class RowSecurity:
+    """How PostgreSQL row-level security walls a tenant-owned table (the second wall, DESIGN.md).
+
+    A row is visible and writable when its ``tenant_column`` names one of the transaction's
+    tenants (``app.tenant_ids``, set by ``coregraph.db.scope_transaction``). ``also_visible`` /
+    ``also_writable`` are SQL conditions OR-ed to that, for the few rows a step must reach
+    before it has a tenant (an API key by its hash, your own memberships). The migration that
+    creates or changes the table applies this declaration with ``coregraph.migrations.rls``.
+    """
+
+    tenant_column: str = "tenant_id"
+    also_visible: str | None = None
+    also_writable: str | None = None
+
+
+class TenantOwned:
+    """Mixin for the tables whose rows belong to one tenant.
+
+    Declaring it is what makes a table tenant-owned everywhere: row-level security on
+    PostgreSQL (``__row_security__``), reads through ``coregraph.schema.readable``, lookups by
+    id only among the principal's tenants (``coregraph.schema.entities``), and the tests that
+    check each of those take their table list from here (``tenant_owned_tables``).
+    """
+
+    __row_security__: ClassVar[RowSecurity] = RowSecurity()
+
+
+def tenant_owned_models() -> list[type[Any]]:
+    """Every mapped model that declares ``TenantOwned``, in table-name order."""
+    found = [m.class_ for m in Base.registry.mappers if issubclass(m.class_, TenantOwned)]
+    return sorted(found, key=lambda model: model.__tablename__)
+
+
+def entity_prefixes() -> dict[str, str]:
+    """Id prefix -> model (and GraphQL type) name, for every model that declares one."""
+    prefixes: dict[str, str] = {}
+    for mapper in Base.registry.mappers:
+        prefix = mapper.class_.__id_prefix__
+        if prefix is None:
+            continue
+        if prefix in prefixes:
+            raise ValueError(f"id prefix {prefix!r} declared twice")
+        prefixes[prefix] = mapper.class_.__name__
+    return prefixes
 
 
 class Timestamped:

@@ -12,6 +12,7 @@ from coregraph.models.base import Base, Timestamped, UTCDateTime, id_column
 
 class User(Timestamped, Base):
     __tablename__ = "users"
+    __id_prefix__ = "usr"
 
     id: Mapped[str] = id_column()
     email: Mapped[str] = mapped_column(String(254), unique=True, nullable=False)
@@ -28,6 +29,7 @@ class Session(Timestamped, Base):
     """
 
     __tablename__ = "sessions"
+    __id_prefix__ = "ses"
 
     id: Mapped[str] = id_column()
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True, nullable=False)
@@ -54,6 +56,7 @@ class ExternalIdentity(Timestamped, Base):
     """Maps an external issuer's subject to a coregraph user (no second password)."""
 
     __tablename__ = "external_identities"
+    __id_prefix__ = "ext"
     __table_args__ = (UniqueConstraint("issuer", "subject"),)
 
     id: Mapped[str] = id_column()

@@ -7,11 +7,20 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from coregraph.models.base import Base, Timestamped, UTCDateTime, id_column
+from coregraph.models.base import (
+    Base,
+    RowSecurity,
+    TenantOwned,
+    Timestamped,
+    UTCDateTime,
+    id_column,
+)
 
 
-class Tenant(Timestamped, Base):
+class Tenant(TenantOwned, Timestamped, Base):
     __tablename__ = "tenants"
+    __id_prefix__ = "ten"
+    __row_security__ = RowSecurity(tenant_column="id")
 
     id: Mapped[str] = id_column()
     slug: Mapped[str] = mapped_column(String(63), unique=True, nullable=False)
@@ -23,8 +32,11 @@ class Tenant(Timestamped, Base):
         return self.id
 
 
-class Membership(Timestamped, Base):
+class Membership(TenantOwned, Timestamped, Base):
     __tablename__ = "memberships"
+    __id_prefix__ = "mem"
+    # Your own memberships are visible before a tenant is addressed (which tenants am I in?).
+    __row_security__ = RowSecurity(also_visible="user_id = current_setting('app.user_id', true)")
     # (tenant_id, id) serves keyset pagination of a tenant's members in creation order.
     __table_args__ = (
         UniqueConstraint("tenant_id", "user_id"),
@@ -38,10 +50,16 @@ class Membership(Timestamped, Base):
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
-class Invitation(Timestamped, Base):
+class Invitation(TenantOwned, Timestamped, Base):
     """Single use and expiring; only the token's hash is stored."""
 
     __tablename__ = "invitations"
+    __id_prefix__ = "inv"
+    # The invitee finds (and accepts) the invitation by its token before joining the tenant.
+    __row_security__ = RowSecurity(
+        also_visible="token_hash = current_setting('app.invitation_token_hash', true)",
+        also_writable="token_hash = current_setting('app.invitation_token_hash', true)",
+    )
 
     id: Mapped[str] = id_column()
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True, nullable=False)

@@ -82,7 +82,7 @@ class TenancyQuery:
         description="The tenant this request addresses (X-Tenant-Id, or the API key's).",
     )
     async def tenant(self, info: Info) -> Tenant | None:
-        return await lookup.tenant(info.context, info.context.require_tenant())
+        return await lookup.find(info.context, "Tenant", info.context.require_tenant())
 
 
 @strawberry.type

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import strawberry
 from strawberry.federation import field, type as ftype
 
+from coregraph import models
 from coregraph.models.base import Environment as EnvironmentValue
+from coregraph.schema.lookup import entity
 from coregraph.schema.node import Node
 
 if TYPE_CHECKING:
@@ -24,6 +26,7 @@ class Permission:
     description: str
 
 
+@entity(models.Role)
 @ftype(
     keys=["id"],
     requires_scopes=[["members:read"], ["roles:manage"]],
@@ -52,12 +55,6 @@ class Role(Node):
             tenant_id=row.tenant_id,
         )
 
-    @classmethod
-    async def resolve_reference(cls, info: strawberry.Info, id: strawberry.ID) -> Role | None:
-        from coregraph.schema import lookup
-
-        return await lookup.role(info.context, id)
-
 
 @strawberry.enum
 class ApiKeyStatus(enum.Enum):
@@ -66,6 +63,7 @@ class ApiKeyStatus(enum.Enum):
     EXPIRED = "expired"
 
 
+@entity(models.ApiKey)
 @ftype(
     keys=["id"],
     requires_scopes=[["apikeys:manage"]],
@@ -118,9 +116,3 @@ class ApiKey(Node):
             tenant_id=row.tenant_id,
             created_by_user_id=row.created_by_user_id,
         )
-
-    @classmethod
-    async def resolve_reference(cls, info: strawberry.Info, id: strawberry.ID) -> ApiKey | None:
-        from coregraph.schema import lookup
-
-        return await lookup.api_key(info.context, id)

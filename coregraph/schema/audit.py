@@ -9,11 +9,14 @@ import strawberry
 from strawberry.federation import type as ftype
 from strawberry.scalars import JSON
 
+from coregraph import models
 from coregraph.models.base import Environment as EnvironmentValue
 from coregraph.schema.access import Environment
+from coregraph.schema.lookup import entity
 from coregraph.schema.node import Node
 
 
+@entity(models.AuditEntry)
 @ftype(
     keys=["id"],
     requires_scopes=[["audit:read"]],
@@ -57,9 +60,3 @@ class AuditEntry(Node):
             created_at=row.created_at,
             tenant_id=row.tenant_id,
         )
-
-    @classmethod
-    async def resolve_reference(cls, info: strawberry.Info, id: strawberry.ID) -> AuditEntry | None:
-        from coregraph.schema import lookup
-
-        return await lookup.audit_entry(info.context, id)

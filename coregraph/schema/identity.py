@@ -8,12 +8,27 @@ from typing import TYPE_CHECKING, Annotated, Any
 import strawberry
 from strawberry.federation import field, type as ftype
 
+from coregraph import ids, models
+from coregraph.schema.lookup import entity
 from coregraph.schema.node import Node
 
 if TYPE_CHECKING:
+    from coregraph.context import Context
     from coregraph.schema.tenancy import Membership
 
 
+async def find_user(ctx: Context, id_: str) -> User | None:
+    """Yourself, or a member of the tenant this request addresses (users belong to no tenant,
+    so the default tenant-row lookup does not apply)."""
+    if not ids.is_valid(id_, "usr"):
+        return None
+    principal = ctx.principal
+    loader = ctx.loaders.user if id_ == principal.user_id else ctx.loaders.addressed_tenant_user
+    row = await loader.load(id_)
+    return User.from_row(row, via_tenant_id=principal.tenant_id) if row else None
+
+
+@entity(models.User, find=find_user)
 @ftype(keys=["id"], authenticated=True, description="A person who can sign in.")
 class User(Node):
     id: strawberry.ID
@@ -46,12 +61,6 @@ class User(Node):
             email=row.email,
             via_tenant_id=via_tenant_id,
         )
-
-    @classmethod
-    async def resolve_reference(cls, info: strawberry.Info, id: strawberry.ID) -> User | None:
-        from coregraph.schema import lookup
-
-        return await lookup.user(info.context, id)
 
 
 @strawberry.type(

@@ -1,84 +1,81 @@
-"""Lookups by a client-supplied id, shared by ``node(id:)`` and ``_entities``.
+"""Entities and lookups by a client-supplied id, shared by ``node(id:)`` and ``_entities``.
 
-Each returns the object only when it belongs to a tenant the principal is a member of (users:
-yourself, or a member of the addressed tenant); anything else is ``None``, so "does not exist"
-and "not yours" look the same.
+An entity is a GraphQL type that stands for a row with a global id. It is declared once, on
+its type, with ``@entity(Model)``; from that one declaration follow:
+
+- its lookup by id for ``node(id:)`` (routed by the id's prefix, which the model declares with
+  ``__id_prefix__``) and for ``_entities`` (the type's ``resolve_reference``);
+- its place in the schema (``coregraph.api`` builds with ``ENTITIES``).
+
+A lookup returns the object only when it belongs to a tenant the principal is a member of
+(``Loaders.rows_of``, which starts from ``schema.readable``); anything else is ``None``, so "does
+not exist" and "not yours" look the same.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from coregraph import ids, models
-from coregraph.context import Context
-from coregraph.schema.access import ApiKey, Role
-from coregraph.schema.audit import AuditEntry
-from coregraph.schema.identity import User
-from coregraph.schema.tenancy import Invitation, Membership, Tenant
+from coregraph import ids
 
+if TYPE_CHECKING:
+    from coregraph.context import Context
 
-async def _tenant_row(ctx: Context, model: Any, id_: str, prefix: str) -> Any | None:
-    if not ids.is_valid(id_, prefix):
-        return None
-    return await ctx.loaders.rows_of(model).load(id_)
+T = TypeVar("T")
+Finder = Callable[["Context", str], Awaitable[Any | None]]
 
-
-async def tenant(ctx: Context, id_: str) -> Tenant | None:
-    if not ids.is_valid(id_, "ten"):
-        return None
-    row = await ctx.loaders.tenant.load(id_)
-    return Tenant.from_row(row) if row else None
+# GraphQL type name -> the strawberry type, for every declared entity.
+ENTITIES: dict[str, type[Any]] = {}
+_FINDERS: dict[str, Finder] = {}  # id prefix -> lookup
+_FINDERS_BY_NAME: dict[str, Finder] = {}  # GraphQL type name -> lookup
 
 
-async def role(ctx: Context, id_: str) -> Role | None:
-    row = await _tenant_row(ctx, models.Role, id_, "rol")
-    return Role.from_row(row) if row else None
+def entity(model: Any, *, find: Finder | None = None) -> Callable[[type[T]], type[T]]:
+    """Declare a strawberry type (decorated below this) as the GraphQL face of ``model``.
+
+    ``find`` replaces the default lookup: a row of a tenant-owned model, among the principal's
+    tenants, converted with the type's ``from_row``.
+    """
+    prefix = model.__id_prefix__
+    if prefix is None:
+        raise ValueError(f"{model.__name__} declares no __id_prefix__")
+
+    def declare(cls: type[T]) -> type[T]:
+        name = cls.__strawberry_definition__.name  # type: ignore[attr-defined]
+        if name != model.__name__:
+            raise ValueError(f"{name}: an entity type is named after its model {model.__name__}")
+        finder = find or _tenant_row(model, cls.from_row)  # type: ignore[attr-defined]
+
+        async def resolve_reference(info: Any, id: str) -> Any | None:
+            return await finder(info.context, str(id))
+
+        cls.resolve_reference = staticmethod(resolve_reference)  # type: ignore[attr-defined]
+        ENTITIES[name] = cls
+        _FINDERS[prefix] = finder
+        _FINDERS_BY_NAME[name] = finder
+        return cls
+
+    return declare
 
 
-async def membership(ctx: Context, id_: str) -> Membership | None:
-    row = await _tenant_row(ctx, models.Membership, id_, "mem")
-    return Membership.from_row(row) if row else None
+def _tenant_row(model: Any, convert: Callable[[Any], Any]) -> Finder:
+    prefix = model.__id_prefix__
 
+    async def find_row(ctx: Context, id_: str) -> Any | None:
+        if not ids.is_valid(id_, prefix):
+            return None
+        row = await ctx.loaders.rows_of(model).load(id_)
+        return convert(row) if row is not None else None
 
-async def invitation(ctx: Context, id_: str) -> Invitation | None:
-    row = await _tenant_row(ctx, models.Invitation, id_, "inv")
-    return Invitation.from_row(row) if row else None
-
-
-async def api_key(ctx: Context, id_: str) -> ApiKey | None:
-    row = await _tenant_row(ctx, models.ApiKey, id_, "key")
-    return ApiKey.from_row(row) if row else None
-
-
-async def audit_entry(ctx: Context, id_: str) -> AuditEntry | None:
-    row = await _tenant_row(ctx, models.AuditEntry, id_, "aud")
-    return AuditEntry.from_row(row) if row else None
-
-
-async def user(ctx: Context, id_: str) -> User | None:
-    """Yourself, or a member of the tenant this request addresses."""
-    if not ids.is_valid(id_, "usr"):
-        return None
-    principal = ctx.principal
-    if id_ == principal.user_id:
-        row = await ctx.loaders.user.load(id_)
-        return User.from_row(row, via_tenant_id=principal.tenant_id) if row else None
-    row = await ctx.loaders.addressed_tenant_user.load(id_)
-    return User.from_row(row, via_tenant_id=principal.tenant_id) if row else None
-
-
-BY_TYPE = {
-    "Tenant": tenant,
-    "Role": role,
-    "Membership": membership,
-    "Invitation": invitation,
-    "ApiKey": api_key,
-    "AuditEntry": audit_entry,
-    "User": user,
-}
+    return find_row
 
 
 async def node(ctx: Context, id_: str) -> Any | None:
-    type_name = ids.type_of(id_)
-    find = BY_TYPE.get(type_name or "")
-    return await find(ctx, id_) if find else None
+    find_by_prefix = _FINDERS.get(ids.prefix_of(id_) or "")
+    return await find_by_prefix(ctx, id_) if find_by_prefix else None
+
+
+async def find(ctx: Context, type_name: str, id_: str) -> Any | None:
+    """The ``type_name`` object with this id, if the principal may reach it."""
+    return await _FINDERS_BY_NAME[type_name](ctx, id_)

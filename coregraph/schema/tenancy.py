@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import strawberry
-from sqlalchemy import select
 from strawberry.federation import field, type as ftype
 
 from coregraph import ids, models
@@ -19,13 +18,16 @@ from coregraph.models.base import Environment as EnvironmentValue
 from coregraph.schema.access import ApiKey, Environment, Role
 from coregraph.schema.audit import AuditEntry
 from coregraph.schema.identity import User
+from coregraph.schema.lookup import entity
 from coregraph.schema.node import Node
 from coregraph.schema.pagination import Connection, node_selects, paginate
+from coregraph.schema.readable import readable
 from coregraph.services import validation
 
 NOT_LOADED: Any = object()
 
 
+@entity(models.Tenant)
 @ftype(
     keys=["id"],
     requires_scopes=[["tenant:read"]],
@@ -49,9 +51,7 @@ class Tenant(Node):
     async def members(
         self, info: strawberry.Info, first: int | None = None, after: str | None = None
     ) -> Connection[Membership] | None:
-        stmt = select(models.Membership.__table__).where(
-            models.Membership.tenant_id == self.tenant_id
-        )
+        stmt = readable(info.context.principal, models.Membership, tenant_id=self.tenant_id)
         page = await paginate(
             info.context, stmt, models.Membership.id, first, after, Membership.from_row
         )
@@ -84,10 +84,9 @@ class Tenant(Node):
 
     @field(requires_scopes=[["members:read"], ["roles:manage"]])
     async def roles(self, info: strawberry.Info) -> list[Role] | None:
+        roles = readable(info.context.principal, models.Role, tenant_id=self.tenant_id)
         rows = await info.context.read(
-            select(models.Role.__table__)
-            .where(models.Role.tenant_id == self.tenant_id)
-            .order_by(models.Role.builtin.desc(), models.Role.key)
+            roles.order_by(models.Role.builtin.desc(), models.Role.key)
         )
         return [Role.from_row(row) for row in rows]
 
@@ -99,9 +98,7 @@ class Tenant(Node):
         after: str | None = None,
         pending_only: bool = True,
     ) -> Connection[Invitation] | None:
-        stmt = select(models.Invitation.__table__).where(
-            models.Invitation.tenant_id == self.tenant_id
-        )
+        stmt = readable(info.context.principal, models.Invitation, tenant_id=self.tenant_id)
         if pending_only:
             stmt = stmt.where(
                 models.Invitation.accepted_at.is_(None),
@@ -120,7 +117,7 @@ class Tenant(Node):
         first: int | None = None,
         after: str | None = None,
     ) -> Connection[ApiKey] | None:
-        stmt = select(models.ApiKey.__table__).where(models.ApiKey.tenant_id == self.tenant_id)
+        stmt = readable(info.context.principal, models.ApiKey, tenant_id=self.tenant_id)
         if environment is not None:
             stmt = stmt.where(models.ApiKey.environment == EnvironmentValue(environment).value)
         return await paginate(info.context, stmt, models.ApiKey.id, first, after, ApiKey.from_row)
@@ -139,7 +136,7 @@ class Tenant(Node):
         target_id: strawberry.ID | None = None,
     ) -> Connection[AuditEntry] | None:
         entry = models.AuditEntry
-        stmt = select(entry.__table__).where(entry.tenant_id == self.tenant_id)
+        stmt = readable(info.context.principal, entry, tenant_id=self.tenant_id)
         if environment is not None:
             stmt = stmt.where(entry.environment == EnvironmentValue(environment).value)
         if action is not None:
@@ -156,13 +153,9 @@ class Tenant(Node):
             id=strawberry.ID(row.id), slug=row.slug, name=row.name, created_at=row.created_at
         )
 
-    @classmethod
-    async def resolve_reference(cls, info: strawberry.Info, id: strawberry.ID) -> Tenant | None:
-        from coregraph.schema import lookup
-
-        return await lookup.tenant(info.context, id)
 
 
+@entity(models.Membership)
 @ftype(
     keys=["id"],
     authenticated=True,
@@ -210,11 +203,6 @@ class Membership(Node):
             role_id=row.role_id,
         )
 
-    @classmethod
-    async def resolve_reference(cls, info: strawberry.Info, id: strawberry.ID) -> Membership | None:
-        from coregraph.schema import lookup
-
-        return await lookup.membership(info.context, id)
 
 
 @strawberry.enum
@@ -225,6 +213,7 @@ class InvitationStatus(enum.Enum):
     EXPIRED = "expired"
 
 
+@entity(models.Invitation)
 @ftype(
     keys=["id"],
     requires_scopes=[["members:manage"]],
@@ -267,8 +256,3 @@ class Invitation(Node):
             role_id=row.role_id,
         )
 
-    @classmethod
-    async def resolve_reference(cls, info: strawberry.Info, id: strawberry.ID) -> Invitation | None:
-        from coregraph.schema import lookup
-
-        return await lookup.invitation(info.context, id)

@@ -90,7 +90,7 @@ def key(value: str, field: str = "key") -> str:
 def object_id(value: str, prefix: str, field: str) -> str:
     """A malformed id is bad input; a well-formed one that is not visible is NOT_FOUND later."""
     if not ids.is_valid(value, prefix):
-        raise BadUserInput(f"{field}: not a valid {ids.PREFIXES[prefix]} id", field=field)
+        raise BadUserInput(f"{field}: not a valid {ids.prefixes()[prefix]} id", field=field)
     return value
 
 

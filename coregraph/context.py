@@ -1,14 +1,13 @@
 """The per-request context: who acts, one read connection, dataloaders, the write path.
 
-Built once per HTTP request (or WebSocket connection). Dataloaders live in it for one operation
-(``OperationCaches`` empties them when a WebSocket operation starts), so no cache crosses
-operations, requests, principals or tenants.
+Built once per HTTP request and once per WebSocket operation (``coregraph.ws``), so no cache,
+connection or principal crosses operations, requests, principals or tenants.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -16,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable
-from strawberry.extensions import SchemaExtension
 from strawberry.fastapi import BaseContext
 
 from coregraph import db
@@ -38,15 +36,8 @@ class Context(BaseContext):
         runtime: Runtime,
         principal: Principal,
         meta: RequestMeta,
-        *,
-        hold_connection: bool = True,
     ) -> None:
         super().__init__()
-        # HTTP requests keep one connection for their few statements; a long-lived WebSocket
-        # takes one per statement so an idle connection holds nothing from the pool.
-        self.hold_connection = hold_connection
-        self.connection_params: Any = None
-        self.handshake_headers: Any = {}
         self.runtime = runtime
         self.settings = runtime.settings
         self.principal = principal
@@ -60,11 +51,6 @@ class Context(BaseContext):
     @property
     def request_id(self) -> str | None:
         return self.meta.request_id
-
-    def begin_operation(self) -> None:
-        """A WebSocket connection keeps one context for many operations: each starts with
-        empty dataloaders, so nothing one operation loaded answers the next."""
-        self.__dict__.pop("loaders", None)
 
     @cached_property
     def loaders(self) -> Loaders:
@@ -88,10 +74,6 @@ class Context(BaseContext):
         return tenant_id
 
     async def read(self, statement: Executable) -> Sequence[Row[Any]]:
-        if not self.hold_connection:
-            async with self.runtime.engine.connect() as connection:
-                await self._scope(connection)
-                return (await connection.execute(statement)).all()
         async with self._lock:
             if self._connection is None:
                 self._connection = await self.runtime.engine.connect()
@@ -124,10 +106,15 @@ class Context(BaseContext):
         )
 
     def unit_of_work(self) -> UnitOfWork:
-        return _RefreshingUnitOfWork(self)
+        """The write path for this request's principal. Once it commits, later reads in this
+        request see the change, not a cached copy (``reset_reads``)."""
+        uow = UnitOfWork(self.runtime.engine, self.principal, self.meta)
+        uow.on_commit(self.reset_reads)
+        return uow
 
     async def reset_reads(self) -> None:
-        """After a write commits: later reads in this request must see it, not a cached copy."""
+        """After a write commits: later reads in this request must see it, not a cached copy.
+        Also between a subscription's events, so none pins a pooled connection while it waits."""
         async with self._lock:
             if self._connection is not None:
                 await self._connection.close()
@@ -138,26 +125,3 @@ class Context(BaseContext):
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
-
-
-class _RefreshingUnitOfWork(UnitOfWork):
-    def __init__(self, ctx: Context) -> None:
-        super().__init__(ctx.runtime.engine, ctx.principal, ctx.meta)
-        self._ctx = ctx
-
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        try:
-            await super().__aexit__(exc_type, exc, tb)
-        finally:
-            await self._ctx.reset_reads()
-
-
-class OperationCaches(SchemaExtension):
-    """Empties the context's per-operation caches as each operation starts (see
-    ``Context.begin_operation``)."""
-
-    def on_operation(self) -> Iterator[None]:
-        context = self.execution_context.context
-        if isinstance(context, Context):
-            context.begin_operation()
-        yield

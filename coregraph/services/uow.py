@@ -1,13 +1,19 @@
 """The one write path (DESIGN.md, "The one rule").
 
 Every change to production truth runs inside a ``UnitOfWork``: one database transaction that
-applies the change and appends its audit entries. The event outbox and usage records slot in
-here as further ``record_*`` methods, so they commit or roll back with the change itself.
+applies the change and appends its audit entries (``record``) and its domain events (``emit``),
+so they commit or roll back with the change itself. What must happen only once the change is
+durable — wake the outbox relay, drop a request's cached reads — is registered with
+``on_commit`` and runs after the commit, never after a rollback. The GraphQL context, the CLI
+and external-login provisioning all write through this one class.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -20,6 +26,8 @@ from coregraph.errors import CoregraphError
 from coregraph.models import AuditEntry
 from coregraph.models.base import Environment
 from coregraph.request import RequestMeta
+
+log = logging.getLogger("coregraph.uow")
 
 REDACTED = "[redacted]"
 SECRET_FIELDS = frozenset(
@@ -63,6 +71,20 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class DomainEvent:
+    """A business fact a unit of work states (``member.invited``), for subscribers and
+    webhooks. The outbox (the streams issue) stores it in the same transaction."""
+
+    type: str
+    tenant_id: str | None
+    environment: Environment
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+AfterCommit = Callable[[], Awaitable[None] | None]
+
+
 class UnitOfWork:
     """``async with UnitOfWork(...) as uow:`` — commit on success, roll back on any exception."""
 
@@ -72,6 +94,8 @@ class UnitOfWork:
         self.meta = meta
         self.session: AsyncSession = AsyncSession(engine, expire_on_commit=False)
         self.audit_entries: list[AuditEntry] = []
+        self.events: list[DomainEvent] = []
+        self._after_commit: list[AfterCommit] = []
         self._keep_on_failure = False
 
     async def __aenter__(self) -> UnitOfWork:
@@ -105,13 +129,52 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        committed = False
         try:
             if exc_type is None or self._keep_on_failure:
                 await self.session.commit()
+                committed = True
             else:
                 await self.session.rollback()
         finally:
             await self.session.close()
+        if committed:
+            await self._run_after_commit()
+
+    def on_commit(self, hook: AfterCommit) -> None:
+        """Run ``hook`` (plain or async) once this unit of work has committed; hooks run in the
+        order they were registered, and not at all when it rolls back."""
+        self._after_commit.append(hook)
+
+    async def _run_after_commit(self) -> None:
+        for hook in self._after_commit:
+            try:
+                result = hook()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                # The change is committed: a failing follow-up must neither undo it nor turn
+                # the caller's success into an error. It is logged with its stack instead.
+                log.exception("after-commit hook failed", extra={"hook": repr(hook)})
+
+    def emit(
+        self,
+        type: str,
+        *,
+        tenant_id: str | None,
+        data: Mapping[str, Any] | None = None,
+        environment: Environment | None = None,
+    ) -> DomainEvent:
+        """State a domain event in this transaction: it exists if and only if the change
+        commits (``self.events``; written to the outbox by the streams issue)."""
+        event = DomainEvent(
+            type=type,
+            tenant_id=tenant_id,
+            environment=environment or self.principal.environment,
+            data=dict(data or {}),
+        )
+        self.events.append(event)
+        return event
 
     async def flush_unique(self, conflict: CoregraphError) -> None:
         """Flush now; if a concurrent request won a unique constraint first (the check before

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
+import os
 import sys
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from pydantic import ValidationError
 
 from coregraph.settings import Settings, load_settings
 
+if TYPE_CHECKING:
+    from coregraph.models import Tenant, User
+    from coregraph.services.uow import UnitOfWork
+
+T = TypeVar("T")
 app = typer.Typer(help="coregraph: the durable core as one GraphQL Federation v2 subgraph.")
 
 
@@ -68,11 +76,21 @@ def migrate() -> None:
     typer.echo("migrations applied")
 
 
-async def _with_uow(settings: Settings, fn):  # type: ignore[no-untyped-def]
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no passwd entry and no $USER
+        return f"uid {os.getuid()}"
+
+
+async def _with_uow(
+    settings: Settings, command: str, fn: Callable[[UnitOfWork], Awaitable[T]]
+) -> T:
+    """Run ``fn`` in one unit of work audited as ``system`` ``cli:<command>`` by the OS user."""
     from coregraph import db
     from coregraph.auth import passwords
-    from coregraph.auth.principal import ANONYMOUS
-    from coregraph.request import SYSTEM_REQUEST
+    from coregraph.auth.principal import system_principal
+    from coregraph.request import system_request
     from coregraph.services.uow import UnitOfWork
 
     passwords.configure(
@@ -82,7 +100,8 @@ async def _with_uow(settings: Settings, fn):  # type: ignore[no-untyped-def]
     )
     engine = db.create_engine(settings)
     try:
-        async with UnitOfWork(engine, ANONYMOUS, SYSTEM_REQUEST) as uow:
+        principal = system_principal(f"cli:{command}")
+        async with UnitOfWork(engine, principal, system_request(_os_user())) as uow:
             return await fn(uow)
     finally:
         await engine.dispose()
@@ -108,13 +127,13 @@ def create_user(
 
     settings = _settings()
 
-    async def run(uow):  # type: ignore[no-untyped-def]
+    async def run(uow: UnitOfWork) -> User:
         return await identity.create_user(
             uow, settings, email=email, password=password, display_name=display_name
         )
 
     try:
-        user = asyncio.run(_with_uow(settings, run))
+        user = asyncio.run(_with_uow(settings, "create-user", run))
     except Exception as exc:
         _fail(exc)
         return
@@ -136,14 +155,14 @@ def create_tenant(
 
     settings = _settings()
 
-    async def run(uow):  # type: ignore[no-untyped-def]
+    async def run(uow: UnitOfWork) -> Tenant:
         owner = await uow.session.scalar(select(User).where(User.email == owner_email.lower()))
         if owner is None:
             raise NotFound(f"no user with email {owner_email}")
         return await tenancy.create_tenant(uow, name=name or slug, slug=slug, owner_id=owner.id)
 
     try:
-        tenant = asyncio.run(_with_uow(settings, run))
+        tenant = asyncio.run(_with_uow(settings, "create-tenant", run))
     except Exception as exc:
         _fail(exc)
         return

@@ -34,4 +34,6 @@ def served_base_url(connection_base_url: URL) -> str:
     return url
 
 
-SYSTEM_REQUEST = RequestMeta(request_id=None, ip=None, user_agent="coregraph-cli")
+def system_request(os_user: str) -> RequestMeta:
+    """A CLI command's request: the OS user who ran it goes where a client names itself."""
+    return RequestMeta(user_agent=f"coregraph-cli (os user {os_user})"[:400])

@@ -3,16 +3,26 @@ production compose file they start from (no Docker engine here: checked for vali
 
 from __future__ import annotations
 
+import asyncio
+import getpass
 import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.support import PASSWORD, free_port
+from coregraph.auth.principal import system_principal
+from coregraph.errors import Unauthenticated
+from coregraph.models import AuditEntry
+from coregraph.schema.authorization import Declaration
+from tests.support import PASSWORD, GraphQLClient, free_port, unique
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +43,14 @@ def coregraph(
 def cli_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COREGRAPH_")}
     env["COREGRAPH_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path}/cli.sqlite3"
+    env["COREGRAPH_PASSWORD_HASH_TIME_COST"] = "1"
+    env["COREGRAPH_PASSWORD_HASH_MEMORY_KIB"] = "1024"
+    return env
+
+
+def cli_env_for(database_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COREGRAPH_")}
+    env["COREGRAPH_DATABASE_URL"] = database_url
     env["COREGRAPH_PASSWORD_HASH_TIME_COST"] = "1"
     env["COREGRAPH_PASSWORD_HASH_MEMORY_KIB"] = "1024"
     return env
@@ -131,3 +149,56 @@ def test_compose_file_describes_the_production_shape() -> None:
     assert '"serve"' in cmd and '"--no-migrate"' in cmd
     help_text = coregraph("serve", "--help", env=dict(os.environ)).stdout
     assert "--no-migrate" in help_text and "--host" in help_text
+
+
+async def test_cli_actions_are_audited_as_the_system_naming_command_and_os_user(
+    database_url: str, client: GraphQLClient
+) -> None:
+    env = cli_env_for(database_url)
+    email, slug = f"{unique('ops')}@example.com", unique("cli-")
+    made = await asyncio.to_thread(coregraph, "create-user", email, "--password", PASSWORD, env=env)
+    assert made.returncode == 0, made.stderr
+    user_id = made.stdout.strip()
+    made = await asyncio.to_thread(coregraph, "create-tenant", slug, "--owner", email, env=env)
+    assert made.returncode == 0, made.stderr
+    tenant_id = made.stdout.strip()
+    os_user = getpass.getuser()
+
+    login = await client.execute(
+        "mutation($i: LoginInput!) { login(input: $i) { accessToken } }",
+        {"i": {"email": email, "password": PASSWORD}},
+    )
+    token = login.ok()["login"]["accessToken"]
+    r = await client.execute(
+        "{ tenant { auditLog(first: 10) { nodes { action actorKind actorId userAgent } } } }",
+        headers={"Authorization": f"Bearer {token}", "X-Tenant-Id": tenant_id},
+    )
+    entries = r.ok()["tenant"]["auditLog"]["nodes"]
+    assert {e["action"] for e in entries} >= {"tenant.created", "member.added"}
+    for entry in entries:
+        assert entry["actorKind"] == "system" and entry["actorId"] == "cli:create-tenant"
+        assert entry["userAgent"] == f"coregraph-cli (os user {os_user})"
+
+    # The account's own entry belongs to no tenant, so no API lists it: read the table.
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            signed_up = (
+                await conn.execute(
+                    select(AuditEntry.actor_kind, AuditEntry.actor_id, AuditEntry.user_agent).where(
+                        AuditEntry.action == "user.signed_up", AuditEntry.target_id == user_id
+                    )
+                )
+            ).one()
+    finally:
+        await engine.dispose()
+    assert tuple(signed_up) == ("system", "cli:create-user", f"coregraph-cli (os user {os_user})")
+
+
+def test_a_system_principal_passes_no_schema_check_and_holds_no_tenant() -> None:
+    system = system_principal("cli:create-tenant")
+    assert not system.is_authenticated and system.actor_id == "cli:create-tenant"
+    denial = Declaration("Query.viewer", authenticated=True).denial(system, None)
+    assert isinstance(denial, Unauthenticated)
+    with pytest.raises(ValueError):
+        replace(system, tenant_scopes={"ten_x": frozenset({"tenant:read"})})

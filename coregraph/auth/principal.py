@@ -15,6 +15,9 @@ class PrincipalKind(enum.StrEnum):
     ANONYMOUS = "anonymous"
     USER = "user"
     API_KEY = "api_key"
+    # coregraph itself (a CLI command): never produced by authentication, so it never reaches
+    # GraphQL; it holds no tenant scopes and passes no schema check.
+    SYSTEM = "system"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,14 +43,25 @@ class Principal:
     # The credential's own limit on every tenant's permissions (a token's scope claim), kept
     # so that a tenant granted during a request is narrowed the same way.
     scope_limit: frozenset[str] | None = None
+    # What a SYSTEM principal is, as audit entries name it: ``cli:create-tenant``.
+    system_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind is PrincipalKind.SYSTEM and (self.tenant_scopes or self.user_id):
+            raise ValueError("a system principal acts for no user and holds no tenant scopes")
 
     @property
     def is_authenticated(self) -> bool:
-        return self.kind is not PrincipalKind.ANONYMOUS
+        """A user or an API key, authenticated by a credential (never SYSTEM)."""
+        return self.kind is PrincipalKind.USER or self.kind is PrincipalKind.API_KEY
 
     @property
     def actor_id(self) -> str | None:
-        return self.api_key_id if self.kind is PrincipalKind.API_KEY else self.user_id
+        if self.kind is PrincipalKind.API_KEY:
+            return self.api_key_id
+        if self.kind is PrincipalKind.SYSTEM:
+            return self.system_name
+        return self.user_id
 
     @property
     def scopes(self) -> frozenset[str]:
@@ -64,3 +78,8 @@ class Principal:
 
 
 ANONYMOUS = Principal(kind=PrincipalKind.ANONYMOUS)
+
+
+def system_principal(name: str) -> Principal:
+    """coregraph itself acting, e.g. ``system_principal("cli:create-tenant")``."""
+    return Principal(kind=PrincipalKind.SYSTEM, system_name=name)

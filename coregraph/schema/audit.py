@@ -26,7 +26,9 @@ class AuditEntry(Node):
     id: strawberry.ID
     action: str = strawberry.field(description="What happened, e.g. member.role_changed.")
     environment: Environment  # type: ignore[valid-type]
-    actor_kind: str = strawberry.field(description="user, api_key or anonymous.")
+    actor_kind: str = strawberry.field(
+        description="user, api_key, system (a CLI command) or anonymous."
+    )
     actor_id: str | None
     acting_for_user_id: str | None = strawberry.field(
         description="The person an API key acted for (its creator)."

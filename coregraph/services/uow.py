@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from coregraph import db, ids
-from coregraph.auth.principal import Principal
+from coregraph.auth.principal import Principal, PrincipalKind
 from coregraph.errors import CoregraphError
 from coregraph.models import AuditEntry
 from coregraph.models.base import Environment
@@ -207,18 +207,22 @@ class UnitOfWork:
         """Append an audit entry to this transaction: it commits with the change or not at all.
 
         ``actor_id`` names the acting user when the request itself carries no principal but the
-        action proves who acts (a password, a refresh token, an external identity token).
+        action proves who acts (a password, a refresh token, an external identity token). A
+        system principal (a CLI command) always names itself: ``system``, ``cli:create-user``,
+        and the OS user in ``user_agent`` (``coregraph.request.system_request``).
         """
         principal = self.principal
         actor_kind, actor = principal.kind.value, principal.actor_id
-        if actor is None and actor_id is not None:
-            actor_kind, actor = "user", actor_id
+        if actor_id is not None and principal.kind is not PrincipalKind.SYSTEM:
+            if actor is None:
+                actor_kind = PrincipalKind.USER.value
+            actor = actor_id
         entry = AuditEntry(
             id=ids.new_id("aud"),
             tenant_id=tenant_id,
             environment=environment or principal.environment,
             actor_kind=actor_kind,
-            actor_id=actor_id or actor,
+            actor_id=actor,
             acting_for_user_id=principal.acting_for_user_id,
             action=action,
             target_type=target_type,

@@ -4,18 +4,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 NODE_DEPS := tests/node/node_modules/.package-lock.json
 
-.PHONY: run test lint typecheck pytest bench schema migrate clean
+.PHONY: run test lint typecheck pytest bench schema migrate lock clean
 
-$(VENV)/.installed: pyproject.toml
+# Installs take exactly what the lock files name, each download checked against its hash; the
+# package itself goes on top without resolving anything (`make lock` writes the locks).
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
-$(VENV)/.dev-installed: pyproject.toml
+$(VENV)/.dev-installed: pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(VENV)/.installed $@
 
 $(NODE_DEPS): tests/node/package.json tests/node/package-lock.json
@@ -44,6 +46,14 @@ test: lint typecheck pytest
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench
+
+# Resolve pyproject.toml's ranges for every platform and Python 3.11+, keeping the versions the
+# locks already name where they still fit; `make lock LOCK_FLAGS=--upgrade` takes the newest.
+LOCK := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+	--quiet $(LOCK_FLAGS)
+lock: $(VENV)/.dev-installed
+	UV_CUSTOM_COMPILE_COMMAND="make lock" $(LOCK) -o requirements.lock
+	UV_CUSTOM_COMPILE_COMMAND="make lock" $(LOCK) --extra dev -o requirements-dev.lock
 
 clean:
 	rm -rf $(VENV) var tests/node/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -23,7 +23,6 @@ from strawberry.extensions import (
 from strawberry.federation.schema import FederationAny
 from strawberry.tools import merge_types
 
-from coregraph.context import OperationCaches
 from coregraph.errors import BadUserInput, NotFound
 from coregraph.resolvers.access import AccessMutation, AccessQuery
 from coregraph.resolvers.identity import IdentityMutation, IdentityQuery
@@ -131,7 +130,6 @@ def build_schema(settings: Settings) -> CoregraphSchema:
     if not settings.introspection_enabled:
         limits.append(NoSchemaIntrospectionCustomRule)
     extensions: list[Any] = [
-        OperationCaches,
         error_extension(settings.suggestions_enabled),
         partial(ParserCache, maxsize=1024),
         partial(ValidationCache, maxsize=1024),

@@ -8,7 +8,6 @@ Redis reachable when configured); ``/invitations/accept`` (the page invitation l
 from __future__ import annotations
 
 import gc
-import logging
 import re
 import time
 import uuid
@@ -30,11 +29,11 @@ from coregraph.auth.authenticate import Authenticator
 from coregraph.auth.tokens import TokenService
 from coregraph.http import handle_graphql, method_not_allowed
 from coregraph.invitation_page import invitation_page
+from coregraph.request_log import log_request
 from coregraph.services.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from coregraph.settings import Settings, load_settings
 from coregraph.ws import WebSocketRouter
 
-log = logging.getLogger("coregraph.request")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -83,7 +82,7 @@ class Runtime:
 
 
 class RequestLog:
-    """Pure ASGI middleware: request id in and out, and one JSON log line per request."""
+    """Pure ASGI middleware: request id in and out, and one JSON log line per HTTP request."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -114,20 +113,20 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            # A WebSocket logs one line per operation instead (coregraph.ws); its handshake's
+            # request id names the connection in those lines.
             if scope["type"] == "http" and scope["path"] not in ("/healthz", "/readyz"):
-                log.info(
-                    "request",
-                    extra={
-                        "request_id": request_id,
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                        "principal": state.get("principal_kind", "anonymous"),
-                        "tenant_id": state.get("tenant_id"),
-                        "operation": state.get("operation_name"),
-                        "outcome": state.get("outcome", "OK" if status < 400 else "ERROR"),
-                    },
+                log_request(
+                    transport="http",
+                    request_id=request_id,
+                    principal=state.get("principal_kind", "anonymous"),
+                    tenant_id=state.get("tenant_id"),
+                    operation=state.get("operation_name"),
+                    outcome=state.get("outcome", "OK" if status < 400 else "ERROR"),
+                    started=started,
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
                 )
 
 

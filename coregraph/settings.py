@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     # says `email_verified: false`. Such an address then links to an existing account.
     external_jwt_emails_verified: bool = False
 
+    # WebSockets whose connection_init carries no credential: refused with 4401 unless allowed
+    # (they can only run what an anonymous HTTP request can).
+    ws_allow_anonymous: bool = False
+
     # GraphQL abuse limits.
     introspection: bool | None = None  # default: on, except in production
     field_suggestions: bool | None = None  # default: on, except in production

@@ -17,13 +17,12 @@ from strawberry.extensions import (
     MaxTokensLimiter,
     ParserCache,
     ValidationCache,
-    max_aliases,
-    query_depth_limiter,
 )
 from strawberry.federation.schema import FederationAny
 from strawberry.tools import merge_types
 
-from coregraph.errors import BadUserInput, NotFound
+from coregraph.auth.schema_reader import SCHEMA_SECRET_HEADER, may_read_schema
+from coregraph.errors import BadUserInput, Forbidden, NotFound, Unauthenticated
 from coregraph.resolvers.access import AccessMutation, AccessQuery
 from coregraph.resolvers.identity import IdentityMutation, IdentityQuery
 from coregraph.resolvers.node import NodeQuery
@@ -32,6 +31,7 @@ from coregraph.schema.authorization import enforce_declarations
 from coregraph.schema.errors import error_extension
 from coregraph.schema.execution import CoregraphExecutor, install_fast_resolvers
 from coregraph.schema.lookup import ENTITIES
+from coregraph.schema.operation_limits import create_rule
 from coregraph.settings import Settings
 
 # The highest Federation version that both Apollo's and The Guild's composition accept (2.9);
@@ -82,7 +82,8 @@ def _representation_problem(representation: Any) -> str | None:
     is not the key), and one bad item fails the whole list."""
     if not isinstance(representation, dict):
         return "must be an object"
-    keys = _ENTITY_KEYS.get(representation.get("__typename"))  # type: ignore[arg-type]
+    typename = representation.get("__typename")
+    keys = _ENTITY_KEYS.get(typename) if isinstance(typename, str) else None
     if keys is None:
         return "__typename must name an entity type"
     given = representation.keys() - {"__typename"}
@@ -99,14 +100,18 @@ class CoregraphSchema(strawberry.federation.Schema):
         # unresolved representation becomes null with its own error at ``_entities.<index>``.
         results: list[Any] = [None] * len(representations)
         usable: list[int] = []
+        anonymous = not info.context.principal.is_authenticated
         for index, representation in enumerate(representations):
             problem = _representation_problem(representation)
-            if problem is None:
-                usable.append(index)
-            else:
+            if problem is not None:
                 results[index] = BadUserInput(
                     f"representations[{index}]: {problem}", field="representations"
                 )
+            elif anonymous:
+                # Every entity type is @authenticated: the same answer as node(id:) gives.
+                results[index] = Unauthenticated("_entities needs a signed-in user or an API key")
+            else:
+                usable.append(index)
         resolved = super().entities_resolver(info, [representations[i] for i in usable])
         for index, result in zip(usable, resolved, strict=True):
             results[index] = _found(result)
@@ -117,15 +122,34 @@ class CoregraphSchema(strawberry.federation.Schema):
         (FORBIDDEN, BAD_USER_INPUT, ...) are not stack traces worth logging."""
 
 
+def _guard_service_sdl(schema: CoregraphSchema, settings: Settings) -> None:
+    """``_service { sdl }`` is the whole schema: with introspection off, only a reader that
+    carried the schema secret (a gateway) gets it (``coregraph.auth.schema_reader``)."""
+    if settings.introspection_enabled:
+        return
+    field = schema._schema.query_type.fields["_service"]  # type: ignore[union-attr]
+    resolve = field.resolve
+
+    def guarded(source: Any, info: Any, **args: Any) -> Any:
+        carried = getattr(info.context, "schema_reader", False) is True
+        if not may_read_schema(settings, carried):
+            raise Forbidden(
+                f"_service: send the schema reader secret in {SCHEMA_SECRET_HEADER}",
+                field="_service",
+            )
+        return resolve(source, info, **args) if resolve else None
+
+    field.resolve = guarded
+
+
 def build_schema(settings: Settings) -> CoregraphSchema:
     # Factories: strawberry builds each extension per operation; the parser and validation
     # caches themselves live at module level, shared by every request. The validation cache is
-    # keyed by the rule classes too, so the depth and alias rules are built once, here:
-    # strawberry's QueryDepthLimiter and MaxAliasesLimiter build new ones per operation, and
-    # then no lookup ever hits.
+    # keyed by the rule classes too, so the rules are built once, here (strawberry's
+    # QueryDepthLimiter and MaxAliasesLimiter would build new ones per operation, and then no
+    # lookup ever hits).
     limits: list[Any] = [
-        query_depth_limiter.create_validator(settings.max_query_depth, None),
-        max_aliases.create_validator(settings.max_aliases),
+        create_rule(settings.max_query_depth, settings.max_aliases, settings.max_fields)
     ]
     if not settings.introspection_enabled:
         limits.append(NoSchemaIntrospectionCustomRule)
@@ -147,4 +171,5 @@ def build_schema(settings: Settings) -> CoregraphSchema:
     # Leaner resolvers first: a declared field's guard then wraps one.
     install_fast_resolvers(schema._schema, schema.config.info_class)
     enforce_declarations(schema._schema)
+    _guard_service_sdl(schema, settings)
     return schema

@@ -43,6 +43,8 @@ class Context(BaseContext):
         self.principal = principal
         self.meta = meta
         self.operation_name: str | None = None
+        # The request carried the schema reader secret (coregraph.auth.schema_reader).
+        self.schema_reader = False
         self._connection: AsyncConnection | None = None
         self._scoped_for: Principal | None = None
         # Resolvers run concurrently (asyncio.gather); one connection serves them in turn.

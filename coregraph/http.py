@@ -20,6 +20,7 @@ from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOpe
 from strawberry.types.execution import PreExecutionError
 from strawberry.types.graphql import OperationType
 
+from coregraph.auth.schema_reader import SCHEMA_SECRET_HEADER, carries_schema_secret
 from coregraph.context import Context
 from coregraph.errors import CoregraphError
 from coregraph.request import RequestMeta, served_base_url
@@ -183,6 +184,9 @@ async def handle_graphql(request: Request, runtime: Runtime) -> Response:
     state.principal_kind = principal.kind.value
     state.tenant_id = principal.tenant_id
     context = Context(runtime, principal, meta)
+    context.schema_reader = carries_schema_secret(
+        runtime.settings, request.headers.get(SCHEMA_SECRET_HEADER)
+    )
     allowed = (
         {OperationType.QUERY}
         if request.method == "GET"
@@ -196,7 +200,20 @@ async def handle_graphql(request: Request, runtime: Runtime) -> Response:
             operation_name=operation_name,
             allowed_operation_types=allowed,
         )
-    except InvalidOperationTypeError:
+    except InvalidOperationTypeError as exc:
+        if exc.operation_type is OperationType.SUBSCRIPTION:
+            # Not a method problem: no HTTP method serves a subscription. A request error, with
+            # its status for the media type (400, or 200 for application/json).
+            state.outcome = "BAD_REQUEST"
+            return _response(
+                error_payload(
+                    "subscriptions are served over WebSocket (graphql-transport-ws) at "
+                    "/graphql, not over HTTP",
+                    {"code": "BAD_REQUEST", "requestId": request_id},
+                ),
+                400 if media_type == GRAPHQL_RESPONSE else 200,
+                media_type,
+            )
         state.outcome = "METHOD_NOT_ALLOWED"
         return _response(
             error_payload(

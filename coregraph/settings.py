@@ -7,6 +7,7 @@ Nothing is required on the embedded defaults (SQLite, in-process broker, local d
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -45,6 +46,10 @@ class Settings(BaseSettings):
     public_url: str | None = Field(None, pattern=r"^https?://[^\s?#]+$")
     # Browser origins allowed to call the API (portals on another origin), as a JSON list.
     cors_origins: list[str] = Field(default_factory=list)
+    # Proxies (load balancers, gateways) whose X-Forwarded-For / X-Forwarded-Proto are believed,
+    # as a JSON list of addresses or CIDR ranges. None by default: the client address (per-IP
+    # rate limits, audit entries) is the TCP peer, so no client can choose the one it is seen as.
+    trusted_proxies: list[str] = Field(default_factory=list)
     # Where an invitation link points: coregraph's own accept page by default
     # (coregraph/invitation_page.py), or an edge app's page that follows the same contract.
     invitation_url_template: str = "{public_url}/invitations/accept?token={token}"
@@ -80,10 +85,18 @@ class Settings(BaseSettings):
     max_query_depth: int = Field(12, ge=2, le=100)
     max_aliases: int = Field(30, ge=1, le=10_000)
     max_tokens: int = Field(4000, ge=50, le=1_000_000)
+    # Field selections per operation, each fragment counted every time it is spread: a few
+    # hundred tokens can otherwise ask for the same field millions of times.
+    max_fields: int = Field(500, ge=1, le=1_000_000)
     max_page_size: int = Field(200, ge=1, le=1000)
     graphiql: bool | None = None  # default: on, except in production
+    # Who may read `_service { sdl }` when introspection is off: requests carrying this shared
+    # secret in X-Coregraph-Schema-Secret (a federation gateway). Unset: nobody; the gateway
+    # then composes its supergraph offline from `coregraph export-schema`.
+    schema_reader_secret: str | None = None
 
-    # login, refreshSession and acceptInvitation attempts per window, per account and per address.
+    # Attempts per window: login, refreshSession, acceptInvitation per account and per address;
+    # signUp and logout by refresh token per address.
     auth_rate_limit_per_account: int = Field(10, ge=1)
     auth_rate_limit_per_ip: int = Field(100, ge=1)
     auth_rate_limit_window_seconds: int = Field(60, ge=1, le=86400)
@@ -113,6 +126,20 @@ class Settings(BaseSettings):
         # Compose files pass `${COREGRAPH_PUBLIC_URL:-}`: empty means "the address served".
         return None if value == "" else value
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses_or_networks(cls, values: list[str]) -> list[str]:
+        parsed = []
+        for value in values:
+            try:
+                network = ipaddress.ip_network(value.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address or CIDR range") from None
+            parsed.append(
+                str(network.network_address) if network.num_addresses == 1 else str(network)
+            )
+        return parsed
+
     @model_validator(mode="after")
     def _production_is_safe(self) -> Settings:
         if self.external_jwt_issuer and not (
@@ -138,6 +165,8 @@ class Settings(BaseSettings):
             problems.append("COREGRAPH_FIELD_SUGGESTIONS is forced on")
         if self.graphiql:
             problems.append("COREGRAPH_GRAPHIQL is forced on")
+        if self.schema_reader_secret is not None and len(self.schema_reader_secret) < 32:
+            problems.append("COREGRAPH_SCHEMA_READER_SECRET is shorter than 32")
         if self.password_hash_memory_kib < 19456 or self.password_hash_time_cost < 2:
             problems.append(
                 "COREGRAPH_PASSWORD_HASH_MEMORY_KIB/TIME_COST are below OWASP's argon2id floor"

@@ -46,6 +46,7 @@ from strawberry.utils.aio import aclosing
 
 from coregraph.auth import secrets
 from coregraph.auth.principal import ANONYMOUS, Principal
+from coregraph.auth.schema_reader import SCHEMA_SECRET_HEADER, carries_schema_secret
 from coregraph.context import Context
 from coregraph.errors import CoregraphError
 from coregraph.request import RequestMeta, served_base_url
@@ -98,6 +99,8 @@ class SocketConnection(BaseContext):
         self.credential = SocketCredential(None, None, None)
         # When the access token stops authenticating (its exp), as a Unix time.
         self.expires_at: float | None = None
+        # connection_init carried the schema reader secret (coregraph.auth.schema_reader).
+        self.schema_reader = False
 
     def meta(self, request_id: str) -> RequestMeta:
         return RequestMeta(
@@ -218,6 +221,7 @@ class SocketHandler(BaseGraphQLTransportWSHandler[SocketConnection, None]):
                 await self._refuse(operation, exc, request_id)
                 return
             context = Context(connection.runtime, principal, meta)
+            context.schema_reader = connection.schema_reader
             outcome = await self._execute(operation, context)
         except asyncio.CancelledError:
             outcome = "CANCELLED"  # the client completed it, or the socket closed
@@ -340,6 +344,10 @@ class WebSocketRouter(GraphQLRouter[SocketConnection, None]):
         if not credential.authorization and not self.runtime.settings.ws_allow_anonymous:
             raise _NoCredential
         context.credential = credential
+        params = context.connection_params if isinstance(context.connection_params, dict) else {}
+        context.schema_reader = carries_schema_secret(
+            self.runtime.settings, _param(params, context.handshake_headers, SCHEMA_SECRET_HEADER)
+        )
         meta = context.meta(context.connection_id or uuid.uuid4().hex)
         try:
             principal = await context.authenticate(meta)

@@ -21,7 +21,15 @@ import httpx
 import pytest
 
 from tests.conftest import make_settings
-from tests.support import PASSWORD, Actor, GraphQLClient, Response, running_server, unique
+from tests.support import (
+    PASSWORD,
+    Actor,
+    GraphQLClient,
+    Response,
+    Server,
+    running_server,
+    unique,
+)
 
 STATE = """{ tenant {
     id name slug
@@ -697,6 +705,72 @@ async def test_bad_audit_log_filters_are_bad_input(
     )
     assert_error(r, "BAD_USER_INPUT", field)
     assert r.data == {"tenant": {"auditLog": None}}
+
+
+# --- field repetition -----------------------------------------------------------------------
+# A few hundred tokens can ask for any number of fields: the same field again and again, or a
+# fragment spread again and again (each spread counts its fields again). Validation caps the
+# fields of an operation after fragments are expanded.
+
+
+def repeated(field: str, times: int) -> str:
+    return " ".join([field] * times)
+
+
+FIELD_BOMBS = {
+    "one field 600 times": "{ viewer { " + repeated("id", 600) + " } }",
+    "inline fragments": "{ viewer { "
+    + repeated("... on User { " + repeated("id", 20) + " }", 15)
+    + " ... { "
+    + repeated("displayName", 300)
+    + " } } }",
+    "a fragment spread 60 times": "{ viewer { "
+    + repeated("...Ten", 60)
+    + " } } fragment Ten on User { "
+    + repeated("id", 10)
+    + " }",
+    # 10 ** 12 fields in under 200 tokens: counting must not expand them one by one.
+    "fragments of fragments": "{ viewer { ...F0 } } "
+    + " ".join(f"fragment F{i} on User {{ {repeated(f'...F{i + 1}', 10)} }}" for i in range(11))
+    + " fragment F11 on User { id }",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIELD_BOMBS))
+async def test_an_operation_of_too_many_fields_is_refused(
+    client: GraphQLClient, team: Team, name: str
+) -> None:
+    started = time.monotonic()
+    r = await client.execute(FIELD_BOMBS[name], actor=team.member)
+    # Refused at once: measuring a document must not cost what running it would.
+    assert time.monotonic() - started < 5
+    assert r.status == 400, r.body
+    assert "data" not in r.body
+    assert r.codes == ["GRAPHQL_VALIDATION_FAILED"], r.body
+    assert "fields" in r.errors[0]["message"], r.errors
+    assert_clean(r)
+
+
+async def test_the_field_limit_counts_exactly_and_survives_fragment_cycles(
+    client: GraphQLClient, team: Team, server: Server
+) -> None:
+    limit = server.settings.max_fields
+    # `viewer` is one field, its `id`s the rest: at the limit it runs, one more is refused.
+    at_limit = "{ viewer { " + repeated("id", limit - 1) + " } }"
+    assert (await client.execute(at_limit, actor=team.member)).ok() == {
+        "viewer": {"id": team.member.user_id}
+    }
+    r = await client.execute("{ viewer { " + repeated("id", limit) + " } }", actor=team.member)
+    assert r.codes == ["GRAPHQL_VALIDATION_FAILED"], r.body
+    assert str(limit) in r.errors[0]["message"]
+    # A cycle is its own validation error, never a hang or an internal error.
+    r = await client.execute(
+        "{ viewer { ...A } } fragment A on User { id ...B } fragment B on User { ...A }",
+        actor=team.member,
+    )
+    assert r.status == 400 and set(r.codes) == {"GRAPHQL_VALIDATION_FAILED"}, r.body
+    # The whole state of a tenant, as the tests read it, is far below the limit.
+    assert (await client.execute(STATE, actor=team.owner)).ok()["tenant"]["id"] == team.tenant_id
 
 
 # --- the same duplicate, sent concurrently --------------------------------------------------

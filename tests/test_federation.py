@@ -4,9 +4,12 @@ which anyone can send straight to the subgraph) under the same rules as every ot
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +69,20 @@ def export_schema_cli() -> str:
 async def service_sdl(client: GraphQLClient) -> str:
     r = await client.execute("{ _service { sdl } }")
     return str(r.ok()["_service"]["sdl"])
+
+
+@contextmanager
+def captured_logs() -> Iterator[list[logging.LogRecord]]:
+    """Every record logged meanwhile, by the in-process test server too."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger()
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
 
 
 def object_types(document: DocumentNode) -> dict[str, list[ObjectTypeDefinitionNode]]:
@@ -397,16 +414,23 @@ async def test_entities_judge_each_row_by_its_own_tenant(client: GraphQLClient) 
 
 
 async def test_entities_anonymously_reveal_nothing(client: GraphQLClient) -> None:
+    """Without a credential, `_entities` answers UNAUTHENTICATED like `node(id:)` does, for an
+    id that exists as for one that does not."""
     owner = await client.sign_up()
     tenant_id = await client.create_tenant(owner)
     objects = await tenant_objects(client, owner, tenant_id)
     for typename, obj in objects.items():
-        r = await entities(client, None, typename, obj["id"])
-        assert r.status == 200, r.body
-        assert r.data == {"_entities": [None]}, (typename, r.body)
-        assert set(r.codes) <= {"UNAUTHENTICATED", "NOT_FOUND"}, (typename, r.body)
-        for value in leaked_values(obj):
-            assert value not in str(r.body), (typename, value)
+        missing = ids.new_id(obj["id"][:3])
+        for id_ in (obj["id"], missing):
+            r = await entities(client, None, typename, id_)
+            assert r.status == 200, r.body
+            assert r.data == {"_entities": [None]}, (typename, r.body)
+            assert r.codes == ["UNAUTHENTICATED"], (typename, r.body)
+            assert r.errors[0]["path"] == ["_entities", 0], r.errors
+            for value in leaked_values(obj):
+                assert value not in str(r.body), (typename, value)
+            r = await client.execute("query($id: ID!) { node(id: $id) { id } }", {"id": id_})
+            assert r.data == {"node": None} and r.codes == ["UNAUTHENTICATED"], r.body
 
 
 async def test_unusable_representations_are_bad_input_item_by_item(
@@ -425,14 +449,25 @@ async def test_unusable_representations_are_bad_input_item_by_item(
         {"__typename": "Tenant", "id": 7},
         {"id": tenant_id},
         "Tenant",
+        # __typename of every JSON type that is not a string
+        {"__typename": ["Tenant"], "id": tenant_id},
+        {"__typename": {"name": "Tenant"}, "id": tenant_id},
+        {"__typename": 7, "id": tenant_id},
+        {"__typename": 7.5, "id": tenant_id},
+        {"__typename": True, "id": tenant_id},
+        {"__typename": None, "id": tenant_id},
     ]
-    r = await client.execute(
-        "query($r: [_Any!]!) { _entities(representations: $r) { ... on Tenant { id name } } }",
-        {"r": [{"__typename": "Tenant", "id": tenant_id}, *bad]},
-        actor=owner,
-        tenant_id=tenant_id,
-    )
+    with captured_logs() as records:
+        r = await client.execute(
+            "query($r: [_Any!]!) { _entities(representations: $r) { ... on Tenant { id name } } }",
+            {"r": [{"__typename": "Tenant", "id": tenant_id}, *bad]},
+            actor=owner,
+            tenant_id=tenant_id,
+        )
     assert r.status == 200, r.body
+    assert not [rec for rec in records if rec.exc_info or rec.levelno >= logging.ERROR], [
+        rec.getMessage() for rec in records
+    ]
     entities_ = r.data["_entities"]
     assert entities_[0]["id"] == tenant_id and entities_[0]["name"] != "forged"
     assert entities_[1:] == [None] * len(bad)

@@ -111,13 +111,17 @@ async def test_entities_the_gateway_fetches_are_authorized_by_coregraph(
         "email": member.email,
     }
 
-    # Another tenant's owner, and no credential at all: coregraph answers as for an id that
-    # does not exist, the gateway passes that on, and nothing of the user leaks.
-    for actor, request_id in ((stranger, "gw-stranger-1"), (None, "gw-anonymous-1")):
+    # Another tenant's owner gets the answer for an id that does not exist; no credential at
+    # all gets UNAUTHENTICATED (as from node(id:)). The gateway passes either on, and nothing of
+    # the user leaks.
+    for actor, request_id, code in (
+        (stranger, "gw-stranger-1", "NOT_FOUND"),
+        (None, "gw-anonymous-1", "UNAUTHENTICATED"),
+    ):
         body = await through(gateway, query, {"id": member.user_id}, actor, request_id)
         assert body["data"] == {"portalUser": None}, body
         assert [
             (e["extensions"]["code"], e["extensions"]["serviceName"], e["extensions"]["requestId"])
             for e in body["errors"]
-        ] == [("NOT_FOUND", "core", request_id)], body
+        ] == [(code, "core", request_id)], body
         assert "Gateway Member" not in str(body) and member.email not in str(body)

@@ -88,6 +88,29 @@ async def test_mutation_over_get_is_refused_and_writes_nothing(
     assert r.ok() == {"viewer": {"memberships": []}}
 
 
+@pytest.mark.parametrize(("accept", "status"), [(GRAPHQL_RESPONSE, 400), (JSON, 200)])
+async def test_a_subscription_over_http_is_pointed_to_the_websocket(
+    http: httpx.AsyncClient, server: Server, accept: str, status: int
+) -> None:
+    """A subscription is a request error over HTTP (status as for any request error with that
+    media type), and the answer says where subscriptions are served — not "use POST"."""
+    for document in ("subscription { tenantEvents { id } }", "subscription S { __typename }"):
+        for send in (
+            http.post(server.url, json={"query": document}, headers={"Accept": accept}),
+            http.get(server.url, params={"query": document}, headers={"Accept": accept}),
+        ):
+            response = await send
+            assert response.status_code == status, response.text
+            assert media_type(response) == accept
+            body = response.json()
+            assert "data" not in body, body
+            (error,) = body["errors"]
+            assert error["extensions"]["code"] == "BAD_REQUEST", error
+            assert error["extensions"]["requestId"] == response.headers["x-request-id"]
+            assert "WebSocket" in error["message"] and "graphql-transport-ws" in error["message"]
+            assert "GET" not in error["message"] and "POST" not in error["message"], error
+
+
 async def test_query_over_get(
     client: GraphQLClient, http: httpx.AsyncClient, server: Server
 ) -> None:

@@ -19,7 +19,10 @@ from coregraph.errors import CoregraphError
 
 log = logging.getLogger("coregraph.errors")
 
-_SUGGESTION = re.compile(r" Did you mean .*\?$")
+# graphql-core's ``did_you_mean``: " Did you mean [the enum value ]'a', 'b', or 'c'?", at the
+# end of a message or in its middle (an unknown input field: "... Did you mean 'x'? Found: ...").
+# Strawberry does not pass graphql-core's ``hide_suggestions`` to validation nor execution.
+_SUGGESTION = re.compile(r" Did you mean [^?]*\?")
 
 
 def classify(error: GraphQLError) -> GraphQLError:

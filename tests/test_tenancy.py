@@ -121,16 +121,17 @@ async def test_owner_transfers_ownership_then_steps_down(client: GraphQLClient) 
     change = """mutation($input: ChangeMemberRoleInput!) { changeMemberRole(input: $input) {
         membership { role { key } } } }"""
 
-    r = await client.execute(
-        change, {"input": {"membershipId": owner_membership, "role": "admin"}}, actor=owner
-    )
-    assert r.codes == ["CONFLICT"], "the last owner cannot step down"
+    remove = "mutation($id: ID!) { removeMember(membershipId: $id) { removedMembershipId } }"
+
+    r = await client.execute(remove, {"id": owner_membership}, actor=owner)
+    assert r.codes == ["CONFLICT"], "the last owner cannot leave"
     r = await client.execute(
         change, {"input": {"membershipId": successor_membership, "role": "owner"}}, actor=owner
     )
     r.ok()
+    # Nobody changes their own role (tests/test_grants.py): the new owner steps the old one down.
     r = await client.execute(
-        change, {"input": {"membershipId": owner_membership, "role": "member"}}, actor=owner
+        change, {"input": {"membershipId": owner_membership, "role": "member"}}, actor=successor
     )
     assert r.ok()["changeMemberRole"]["membership"]["role"] == {"key": "member"}
 
@@ -156,13 +157,14 @@ async def test_every_mutation_of_a_session_leaves_audit_entries(client: GraphQLC
     await client.api_key(owner, tenant_id, ["tenant:read"])
     r = await client.execute(AUDIT, {"action": None}, actor=owner, tenant_id=tenant_id)
     actions = [e["node"]["action"] for e in r.ok()["tenant"]["auditLog"]["edges"]]
+    # Newest first, as every audit product lists them.
     assert actions == [
-        "tenant.created",
-        "member.added",
-        "invitation.created",
-        "invitation.accepted",
-        "member.added",
         "api_key.created",
+        "member.added",
+        "invitation.accepted",
+        "invitation.created",
+        "member.added",
+        "tenant.created",
     ]
 
 
@@ -192,7 +194,16 @@ async def test_audit_log_pages_with_cursors(client: GraphQLClient) -> None:
         if not page["pageInfo"]["hasNextPage"]:
             break
         after = page["pageInfo"]["endCursor"]
-    assert len(seen) == 6 and len(set(seen)) == 6 and seen == sorted(seen)
+    # Newest first: the latest rename opens the first page, the tenant's creation ends the last.
+    assert len(seen) == 6 and len(set(seen)) == 6 and seen == sorted(seen, reverse=True)
+    r = await client.execute(
+        "{ tenant { auditLog(first: 1) { nodes { id action changes } } } }",
+        actor=owner,
+        tenant_id=tenant_id,
+    )
+    (newest,) = r.ok()["tenant"]["auditLog"]["nodes"]
+    assert newest["id"] == seen[0] and newest["action"] == "tenant.updated"
+    assert "Name 3" in str(newest["changes"])
     r = await client.execute(
         '{ tenant { auditLog(after: "garbage") { totalCount } } }', actor=owner
     )

@@ -1,7 +1,8 @@
 """Relay-style cursor connections with keyset pagination.
 
-Ids are time-ordered (``coregraph.ids``), so "after this cursor" is ``id > cursor`` on an index:
-constant cost at any depth, and stable while rows are added.
+Ids are time-ordered (``coregraph.ids``), so "after this cursor" is ``id > cursor`` on an index
+(``id < cursor`` for a newest-first list): constant cost at any depth, and stable while rows
+are added.
 """
 
 from __future__ import annotations
@@ -117,13 +118,18 @@ async def paginate(
     first: int | None,
     after: str | None,
     to_node: Callable[[Any], T],
+    *,
+    newest_first: bool = False,
 ) -> Connection[T]:
-    """One page of ``statement`` ordered by ``key`` (a time-ordered id)."""
+    """One page of ``statement`` ordered by ``key`` (a time-ordered id), oldest first unless
+    ``newest_first`` (an index ending in ``key`` serves both directions)."""
     size = page_size(ctx, first)
     page = statement
     if after is not None:
-        page = page.where(key > decode_cursor(after))
-    rows = await ctx.read(page.order_by(key).limit(size + 1))
+        cursor = decode_cursor(after)
+        page = page.where(key < cursor if newest_first else key > cursor)
+    order = key.desc() if newest_first else key
+    rows = await ctx.read(page.order_by(order).limit(size + 1))
     has_next = len(rows) > size
     rows = rows[:size]
     edges = [Edge(node=to_node(row), key=row.id) for row in rows]

@@ -124,7 +124,7 @@ class Tenant(Node):
 
     @field(
         requires_scopes=[["audit:read"]],
-        description="Changes to this tenant, oldest first; filter by action or target.",
+        description="Changes to this tenant, newest first; filter by action or target.",
     )
     async def audit_log(
         self,
@@ -145,7 +145,9 @@ class Tenant(Node):
             if ids.type_of(str(target_id)) is None:
                 raise BadUserInput("targetId: not a coregraph id", field="targetId")
             stmt = stmt.where(entry.target_id == str(target_id))
-        return await paginate(info.context, stmt, entry.id, first, after, AuditEntry.from_row)
+        return await paginate(
+            info.context, stmt, entry.id, first, after, AuditEntry.from_row, newest_first=True
+        )
 
     @classmethod
     def from_row(cls, row: Any) -> Tenant:

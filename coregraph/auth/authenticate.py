@@ -67,18 +67,41 @@ class Authenticator:
         environment: Environment,
         meta: RequestMeta,
     ) -> Principal:
-        session_id: str | None = None
-        stmt: Any
+        # Only coregraph permissions in a token's scope claim narrow it: an identity provider's
+        # "openid profile email" says nothing about tenants and must not strip every right.
+        narrowed = token.scopes & PERMISSION_KEYS if token.scopes is not None else None
         if token.external:
-            user_id = await self._external_user(token, meta)
+            user_id, session_id = await self._external_user(token, meta), None
+        else:
+            user_id, session_id = token.subject, str(token.claims["sid"])
+        return await self.user_principal(
+            user_id,
+            session_id,
+            tenant_id=tenant_id,
+            environment=environment,
+            scope_limit=narrowed or None,
+        )
+
+    async def user_principal(
+        self,
+        user_id: str,
+        session_id: str | None,
+        *,
+        tenant_id: str | None = None,
+        environment: Environment = Environment.LIVE,
+        scope_limit: frozenset[str] | None = None,
+    ) -> Principal:
+        """The user's principal with their tenant scopes as the database has them now. With a
+        ``session_id`` (coregraph's own tokens) the session must still be live; an external
+        issuer's token has none. Also what a just-issued session acts as (``login``)."""
+        stmt: Any
+        if session_id is None:
             stmt = (
                 select(Membership.tenant_id, Role.permissions)
                 .join(Role, Role.id == Membership.role_id)
                 .where(Membership.user_id == user_id)
             )
         else:
-            user_id = token.subject
-            session_id = str(token.claims["sid"])
             # One round trip: the session must still be live, and it brings the memberships.
             stmt = (
                 select(Session.revoked_at, Membership.tenant_id, Role.permissions)
@@ -90,15 +113,10 @@ class Authenticator:
             # Row-level security: this step sees the user's own memberships and their roles.
             await db.scope_transaction(conn, tenant_ids=(), user_id=user_id)
             rows = (await conn.execute(stmt)).all()
-        if not token.external:
-            if not rows or rows[0].revoked_at is not None:
-                raise Unauthenticated("session has ended")
-        # Only coregraph permissions in a token's scope claim narrow it: an identity provider's
-        # "openid profile email" says nothing about tenants and must not strip every right.
-        narrowed = token.scopes & PERMISSION_KEYS if token.scopes is not None else None
-        narrowed = narrowed or None
+        if session_id is not None and (not rows or rows[0].revoked_at is not None):
+            raise Unauthenticated("session has ended")
         tenant_scopes = {
-            row.tenant_id: effective_scopes(frozenset(row.permissions), narrowed)
+            row.tenant_id: effective_scopes(frozenset(row.permissions), scope_limit)
             for row in rows
             if row.tenant_id is not None
         }
@@ -111,7 +129,7 @@ class Authenticator:
             tenant_id=tenant_id,
             environment=environment,
             tenant_scopes=tenant_scopes,
-            scope_limit=narrowed,
+            scope_limit=scope_limit,
         )
 
     async def _external_user(self, token: VerifiedToken, meta: RequestMeta) -> str:

@@ -8,7 +8,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -253,7 +253,7 @@ async def test_an_idle_socket_closes_when_its_access_token_expires(
     claims = jwt.decode(owner.token, options={"verify_signature": False})
     now = int(time.time())
     short_lived = jwt.encode(
-        {**claims, "iat": now, "exp": now + 2},
+        {**claims, "iat": now, "exp": now + 3},
         server.settings.jwt_secret,
         algorithm=server.settings.jwt_algorithm,
         headers={"typ": "at+jwt"},
@@ -349,35 +349,37 @@ async def test_each_socket_operation_writes_a_request_log_line(
     logger.addHandler(capture)
     previous = logger.level
     logger.setLevel(logging.INFO)
+
+    async def logged(count: int, wanted: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """The server writes a line after its answer has left: wait (bounded) for it."""
+        for _ in range(int(WAIT / 0.02)):
+            lines = [line for line in capture.lines if wanted(line)]
+            if len(lines) >= count:
+                return lines
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"expected {count} log lines, got {capture.lines}")
+
     try:
         async with socket(server, credential(owner, tenant_id)) as ws:
             await run(ws, "1", "query Members { tenant { members { totalCount } } }")
             await run(ws, "2", "query Audit { viewer { nope } }")
-
-            async def logged() -> list[dict[str, Any]]:
-                while True:
-                    lines = [x for x in capture.lines if x.get("transport") == "websocket"]
-                    if len(lines) >= 2:
-                        return lines
-                    await asyncio.sleep(0.02)
-
-            lines = await asyncio.wait_for(logged(), WAIT)
+            lines = await logged(2, lambda line: line.get("tenant_id") == tenant_id)
         r = await client.execute(
             "query Plain { __typename }", headers={"X-Request-Id": "req-ws-log-http"}
         )
         r.ok()
+        [http_line] = await logged(1, lambda line: line["request_id"] == "req-ws-log-http")
     finally:
         logger.removeHandler(capture)
         logger.setLevel(previous)
     ok = next(line for line in lines if line["outcome"] == "OK")
     invalid = next(line for line in lines if line["outcome"] != "OK")
+    assert ok["transport"] == "websocket" and invalid["transport"] == "websocket"
     assert ok["operation"] == "Members" and ok["principal"] == "user"
-    assert ok["tenant_id"] == tenant_id and ok["connection_id"]
-    assert isinstance(ok["duration_ms"], float) and ok["request_id"]
+    assert ok["connection_id"] and isinstance(ok["duration_ms"], float) and ok["request_id"]
     assert invalid["outcome"] == "GRAPHQL_VALIDATION_FAILED"
     assert ok["request_id"] != invalid["request_id"]
     assert ok["connection_id"] == invalid["connection_id"]
-    [http_line] = [x for x in capture.lines if x["request_id"] == "req-ws-log-http"]
     assert http_line["transport"] == "http" and http_line["operation"] == "Plain"
     for line in capture.lines:
         assert owner.token not in json.dumps(line)

@@ -1,11 +1,14 @@
-"""Roles and API keys.
+"""Roles, API keys, and the rule that grants never exceed the grantor.
 
 A role is a named set of permissions from the catalog (``coregraph.auth.permissions``); an API
 key is a tenant-and-environment-bound credential whose scopes never exceed its creator's.
+``ensure_grantable`` and ``ensure_not_own_membership`` are the one place every grant (a role, a
+role change, an invitation, a key) and every removal is checked against who makes it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, func, select
@@ -25,6 +28,38 @@ def check_permissions(values: list[str], field: str) -> list[str]:
     if unknown:
         raise BadUserInput(f"{field}: unknown permission(s) {', '.join(unknown)}", field=field)
     return sorted(set(values))
+
+
+def ensure_grantable(
+    uow: UnitOfWork, tenant_id: str, permissions: Iterable[str], field: str, action: str
+) -> None:
+    """Refuse ``action`` unless the acting principal holds every one of ``permissions`` in
+    ``tenant_id`` (its effective scopes there: role permissions narrowed by the token's or
+    key's own scopes, with what each includes).
+
+    Applied to what is granted (a new or changed role's permissions, the role assigned or
+    invited into, a key's scopes) and, as Kubernetes' RBAC escalation rule has it, to what is
+    changed or taken away (a role, or a member's role, holding more than the grantor): nobody
+    rewrites, demotes or removes what they could not have granted themselves.
+    """
+    lacking = sorted(frozenset(permissions) - uow.principal.scopes_in(tenant_id))
+    if lacking:
+        raise Forbidden(
+            f"{field}: {action} needs permission(s) you do not hold: {', '.join(lacking)}",
+            field=field,
+            lacking=lacking,
+        )
+
+
+def ensure_not_own_membership(uow: UnitOfWork, membership: Membership) -> None:
+    """Nobody changes their own role, not even downwards: another member who holds the rights
+    does it. For an API key, "own" is its creator's membership (the key acts for them)."""
+    acting_user_id = uow.principal.user_id or uow.principal.acting_for_user_id
+    if acting_user_id is not None and membership.user_id == acting_user_id:
+        raise Forbidden(
+            "membershipId: you cannot change your own role; ask another member who may",
+            field="membershipId",
+        )
 
 
 def builtin_role_rows(tenant_id: str) -> list[Role]:
@@ -65,13 +100,22 @@ async def get_role_by_key(uow: UnitOfWork, tenant_id: str, key: str, field: str 
     if not validation.is_key(key):
         # No role has such a key; don't echo it (it may be huge, or hold a NUL byte that
         # PostgreSQL refuses in a query).
-        raise BadUserInput(f"{field}: unknown role", field=field)
+        raise await _unknown_role(uow, tenant_id, field, "")
     role = await uow.session.scalar(
         select(Role).where(Role.tenant_id == tenant_id, Role.key == key)
     )
     if role is None:
-        raise BadUserInput(f"{field}: unknown role '{key}'", field=field)
+        raise await _unknown_role(uow, tenant_id, field, f" '{key}'")
     return role
+
+
+async def _unknown_role(uow: UnitOfWork, tenant_id: str, field: str, named: str) -> BadUserInput:
+    keys = await uow.session.scalars(
+        select(Role.key).where(Role.tenant_id == tenant_id).order_by(Role.builtin.desc(), Role.key)
+    )
+    return BadUserInput(
+        f"{field}: unknown role{named}; this tenant's roles are {', '.join(keys)}", field=field
+    )
 
 
 async def create_role(
@@ -87,6 +131,7 @@ async def create_role(
     name = validation.text(name, "name", max_length=120)
     description = validation.text(description, "description", max_length=500, min_length=0)
     perms = check_permissions(permissions, "permissions")
+    ensure_grantable(uow, tenant_id, perms, "permissions", "granting these permissions")
     exists = await uow.session.scalar(
         select(func.count()).where(Role.tenant_id == tenant_id, Role.key == key)
     )
@@ -126,13 +171,16 @@ async def update_role(
     role = await get_role(uow, tenant_id, role_id)
     if role.builtin:
         raise BadUserInput("roleId: built-in roles cannot be changed", field="roleId")
+    ensure_grantable(uow, tenant_id, role.permissions, "roleId", "changing this role")
     before = role_snapshot(role)
     if name is not None:
         role.name = validation.text(name, "name", max_length=120)
     if description is not None:
         role.description = validation.text(description, "description", max_length=500, min_length=0)
     if permissions is not None:
-        role.permissions = check_permissions(permissions, "permissions")
+        perms = check_permissions(permissions, "permissions")
+        ensure_grantable(uow, tenant_id, perms, "permissions", "granting these permissions")
+        role.permissions = perms
     role.updated_at = datetime.now(UTC)
     uow.record(
         "role.updated",
@@ -216,12 +264,7 @@ async def create_api_key(
     wanted = set(check_permissions(scopes, "scopes"))
     if not wanted:
         raise BadUserInput("scopes: name at least one permission", field="scopes")
-    beyond = sorted(wanted - principal.scopes_in(tenant_id))
-    if beyond:
-        raise Forbidden(
-            f"scopes: a key cannot hold permissions its creator lacks ({', '.join(beyond)})",
-            field="scopes",
-        )
+    ensure_grantable(uow, tenant_id, wanted, "scopes", "issuing a key with these scopes")
     if expires_at is not None:
         if expires_at.tzinfo is None:
             raise BadUserInput("expiresAt: must carry a timezone offset", field="expiresAt")

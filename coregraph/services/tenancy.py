@@ -150,6 +150,9 @@ async def _guard_owner_change(
 async def remove_member(uow: UnitOfWork, tenant_id: str, membership_id: str) -> Membership:
     membership = await _membership(uow, tenant_id, membership_id)
     role = await _guard_owner_change(uow, tenant_id, membership, None)
+    access.ensure_grantable(
+        uow, tenant_id, role.permissions, "membershipId", "removing this member"
+    )
     uow.record(
         "member.removed",
         tenant_id=tenant_id,
@@ -167,6 +170,11 @@ async def change_member_role(
     membership = await _membership(uow, tenant_id, membership_id)
     new_role = await access.get_role_by_key(uow, tenant_id, role_key)
     old_role = await _guard_owner_change(uow, tenant_id, membership, new_role)
+    access.ensure_not_own_membership(uow, membership)
+    access.ensure_grantable(
+        uow, tenant_id, old_role.permissions, "membershipId", "changing this member's role"
+    )
+    access.ensure_grantable(uow, tenant_id, new_role.permissions, "role", "assigning this role")
     if old_role.id != new_role.id:
         membership.role_id = new_role.id
         membership.updated_at = datetime.now(UTC)
@@ -193,6 +201,7 @@ async def invite_member(
     role = await access.get_role_by_key(uow, tenant_id, role_key)
     if role.key == permissions.OWNER_ROLE_KEY and not await acting_user_is_owner(uow, tenant_id):
         raise Forbidden("only an owner can invite an owner", field="role")
+    access.ensure_grantable(uow, tenant_id, role.permissions, "role", "inviting into this role")
     already = await uow.session.scalar(
         select(Membership.id)
         .join(User, User.id == Membership.user_id)

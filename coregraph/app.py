@@ -21,6 +21,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from coregraph import db, migrate
 from coregraph.api import CoregraphSchema, build_schema
@@ -215,4 +216,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             max_age=600,
         )
     app.add_middleware(RequestLog)
+    if settings.trusted_proxies:
+        # Outermost, so everything inside (the request log, rate limits, audit entries) sees
+        # the client a trusted proxy names; anyone else's X-Forwarded-For is ignored.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     return app

@@ -58,7 +58,8 @@ def serve(
         workers=workers,
         log_config=None,
         access_log=False,
-        proxy_headers=True,
+        # Forwarded headers are the app's call: trusted only from COREGRAPH_TRUSTED_PROXIES.
+        proxy_headers=False,
     )
 
 
@@ -151,12 +152,13 @@ def create_tenant(
 
     from coregraph.errors import NotFound
     from coregraph.models import User
-    from coregraph.services import tenancy
+    from coregraph.services import emails, tenancy
 
     settings = _settings()
 
     async def run(uow: UnitOfWork) -> Tenant:
-        owner = await uow.session.scalar(select(User).where(User.email == owner_email.lower()))
+        address = emails.lookup_key(owner_email)
+        owner = await uow.session.scalar(select(User).where(User.email == address))
         if owner is None:
             raise NotFound(f"no user with email {owner_email}")
         return await tenancy.create_tenant(uow, name=name or slug, slug=slug, owner_id=owner.id)

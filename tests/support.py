@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +22,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from coregraph import migrate
 from coregraph.app import Runtime, create_app
+from coregraph.logging import JsonFormatter
 from coregraph.settings import Settings
 
 PASSWORD = "correct-horse-battery-staple"
@@ -100,6 +103,8 @@ def running_server(settings: Settings, migrate_first: bool = True) -> Iterator[S
         log_config=None,
         access_log=False,
         lifespan="on",
+        # As `coregraph serve`: the app alone decides whom to believe (COREGRAPH_TRUSTED_PROXIES).
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
 
@@ -301,3 +306,43 @@ class GraphQLClient:
 
 def env_database_url() -> str | None:
     return os.environ.get("COREGRAPH_DATABASE_URL")
+
+
+class LogCapture(logging.Handler):
+    """The JSON lines one logger writes while a test runs (the test servers run in threads of
+    the test process): ``with LogCapture("coregraph.request") as logs: ...``."""
+
+    def __init__(self, logger: str) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter())
+        self.raw: list[str] = []
+        self._logger = logging.getLogger(logger)
+        self._level = self._logger.level
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.raw.append(self.format(record))
+
+    @property
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.raw]
+
+    async def wait_for(
+        self, count: int, wanted: Callable[[dict[str, Any]], bool]
+    ) -> list[dict[str, Any]]:
+        """At least ``count`` lines ``wanted`` picks; a server writes its request line after
+        the answer has left, so a test waits (at most 10 s) rather than reading at once."""
+        for _ in range(500):
+            lines = [line for line in self.lines if wanted(line)]
+            if len(lines) >= count:
+                return lines
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"expected {count} matching log lines, got {self.lines}")
+
+    def __enter__(self) -> LogCapture:
+        self._logger.addHandler(self)
+        self._logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._level)

@@ -1,10 +1,12 @@
-"""Login, refresh and invitation acceptance are rate-limited per account and per address,
-counting operations: repeating `login` under aliases in one request does not get around it.
+"""Login, sign-up, refresh, logout by refresh token and invitation acceptance are rate-limited
+per account and per address, counting operations: repeating `login` under aliases in one request
+does not get around it, nor does another spelling of the address or a forged X-Forwarded-For.
 Runs against the in-process limiter, or Redis when COREGRAPH_REDIS_URL is set; the sliding
 window is checked on both with a controllable clock."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
 
@@ -21,21 +23,40 @@ from coregraph.services.ratelimit import (
 )
 from tests.conftest import make_settings
 from tests.support import PASSWORD, FakeClock, GraphQLClient, running_server, unique
+from tests.test_emails import fullwidth
 
 LOGIN = """mutation($i: LoginInput!) { login(input: $i) { accessToken } }"""
+REFRESH = """mutation($t: String!) { refreshSession(refreshToken: $t) { refreshToken } }"""
 # An hour-long window keeps a burst of attempts well inside one window.
 WINDOW = 3600
 
 
-@pytest.fixture(scope="module")
-def limited(database_url: str, http: httpx.AsyncClient) -> Iterator[GraphQLClient]:
+@contextlib.contextmanager
+def server_with_limits(
+    database_url: str, http: httpx.AsyncClient, **limits: object
+) -> Iterator[GraphQLClient]:
+    """A server of its own (its own limiter, its own Redis keys), with these settings."""
     settings = make_settings(
         database_url,
         auth_rate_limit_window_seconds=WINDOW,
         redis_prefix=unique("ratelimit-test-"),
+        **limits,
     )
     with running_server(settings) as srv:
         yield GraphQLClient(http, srv.url)
+
+
+@pytest.fixture(scope="module")
+def limited(database_url: str, http: httpx.AsyncClient) -> Iterator[GraphQLClient]:
+    with server_with_limits(database_url, http) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def three_per_address(database_url: str, http: httpx.AsyncClient) -> Iterator[GraphQLClient]:
+    """Three attempts per address and operation (each operation counts on its own)."""
+    with server_with_limits(database_url, http, auth_rate_limit_per_ip=3) as client:
+        yield client
 
 
 async def test_login_attempts_are_limited_per_account(limited: GraphQLClient) -> None:
@@ -69,14 +90,7 @@ async def test_aliases_count_as_separate_attempts(limited: GraphQLClient) -> Non
 
 
 async def test_attempts_are_limited_per_address(http: httpx.AsyncClient, database_url: str) -> None:
-    settings = make_settings(
-        database_url,
-        auth_rate_limit_per_ip=5,
-        auth_rate_limit_window_seconds=WINDOW,
-        redis_prefix=unique("ratelimit-test-"),
-    )
-    with running_server(settings) as srv:
-        limited = GraphQLClient(http, srv.url)
+    with server_with_limits(database_url, http, auth_rate_limit_per_ip=5) as limited:
         codes = []
         for i in range(7):
             r = await limited.execute(
@@ -84,6 +98,144 @@ async def test_attempts_are_limited_per_address(http: httpx.AsyncClient, databas
             )
             codes += r.codes
         assert codes == ["UNAUTHENTICATED"] * 5 + ["RATE_LIMITED"] * 2
+
+
+async def test_every_spelling_of_an_address_counts_in_one_bucket(limited: GraphQLClient) -> None:
+    """Ten wrong guesses spread over spellings of one address lock out all of them."""
+    client = limited
+    user = await client.sign_up()
+    email = str(user.email)
+    local, domain = email.split("@")
+    spellings = [
+        email.upper(),
+        f"{local}@{fullwidth(domain.upper())}",
+        fullwidth(email),
+        f"{fullwidth(local.upper())}@{domain}",
+    ]
+    codes = []
+    for i in range(10):
+        wrong = {"email": spellings[i % len(spellings)], "password": f"wrong password {i}"}
+        codes += (await client.execute(LOGIN, {"i": wrong})).codes
+    assert codes == ["UNAUTHENTICATED"] * 10
+    for spelling in [email, *spellings]:
+        r = await client.execute(LOGIN, {"i": {"email": spelling, "password": PASSWORD}})
+        assert r.codes == ["RATE_LIMITED"], (spelling, r.body)
+
+
+async def test_forwarded_for_does_not_reset_the_per_address_limit(
+    three_per_address: GraphQLClient,
+) -> None:
+    """No proxy is trusted by default: a client naming a new address in X-Forwarded-For on
+    every attempt is still the one peer it connects from."""
+    codes = []
+    for i in range(5):
+        r = await three_per_address.execute(
+            LOGIN,
+            {"i": {"email": f"{unique()}@example.com", "password": f"guess {i}"}},
+            headers={"X-Forwarded-For": f"203.0.113.{i + 1}"},
+        )
+        codes += r.codes
+    assert codes == ["UNAUTHENTICATED"] * 3 + ["RATE_LIMITED"] * 2
+
+
+async def test_behind_a_trusted_proxy_the_forwarded_client_is_the_address(
+    http: httpx.AsyncClient, database_url: str
+) -> None:
+    """With 127.0.0.1 configured as a proxy, the address it forwards is what the limit counts
+    and what the audit trail records."""
+    with server_with_limits(
+        database_url, http, auth_rate_limit_per_ip=3, trusted_proxies=["127.0.0.1"]
+    ) as client:
+
+        async def attempt(client_ip: str) -> list[str | None]:
+            wrong = {"email": f"{unique()}@example.com", "password": "a wrong guess"}
+            r = await client.execute(LOGIN, {"i": wrong}, headers={"X-Forwarded-For": client_ip})
+            return r.codes
+
+        codes = [code for _ in range(4) for code in await attempt("203.0.113.7")]
+        assert codes == ["UNAUTHENTICATED"] * 3 + ["RATE_LIMITED"]
+        assert await attempt("203.0.113.8") == ["UNAUTHENTICATED"], "another client, own count"
+
+        owner = await client.sign_up()
+        r = await client.execute(
+            "mutation($i: CreateTenantInput!) { createTenant(input: $i) { tenant { id } } }",
+            {"i": {"name": "Acme", "slug": unique("acme-")}},
+            actor=owner,
+            headers={"X-Forwarded-For": "198.51.100.20"},
+        )
+        tenant_id = r.ok()["createTenant"]["tenant"]["id"]
+        r = await client.execute(
+            "{ tenant { auditLog(first: 50) { nodes { action ip } } } }",
+            actor=owner,
+            tenant_id=tenant_id,
+        )
+        entries = r.ok()["tenant"]["auditLog"]["nodes"]
+        assert entries
+        assert {entry["ip"] for entry in entries} == {"198.51.100.20"}, entries
+
+
+async def test_sign_up_is_limited_per_address_counting_aliases(
+    http: httpx.AsyncClient, database_url: str
+) -> None:
+    with server_with_limits(database_url, http, auth_rate_limit_per_ip=20) as client:
+        aliased = " ".join(
+            f'a{i}: signUp(input: {{email: "{unique()}@example.com", password: "{PASSWORD}"}}) '
+            "{ accessToken }"
+            for i in range(25)
+        )
+        r = await client.execute(f"mutation {{ {aliased} }}")
+        assert r.codes == ["RATE_LIMITED"] * 5, r.body
+        assert sum(1 for value in r.data.values() if value is not None) == 20
+        r = await client.execute(
+            "mutation($i: SignUpInput!) { signUp(input: $i) { accessToken } }",
+            {"i": {"email": f"{unique()}@example.com", "password": PASSWORD}},
+        )
+        assert r.codes == ["RATE_LIMITED"]
+
+
+@pytest.mark.parametrize(
+    ("operation", "answer"),
+    [
+        (REFRESH, "UNAUTHENTICATED"),
+        ("mutation($t: String!) { logout(refreshToken: $t) { ended } }", None),
+        (
+            "mutation($t: String!) { acceptInvitation(token: $t) { membership { id } } }",
+            "NOT_FOUND",
+        ),
+    ],
+    ids=["refreshSession", "logout", "acceptInvitation"],
+)
+async def test_token_taking_mutations_are_limited_per_address(
+    three_per_address: GraphQLClient, operation: str, answer: str | None
+) -> None:
+    """Guessing refresh or invitation tokens from one address stops after the limit."""
+    client = three_per_address
+    # acceptInvitation needs someone signed in; the others are sent as that person too, which
+    # does not change the count: it is the address's.
+    guesser = await client.sign_up()
+    codes = []
+    for i in range(4):
+        r = await client.execute(operation, {"t": f"guess-{unique()}-{i}"}, actor=guesser)
+        codes.append(r.codes[0] if r.codes else None)
+    assert codes == [answer] * 3 + ["RATE_LIMITED"]
+
+
+async def test_refresh_is_limited_per_account_across_sessions(limited: GraphQLClient) -> None:
+    """Each refresh presents a new token, so a limit keyed on the token never fills; the
+    count is the session's user's, over all of their sessions."""
+    client = limited
+    user = await client.sign_up()
+    login = """mutation($i: LoginInput!) { login(input: $i) { refreshToken } }"""
+    r = await client.execute(login, {"i": {"email": user.email, "password": PASSWORD}})
+    tokens = [str(user.refresh_token), r.ok()["login"]["refreshToken"]]
+    for i in range(10):
+        r = await client.execute(REFRESH, {"t": tokens[i % 2]})
+        tokens[i % 2] = r.ok()["refreshSession"]["refreshToken"]
+    r = await client.execute(REFRESH, {"t": tokens[0]})
+    assert r.codes == ["RATE_LIMITED"], r.body
+    other = await client.sign_up()
+    r = await client.execute(REFRESH, {"t": other.refresh_token})
+    assert r.ok()["refreshSession"]["refreshToken"]
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import strawberry
 from strawberry.federation import field
 
-from coregraph.auth.principal import Principal, PrincipalKind
+from coregraph.auth import secrets
 from coregraph.context import Context
 from coregraph.schema.identity import AuthPayload, LogoutPayload, User
-from coregraph.services import identity
+from coregraph.services import emails, identity
 from coregraph.services.identity import IssuedSession
 
 Info = strawberry.Info[Context, None]
@@ -29,12 +27,12 @@ class LoginInput:
     password: str
 
 
-def _signed_in(info: Info, issued: IssuedSession) -> AuthPayload | None:
-    # The rest of this operation reads as the user who just signed in (e.g. `user { email }`).
-    info.context.principal = replace(
-        Principal(kind=PrincipalKind.USER),
-        user_id=issued.user.id,
-        session_id=issued.session.id,
+async def _signed_in(info: Info, issued: IssuedSession) -> AuthPayload | None:
+    # The rest of this operation reads as the user who just signed in (`user { email }`), with
+    # the tenants they belong to (`user { memberships }`), as their next request will.
+    ctx = info.context
+    ctx.principal = await ctx.runtime.authenticator.user_principal(
+        issued.user.id, issued.session.id
     )
     return AuthPayload(
         access_token=issued.access_token,
@@ -60,6 +58,7 @@ class IdentityMutation:
     @field(description="Create an account and sign in.")
     async def sign_up(self, info: Info, input: SignUpInput) -> AuthPayload | None:
         ctx = info.context
+        await ctx.limit("sign_up", account=None)
         async with ctx.unit_of_work() as uow:
             issued = await identity.sign_up(
                 uow,
@@ -69,31 +68,35 @@ class IdentityMutation:
                 password=input.password,
                 display_name=input.display_name,
             )
-        return _signed_in(info, issued)
+        return await _signed_in(info, issued)
 
     @field(description="Sign in with email and password.")
     async def login(self, info: Info, input: LoginInput) -> AuthPayload | None:
         ctx = info.context
-        await ctx.limit("login", account=input.email)
+        await ctx.limit("login", account=emails.lookup_key(input.email))
         async with ctx.unit_of_work() as uow:
             issued = await identity.login(
                 uow, ctx.settings, ctx.runtime.tokens, email=input.email, password=input.password
             )
-        return _signed_in(info, issued)
+        return await _signed_in(info, issued)
 
     @field(description="Trade a refresh token for a new access token and a new refresh token.")
     async def refresh_session(self, info: Info, refresh_token: str) -> AuthPayload | None:
         ctx = info.context
-        await ctx.limit("refresh", account=refresh_token[:64])
         async with ctx.unit_of_work() as uow:
+            owner = await identity.refresh_token_owner(uow, refresh_token)
+            await ctx.limit("refresh", account=owner or secrets.digest(refresh_token))
             issued = await identity.refresh_session(
                 uow, ctx.settings, ctx.runtime.tokens, refresh_token=refresh_token
             )
-        return _signed_in(info, issued)
+        return await _signed_in(info, issued)
 
     @field(description="End the current session, or the one a refresh token belongs to.")
     async def logout(self, info: Info, refresh_token: str | None = None) -> LogoutPayload | None:
         ctx = info.context
+        if refresh_token is not None:
+            # Anyone may present a refresh token: guessing them costs like refreshing.
+            await ctx.limit("logout", account=None)
         async with ctx.unit_of_work() as uow:
             ended = await identity.logout(
                 uow, session_id=ctx.principal.session_id, refresh_token=refresh_token

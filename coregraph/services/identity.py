@@ -11,9 +11,9 @@ from sqlalchemy import CursorResult, select, update
 from coregraph import ids
 from coregraph.auth import passwords, secrets
 from coregraph.auth.tokens import TokenService, VerifiedToken
-from coregraph.errors import Conflict, Unauthenticated
+from coregraph.errors import BadUserInput, Conflict, Unauthenticated
 from coregraph.models import ExternalIdentity, RetiredRefreshToken, Session, User
-from coregraph.services import validation
+from coregraph.services import emails, validation
 from coregraph.services.uow import UnitOfWork
 from coregraph.settings import Settings
 
@@ -39,7 +39,7 @@ async def create_user(
     password: str,
     display_name: str | None,
 ) -> User:
-    email = validation.email(email)
+    email = emails.canonical(email)
     validation.password(password, settings.password_min_length)
     name = validation.text(display_name or "", "displayName", max_length=120, min_length=0)
     taken = Conflict("email: an account with this email already exists", field="email")
@@ -116,19 +116,32 @@ async def sign_up(
 async def login(
     uow: UnitOfWork, settings: Settings, tokens: TokenService, *, email: str, password: str
 ) -> IssuedSession:
-    try:
-        normalized = validation.email(email)
-    except validation.BadUserInput:
-        normalized = email.strip().lower()
     user = None
-    # No stored address holds a NUL byte, and PostgreSQL refuses one in a query parameter.
-    if "\x00" not in normalized:
-        user = await uow.session.scalar(select(User).where(User.email == normalized))
+    try:
+        address = emails.canonical(email)
+    except BadUserInput:
+        address = None  # no account has it: every stored address is canonical
+    if address is not None:
+        user = await uow.session.scalar(select(User).where(User.email == address))
     # Verify even for an unknown email, so the answer's timing does not reveal accounts.
     ok = await passwords.verify_password(user.password_hash if user else None, password)
     if user is None or not ok:
         raise Unauthenticated("email or password is wrong")
     return await _open_session(uow, settings, tokens, user)
+
+
+async def refresh_token_owner(uow: UnitOfWork, refresh_token: str) -> str | None:
+    """The user whose session ``refresh_token`` is (or was, before it rotated), if any: what
+    refresh attempts are counted against. Every refresh presents a new token, so counting per
+    token would never fill."""
+    digest = secrets.digest(refresh_token)
+    current = select(Session.user_id).where(Session.refresh_token_hash == digest)
+    retired = (
+        select(Session.user_id)
+        .join(RetiredRefreshToken, RetiredRefreshToken.session_id == Session.id)
+        .where(RetiredRefreshToken.token_hash == digest)
+    )
+    return await uow.session.scalar(current) or await uow.session.scalar(retired)
 
 
 async def refresh_session(
@@ -190,9 +203,13 @@ async def _revoke_on_reuse(uow: UnitOfWork, session: Session, now: datetime) -> 
 
 
 async def logout(uow: UnitOfWork, *, session_id: str | None, refresh_token: str | None) -> bool:
-    """End a session: the caller's own (by access token) or the one a refresh token names."""
+    """End a session: the caller's own (no refresh token given) or the one a refresh token
+    names."""
     stmt = select(Session)
-    if refresh_token:
+    if refresh_token is not None:
+        if not refresh_token.strip():
+            # A client bug (an unset variable sent as ""), never "end my own session".
+            raise BadUserInput("refreshToken: must not be empty", field="refreshToken")
         stmt = stmt.where(Session.refresh_token_hash == secrets.digest(refresh_token))
     elif session_id:
         stmt = stmt.where(Session.id == session_id)
@@ -230,8 +247,8 @@ async def user_for_external_token(
     email: str | None = None
     if isinstance(raw_email, str):
         try:
-            email = validation.email(raw_email)
-        except validation.BadUserInput:
+            email = emails.canonical(raw_email)
+        except BadUserInput:
             email = None
     stated = token.claims.get("email_verified")
     verified = stated is True or (settings.external_jwt_emails_verified and stated is None)

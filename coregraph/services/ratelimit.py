@@ -1,7 +1,11 @@
-"""Rate limits for the operations attackers repeat: login, token refresh, invitation acceptance.
+"""Rate limits for the operations attackers repeat: sign-up, login, token refresh, logout by
+refresh token, invitation acceptance.
 
 They count operations, not HTTP requests: each resolver call is one hit, so aliasing ``login``
-twenty times in one request costs twenty. Per account and per client address.
+twenty times in one request costs twenty. Per client address (each operation its own count),
+and per account where there is one: a canonical email (``coregraph.services.emails``), a user
+id, or a token's digest. The address is the TCP peer's unless a trusted proxy names the client
+(``COREGRAPH_TRUSTED_PROXIES``).
 
 Sliding windows, approximated as Cloudflare's limiter does: the count is this window's hits plus
 the previous window's, weighted by how much of it the sliding window still covers. A fixed
@@ -78,8 +82,9 @@ class RedisRateLimiter:
 
 
 def _subject(value: str) -> str:
-    # Emails and addresses are personal data: keys hold a digest, never the value.
-    return hashlib.sha256(value.strip().lower().encode()).hexdigest()[:32]
+    # Emails and addresses are personal data: keys hold a digest, never the value. Callers
+    # pass canonical forms; normalising here would hide a caller that does not.
+    return hashlib.sha256(value.encode()).hexdigest()[:32]
 
 
 async def enforce(
@@ -92,7 +97,8 @@ async def enforce(
     per_ip: int,
     window_seconds: int,
 ) -> None:
-    """Raise RATE_LIMITED when this account or this address made too many attempts."""
+    """Raise RATE_LIMITED when this account or this address made too many attempts. Without
+    an account, only the address counts."""
     checks = []
     if account:
         checks.append((f"{action}:account:{_subject(account)}", per_account))

@@ -11,7 +11,7 @@ from coregraph import ids
 from coregraph.auth import permissions, secrets
 from coregraph.errors import BadUserInput, Conflict, Forbidden, NotFound
 from coregraph.models import Invitation, Membership, Role, Tenant, User
-from coregraph.services import access, validation
+from coregraph.services import access, emails, validation
 from coregraph.services.uow import UnitOfWork
 from coregraph.settings import Settings
 
@@ -288,7 +288,7 @@ async def accept_invitation(uow: UnitOfWork, *, token: str, user_id: str) -> Mem
         raise BadUserInput("token: this invitation has expired", field="token")
     user = await uow.session.get(User, user_id)
     assert user is not None
-    if user.email != invitation.email:
+    if emails.lookup_key(user.email) != emails.lookup_key(invitation.email):
         raise Forbidden("token: this invitation was sent to another email address", field="token")
     if await uow.session.scalar(
         select(Membership.id).where(

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import re
 
-from email_validator import EmailNotValidError, validate_email
-
 from coregraph import ids
 from coregraph.errors import BadUserInput, NotFound
+from coregraph.services import emails
 
 _SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{1,62}$")
@@ -33,13 +32,9 @@ _COMMON_PASSWORDS = frozenset(
 
 
 def email(value: str, field: str = "email") -> str:
-    if len(value) > 254:
-        raise BadUserInput(f"{field}: at most 254 characters", field=field)
-    try:
-        result = validate_email(value, check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise BadUserInput(f"{field}: not a valid email address", field=field) from exc
-    return result.normalized.lower()
+    """The address in its canonical form (``coregraph.services.emails``): what is stored and
+    compared."""
+    return emails.canonical(value, field)
 
 
 def password(value: str, min_length: int, field: str = "password") -> str:

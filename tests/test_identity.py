@@ -207,6 +207,48 @@ async def test_logout_with_a_refresh_token(client: GraphQLClient) -> None:
     assert r.ok()["logout"] == {"ended": False}
 
 
+async def test_logout_with_an_empty_refresh_token_is_bad_input_and_ends_nothing(
+    client: GraphQLClient,
+) -> None:
+    """An empty refreshToken is a client bug, not a request to end the caller's own session."""
+    user = await client.sign_up()
+    for empty in ("", "   "):
+        r = await client.execute(LOGOUT, {"t": empty}, actor=user)
+        assert r.codes == ["BAD_USER_INPUT"], r.body
+        assert r.errors[0]["extensions"]["field"] == "refreshToken"
+        assert r.data == {"logout": None}
+        assert (await client.execute(VIEWER, actor=user)).ok()["viewer"]["id"] == user.user_id
+    assert (await refresh(client, str(user.refresh_token))).ok()["refreshSession"]["accessToken"]
+
+
+async def test_the_payload_of_a_new_session_lists_the_users_memberships(
+    client: GraphQLClient,
+) -> None:
+    user = await client.sign_up()
+    tenant_id = await client.create_tenant(user)
+    membership_id = await client.membership_id(user, tenant_id, str(user.user_id))
+    expected = [{"id": membership_id, "tenant": {"id": tenant_id}}]
+    selection = "user { id memberships { id tenant { id } } }"
+
+    r = await client.execute(
+        f"mutation($input: LoginInput!) {{ login(input: $input) {{ refreshToken {selection} }} }}",
+        {"input": {"email": user.email, "password": PASSWORD}},
+    )
+    payload = r.ok()["login"]
+    assert payload["user"]["memberships"] == expected
+    r = await client.execute(
+        f"mutation($t: String!) {{ refreshSession(refreshToken: $t) {{ {selection} }} }}",
+        {"t": payload["refreshToken"]},
+    )
+    assert r.ok()["refreshSession"]["user"]["memberships"] == expected
+    # A brand-new account belongs to no tenant yet: an empty list that is the truth.
+    r = await client.execute(
+        f"mutation($input: SignUpInput!) {{ signUp(input: $input) {{ {selection} }} }}",
+        {"input": {"email": f"{unique('new')}@example.com", "password": PASSWORD}},
+    )
+    assert r.ok()["signUp"]["user"]["memberships"] == []
+
+
 async def test_logout_cannot_end_someone_elses_session(client: GraphQLClient) -> None:
     victim = await client.sign_up()
     attacker = await client.sign_up()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import strawberry
 from strawberry.federation import field
 
@@ -30,10 +32,11 @@ class LoginInput:
 async def _signed_in(info: Info, issued: IssuedSession) -> AuthPayload | None:
     # The rest of this operation reads as the user who just signed in (`user { email }`), with
     # the tenants they belong to (`user { memberships }`), as their next request will.
+    # The session was live when this operation's write committed; a concurrent replay may have
+    # ended it since, which the next request finds out. This answer is the committed one.
     ctx = info.context
-    ctx.principal = await ctx.runtime.authenticator.user_principal(
-        issued.user.id, issued.session.id
-    )
+    principal = await ctx.runtime.authenticator.user_principal(issued.user.id, None)
+    ctx.principal = replace(principal, session_id=issued.session.id)
     return AuthPayload(
         access_token=issued.access_token,
         access_token_expires_at=issued.access_token_expires_at,

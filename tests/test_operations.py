@@ -3,8 +3,6 @@ request without secrets, limits, and settings that refuse to start when unsafe."
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import subprocess
 import sys
@@ -13,10 +11,9 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from coregraph.logging import JsonFormatter
 from coregraph.settings import Settings
 from tests.conftest import make_settings
-from tests.support import GraphQLClient, Server, running_server
+from tests.support import GraphQLClient, LogCapture, Server, running_server
 
 
 async def test_healthz_and_readyz(http: httpx.AsyncClient, server: Server) -> None:
@@ -50,26 +47,12 @@ async def test_readyz_is_503_when_redis_is_unreachable(
         assert r.json()["checks"]["redis"].startswith("unreachable")
 
 
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-        self.setFormatter(JsonFormatter())
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-
 async def test_one_structured_log_line_per_request_without_secrets(
     client: GraphQLClient,
 ) -> None:
     owner = await client.sign_up()
     tenant_id = await client.create_tenant(owner)
-    capture = _Capture()
-    logger = logging.getLogger("coregraph.request")
-    logger.addHandler(capture)
-    logger.setLevel(logging.INFO)
-    try:
+    with LogCapture("coregraph.request") as capture:
         r = await client.execute(
             "query Members { tenant { members { totalCount } } }",
             actor=owner,
@@ -82,10 +65,8 @@ async def test_one_structured_log_line_per_request_without_secrets(
             headers={"Authorization": "Bearer not-a-token", "X-Request-Id": "req-log-check-2"},
         )
         assert r.status == 401
-    finally:
-        logger.removeHandler(capture)
-    lines = [json.loads(line) for line in capture.lines]
-    mine = {line["request_id"]: line for line in lines if line["request_id"].startswith("req-log")}
+        lines = await capture.wait_for(2, lambda line: line["request_id"].startswith("req-log"))
+    mine = {line["request_id"]: line for line in lines}
     assert set(mine) == {"req-log-check-1", "req-log-check-2"}
     ok = mine["req-log-check-1"]
     assert ok["principal"] == "user" and ok["tenant_id"] == tenant_id
@@ -93,7 +74,7 @@ async def test_one_structured_log_line_per_request_without_secrets(
     assert isinstance(ok["duration_ms"], float)
     denied = mine["req-log-check-2"]
     assert denied["outcome"] == "UNAUTHENTICATED" and denied["status"] == 401
-    for line in capture.lines:
+    for line in capture.raw:
         assert owner.token not in line and "not-a-token" not in line
         assert owner.refresh_token and owner.refresh_token not in line
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,9 +18,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from coregraph.logging import JsonFormatter
 from tests.conftest import make_settings
-from tests.support import Actor, GraphQLClient, Server, running_server, unique
+from tests.support import Actor, GraphQLClient, LogCapture, Server, running_server, unique
 
 PROTOCOL = Subprotocol("graphql-transport-ws")
 WAIT = 10.0
@@ -329,49 +327,23 @@ async def test_a_malformed_subscribe_message_closes_the_socket_as_the_protocol_s
         assert await closed_with(ws) == 4400
 
 
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[dict[str, Any]] = []
-        self.setFormatter(JsonFormatter())
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(json.loads(self.format(record)))
-
-
 async def test_each_socket_operation_writes_a_request_log_line(
     server: Server, client: GraphQLClient
 ) -> None:
     owner = await client.sign_up()
     tenant_id = await client.create_tenant(owner)
-    capture = _Capture()
-    logger = logging.getLogger("coregraph.request")
-    logger.addHandler(capture)
-    previous = logger.level
-    logger.setLevel(logging.INFO)
-
-    async def logged(count: int, wanted: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
-        """The server writes a line after its answer has left: wait (bounded) for it."""
-        for _ in range(int(WAIT / 0.02)):
-            lines = [line for line in capture.lines if wanted(line)]
-            if len(lines) >= count:
-                return lines
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"expected {count} log lines, got {capture.lines}")
-
-    try:
+    with LogCapture("coregraph.request") as capture:
         async with socket(server, credential(owner, tenant_id)) as ws:
             await run(ws, "1", "query Members { tenant { members { totalCount } } }")
             await run(ws, "2", "query Audit { viewer { nope } }")
-            lines = await logged(2, lambda line: line.get("tenant_id") == tenant_id)
+            lines = await capture.wait_for(2, lambda line: line.get("tenant_id") == tenant_id)
         r = await client.execute(
             "query Plain { __typename }", headers={"X-Request-Id": "req-ws-log-http"}
         )
         r.ok()
-        [http_line] = await logged(1, lambda line: line["request_id"] == "req-ws-log-http")
-    finally:
-        logger.removeHandler(capture)
-        logger.setLevel(previous)
+        [http_line] = await capture.wait_for(
+            1, lambda line: line["request_id"] == "req-ws-log-http"
+        )
     ok = next(line for line in lines if line["outcome"] == "OK")
     invalid = next(line for line in lines if line["outcome"] != "OK")
     assert ok["transport"] == "websocket" and invalid["transport"] == "websocket"

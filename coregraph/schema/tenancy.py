@@ -85,9 +85,7 @@ class Tenant(Node):
     @field(requires_scopes=[["members:read"], ["roles:manage"]])
     async def roles(self, info: strawberry.Info) -> list[Role] | None:
         roles = readable(info.context.principal, models.Role, tenant_id=self.tenant_id)
-        rows = await info.context.read(
-            roles.order_by(models.Role.builtin.desc(), models.Role.key)
-        )
+        rows = await info.context.read(roles.order_by(models.Role.builtin.desc(), models.Role.key))
         return [Role.from_row(row) for row in rows]
 
     @field(requires_scopes=[["members:manage"]])
@@ -156,7 +154,6 @@ class Tenant(Node):
         )
 
 
-
 @entity(models.Membership)
 @ftype(
     keys=["id"],
@@ -204,7 +201,6 @@ class Membership(Node):
             user_id=row.user_id,
             role_id=row.role_id,
         )
-
 
 
 @strawberry.enum
@@ -257,4 +253,3 @@ class Invitation(Node):
             tenant_id=row.tenant_id,
             role_id=row.role_id,
         )
-

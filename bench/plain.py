@@ -17,6 +17,7 @@ environment of the coregraph server it is compared with.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import orjson
@@ -30,6 +31,7 @@ from coregraph.auth.tokens import TokenService
 from coregraph.errors import CoregraphError
 from coregraph.models import Membership, Role, Tenant, User
 from coregraph.request import RequestMeta
+from coregraph.services import identity
 from coregraph.settings import load_settings
 
 JSON = "application/json"
@@ -43,7 +45,12 @@ def _error(status: int, message: str) -> Response:
 def create_app() -> FastAPI:
     settings = load_settings()
     engine = db.create_engine(settings)
-    authenticator = Authenticator(settings, engine, TokenService(settings))
+    authenticator = Authenticator(
+        settings,
+        engine,
+        TokenService(settings),
+        partial(identity.provision_external_user, engine, settings),
+    )
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/healthz")

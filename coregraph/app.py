@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -31,6 +32,7 @@ from coregraph.auth.tokens import TokenService
 from coregraph.http import handle_graphql, method_not_allowed
 from coregraph.invitation_page import invitation_page
 from coregraph.request_log import log_request
+from coregraph.services import identity
 from coregraph.services.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from coregraph.settings import Settings, load_settings
 from coregraph.ws import WebSocketRouter
@@ -71,7 +73,12 @@ class Runtime:
             engine=engine,
             schema=build_schema(settings),
             tokens=tokens,
-            authenticator=Authenticator(settings, engine, tokens),
+            authenticator=Authenticator(
+                settings,
+                engine,
+                tokens,
+                partial(identity.provision_external_user, engine, settings),
+            ),
             limiter=limiter,
             redis=redis,
         )

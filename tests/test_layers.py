@@ -23,7 +23,13 @@ FORBIDDEN = {
         "coregraph.auth",
         "coregraph.streams",
     ],
-    "auth": ["coregraph.schema", "coregraph.resolvers", "coregraph.api", "coregraph.context"],
+    "auth": [
+        "coregraph.schema",
+        "coregraph.resolvers",
+        "coregraph.api",
+        "coregraph.context",
+        "coregraph.services",
+    ],
     "services": [
         "coregraph.schema",
         "coregraph.resolvers",

@@ -8,11 +8,11 @@ or ``X-Environment`` (``live`` by default).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coregraph import db, ids
@@ -24,19 +24,27 @@ from coregraph.errors import BadUserInput, Forbidden, Unauthenticated
 from coregraph.models import ApiKey, ExternalIdentity, Membership, Role, Session
 from coregraph.models.base import Environment
 from coregraph.request import RequestMeta
-from coregraph.services import identity
-from coregraph.services.uow import UnitOfWork
 from coregraph.settings import Settings
 
 # lastUsedAt is a hint, not a log: writing it at most once a minute keeps reads read-only.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 
+ProvisionExternalUser = Callable[[VerifiedToken, RequestMeta], Awaitable[str]]
+
+
 class Authenticator:
-    def __init__(self, settings: Settings, engine: AsyncEngine, tokens: TokenService) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        tokens: TokenService,
+        provision_external_user: ProvisionExternalUser,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.tokens = tokens
+        self.provision_external_user = provision_external_user
 
     async def authenticate(
         self,
@@ -133,9 +141,8 @@ class Authenticator:
         )
 
     async def _external_user(self, token: VerifiedToken, meta: RequestMeta) -> str:
-        # A client's first screen may send several requests at once with a brand-new identity:
-        # they race to create it, and the losers hit a unique constraint. By then the winner's
-        # link is committed, so looking again finds it.
+        # First sight of an identity writes a user (a service's job, handed in by the runtime:
+        # authentication reads, it does not own the write path).
         async with self.engine.connect() as conn:
             known = await conn.scalar(
                 select(ExternalIdentity.user_id).where(
@@ -145,15 +152,7 @@ class Authenticator:
             )
         if known is not None:  # the common case: a read, not a write transaction
             return str(known)
-        for attempt in range(3):
-            try:
-                async with UnitOfWork(self.engine, ANONYMOUS, meta) as uow:
-                    user = await identity.user_for_external_token(uow, self.settings, token)
-                return user.id
-            except IntegrityError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        return await self.provision_external_user(token, meta)
 
     async def _api_key(
         self, secret: str, tenant_id: str | None, environment_header: str | None

@@ -7,12 +7,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coregraph import ids
 from coregraph.auth import passwords, secrets
+from coregraph.auth.principal import ANONYMOUS
 from coregraph.auth.tokens import TokenService, VerifiedToken
 from coregraph.errors import BadUserInput, Conflict, Unauthenticated
 from coregraph.models import ExternalIdentity, RetiredRefreshToken, Session, User
+from coregraph.request import RequestMeta
 from coregraph.services import emails, validation
 from coregraph.services.uow import UnitOfWork
 from coregraph.settings import Settings
@@ -292,3 +296,24 @@ async def user_for_external_token(
     )
     await uow.session.flush()
     return user
+
+
+async def provision_external_user(
+    engine: AsyncEngine, settings: Settings, token: VerifiedToken, meta: RequestMeta
+) -> str:
+    """The user id for an external identity seen for the first time, in a unit of work of its
+    own (``user_for_external_token``).
+
+    A client's first screen may send several requests at once with a brand-new identity: they
+    race to create it, and the losers hit a unique constraint. By then the winner's link is
+    committed, so looking again finds it.
+    """
+    for attempt in range(3):
+        try:
+            async with UnitOfWork(engine, ANONYMOUS, meta) as uow:
+                user = await user_for_external_token(uow, settings, token)
+            return user.id
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")

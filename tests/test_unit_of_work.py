@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coregraph import db
 from coregraph.auth.principal import ANONYMOUS
 from coregraph.errors import BadUserInput
-from coregraph.models import AuditEntry, User
+from coregraph.models import AuditEntry, Event, User
 from coregraph.request import RequestMeta
-from coregraph.services import identity
+from coregraph.services import identity, tenancy
 from coregraph.services.uow import UnitOfWork
 from tests.support import PASSWORD, Server, unique
 
@@ -48,12 +48,15 @@ async def test_a_committed_change_runs_its_hooks_in_order_after_the_commit(
         user = await identity.create_user(
             uow, server.settings, email=email, password=PASSWORD, display_name=None
         )
-        event = uow.emit("user.created", tenant_id=None, data={"userId": user.id})
+        tenant = await tenancy.create_tenant(
+            uow, name="Hooks", slug=unique("hooks-"), owner_id=user.id
+        )
+        event = uow.emit("tenant.created", tenant_id=tenant.id, data={"ownerId": user.id})
         uow.on_commit(lambda: seen.append(("plain", len(uow.events))))
         uow.on_commit(async_hook)
         assert seen == []  # nothing runs before the commit
     assert seen == [("plain", 1), ("async", 1)]
-    assert uow.events == [event] and event.data == {"userId": user.id}
+    assert uow.events == [event] and event.sequence == 1
     # Entries outside any tenant are invisible to the application's role on PostgreSQL (the
     # user reads them through the API); the table's owner sees them.
     owner = db.create_engine(server.settings, as_owner=True)
@@ -62,6 +65,20 @@ async def test_a_committed_change_runs_its_hooks_in_order_after_the_commit(
             await conn.execute(select(AuditEntry.action).where(AuditEntry.target_id == user.id))
         ).scalars()
         assert list(actions) == ["user.signed_up"]
+        chain = (
+            await conn.execute(
+                select(AuditEntry.action, AuditEntry.position)
+                .where(AuditEntry.tenant_id == tenant.id)
+                .order_by(AuditEntry.position)
+            )
+        ).all()
+        assert [tuple(row) for row in chain] == [("tenant.created", 1), ("member.added", 2)]
+        stored = (
+            await conn.execute(
+                select(Event.type, Event.sequence, Event.data).where(Event.id == event.id)
+            )
+        ).one()
+        assert tuple(stored) == ("tenant.created", 1, {"ownerId": user.id})
     await owner.dispose()
 
 
@@ -72,10 +89,13 @@ async def test_a_rolled_back_change_leaves_no_trace_and_runs_no_hook(
     ran: list[str] = []
     with pytest.raises(BadUserInput):
         async with UnitOfWork(engine, ANONYMOUS, META) as uow:
-            await identity.create_user(
+            user = await identity.create_user(
                 uow, server.settings, email=email, password=PASSWORD, display_name=None
             )
-            uow.emit("user.created", tenant_id=None)
+            tenant = await tenancy.create_tenant(
+                uow, name="Gone", slug=unique("gone-"), owner_id=user.id
+            )
+            uow.emit("tenant.created", tenant_id=tenant.id)
             uow.on_commit(lambda: ran.append("hook"))
             raise BadUserInput("a later step refused the input")
     assert ran == []

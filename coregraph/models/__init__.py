@@ -1,8 +1,9 @@
 """SQLAlchemy tables, one module per domain. Importing this package registers them all."""
 
 from coregraph.models.access import ApiKey, Role
-from coregraph.models.audit import AuditEntry
+from coregraph.models.audit import AuditEntry, StreamHead
 from coregraph.models.base import Base, Environment
+from coregraph.models.events import Event
 from coregraph.models.identity import ExternalIdentity, RetiredRefreshToken, Session, User
 from coregraph.models.tenancy import Invitation, Membership, Tenant
 
@@ -11,12 +12,14 @@ __all__ = [
     "AuditEntry",
     "Base",
     "Environment",
+    "Event",
     "ExternalIdentity",
     "Invitation",
     "Membership",
     "RetiredRefreshToken",
     "Role",
     "Session",
+    "StreamHead",
     "Tenant",
     "User",
 ]

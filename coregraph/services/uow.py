@@ -13,19 +13,21 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from sqlalchemy import Table, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from coregraph import db, ids
 from coregraph.auth.principal import Principal, PrincipalKind
 from coregraph.errors import CoregraphError
-from coregraph.models import AuditEntry
-from coregraph.models.base import Environment
+from coregraph.models import AuditEntry, Event, StreamHead
+from coregraph.models.base import Environment, utcnow
 from coregraph.request import RequestMeta
+from coregraph.services.audit import entry_hash
 
 log = logging.getLogger("coregraph.uow")
 
@@ -71,17 +73,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class DomainEvent:
-    """A business fact a unit of work states (``member.invited``), for subscribers and
-    webhooks. The outbox (the streams issue) stores it in the same transaction."""
-
-    type: str
-    tenant_id: str | None
-    environment: Environment
-    data: Mapping[str, Any] = field(default_factory=dict)
-
-
 AfterCommit = Callable[[], Awaitable[None] | None]
 
 
@@ -94,7 +85,7 @@ class UnitOfWork:
         self.meta = meta
         self.session: AsyncSession = AsyncSession(engine, expire_on_commit=False)
         self.audit_entries: list[AuditEntry] = []
-        self.events: list[DomainEvent] = []
+        self.events: list[Event] = []
         self._after_commit: list[AfterCommit] = []
         self._keep_on_failure = False
 
@@ -102,6 +93,7 @@ class UnitOfWork:
         await self.session.begin()
         self._tenant_ids = set(self.principal.tenant_scopes)
         self._invitation_token_hash: str | None = None
+        self._user_id = self.principal.user_id
         await self._scope()
         return self
 
@@ -109,7 +101,7 @@ class UnitOfWork:
         await db.scope_transaction(
             await self.session.connection(),
             tenant_ids=self._tenant_ids,
-            user_id=self.principal.user_id,
+            user_id=self._user_id,
             invitation_token_hash=self._invitation_token_hash,
         )
 
@@ -132,6 +124,7 @@ class UnitOfWork:
         committed = False
         try:
             if exc_type is None or self._keep_on_failure:
+                await self._append_to_streams()
                 await self.session.commit()
                 committed = True
             else:
@@ -161,20 +154,104 @@ class UnitOfWork:
         self,
         type: str,
         *,
-        tenant_id: str | None,
+        tenant_id: str,
         data: Mapping[str, Any] | None = None,
         environment: Environment | None = None,
-    ) -> DomainEvent:
-        """State a domain event in this transaction: it exists if and only if the change
-        commits (``self.events``; written to the outbox by the streams issue)."""
-        event = DomainEvent(
-            type=type,
+        idempotency_key: str | None = None,
+    ) -> Event:
+        """State a domain event in this transaction: it is written to the outbox (the events
+        table) with the tenant's next sequence number as the unit of work commits, and exists
+        if and only if the change does."""
+        actor_kind, actor = self._actor(None)
+        event = Event(
+            id=ids.new_id("evt"),
             tenant_id=tenant_id,
             environment=environment or self.principal.environment,
+            type=type,
+            occurred_at=utcnow(),
+            actor_kind=actor_kind,
+            actor_id=actor,
+            acting_for_user_id=self.principal.acting_for_user_id,
             data=dict(data or {}),
+            idempotency_key=idempotency_key,
+            request_id=self.meta.request_id,
         )
         self.events.append(event)
         return event
+
+    async def _append_to_streams(self) -> None:
+        """Give this transaction's audit entries their chain positions and hashes, and its
+        events their sequence numbers, then write them.
+
+        Runs last, just before the commit: each chain's head row is locked by the update that
+        advances it (a row lock on PostgreSQL, the write lock on SQLite) until the commit, so
+        positions are handed out in commit order per tenant and no stream cursor can skip a row
+        that commits late. Chains are taken in sorted order, so two units of work never wait
+        on each other in a cycle.
+        """
+        if not self.audit_entries and not self.events:
+            return
+        entries: dict[str, list[AuditEntry]] = {}
+        for entry in self.audit_entries:
+            entries.setdefault(entry.chain_id, []).append(entry)
+        events: dict[str, list[Event]] = {}
+        for event in self.events:
+            events.setdefault(event.tenant_id, []).append(event)
+        heads: Table = StreamHead.__table__  # type: ignore[assignment]
+        for chain_id in sorted(entries.keys() | events.keys()):
+            chained, sequenced = entries.get(chain_id, []), events.get(chain_id, [])
+            if chain_id not in self._tenant_ids and chain_id != self._user_id:
+                # A user's own security log (sign-up, login): row-level security admits its
+                # head to a transaction acting for that user.
+                self._user_id = chain_id
+                await self._scope()
+            audit_position, previous, event_sequence = await self._advance(
+                heads, chain_id, len(chained), len(sequenced)
+            )
+            position = audit_position - len(chained)
+            for entry in chained:
+                position += 1
+                entry.position = position
+                entry.previous_hash = previous
+                entry.hash = previous = entry_hash(entry, previous)
+            if chained:
+                await self.session.execute(
+                    update(heads).where(heads.c.chain_id == chain_id).values(audit_hash=previous)
+                )
+            sequence = event_sequence - len(sequenced)
+            for event in sequenced:
+                sequence += 1
+                event.sequence = sequence
+        self.session.add_all(self.audit_entries)
+        self.session.add_all(self.events)
+        await self.session.flush()
+
+    async def _advance(
+        self, heads: Table, chain_id: str, audit_count: int, event_count: int
+    ) -> tuple[int, str, int]:
+        """Move ``chain_id``'s head forward and lock it; (last audit position, the hash at the
+        old head, last event sequence) after the move."""
+        advance = (
+            update(heads)
+            .where(heads.c.chain_id == chain_id)
+            .values(
+                audit_position=heads.c.audit_position + audit_count,
+                event_sequence=heads.c.event_sequence + event_count,
+            )
+            .returning(heads.c.audit_position, heads.c.audit_hash, heads.c.event_sequence)
+        )
+        row = (await self.session.execute(advance)).first()
+        if row is None:
+            # The chain's first entry. A concurrent first writer may insert the head too: the
+            # insert then does nothing and the update waits for that writer's commit.
+            dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+            await self.session.execute(
+                dialect.insert(heads)
+                .values(chain_id=chain_id, audit_position=0, audit_hash="", event_sequence=0)
+                .on_conflict_do_nothing(index_elements=[heads.c.chain_id])
+            )
+            row = (await self.session.execute(advance)).one()
+        return int(row.audit_position), str(row.audit_hash), int(row.event_sequence)
 
     async def flush_unique(self, conflict: CoregraphError) -> None:
         """Flush now; if a concurrent request won a unique constraint first (the check before
@@ -211,19 +288,23 @@ class UnitOfWork:
         system principal (a CLI command) always names itself: ``system``, ``cli:create-user``,
         and the OS user in ``user_agent`` (``coregraph.request.system_request``).
         """
-        principal = self.principal
-        actor_kind, actor = principal.kind.value, principal.actor_id
-        if actor_id is not None and principal.kind is not PrincipalKind.SYSTEM:
-            if actor is None:
-                actor_kind = PrincipalKind.USER.value
-            actor = actor_id
+        actor_kind, actor = self._actor(actor_id)
+        chain_id = tenant_id
+        if chain_id is None:
+            # Outside any tenant: the user's own security log (the user who acted, or the one
+            # a system command acted on).
+            chain_id = actor if actor_kind == PrincipalKind.USER.value else None
+            if chain_id is None and target_type == "User":
+                chain_id = target_id
+        if chain_id is None:
+            raise ValueError(f"{action}: an entry outside any tenant must concern a user")
         entry = AuditEntry(
             id=ids.new_id("aud"),
             tenant_id=tenant_id,
-            environment=environment or principal.environment,
+            environment=environment or self.principal.environment,
             actor_kind=actor_kind,
             actor_id=actor,
-            acting_for_user_id=principal.acting_for_user_id,
+            acting_for_user_id=self.principal.acting_for_user_id,
             action=action,
             target_type=target_type,
             target_id=target_id,
@@ -231,7 +312,21 @@ class UnitOfWork:
             request_id=self.meta.request_id,
             ip=self.meta.ip,
             user_agent=self.meta.user_agent,
+            created_at=utcnow(),
+            chain_id=chain_id,
         )
-        self.session.add(entry)
+        # Written, with its place in the chain, as the unit of work commits.
         self.audit_entries.append(entry)
         return entry
+
+    def _actor(self, actor_id: str | None) -> tuple[str, str | None]:
+        """(actor kind, actor id) for an entry or an event: the principal, or the user an
+        anonymous request proved it acts as (``actor_id``). A system principal always names
+        itself."""
+        principal = self.principal
+        actor_kind, actor = principal.kind.value, principal.actor_id
+        if actor_id is not None and principal.kind is not PrincipalKind.SYSTEM:
+            if actor is None:
+                actor_kind = PrincipalKind.USER.value
+            actor = actor_id
+        return actor_kind, actor

@@ -1,0 +1,49 @@
+"""Business events: what happened, as subscribers and webhooks receive it.
+
+The table is also the outbox (DESIGN.md, Streams): a unit of work inserts its events in the
+same transaction as the change, each with the tenant's next ``sequence`` number — gap-free and
+in commit order, because the tenant's ``StreamHead`` is locked to take it — and the relay
+publishes them afterwards. Every stream cursor is a sequence number, never an id.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from coregraph.models.base import (
+    Base,
+    Environment,
+    JSONDocument,
+    TenantOwned,
+    UTCDateTime,
+    environment_column,
+    id_column,
+)
+
+
+class Event(TenantOwned, Base):
+    __tablename__ = "events"
+    __id_prefix__ = "evt"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "sequence"),
+        # A repeated idempotency key finds the first event instead of making a second one.
+        UniqueConstraint("tenant_id", "environment", "idempotency_key"),
+        Index("ix_events_tenant_env_type_sequence", "tenant_id", "environment", "type", "sequence"),
+    )
+
+    id: Mapped[str] = id_column()
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), nullable=False)
+    environment: Mapped[Environment] = environment_column()
+    sequence: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    type: Mapped[str] = mapped_column(String(120), nullable=False)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    actor_kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    actor_id: Mapped[str | None] = mapped_column(String(30))
+    acting_for_user_id: Mapped[str | None] = mapped_column(String(30))
+    data: Mapped[dict[str, Any]] = mapped_column(JSONDocument, nullable=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_id: Mapped[str | None] = mapped_column(String(64))

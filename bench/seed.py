@@ -15,6 +15,7 @@ import httpx
 
 from coregraph import db
 from coregraph.auth import passwords
+from coregraph.auth.permissions import BUILTIN_ROLES, OWNER_ROLE_KEY
 from coregraph.auth.principal import ANONYMOUS, Principal, PrincipalKind
 from coregraph.request import RequestMeta
 from coregraph.services import identity, tenancy
@@ -90,7 +91,8 @@ async def load_tenant(
         kind=PrincipalKind.USER,
         user_id=owner_id,
         tenant_id=tenant_id,
-        tenant_scopes={tenant_id: frozenset()},  # the services check the owner role by query
+        # The owner's rights: nobody invites into a role holding more than they do.
+        tenant_scopes={tenant_id: BUILTIN_ROLES[OWNER_ROLE_KEY].permissions},
     )
     emails = [owner_email]
     engine = db.create_engine(settings)

@@ -24,6 +24,7 @@ from strawberry.tools import merge_types
 from coregraph.auth.schema_reader import SCHEMA_SECRET_HEADER, may_read_schema
 from coregraph.errors import BadUserInput, Forbidden, NotFound, Unauthenticated
 from coregraph.resolvers.access import AccessMutation, AccessQuery
+from coregraph.resolvers.audit import AuditQuery
 from coregraph.resolvers.identity import IdentityMutation, IdentityQuery
 from coregraph.resolvers.node import NodeQuery
 from coregraph.resolvers.tenancy import TenancyMutation, TenancyQuery
@@ -38,7 +39,7 @@ from coregraph.settings import Settings
 # it has @authenticated/@requiresScopes (2.5) and @policy (2.6).
 FEDERATION_VERSION = "2.9"
 
-Query = merge_types("Query", (IdentityQuery, TenancyQuery, AccessQuery, NodeQuery))
+Query = merge_types("Query", (IdentityQuery, TenancyQuery, AccessQuery, AuditQuery, NodeQuery))
 Mutation = merge_types("Mutation", (IdentityMutation, TenancyMutation, AccessMutation))
 
 # Every type declared with ``@entity`` (``schema.lookup``); importing the resolvers above

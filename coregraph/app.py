@@ -26,6 +26,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from coregraph import db, migrate
 from coregraph.api import CoregraphSchema, build_schema
+from coregraph.audit_export import audit_export
 from coregraph.auth import passwords
 from coregraph.auth.authenticate import Authenticator
 from coregraph.auth.tokens import TokenService
@@ -175,6 +176,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         return method_not_allowed(request)
 
     app.add_api_route("/invitations/accept", invitation_page, include_in_schema=False)
+    app.add_api_route("/audit/export", audit_export, include_in_schema=False)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

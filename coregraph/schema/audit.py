@@ -1,4 +1,5 @@
-"""GraphQL type of the audit trail."""
+"""GraphQL types of the audit trail: a tenant's entries, a user's own security log, and what a
+chain check found."""
 
 from __future__ import annotations
 
@@ -6,23 +7,24 @@ from datetime import datetime
 from typing import Any
 
 import strawberry
+from sqlalchemy import Select, false, select
 from strawberry.federation import type as ftype
 from strawberry.scalars import JSON
 
 from coregraph import models
+from coregraph.auth.principal import Principal
 from coregraph.models.base import Environment as EnvironmentValue
 from coregraph.schema.access import Environment
 from coregraph.schema.lookup import entity
 from coregraph.schema.node import Node
+from coregraph.services.audit import ChainCheck
 
 
-@entity(models.AuditEntry)
-@ftype(
-    keys=["id"],
-    requires_scopes=[["audit:read"]],
-    description="One change to production truth: who did what to which object, and when.",
-)
-class AuditEntry(Node):
+@strawberry.type
+class AuditEntryContent:
+    """The fields every audit entry shows, wherever it is read. Not in the schema itself: the
+    types below carry these fields under their own authorization."""
+
     id: strawberry.ID
     action: str = strawberry.field(description="What happened, e.g. member.role_changed.")
     environment: Environment  # type: ignore[valid-type]
@@ -42,23 +44,105 @@ class AuditEntry(Node):
     ip: str | None
     user_agent: str | None
     created_at: datetime
+    position: int = strawberry.field(
+        description="The entry's place in its chain: 1, 2, 3, ... in commit order, no gaps."
+    )
+    hash: str = strawberry.field(
+        description="SHA-256 (hex) over the entry's canonical content and previousHash."
+    )
+    previous_hash: str = strawberry.field(
+        description="The hash of the entry before it in the chain; empty for the first."
+    )
     tenant_id: strawberry.Private[str | None]
+    chain_id: strawberry.Private[str]
 
     @classmethod
+    def values_of(cls, row: Any) -> dict[str, Any]:
+        return {
+            "id": strawberry.ID(row.id),
+            "action": row.action,
+            "environment": EnvironmentValue(row.environment),
+            "actor_kind": row.actor_kind,
+            "actor_id": row.actor_id,
+            "acting_for_user_id": row.acting_for_user_id,
+            "target_type": row.target_type,
+            "target_id": row.target_id,
+            "changes": row.changes,
+            "request_id": row.request_id,
+            "ip": row.ip,
+            "user_agent": row.user_agent,
+            "created_at": row.created_at,
+            "position": row.position,
+            "hash": row.hash,
+            "previous_hash": row.previous_hash,
+            "tenant_id": row.tenant_id,
+            "chain_id": row.chain_id,
+        }
+
+
+@entity(models.AuditEntry)
+@ftype(
+    keys=["id"],
+    requires_scopes=[["audit:read"]],
+    description="One change to production truth: who did what to which object, and when.",
+)
+class AuditEntry(AuditEntryContent, Node):
+    @classmethod
     def from_row(cls, row: Any) -> AuditEntry:
+        return cls(**cls.values_of(row))
+
+
+@ftype(
+    authenticated=True,
+    policy=[["own_security_log"]],
+    description="An entry of your own security log: something done outside any tenant with "
+    "your account (sign-up, login, sessions, external sign-in). Only you read it.",
+)
+class SecurityLogEntry(AuditEntryContent):
+    @classmethod
+    def from_row(cls, row: Any) -> SecurityLogEntry:
+        return cls(**cls.values_of(row))
+
+
+def security_log(principal: Principal) -> Select[Any]:
+    """Where every read of a security log starts: the entries outside any tenant whose chain is
+    the principal's own user (no row at all for an API key). Row-level security admits the same
+    rows on PostgreSQL (``tenant_id IS NULL AND chain_id = app.user_id``)."""
+    entry = models.AuditEntry
+    statement = select(entry.__table__)
+    if principal.user_id is None:
+        return statement.where(false())
+    return statement.where(entry.tenant_id.is_(None), entry.chain_id == principal.user_id)
+
+
+@strawberry.type(description="An entry where an audit chain stops matching.")
+class AuditChainBreak:
+    id: strawberry.ID | None = strawberry.field(
+        description="The entry that does not match; null when the entry is missing."
+    )
+    position: int
+
+
+@strawberry.type(description="What recomputing an audit chain found.")
+class AuditChainVerification:
+    ok: bool = strawberry.field(description="Every entry checked matches its hash and links.")
+    checked: int = strawberry.field(description="How many entries matched, in order.")
+    broken_at: AuditChainBreak | None = strawberry.field(
+        description="The first entry that does not match (null when ok)."
+    )
+    reason: str | None
+
+    @classmethod
+    def from_check(cls, check: ChainCheck) -> AuditChainVerification:
+        broken = check.broken_at
         return cls(
-            id=strawberry.ID(row.id),
-            action=row.action,
-            environment=EnvironmentValue(row.environment),
-            actor_kind=row.actor_kind,
-            actor_id=row.actor_id,
-            acting_for_user_id=row.acting_for_user_id,
-            target_type=row.target_type,
-            target_id=row.target_id,
-            changes=row.changes,
-            request_id=row.request_id,
-            ip=row.ip,
-            user_agent=row.user_agent,
-            created_at=row.created_at,
-            tenant_id=row.tenant_id,
+            ok=check.ok,
+            checked=check.checked,
+            broken_at=None
+            if broken is None
+            else AuditChainBreak(
+                id=strawberry.ID(broken["id"]) if broken.get("id") else None,
+                position=int(broken["position"]),
+            ),
+            reason=check.reason,
         )

@@ -51,11 +51,22 @@ def _reads_member_directory(principal: Principal, obj: Any) -> bool:
     return "members:read" in principal.scopes_in(getattr(obj, "tenant_id", None))
 
 
+def _is_own_security_log(principal: Principal, obj: Any) -> bool:
+    """The row (an audit entry) belongs to no tenant and sits in the principal's own user
+    chain: their sign-up, logins, sessions. Nobody else's, and never an API key's."""
+    return (
+        principal.user_id is not None
+        and getattr(obj, "tenant_id", _NOT_A_TENANT_ROW) is None
+        and getattr(obj, "chain_id", None) == principal.user_id
+    )
+
+
 # Named row-relative rules for ``@policy``. Synchronous by design: they run per object.
 POLICIES: dict[str, PolicyCheck] = {
     "self": _is_self,
     "colleague": _is_colleague,
     "member_directory": _reads_member_directory,
+    "own_security_log": _is_own_security_log,
 }
 
 

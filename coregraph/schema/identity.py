@@ -9,8 +9,10 @@ import strawberry
 from strawberry.federation import field, type as ftype
 
 from coregraph import ids, models
+from coregraph.schema.audit import SecurityLogEntry, security_log
 from coregraph.schema.lookup import entity
 from coregraph.schema.node import Node
+from coregraph.schema.pagination import Connection, paginate
 
 if TYPE_CHECKING:
     from coregraph.context import Context
@@ -51,6 +53,21 @@ class User(Node):
 
         rows = await info.context.loaders.memberships_of_user.load(str(self.id))
         return [Membership.from_row(row) for row in rows]
+
+    @field(
+        policy=[["self"]],
+        description="Your own security log, newest first: what was done with your account "
+        "outside any tenant (sign-up, logins, sessions, external sign-in). Only yours: an API "
+        "key has no viewer, and anyone else's is FORBIDDEN.",
+    )
+    async def security_log(
+        self, info: strawberry.Info, first: int | None = None, after: str | None = None
+    ) -> Connection[SecurityLogEntry] | None:
+        stmt = security_log(info.context.principal)
+        entry = models.AuditEntry
+        return await paginate(
+            info.context, stmt, entry.id, first, after, SecurityLogEntry.from_row, newest_first=True
+        )
 
     @classmethod
     def from_row(cls, row: Any, via_tenant_id: str | None) -> User:

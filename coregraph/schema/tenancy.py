@@ -6,7 +6,7 @@ import asyncio
 import enum
 from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import strawberry
 from strawberry.federation import field, type as ftype
@@ -122,7 +122,8 @@ class Tenant(Node):
 
     @field(
         requires_scopes=[["audit:read"]],
-        description="Changes to this tenant, newest first; filter by action or target.",
+        description="Changes to this tenant, newest first. Filters: the actor, an action "
+        "prefix ('member.'), the target, the environment, and createdAt in [from, to).",
     )
     async def audit_log(
         self,
@@ -132,17 +133,30 @@ class Tenant(Node):
         environment: Environment | None = None,  # type: ignore[valid-type]
         action: str | None = None,
         target_id: strawberry.ID | None = None,
+        actor_id: str | None = None,
+        from_: Annotated[datetime | None, strawberry.argument(name="from")] = None,
+        to: datetime | None = None,
     ) -> Connection[AuditEntry] | None:
         entry = models.AuditEntry
         stmt = readable(info.context.principal, entry, tenant_id=self.tenant_id)
         if environment is not None:
             stmt = stmt.where(entry.environment == EnvironmentValue(environment).value)
         if action is not None:
-            stmt = stmt.where(entry.action == validation.text(action, "action", max_length=80))
+            prefix = validation.text(action, "action", max_length=80)
+            stmt = stmt.where(entry.action.startswith(prefix, autoescape=True))
         if target_id is not None:
             if ids.type_of(str(target_id)) is None:
                 raise BadUserInput("targetId: not a coregraph id", field="targetId")
             stmt = stmt.where(entry.target_id == str(target_id))
+        if actor_id is not None:
+            # A user or an API key id, or a system actor's name (cli:create-tenant).
+            stmt = stmt.where(entry.actor_id == validation.text(actor_id, "actorId", max_length=30))
+        if from_ is not None:
+            stmt = stmt.where(entry.created_at >= _aware(from_, "from"))
+        if to is not None:
+            stmt = stmt.where(entry.created_at < _aware(to, "to"))
+            if from_ is not None and to < from_:
+                raise BadUserInput("to: must not be before from", field="to")
         return await paginate(
             info.context, stmt, entry.id, first, after, AuditEntry.from_row, newest_first=True
         )
@@ -152,6 +166,14 @@ class Tenant(Node):
         return cls(
             id=strawberry.ID(row.id), slug=row.slug, name=row.name, created_at=row.created_at
         )
+
+
+def _aware(value: datetime, field: str) -> datetime:
+    if value.tzinfo is None:
+        raise BadUserInput(
+            f"{field}: give a time with its offset, e.g. 2026-12-02T08:00:00Z", field=field
+        )
+    return value
 
 
 @entity(models.Membership)

@@ -11,16 +11,18 @@ restored backup, SQLite).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Row, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coregraph.models import AuditEntry
+from coregraph import db
+from coregraph.models import AuditEntry, StreamHead
 
 # The columns the hash covers, in the encoding's key names.
 HASHED = (
@@ -127,3 +129,104 @@ async def verify_chain(
             checked += 1
             expected_previous = row.hash
             expected_position += 1
+
+
+@asynccontextmanager
+async def tenant_reader(engine: AsyncEngine, tenant_id: str) -> AsyncIterator[AsyncConnection]:
+    """A short-lived connection that reads one tenant (row-level security scoped to it on
+    PostgreSQL), for reads that run in batches of their own: chain checks and exports."""
+    async with engine.connect() as conn:
+        await db.scope_transaction(conn, tenant_ids=(tenant_id,))
+        yield conn
+
+
+async def _head(conn: AsyncConnection, chain_id: str) -> tuple[int, str]:
+    head = StreamHead.__table__.c
+    row = (
+        await conn.execute(
+            select(head.audit_position, head.audit_hash).where(head.chain_id == chain_id)
+        )
+    ).first()
+    return (int(row.audit_position), str(row.audit_hash)) if row is not None else (0, "")
+
+
+async def verify_chain_to_head(
+    conn: AsyncConnection,
+    chain_id: str,
+    *,
+    from_position: int = 1,
+    to_position: int | None = None,
+) -> ChainCheck:
+    """``verify_chain`` anchored at the chain's head row: entries missing at the end (which
+    leave no gap behind them) and a last entry that is not the one the head recorded are
+    breaks too. The head is read first, so entries committed during the check are not
+    mistaken for anything."""
+    head_position, head_hash = await _head(conn, chain_id)
+    end = head_position if to_position is None else min(to_position, head_position)
+    if from_position > end:
+        return ChainCheck(0)
+    check = await verify_chain(conn, chain_id, from_position=from_position, to_position=end)
+    if not check.ok:
+        return check
+    last = from_position - 1 + check.checked
+    if last < end:
+        return ChainCheck(check.checked, {"position": last + 1}, "an entry is missing here")
+    if end == head_position:
+        entry = AuditEntry.__table__.c
+        tail = (
+            await conn.execute(
+                select(entry.id, entry.hash).where(
+                    entry.chain_id == chain_id, entry.position == end
+                )
+            )
+        ).one()
+        if tail.hash != head_hash:
+            return ChainCheck(
+                check.checked - 1,
+                {"id": tail.id, "position": end},
+                "it is not the entry the chain's head recorded",
+            )
+    return check
+
+
+async def export_entries(
+    engine: AsyncEngine,
+    tenant_id: str,
+    *,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    batch: int = 500,
+) -> AsyncIterator[Row[Any]]:
+    """A tenant's audit entries in chain order, optionally those created in
+    [``created_from``, ``created_to``), read in keyset batches of ``batch`` rows on a fresh
+    connection each: constant memory, and no pooled connection is held while the consumer
+    (a slow HTTP client) takes its time. The chain's head is read first: entries committed
+    during the export are left to the next one, so an export is one consistent range."""
+    async with tenant_reader(engine, tenant_id) as conn:
+        until, _ = await _head(conn, tenant_id)
+    entry = AuditEntry.__table__.c
+    table: Any = AuditEntry.__table__
+    after = 0
+    while after < until:
+        stmt = (
+            select(table)
+            .where(
+                entry.chain_id == tenant_id,
+                entry.tenant_id == tenant_id,
+                entry.position > after,
+                entry.position <= until,
+            )
+            .order_by(entry.position)
+            .limit(batch)
+        )
+        if created_from is not None:
+            stmt = stmt.where(entry.created_at >= created_from)
+        if created_to is not None:
+            stmt = stmt.where(entry.created_at < created_to)
+        async with tenant_reader(engine, tenant_id) as conn:
+            rows = (await conn.execute(stmt)).all()
+        for row in rows:
+            yield row
+        if len(rows) < batch:
+            return
+        after = rows[-1].position

@@ -1,0 +1,133 @@
+"""``GET /audit/export``: a tenant's audit trail as a file, streamed.
+
+Authenticated like ``/graphql`` (``Authorization``, ``X-Tenant-Id``, ``X-Environment``); the
+principal needs ``audit:read`` in the addressed tenant. Entries come in chain order (position),
+optionally those created in ``[from, to)``, as JSON Lines (``format=jsonl``, the default) or CSV
+(``format=csv``). Bulk reads are served as streamed HTTP rather than GraphQL lists (DESIGN.md,
+cost model): rows are read in keyset batches and written as they come, so memory stays
+constant for any size of trail.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
+
+from coregraph.errors import BadUserInput, CoregraphError, Forbidden, Unauthenticated
+from coregraph.request import RequestMeta, served_base_url
+from coregraph.services.audit import HASHED, export_entries
+
+if TYPE_CHECKING:
+    from coregraph.app import Runtime
+
+# Every column of an entry: what the hash covers, and the chain links.
+COLUMNS = (*HASHED, "previous_hash", "hash")
+_MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
+_STATUS_FOR_CODE = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403}
+
+
+def _error(request: Request, exc: CoregraphError) -> Response:
+    request.state.outcome = exc.code
+    headers = {"WWW-Authenticate": "Bearer"} if exc.code == "UNAUTHENTICATED" else None
+    extensions = {**exc.extensions, "requestId": request.state.request_id}
+    body = {"errors": [{"message": exc.message, "extensions": extensions}]}
+    return Response(
+        orjson.dumps(body),
+        status_code=_STATUS_FOR_CODE.get(exc.code, 400),
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _time(request: Request, name: str) -> datetime | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None:
+        raise BadUserInput(
+            f"{name}: an ISO-8601 time with its offset, e.g. 2026-12-02T08:00:00Z", field=name
+        )
+    return value
+
+
+def _values(row: Any) -> dict[str, Any]:
+    values = {name: getattr(row, name) for name in COLUMNS}
+    values["created_at"] = row.created_at.isoformat(timespec="microseconds")
+    return values
+
+
+async def _jsonl(rows: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    async for row in rows:
+        yield orjson.dumps(_values(row)) + b"\n"
+
+
+async def _csv(rows: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(COLUMNS)
+    async for row in rows:
+        values = _values(row)
+        values["changes"] = orjson.dumps(values["changes"]).decode()
+        writer.writerow(["" if values[name] is None else values[name] for name in COLUMNS])
+        if buffer.tell() >= 64 * 1024:
+            yield buffer.getvalue().encode()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue().encode()
+
+
+async def audit_export(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    meta = RequestMeta(
+        request_id=request.state.request_id,
+        ip=request.client.host if request.client else None,
+        user_agent=(request.headers.get("user-agent") or "")[:400] or None,
+        base_url=served_base_url(request.base_url),
+    )
+    try:
+        principal = await runtime.authenticator.authenticate(
+            request.headers.get("authorization"),
+            request.headers.get("x-tenant-id"),
+            request.headers.get("x-environment"),
+            meta,
+        )
+        request.state.principal_kind = principal.kind.value
+        request.state.tenant_id = principal.tenant_id
+        if not principal.is_authenticated:
+            raise Unauthenticated("the audit export needs a signed-in user or an API key")
+        tenant_id = principal.tenant_id
+        if tenant_id is None:
+            raise Forbidden("the audit export needs a tenant: send the X-Tenant-Id header")
+        if "audit:read" not in principal.scopes_in(tenant_id):
+            raise Forbidden(
+                "the audit export requires the scope audit:read", lacking=["audit:read"]
+            )
+        created_from, created_to = _time(request, "from"), _time(request, "to")
+        if created_from and created_to and created_to < created_from:
+            raise BadUserInput("to: must not be before from", field="to")
+        form = request.query_params.get("format") or "jsonl"
+        if form not in _MEDIA_TYPES:
+            raise BadUserInput("format: jsonl or csv", field="format")
+    except CoregraphError as exc:
+        return _error(request, exc)
+    rows = export_entries(
+        runtime.engine, tenant_id, created_from=created_from, created_to=created_to
+    )
+    body = _csv(rows) if form == "csv" else _jsonl(rows)
+    filename = f"audit-{tenant_id}.{form}"
+    return StreamingResponse(
+        body,
+        media_type=_MEDIA_TYPES[form],
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

@@ -25,6 +25,7 @@ from coregraph.auth.schema_reader import SCHEMA_SECRET_HEADER, may_read_schema
 from coregraph.errors import BadUserInput, Forbidden, NotFound, Unauthenticated
 from coregraph.resolvers.access import AccessMutation, AccessQuery
 from coregraph.resolvers.audit import AuditQuery
+from coregraph.resolvers.events import EventsMutation, EventsQuery
 from coregraph.resolvers.identity import IdentityMutation, IdentityQuery
 from coregraph.resolvers.node import NodeQuery
 from coregraph.resolvers.tenancy import TenancyMutation, TenancyQuery
@@ -39,8 +40,12 @@ from coregraph.settings import Settings
 # it has @authenticated/@requiresScopes (2.5) and @policy (2.6).
 FEDERATION_VERSION = "2.9"
 
-Query = merge_types("Query", (IdentityQuery, TenancyQuery, AccessQuery, AuditQuery, NodeQuery))
-Mutation = merge_types("Mutation", (IdentityMutation, TenancyMutation, AccessMutation))
+Query = merge_types(
+    "Query", (IdentityQuery, TenancyQuery, AccessQuery, AuditQuery, EventsQuery, NodeQuery)
+)
+Mutation = merge_types(
+    "Mutation", (IdentityMutation, TenancyMutation, AccessMutation, EventsMutation)
+)
 
 # Every type declared with ``@entity`` (``schema.lookup``); importing the resolvers above
 # imported every domain's types.

@@ -51,12 +51,13 @@ async def test_a_committed_change_runs_its_hooks_in_order_after_the_commit(
         tenant = await tenancy.create_tenant(
             uow, name="Hooks", slug=unique("hooks-"), owner_id=user.id
         )
-        event = uow.emit("tenant.created", tenant_id=tenant.id, data={"ownerId": user.id})
+        # create_tenant emitted tenant.created (sequence 1); this one follows it.
+        event = uow.emit("test.hooked", tenant_id=tenant.id, data={"ownerId": user.id})
         uow.on_commit(lambda: seen.append(("plain", len(uow.events))))
         uow.on_commit(async_hook)
         assert seen == []  # nothing runs before the commit
-    assert seen == [("plain", 1), ("async", 1)]
-    assert uow.events == [event] and event.sequence == 1
+    assert seen == [("plain", 2), ("async", 1)]
+    assert uow.events[-1] == event and event.sequence == 2
     # Entries outside any tenant are invisible to the application's role on PostgreSQL (the
     # user reads them through the API); the table's owner sees them.
     owner = db.create_engine(server.settings, as_owner=True)
@@ -78,7 +79,7 @@ async def test_a_committed_change_runs_its_hooks_in_order_after_the_commit(
                 select(Event.type, Event.sequence, Event.data).where(Event.id == event.id)
             )
         ).one()
-        assert tuple(stored) == ("tenant.created", 1, {"ownerId": user.id})
+        assert tuple(stored) == ("test.hooked", 2, {"ownerId": user.id})
     await owner.dispose()
 
 
@@ -95,7 +96,7 @@ async def test_a_rolled_back_change_leaves_no_trace_and_runs_no_hook(
             tenant = await tenancy.create_tenant(
                 uow, name="Gone", slug=unique("gone-"), owner_id=user.id
             )
-            uow.emit("tenant.created", tenant_id=tenant.id)
+            uow.emit("test.rolled_back", tenant_id=tenant.id)
             uow.on_commit(lambda: ran.append("hook"))
             raise BadUserInput("a later step refused the input")
     assert ran == []

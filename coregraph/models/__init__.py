@@ -3,7 +3,7 @@
 from coregraph.models.access import ApiKey, Role
 from coregraph.models.audit import AuditEntry, StreamHead
 from coregraph.models.base import Base, Environment
-from coregraph.models.events import Event
+from coregraph.models.events import Event, EventType
 from coregraph.models.identity import ExternalIdentity, RetiredRefreshToken, Session, User
 from coregraph.models.tenancy import Invitation, Membership, Tenant
 
@@ -13,6 +13,7 @@ __all__ = [
     "Base",
     "Environment",
     "Event",
+    "EventType",
     "ExternalIdentity",
     "Invitation",
     "Membership",

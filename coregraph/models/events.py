@@ -19,6 +19,7 @@ from coregraph.models.base import (
     Environment,
     JSONDocument,
     TenantOwned,
+    Timestamped,
     UTCDateTime,
     environment_column,
     id_column,
@@ -47,3 +48,19 @@ class Event(TenantOwned, Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSONDocument, nullable=False)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class EventType(TenantOwned, Timestamped, Base):
+    """A tenant's own event type (``order.paid``): its description and the JSON Schema
+    (draft 2020-12) that every emitted payload is checked against. Built-in types are not
+    stored; they are ``coregraph.services.events.BUILTIN_EVENT_TYPES``."""
+
+    __tablename__ = "event_types"
+    __id_prefix__ = "etp"
+    __table_args__ = (UniqueConstraint("tenant_id", "type"),)
+
+    id: Mapped[str] = id_column()
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), nullable=False)
+    type: Mapped[str] = mapped_column(String(120), nullable=False)
+    description: Mapped[str] = mapped_column(String(500), nullable=False, default="")
+    schema: Mapped[dict[str, Any]] = mapped_column(JSONDocument, nullable=False)

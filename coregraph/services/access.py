@@ -20,7 +20,7 @@ from coregraph.errors import BadUserInput, Conflict, Forbidden
 from coregraph.models import ApiKey, Invitation, Membership, Role
 from coregraph.models.base import Environment
 from coregraph.services import validation
-from coregraph.services.uow import UnitOfWork
+from coregraph.services.uow import UnitOfWork, diff
 
 
 def check_permissions(values: list[str], field: str) -> list[str]:
@@ -156,6 +156,7 @@ async def create_role(
         target_id=role.id,
         after=role_snapshot(role),
     )
+    uow.emit("role.created", tenant_id=tenant_id, data={"roleId": role.id, **role_snapshot(role)})
     return role
 
 
@@ -189,6 +190,11 @@ async def update_role(
         target_id=role.id,
         before=before,
         after=role_snapshot(role),
+    )
+    uow.emit(
+        "role.updated",
+        tenant_id=tenant_id,
+        data={"roleId": role.id, "key": role.key, **diff(before, role_snapshot(role))},
     )
     return role
 
@@ -234,6 +240,7 @@ async def delete_role(uow: UnitOfWork, tenant_id: str, role_id: str) -> Role:
         target_id=role.id,
         before=role_snapshot(role),
     )
+    uow.emit("role.deleted", tenant_id=tenant_id, data={"roleId": role.id, "key": role.key})
     await uow.session.delete(role)
     return role
 
@@ -292,6 +299,19 @@ async def create_api_key(
         target_id=key.id,
         after=api_key_snapshot(key),
     )
+    uow.emit(
+        "apikey.created",
+        tenant_id=tenant_id,
+        environment=environment,
+        data={
+            "apiKeyId": key.id,
+            "name": key.name,
+            "environment": str(environment),
+            "scopes": list(key.scopes),
+            "expiresAt": key.expires_at.isoformat() if key.expires_at else None,
+            "createdByUserId": key.created_by_user_id,
+        },
+    )
     return key, secret
 
 
@@ -313,5 +333,11 @@ async def revoke_api_key(uow: UnitOfWork, tenant_id: str, key_id: str) -> ApiKey
             target_id=key.id,
             before=before,
             after=api_key_snapshot(key),
+        )
+        uow.emit(
+            "apikey.revoked",
+            tenant_id=tenant_id,
+            environment=key.environment,
+            data={"apiKeyId": key.id, "name": key.name, "environment": str(key.environment)},
         )
     return key

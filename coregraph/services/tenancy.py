@@ -12,7 +12,7 @@ from coregraph.auth import permissions, secrets
 from coregraph.errors import BadUserInput, Conflict, Forbidden, NotFound
 from coregraph.models import Invitation, Membership, Role, Tenant, User
 from coregraph.services import access, emails, validation
-from coregraph.services.uow import UnitOfWork
+from coregraph.services.uow import UnitOfWork, diff
 from coregraph.settings import Settings
 
 
@@ -61,6 +61,16 @@ async def create_tenant(uow: UnitOfWork, *, name: str, slug: str, owner_id: str)
         target_id=membership.id,
         after={"userId": owner_id, "role": owner_role.key},
     )
+    uow.emit(
+        "tenant.created",
+        tenant_id=tenant.id,
+        data={
+            "tenantId": tenant.id,
+            **tenant_snapshot(tenant),
+            "ownerUserId": owner_id,
+            "ownerMembershipId": membership.id,
+        },
+    )
     return tenant
 
 
@@ -88,6 +98,11 @@ async def update_tenant(
         target_id=tenant.id,
         before=before,
         after=tenant_snapshot(tenant),
+    )
+    uow.emit(
+        "tenant.updated",
+        tenant_id=tenant.id,
+        data={"tenantId": tenant.id, **diff(before, tenant_snapshot(tenant))},
     )
     return tenant
 
@@ -160,6 +175,11 @@ async def remove_member(uow: UnitOfWork, tenant_id: str, membership_id: str) -> 
         target_id=membership.id,
         before={"userId": membership.user_id, "role": role.key},
     )
+    uow.emit(
+        "member.removed",
+        tenant_id=tenant_id,
+        data={"membershipId": membership.id, "userId": membership.user_id, "role": role.key},
+    )
     await uow.session.delete(membership)
     return membership
 
@@ -185,6 +205,16 @@ async def change_member_role(
             target_id=membership.id,
             before={"role": old_role.key},
             after={"role": new_role.key},
+        )
+        uow.emit(
+            "member.role_changed",
+            tenant_id=tenant_id,
+            data={
+                "membershipId": membership.id,
+                "userId": membership.user_id,
+                "before": {"role": old_role.key},
+                "after": {"role": new_role.key},
+            },
         )
     return membership
 
@@ -229,6 +259,15 @@ async def invite_member(
             target_id=old.id,
             after={"reason": "superseded by a new invitation"},
         )
+        uow.emit(
+            "invitation.revoked",
+            tenant_id=tenant_id,
+            data={
+                "invitationId": old.id,
+                "email": old.email,
+                "reason": "superseded by a new invitation",
+            },
+        )
     token = secrets.generate(secrets.INVITATION_TOKEN_PREFIX)
     invitation = Invitation(
         id=ids.new_id("inv"),
@@ -250,6 +289,16 @@ async def invite_member(
     )
     base = settings.public_url or uow.meta.base_url or f"http://{settings.host}:{settings.port}"
     url = settings.invitation_url_template.format(public_url=base.rstrip("/"), token=token)
+    # The link is the one place the token travels: an edge app sends the email from this event.
+    uow.emit(
+        "member.invited",
+        tenant_id=tenant_id,
+        data={
+            "invitationId": invitation.id,
+            **diff(None, invitation_snapshot(invitation, role.key))["after"],
+            "invitationUrl": url,
+        },
+    )
     return IssuedInvitation(invitation, token, url)
 
 
@@ -268,6 +317,11 @@ async def revoke_invitation(uow: UnitOfWork, tenant_id: str, invitation_id: str)
             tenant_id=tenant_id,
             target_type="Invitation",
             target_id=invitation.id,
+        )
+        uow.emit(
+            "invitation.revoked",
+            tenant_id=tenant_id,
+            data={"invitationId": invitation.id, "email": invitation.email, "reason": None},
         )
     return invitation
 
@@ -321,5 +375,15 @@ async def accept_invitation(uow: UnitOfWork, *, token: str, user_id: str) -> Mem
         target_type="Membership",
         target_id=membership.id,
         after={"userId": user_id, "role": role.key if role else None},
+    )
+    uow.emit(
+        "member.joined",
+        tenant_id=invitation.tenant_id,
+        data={
+            "membershipId": membership.id,
+            "userId": user_id,
+            "role": role.key if role else None,
+            "invitationId": invitation.id,
+        },
     )
     return membership

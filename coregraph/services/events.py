@@ -1,0 +1,383 @@
+"""Business events: the built-in catalog, a tenant's own event types, and emitting them.
+
+Every mutation of tenant data states one built-in event (``BUILTIN_EVENT_TYPES``) through
+``uow.emit`` in its own transaction. Edge apps emit their own with ``emit_event``: the type must
+be registered in the tenant with a JSON Schema (draft 2020-12, checked by the ``jsonschema``
+library), the payload must satisfy it, and a repeated idempotency key answers the first event.
+
+Names: lowercase dotted segments (``order.paid``, ``invoice.line_added.v2``). A custom type has
+at least two segments and its first segment is none of the built-in namespaces
+(``RESERVED_NAMESPACES``), so no tenant can ever shadow an event coregraph emits.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError, best_match
+from referencing.exceptions import Unresolvable
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from coregraph import ids
+from coregraph.errors import BadUserInput, Conflict
+from coregraph.models import Event, EventType
+from coregraph.services import validation
+from coregraph.services.uow import UnitOfWork
+
+MAX_TYPE_LENGTH = 120
+MAX_DOCUMENT_BYTES = 64 * 1024
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltinEventType:
+    type: str
+    description: str
+    schema: dict[str, Any]
+
+
+def _payload(**properties: Any) -> dict[str, Any]:
+    """The schema of a built-in payload: an object carrying at least these properties."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": sorted(properties),
+    }
+
+
+_ID = {"type": "string"}
+_TEXT = {"type": "string"}
+_OPTIONAL_TEXT = {"type": ["string", "null"]}
+_CHANGES = {"type": "object", "description": "The changed fields, before and after."}
+_LIST = {"type": "array", "items": {"type": "string"}}
+
+BUILTIN_EVENT_TYPES: dict[str, BuiltinEventType] = {
+    t.type: t
+    for t in (
+        BuiltinEventType(
+            "tenant.created",
+            "A tenant was created; its creator is its first owner.",
+            _payload(tenantId=_ID, name=_TEXT, slug=_TEXT, ownerUserId=_ID, ownerMembershipId=_ID),
+        ),
+        BuiltinEventType(
+            "tenant.updated",
+            "The tenant's name or slug changed.",
+            _payload(tenantId=_ID, before=_CHANGES, after=_CHANGES),
+        ),
+        BuiltinEventType(
+            "member.invited",
+            "Someone was invited to join; invitationUrl is the single-use link to send them.",
+            _payload(
+                invitationId=_ID, email=_TEXT, role=_TEXT, expiresAt=_TEXT, invitationUrl=_TEXT
+            ),
+        ),
+        BuiltinEventType(
+            "invitation.revoked",
+            "A pending invitation was revoked, or superseded by a newer one (reason).",
+            _payload(invitationId=_ID, email=_TEXT, reason=_OPTIONAL_TEXT),
+        ),
+        BuiltinEventType(
+            "member.joined",
+            "An invitee accepted their invitation and became a member.",
+            _payload(membershipId=_ID, userId=_ID, role=_TEXT, invitationId=_ID),
+        ),
+        BuiltinEventType(
+            "member.removed",
+            "A member was removed from the tenant.",
+            _payload(membershipId=_ID, userId=_ID, role=_TEXT),
+        ),
+        BuiltinEventType(
+            "member.role_changed",
+            "A member's role changed.",
+            _payload(membershipId=_ID, userId=_ID, before=_CHANGES, after=_CHANGES),
+        ),
+        BuiltinEventType(
+            "role.created",
+            "A custom role was created.",
+            _payload(roleId=_ID, key=_TEXT, name=_TEXT, description=_TEXT, permissions=_LIST),
+        ),
+        BuiltinEventType(
+            "role.updated",
+            "A custom role's name, description or permissions changed.",
+            _payload(roleId=_ID, key=_TEXT, before=_CHANGES, after=_CHANGES),
+        ),
+        BuiltinEventType(
+            "role.deleted",
+            "A custom role was deleted.",
+            _payload(roleId=_ID, key=_TEXT),
+        ),
+        BuiltinEventType(
+            "apikey.created",
+            "An API key was issued (never its secret).",
+            _payload(
+                apiKeyId=_ID,
+                name=_TEXT,
+                environment=_TEXT,
+                scopes=_LIST,
+                expiresAt=_OPTIONAL_TEXT,
+                createdByUserId=_OPTIONAL_TEXT,
+            ),
+        ),
+        BuiltinEventType(
+            "apikey.revoked",
+            "An API key was revoked.",
+            _payload(apiKeyId=_ID, name=_TEXT, environment=_TEXT),
+        ),
+        BuiltinEventType(
+            "event_type.registered",
+            "A custom event type was registered with its JSON Schema.",
+            _payload(eventTypeId=_ID, type=_TEXT, description=_TEXT),
+        ),
+    )
+}
+# The first segments of built-in types (and coregraph's own): no custom type starts with one.
+RESERVED_NAMESPACES = frozenset({t.split(".", 1)[0] for t in BUILTIN_EVENT_TYPES}) | {
+    "apikeys",
+    "audit",
+    "coregraph",
+    "event",
+    "events",
+    "invitation",
+    "members",
+    "roles",
+    "tenants",
+}
+
+
+def check_type_name(value: str, field: str = "type") -> str:
+    """A well-formed event type name (built-in or custom), or BAD_USER_INPUT."""
+    if len(value) > MAX_TYPE_LENGTH or not _TYPE_RE.match(value):
+        raise BadUserInput(
+            f"{field}: lowercase dotted segments of letters, digits and '_', each starting"
+            f" with a letter, e.g. 'order.paid' (at most {MAX_TYPE_LENGTH} characters)",
+            field=field,
+        )
+    return value
+
+
+def _custom_type_name(value: str, field: str = "type") -> str:
+    check_type_name(value, field)
+    namespace = value.split(".", 1)[0]
+    if namespace in RESERVED_NAMESPACES:
+        raise BadUserInput(
+            f"{field}: '{namespace}.' is coregraph's namespace; name your own types in one of"
+            " yours, e.g. 'order.paid'",
+            field=field,
+        )
+    return value
+
+
+def _walk_strings(value: Any, depth: int = 0) -> Iterator[str]:
+    if depth > 64:
+        raise BadUserInput("nested too deeply (at most 64 levels)")
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from _walk_strings(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _walk_strings(item, depth + 1)
+
+
+def _json_document(value: Any, field: str) -> dict[str, Any]:
+    """A JSON object of bounded size that the database stores as given (PostgreSQL refuses a
+    NUL character in JSON text)."""
+    if not isinstance(value, dict):
+        raise BadUserInput(f"{field}: must be a JSON object", field=field)
+    try:
+        if any("\x00" in text for text in _walk_strings(value)):
+            raise BadUserInput(f"{field}: must not contain NUL characters", field=field)
+    except BadUserInput as error:
+        raise BadUserInput(f"{field}: {error.message}", field=field) from None
+    if len(json.dumps(value, separators=(",", ":")).encode()) > MAX_DOCUMENT_BYTES:
+        raise BadUserInput(f"{field}: at most {MAX_DOCUMENT_BYTES // 1024} KiB", field=field)
+    return value
+
+
+def _external_refs(schema: Any) -> Iterator[str]:
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key in ("$ref", "$dynamicRef") and isinstance(value, str):
+                if not value.startswith("#"):
+                    yield value
+            else:
+                yield from _external_refs(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            yield from _external_refs(item)
+
+
+def _check_schema(schema: Any) -> dict[str, Any]:
+    document = _json_document(schema, "schema")
+    try:
+        Draft202012Validator.check_schema(document)
+    except SchemaError as error:
+        raise BadUserInput(
+            f"schema: not a valid JSON Schema (draft 2020-12) at {error.json_path}:"
+            f" {error.message}",
+            field="schema",
+            path=error.json_path,
+        ) from None
+    # Nothing is fetched while validating: a schema is self-contained.
+    for ref in _external_refs(document):
+        raise BadUserInput(
+            f"schema: refers outside itself ({ref[:100]}); use local references ('#/$defs/…')",
+            field="schema",
+        )
+    return document
+
+
+async def register_event_type(
+    uow: UnitOfWork, tenant_id: str, *, type: str, description: str, schema: Any
+) -> EventType:
+    """Register a tenant's own event type. A registered type is fixed: a changed payload is a
+    new type (``order.paid.v2``), so consumers never meet two shapes under one name."""
+    type = _custom_type_name(type)
+    description = validation.text(description, "description", max_length=500, min_length=0)
+    document = _check_schema(schema)
+    taken = Conflict(f"type: '{type}' is already registered in this tenant", field="type")
+    if await uow.session.scalar(
+        select(EventType.id).where(EventType.tenant_id == tenant_id, EventType.type == type)
+    ):
+        raise taken
+    row = EventType(
+        id=ids.new_id("etp"),
+        tenant_id=tenant_id,
+        type=type,
+        description=description,
+        schema=document,
+    )
+    uow.session.add(row)
+    await uow.flush_unique(taken)
+    uow.record(
+        "event_type.registered",
+        tenant_id=tenant_id,
+        target_type="EventType",
+        target_id=row.id,
+        after={"type": type, "description": description},
+    )
+    uow.emit(
+        "event_type.registered",
+        tenant_id=tenant_id,
+        data={"eventTypeId": row.id, "type": type, "description": description},
+    )
+    return row
+
+
+@dataclass(frozen=True, slots=True)
+class EmittedEvent:
+    event: Event
+    # The idempotency key had been used: this is the first event made with it.
+    replayed: bool
+
+
+def _idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY_LENGTH or not value.isprintable():
+        raise BadUserInput(
+            f"idempotencyKey: 1-{MAX_IDEMPOTENCY_KEY_LENGTH} printable characters",
+            field="idempotencyKey",
+        )
+    return value
+
+
+def _schema_violation(schema: Mapping[str, Any], data: dict[str, Any]) -> BadUserInput | None:
+    """The most relevant way ``data`` fails ``schema`` (jsonschema's ``best_match``), as an
+    error naming its JSON path; a missing required property is named as that property."""
+    try:
+        error = best_match(Draft202012Validator(schema).iter_errors(data))
+    except Unresolvable as unresolvable:
+        return BadUserInput(
+            f"data: the type's schema refers to something it does not contain ({unresolvable})",
+            field="data",
+        )
+    if error is None:
+        return None
+    path = error.json_path
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = next(
+            (name for name in error.validator_value or () if name not in error.instance), None
+        )
+        if isinstance(missing, str):
+            path = f"{path}.{missing}"
+    return BadUserInput(f"data: {path}: {error.message}", field="data", path=path)
+
+
+async def _first_with_key(uow: UnitOfWork, tenant_id: str, key: str) -> Event | None:
+    return await uow.session.scalar(
+        select(Event).where(
+            Event.tenant_id == tenant_id,
+            Event.environment == uow.principal.environment,
+            Event.idempotency_key == key,
+        )
+    )
+
+
+async def emit_event(
+    uow: UnitOfWork,
+    tenant_id: str,
+    *,
+    type: str,
+    data: Any,
+    idempotency_key: str | None = None,
+) -> EmittedEvent:
+    """Emit a registered custom event in the principal's environment, once per idempotency
+    key. Use ``emit_once`` to also settle a concurrent emit with the same key."""
+    type = check_type_name(type)
+    if type in BUILTIN_EVENT_TYPES or type.split(".", 1)[0] in RESERVED_NAMESPACES:
+        raise BadUserInput(f"type: '{type}' is emitted by coregraph itself", field="type")
+    registered = await uow.session.scalar(
+        select(EventType).where(EventType.tenant_id == tenant_id, EventType.type == type)
+    )
+    if registered is None:
+        raise BadUserInput(
+            f"type: '{type}' is not registered in this tenant; registerEventType first",
+            field="type",
+        )
+    key = _idempotency_key(idempotency_key)
+    if key is not None:
+        first = await _first_with_key(uow, tenant_id, key)
+        if first is not None:
+            return EmittedEvent(first, replayed=True)
+    payload = _json_document(data, "data")
+    violation = _schema_violation(registered.schema, payload)
+    if violation is not None:
+        raise violation
+    event = uow.emit(type, tenant_id=tenant_id, data=payload, idempotency_key=key)
+    return EmittedEvent(event, replayed=False)
+
+
+async def emit_once(
+    open_unit_of_work: Callable[[], UnitOfWork],
+    tenant_id: str,
+    *,
+    type: str,
+    data: Any,
+    idempotency_key: str | None = None,
+) -> EmittedEvent:
+    """``emit_event`` in a unit of work of its own. Two emits with one key may both find no
+    first event and both write one: the unique key lets only one commit, and the other,
+    refused, runs again and answers the event that won."""
+    for _attempt in range(2):
+        try:
+            async with open_unit_of_work() as uow:
+                return await emit_event(
+                    uow, tenant_id, type=type, data=data, idempotency_key=idempotency_key
+                )
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+    raise Conflict(
+        "idempotencyKey: a concurrent emit with this key did not settle; retry",
+        field="idempotencyKey",
+    )

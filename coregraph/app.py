@@ -7,6 +7,7 @@ Redis reachable when configured); ``/invitations/accept`` (the page invitation l
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import re
 import time
@@ -36,6 +37,8 @@ from coregraph.request_log import log_request
 from coregraph.services import identity
 from coregraph.services.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from coregraph.settings import Settings, load_settings
+from coregraph.streams.broker import Broker, create_broker
+from coregraph.streams.worker import relay_in_process
 from coregraph.ws import WebSocketRouter
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -51,6 +54,8 @@ class Runtime:
     tokens: TokenService
     authenticator: Authenticator
     limiter: RateLimiter
+    # Live streams (coregraph.streams.broker): in-process, or Redis shared by all processes.
+    broker: Broker
     redis: Any = None
 
     @classmethod
@@ -69,6 +74,7 @@ class Runtime:
 
             redis = Redis.from_url(settings.redis_url)
             limiter = RedisRateLimiter(redis, settings.redis_prefix)
+        broker = create_broker(settings, redis)
         return cls(
             settings=settings,
             engine=engine,
@@ -81,10 +87,12 @@ class Runtime:
                 partial(identity.provision_external_user, engine, settings),
             ),
             limiter=limiter,
+            broker=broker,
             redis=redis,
         )
 
     async def close(self) -> None:
+        await self.broker.close()
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()
@@ -152,7 +160,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             # walking it again and again under load (bench/RESULTS.md).
             gc.collect()
             gc.freeze()
-        yield
+        async with contextlib.AsyncExitStack() as background:
+            if runtime.settings.relay_in_process:
+                # The embedded defaults: no worker process hears this one's commits.
+                await background.enter_async_context(
+                    relay_in_process(runtime.settings, runtime.broker)
+                )
+            yield
         if owned:
             await runtime.close()
 

@@ -1,4 +1,4 @@
-"""The ``coregraph`` command: serve, migrate, create-user, create-tenant, export-schema."""
+"""The ``coregraph`` command: serve, worker, migrate, create-user, create-tenant, export-schema."""
 
 from __future__ import annotations
 
@@ -61,6 +61,18 @@ def serve(
         # Forwarded headers are the app's call: trusted only from COREGRAPH_TRUSTED_PROXIES.
         proxy_headers=False,
     )
+
+
+@app.command()
+def worker() -> None:
+    """Run the outbox relay (committed events and audit entries to the broker) until SIGTERM
+    or SIGINT. Production runs it beside the API; several may run on PostgreSQL."""
+    from coregraph import logging as cg_logging
+    from coregraph.streams import worker as streams_worker
+
+    settings = _settings()
+    cg_logging.configure(settings.log_level)
+    asyncio.run(streams_worker.run(settings))
 
 
 async def _migrate(settings: Settings) -> None:

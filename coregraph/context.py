@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row
@@ -24,6 +24,7 @@ from coregraph.errors import Forbidden
 from coregraph.request import RequestMeta
 from coregraph.services import ratelimit
 from coregraph.services.uow import UnitOfWork
+from coregraph.streams.relay import wake_after_commit
 
 if TYPE_CHECKING:
     from coregraph.app import Runtime
@@ -112,6 +113,7 @@ class Context(BaseContext):
         request see the change, not a cached copy (``reset_reads``)."""
         uow = UnitOfWork(self.runtime.engine, self.principal, self.meta)
         uow.on_commit(self.reset_reads)
+        uow.on_commit(partial(wake_after_commit, self.runtime.broker, uow))
         return uow
 
     async def reset_reads(self) -> None:

@@ -15,10 +15,14 @@ _TENANTS = "string_to_array(current_setting('app.tenant_ids', true), ',')"
 ROW_SECURITY_POLICY = "tenant_wall"
 
 
-def create_engine(settings: Settings, *, as_owner: bool = False) -> AsyncEngine:
+def create_engine(
+    settings: Settings, *, as_owner: bool = False, role: str | None = None
+) -> AsyncEngine:
     """The application's engine. On PostgreSQL every connection drops to
     ``COREGRAPH_DATABASE_ROLE`` (which owns no table), so row-level security applies to it;
-    ``as_owner`` keeps the login role, for migrations only."""
+    ``role`` names another such role instead (``COREGRAPH_DATABASE_WORKER_ROLE`` for the relay,
+    which reads across tenants through policies of its own); ``as_owner`` keeps the login
+    role, for migrations only."""
     kwargs: dict[str, Any] = {
         "echo": settings.database_echo,
         "pool_size": settings.database_pool_size,
@@ -29,11 +33,12 @@ def create_engine(settings: Settings, *, as_owner: bool = False) -> AsyncEngine:
         kwargs["connect_args"] = {"timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
-        if settings.database_role and not as_owner:
+        role = role or settings.database_role
+        if role and not as_owner:
             # The role is a startup parameter of the session, not a `SET ROLE` statement: a
             # statement would run inside the driver's implicit transaction and the pool's
             # rollback-on-return would quietly undo it (and with it row-level security).
-            kwargs["connect_args"] = {"server_settings": {"role": settings.database_role}}
+            kwargs["connect_args"] = {"server_settings": {"role": role}}
     engine = create_async_engine(settings.database_url, **kwargs)
     if settings.is_sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

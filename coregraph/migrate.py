@@ -33,6 +33,7 @@ async def upgrade(settings: Settings) -> None:
     engine = db.create_engine(settings, as_owner=True)
     config = alembic_config(settings.database_url)
     config.attributes["database_role"] = settings.database_role
+    config.attributes["database_worker_role"] = settings.database_worker_role
 
     def run(connection: object) -> None:
         config.attributes["connection"] = connection

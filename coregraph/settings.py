@@ -34,9 +34,24 @@ class Settings(BaseSettings):
     # row-level security holds for it; migrations keep the login role. Empty: no switch (when
     # the login role already is such a role).
     database_role: str = Field("coregraph_app", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$|^$")
+    # PostgreSQL: the role the outbox relay (and later workers) switches to. It reads across
+    # tenants through row-level-security policies of its own (migration 0009), owns no table
+    # and cannot read what its policies do not name.
+    database_worker_role: str = Field("coregraph_worker", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
     redis_url: str | None = None
     # Prefix of every Redis key, so deployments (or test runs) can share one Redis.
     redis_prefix: str = Field("coregraph", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+
+    # Streams (coregraph/streams). Where the outbox relay runs: "auto" runs it inside
+    # `coregraph serve` on SQLite or when no Redis is set (no other process could hear it);
+    # with Redis, `coregraph worker` runs it. "true"/"false" force it on or off in serve.
+    run_relay: Literal["auto", "true", "false"] = "auto"
+    # The relay also wakes at once after a commit (in-process, and through Redis from other
+    # processes); the poll catches what no wake-up announced (another tool's commits).
+    relay_poll_seconds: float = Field(0.5, gt=0, le=3600)
+    # Messages a subscriber may fall behind by before its subscription ends (SubscriberTooSlow)
+    # rather than slowing publishers or growing memory.
+    subscriber_buffer: int = Field(1000, ge=1, le=1_000_000)
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -200,6 +215,13 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def relay_in_process(self) -> bool:
+        """Whether `coregraph serve` runs the outbox relay itself."""
+        if self.run_relay == "auto":
+            return self.is_sqlite or not self.redis_url
+        return self.run_relay == "true"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -5,6 +5,7 @@ from coregraph.models.audit import AuditEntry, StreamHead
 from coregraph.models.base import Base, Environment
 from coregraph.models.events import Event, EventType
 from coregraph.models.identity import ExternalIdentity, RetiredRefreshToken, Session, User
+from coregraph.models.streams import RelayPosition
 from coregraph.models.tenancy import Invitation, Membership, Tenant
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "ExternalIdentity",
     "Invitation",
     "Membership",
+    "RelayPosition",
     "RetiredRefreshToken",
     "Role",
     "Session",

@@ -1,0 +1,271 @@
+"""The outbox relay: committed events and audit entries to the broker, in commit order.
+
+A unit of work writes its events (the outbox) and audit entries with gap-free positions per
+chain, in commit order (``coregraph.services.uow``). The relay publishes them, per chain in
+position order, to ``events:{tenant}:{environment}`` and ``audit:{chain}``, and records how far
+it got in ``relay_positions``. It finds work by comparing each chain's ``stream_heads`` row with
+its own position, never by scanning the events table.
+
+Delivery is at least once. A crash between commit and publish only delays: a restarted relay
+resumes from the first unrecorded position. A crash after publishing and before recording
+publishes those rows again, so subscribers drop what they already have by ``sequence``
+(events) or ``position`` (audit entries).
+
+Any number of relays may run on PostgreSQL: each chain's batch is published inside a short
+transaction that holds its ``relay_positions`` row (``FOR UPDATE SKIP LOCKED``), so two relays
+never publish one chain at the same time and a relay skips chains another one is serving.
+On SQLite run a single relay (``coregraph serve`` does, in-process).
+
+It wakes after every commit that appended to a stream (``wake_after_commit``: in-process, and
+over Redis from other processes) and polls every ``COREGRAPH_RELAY_POLL_SECONDS`` for commits
+nothing announced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Row, Table, and_, exists, literal, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from coregraph.models import AuditEntry, Event, RelayPosition, StreamHead
+from coregraph.services.uow import UnitOfWork
+from coregraph.streams.broker import Broker, Message, audit_topic, events_topic
+
+log = logging.getLogger("coregraph.relay")
+
+_HEADS: Table = StreamHead.__table__  # type: ignore[assignment]
+_POSITIONS: Table = RelayPosition.__table__  # type: ignore[assignment]
+_EVENTS: Table = Event.__table__  # type: ignore[assignment]
+_AUDIT: Table = AuditEntry.__table__  # type: ignore[assignment]
+
+
+def _time(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def event_message(row: Any) -> dict[str, Any]:
+    """What a subscriber receives for an event: the committed row, no database round trip."""
+    return {
+        "id": row.id,
+        "type": row.type,
+        "sequence": int(row.sequence),
+        "tenant": row.tenant_id,
+        "environment": str(row.environment),
+        "occurredAt": _time(row.occurred_at),
+        "actor": {
+            "kind": row.actor_kind,
+            "id": row.actor_id,
+            "actingForUserId": row.acting_for_user_id,
+        },
+        "data": row.data,
+    }
+
+
+def audit_message(row: Any) -> dict[str, Any]:
+    """What a subscriber receives for an audit entry: every column, so field-level checks can
+    run on it without a database round trip."""
+    return {
+        "id": row.id,
+        "chain": row.chain_id,
+        "position": int(row.position),
+        "tenant": row.tenant_id,
+        "environment": str(row.environment),
+        "action": row.action,
+        "actor": {
+            "kind": row.actor_kind,
+            "id": row.actor_id,
+            "actingForUserId": row.acting_for_user_id,
+        },
+        "target": {"type": row.target_type, "id": row.target_id},
+        "changes": row.changes,
+        "requestId": row.request_id,
+        "ip": row.ip,
+        "userAgent": row.user_agent,
+        "createdAt": _time(row.created_at),
+        "previousHash": row.previous_hash,
+        "hash": row.hash,
+    }
+
+
+async def wake_after_commit(broker: Broker, uow: UnitOfWork) -> None:
+    """An ``on_commit`` hook: wake the relay if the unit of work appended to a stream."""
+    if uow.events or uow.audit_entries:
+        await broker.wake_relay()
+
+
+class Relay:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        broker: Broker,
+        *,
+        poll_seconds: float = 0.5,
+        batch: int = 500,
+    ) -> None:
+        self.engine = engine
+        self.broker = broker
+        self.poll_seconds = poll_seconds
+        self.batch = batch
+        # PostgreSQL: several relays share the chains. SQLite: one relay, nothing to claim.
+        self.claims = engine.dialect.name == "postgresql"
+        self._stop = asyncio.Event()
+        self.published = 0
+
+    async def run(self) -> None:
+        """Publish until ``stop()``: a pass, then wait for a wake-up or the poll interval."""
+        self._stop.clear()
+        log.info("relay started", extra={"poll_seconds": self.poll_seconds})
+        while not self._stop.is_set():
+            try:
+                if await self.publish_pending():
+                    continue  # a full batch may have left more behind
+            except Exception:
+                # The database or the broker is away: nothing was recorded, so the same rows
+                # are published on a later pass. Wait the poll interval rather than spin.
+                log.exception("relay pass failed; retrying")
+            await self._idle()
+        log.info("relay stopped", extra={"published": self.published})
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _idle(self) -> None:
+        woken = asyncio.ensure_future(self.broker.wait_for_relay_work(self.poll_seconds))
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({woken, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (woken, stopped):
+                task.cancel()
+            await asyncio.gather(woken, stopped, return_exceptions=True)
+
+    async def publish_pending(self) -> int:
+        """One pass over every chain with unpublished rows; how many messages it published."""
+        async with self.engine.connect() as conn:
+            behind = (
+                await conn.execute(
+                    select(_HEADS.c.chain_id, _POSITIONS.c.chain_id.is_(None).label("new"))
+                    .select_from(
+                        _HEADS.outerjoin(_POSITIONS, _POSITIONS.c.chain_id == _HEADS.c.chain_id)
+                    )
+                    .where(
+                        or_(
+                            _POSITIONS.c.chain_id.is_(None),
+                            _HEADS.c.event_sequence > _POSITIONS.c.events_published,
+                            _HEADS.c.audit_position > _POSITIONS.c.audit_published,
+                        )
+                    )
+                    .order_by(_HEADS.c.chain_id)
+                )
+            ).all()
+            if any(row.new for row in behind):
+                await self._add_new_chains(conn)
+            await conn.commit()
+        published = 0
+        for row in behind:
+            published += await self._publish_chain(row.chain_id)
+        self.published += published
+        return published
+
+    async def _add_new_chains(self, conn: AsyncConnection) -> None:
+        dialect = postgresql if self.claims else sqlite
+        missing = select(_HEADS.c.chain_id, literal(0), literal(0)).where(
+            ~exists().where(_POSITIONS.c.chain_id == _HEADS.c.chain_id)
+        )
+        await conn.execute(
+            dialect.insert(_POSITIONS)
+            .from_select(["chain_id", "events_published", "audit_published"], missing)
+            .on_conflict_do_nothing(index_elements=[_POSITIONS.c.chain_id])
+        )
+
+    async def _publish_chain(self, chain_id: str) -> int:
+        async with self.engine.begin() as conn:
+            claim = select(_POSITIONS).where(_POSITIONS.c.chain_id == chain_id)
+            if self.claims:
+                claim = claim.with_for_update(skip_locked=True)
+            position = (await conn.execute(claim)).first()
+            if position is None:
+                return 0  # another relay is publishing this chain right now
+            events = (
+                await conn.execute(
+                    select(_EVENTS)
+                    .where(
+                        and_(
+                            _EVENTS.c.tenant_id == chain_id,
+                            _EVENTS.c.sequence > position.events_published,
+                        )
+                    )
+                    .order_by(_EVENTS.c.sequence)
+                    .limit(self.batch)
+                )
+            ).all()
+            entries = (
+                await conn.execute(
+                    select(_AUDIT)
+                    .where(
+                        and_(
+                            _AUDIT.c.chain_id == chain_id,
+                            _AUDIT.c.position > position.audit_published,
+                        )
+                    )
+                    .order_by(_AUDIT.c.position)
+                    .limit(self.batch)
+                )
+            ).all()
+            events = _contiguous(events, "sequence", position.events_published)
+            entries = _contiguous(entries, "position", position.audit_published)
+            if not events and not entries:
+                return 0
+            messages: list[tuple[str, bytes | Message]] = [
+                (events_topic(row.tenant_id, row.environment), event_message(row)) for row in events
+            ]
+            messages += [(audit_topic(chain_id), audit_message(row)) for row in entries]
+            await self.broker.publish_many(messages)
+            # Recorded in the same transaction that holds the claim: a crash before this
+            # commit publishes these rows again (at least once), never skips them.
+            await conn.execute(
+                update(_POSITIONS)
+                .where(_POSITIONS.c.chain_id == chain_id)
+                .values(
+                    events_published=events[-1].sequence if events else position.events_published,
+                    audit_published=entries[-1].position if entries else position.audit_published,
+                )
+            )
+        return len(messages)
+
+
+def _contiguous(rows: Sequence[Row[Any]], column: str, published: int) -> list[Row[Any]]:
+    """The rows that follow ``published`` without a gap. Positions are gap-free and handed out
+    in commit order, so a gap means a row this transaction cannot see yet: stop before it."""
+    kept = []
+    expected = published + 1
+    for row in rows:
+        if getattr(row, column) != expected:
+            break
+        kept.append(row)
+        expected += 1
+    return kept
+
+
+@contextlib.asynccontextmanager
+async def running(relay: Relay) -> AsyncIterator[Relay]:
+    """Run ``relay`` in the background for the block; on exit it finishes its pass and stops
+    (cancelled after 10 s: whatever it had not recorded is published again on the next start)."""
+    task = asyncio.create_task(relay.run(), name="coregraph-relay")
+    try:
+        yield relay
+    finally:
+        relay.stop()
+        try:
+            await asyncio.wait_for(task, timeout=10)
+        except (TimeoutError, asyncio.CancelledError):
+            task.cancel()

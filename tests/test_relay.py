@@ -1,0 +1,500 @@
+"""Committed events and audit entries reach live subscribers through the outbox relay and the
+broker: in commit order, each once after deduplication by sequence, across a relay crash and
+restart, with several relays sharing the work, never across tenants, and a subscriber that
+cannot keep up is cut off with a clear error instead of slowing everyone down.
+
+These tests run on a database of their own, so no other relay (a test server's in-process
+one) publishes what they watch. The GraphQL subscriptions (``after``) come with the next
+session; here the subscriber is the broker's, deduplicating by sequence as they will.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coregraph import db, migrate
+from coregraph.auth.principal import system_principal
+from coregraph.models import Event
+from coregraph.models.base import Environment
+from coregraph.request import system_request
+from coregraph.services.uow import UnitOfWork
+from coregraph.settings import Settings
+from coregraph.streams.broker import (
+    Broker,
+    InProcessBroker,
+    RedisBroker,
+    SubscriberTooSlow,
+    Subscription,
+    audit_topic,
+    events_topic,
+)
+from coregraph.streams.relay import Relay, running
+from tests.conftest import make_settings
+from tests.support import (
+    GraphQLClient,
+    Server,
+    create_test_database,
+    drop_test_database,
+    env_database_url,
+    running_server,
+    unique,
+)
+
+REDIS_URL = os.environ.get("COREGRAPH_REDIS_URL") or None
+# Messages of this run only, even on a Redis other runs share.
+PREFIX = f"cgtest-{uuid.uuid4().hex[:8]}"
+WAIT = 15.0
+
+
+def relay_settings(url: str, **overrides: object) -> Settings:
+    return make_settings(url, redis_prefix=PREFIX, **overrides)
+
+
+@pytest.fixture(scope="module")
+async def relay_db(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    base = env_database_url()
+    url, name = await create_test_database(base, str(tmp_path_factory.mktemp("relay")))
+    await migrate.upgrade(relay_settings(url))
+    yield url
+    if name and base:
+        await drop_test_database(base, name)
+
+
+@pytest.fixture(scope="module")
+def api(relay_db: str) -> Iterator[Server]:
+    """The API, without a relay of its own: each test runs the relay it is about."""
+    with running_server(relay_settings(relay_db, run_relay="false"), migrate_first=False) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+async def app_engine(relay_db: str) -> AsyncIterator[AsyncEngine]:
+    engine = db.create_engine(relay_settings(relay_db))
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def worker_engine(relay_db: str) -> AsyncIterator[AsyncEngine]:
+    settings = relay_settings(relay_db)
+    engine = db.create_engine(settings, role=settings.database_worker_role)
+    yield engine
+    await engine.dispose()
+
+
+@asynccontextmanager
+async def broker_for_this_process() -> AsyncIterator[Broker]:
+    """The broker a process of this deployment holds: Redis when configured."""
+    if REDIS_URL is None:
+        broker: Broker = InProcessBroker()
+        yield broker
+        await broker.close()
+        return
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(REDIS_URL)
+    broker = RedisBroker(redis, PREFIX)
+    try:
+        yield broker
+    finally:
+        await broker.close()
+        await redis.aclose()
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[Broker]:
+    async with broker_for_this_process() as broker:
+        yield broker
+
+
+async def emit(
+    engine: AsyncEngine,
+    tenant_id: str,
+    count: int,
+    environment: Environment = Environment.LIVE,
+) -> None:
+    """``count`` events, one unit of work each, as a service would state them."""
+    for n in range(count):
+        async with UnitOfWork(engine, system_principal("test"), system_request("test")) as uow:
+            await uow.allow_tenant(tenant_id)
+            uow.emit("test.pinged", tenant_id=tenant_id, data={"n": n}, environment=environment)
+
+
+async def sequences(engine: AsyncEngine, tenant_id: str, environment: Environment) -> list[int]:
+    async with engine.connect() as conn:
+        await db.scope_transaction(conn, tenant_ids=[tenant_id])
+        rows = await conn.scalars(
+            select(Event.sequence)
+            .where(Event.tenant_id == tenant_id, Event.environment == environment)
+            .order_by(Event.sequence)
+        )
+        return list(rows)
+
+
+async def receive(messages: Subscription, count: int) -> list[dict[str, Any]]:
+    """The next ``count`` messages, waiting at most WAIT seconds."""
+    received: list[dict[str, Any]] = []
+
+    async def take() -> None:
+        async for message in messages:
+            received.append(dict(message))
+            if len(received) == count:
+                return
+
+    try:
+        await asyncio.wait_for(take(), WAIT)
+    except TimeoutError:
+        raise AssertionError(f"expected {count} messages, got {received}") from None
+    return received
+
+
+async def receive_until(
+    messages: Subscription, done: Callable[[list[dict[str, Any]]], bool]
+) -> list[dict[str, Any]]:
+    """Messages until ``done`` says so, waiting at most WAIT seconds."""
+    received: list[dict[str, Any]] = []
+
+    async def take() -> None:
+        async for message in messages:
+            received.append(dict(message))
+            if done(received):
+                return
+
+    try:
+        await asyncio.wait_for(take(), WAIT)
+    except TimeoutError:
+        raise AssertionError(f"stopped waiting, having received {received}") from None
+    return received
+
+
+class Deduplicating:
+    """A subscriber as a stream client is: it keeps the last sequence it processed, drops a
+    repeat, and would notice a gap."""
+
+    def __init__(self) -> None:
+        self.processed: list[int] = []
+        self.repeats = 0
+
+    def take(self, message: dict[str, Any]) -> None:
+        sequence = message["sequence"]
+        if self.processed and sequence <= self.processed[-1]:
+            self.repeats += 1
+            return
+        assert not self.processed or sequence == self.processed[-1] + 1, (
+            f"gap: {self.processed[-1]} then {sequence}"
+        )
+        self.processed.append(sequence)
+
+    async def until(self, messages: Subscription, last: int) -> None:
+        async def run() -> None:
+            async for message in messages:
+                self.take(dict(message))
+                if self.processed and self.processed[-1] >= last:
+                    return
+
+        try:
+            await asyncio.wait_for(run(), WAIT)
+        except TimeoutError:
+            raise AssertionError(f"stopped at {self.processed[-1:]}, waiting for {last}") from None
+
+
+async def test_a_mutation_committed_through_the_api_reaches_a_subscriber_at_once(
+    relay_db: str, api: Server, http: Any
+) -> None:
+    """`coregraph serve` runs the relay in-process (embedded defaults; forced here) and a
+    commit wakes it: with a 30 s poll, the entries still arrive within seconds, in order."""
+    settings = relay_settings(relay_db, run_relay="true", relay_poll_seconds=30)
+    with running_server(settings, migrate_first=False) as server:
+        client = GraphQLClient(http, server.url)
+        owner = await client.sign_up()
+        tenant_id = await client.create_tenant(owner)
+        # On the embedded defaults the subscriber shares the server's broker; with Redis it
+        # holds its own, as another API process would.
+        async with broker_for_this_process() as own:
+            broker = own if REDIS_URL else server.runtime.broker
+            async with broker.subscribe(audit_topic(tenant_id)) as entries:
+                for name in ("Renamed once", "Renamed twice", "Renamed thrice"):
+                    r = await client.execute(
+                        "mutation($i: UpdateTenantInput!) { updateTenant(input: $i) {"
+                        " tenant { name } } }",
+                        {"i": {"name": name}},
+                        actor=owner,
+                        tenant_id=tenant_id,
+                    )
+                    r.ok()
+                received = await receive_until(
+                    entries, lambda got: [m["action"] for m in got].count("tenant.updated") == 3
+                )
+    # The tenant's creation may still have been on its way when the subscription started.
+    assert [m["action"] for m in received][-3:] == ["tenant.updated"] * 3
+    assert [m["changes"]["after"]["name"] for m in received[-3:]] == [
+        "Renamed once",
+        "Renamed twice",
+        "Renamed thrice",
+    ]
+    positions = [m["position"] for m in received]
+    assert positions == list(range(positions[0], positions[0] + len(received)))
+    assert {m["tenant"] for m in received} == {tenant_id}
+    received = received[-3:]
+    assert all(m["actor"]["id"] == owner.user_id for m in received)
+
+
+async def test_events_reach_their_tenant_and_environment_topic_in_sequence_order_once(
+    api: Server,
+    client_for_api: GraphQLClient,
+    app_engine: AsyncEngine,
+    worker_engine: AsyncEngine,
+    broker: Broker,
+) -> None:
+    owner = await client_for_api.sign_up()
+    tenant_a = await client_for_api.create_tenant(owner)
+    tenant_b = await client_for_api.create_tenant(owner)
+    relay = Relay(worker_engine, broker, poll_seconds=0.05)
+    async with (
+        broker.subscribe(events_topic(tenant_a, Environment.LIVE)) as a_live,
+        broker.subscribe(events_topic(tenant_a, Environment.TEST)) as a_test,
+        broker.subscribe(events_topic(tenant_b, Environment.LIVE)) as b_live,
+        running(relay),
+    ):
+        for _ in range(4):
+            await emit(app_engine, tenant_a, 5)
+            await emit(app_engine, tenant_b, 3)
+            await emit(app_engine, tenant_a, 2, Environment.TEST)
+        # Everything each topic's tenant and environment committed, in commit order.
+        expected_a_live = await sequences(app_engine, tenant_a, Environment.LIVE)
+        expected_a_test = await sequences(app_engine, tenant_a, Environment.TEST)
+        expected_b_live = await sequences(app_engine, tenant_b, Environment.LIVE)
+        got_a_live = await receive(a_live, len(expected_a_live))
+        got_a_test = await receive(a_test, len(expected_a_test))
+        got_b_live = await receive(b_live, len(expected_b_live))
+        # Nothing more is on its way to anyone: one more event for B flushes the queues.
+        await emit(app_engine, tenant_b, 1)
+        extra = await receive(b_live, 1)
+        assert a_live.pending == 0 and a_test.pending == 0 and b_live.pending == 0
+    assert [m["sequence"] for m in got_a_live] == expected_a_live
+    assert [m["sequence"] for m in got_a_test] == expected_a_test
+    assert [m["sequence"] for m in got_b_live + extra] == (
+        await sequences(app_engine, tenant_b, Environment.LIVE)
+    )
+    assert len(expected_a_test) == 8 and len(expected_a_live) >= 20
+    assert {m["tenant"] for m in got_a_live + got_a_test} == {tenant_a}
+    assert {m["tenant"] for m in got_b_live} == {tenant_b}
+    assert {m["environment"] for m in got_a_test} == {"test"}
+    first = next(m for m in got_a_live if m["type"] == "test.pinged")
+    assert first["data"] == {"n": 0}
+    assert first["actor"] == {"kind": "system", "id": "test", "actingForUserId": None}
+    assert first["id"].startswith("evt_") and first["occurredAt"].endswith("Z")
+
+
+@pytest.fixture(scope="module")
+def client_for_api(api: Server, http: Any) -> GraphQLClient:
+    return GraphQLClient(http, api.url)
+
+
+async def test_a_slow_subscriber_is_cut_off_while_the_others_keep_receiving(
+    broker: Broker,
+) -> None:
+    topic = events_topic(unique("ten_"), Environment.LIVE)
+    async with (
+        broker.subscribe(topic, buffer=5) as slow,
+        broker.subscribe(topic) as keeping_up,
+    ):
+        received: list[dict[str, Any]] = []
+
+        async def keep_up() -> None:
+            async for message in keeping_up:
+                received.append(dict(message))
+                if len(received) == 50:
+                    return
+
+        reader = asyncio.create_task(keep_up())
+        for sequence in range(1, 51):
+            await broker.publish(topic, {"sequence": sequence})
+        await asyncio.wait_for(reader, WAIT)
+        assert [m["sequence"] for m in received] == list(range(1, 51))
+        with pytest.raises(SubscriberTooSlow, match="fell 5 messages behind"):
+            await asyncio.wait_for(receive(slow, 50), WAIT)
+        # Cut off for good: it does not resume silently with a gap.
+        with pytest.raises(SubscriberTooSlow):
+            await asyncio.wait_for(anext(aiter(slow)), WAIT)
+        assert broker.subscriber_count(topic) == 2
+
+
+@pytest.mark.skipif(REDIS_URL is None, reason="the worker process reaches subscribers via Redis")
+async def test_a_killed_worker_loses_nothing_and_a_deduplicating_subscriber_sees_each_once(
+    relay_db: str, client_for_api: GraphQLClient, app_engine: AsyncEngine, broker: Broker
+) -> None:
+    owner = await client_for_api.sign_up()
+    tenant_id = await client_for_api.create_tenant(owner)
+    subscriber = Deduplicating()
+    env = {
+        **os.environ,
+        "COREGRAPH_ENV": "test",
+        "COREGRAPH_DATABASE_URL": relay_db,
+        "COREGRAPH_REDIS_URL": str(REDIS_URL),
+        "COREGRAPH_REDIS_PREFIX": PREFIX,
+        "COREGRAPH_RELAY_POLL_SECONDS": "0.05",
+    }
+    async with broker.subscribe(events_topic(tenant_id, Environment.LIVE)) as messages:
+        await emit(app_engine, tenant_id, 30)
+        with worker_process(env) as first:
+            await subscriber.until(
+                messages, (await sequences(app_engine, tenant_id, Environment.LIVE))[0]
+            )
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=WAIT)
+        # Committed while no relay runs: only delayed.
+        await emit(app_engine, tenant_id, 30)
+        with worker_process(env) as second:
+            expected = await sequences(app_engine, tenant_id, Environment.LIVE)
+            await subscriber.until(messages, expected[-1])
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(timeout=WAIT) == 0, "the worker stops gracefully on SIGTERM"
+    assert subscriber.processed == expected
+
+
+@contextmanager
+def worker_process(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """`coregraph worker` as production runs it, killed at the latest when the block ends."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "coregraph.cli", "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=WAIT)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+@pytest.fixture
+def postgres_only(relay_db: str) -> None:
+    if relay_db.startswith("sqlite"):
+        pytest.skip("several relays and database roles are PostgreSQL's")
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_two_relays_never_publish_one_chain_twice(
+    relay_db: str, client_for_api: GraphQLClient, app_engine: AsyncEngine
+) -> None:
+    owner = await client_for_api.sign_up()
+    tenants = [await client_for_api.create_tenant(owner) for _ in range(4)]
+    settings = relay_settings(relay_db)
+    engines = [db.create_engine(settings, role=settings.database_worker_role) for _ in range(2)]
+    # Both relays publish to one broker, so every publication of either is counted here.
+    broker = InProcessBroker(buffer=10_000)
+    relays = [Relay(engine, broker, poll_seconds=0.01, batch=7) for engine in engines]
+    try:
+        async with AsyncExitStack() as stack:
+            topics = {
+                tenant: await stack.enter_async_context(
+                    broker.subscribe(events_topic(tenant, Environment.LIVE))
+                )
+                for tenant in tenants
+            }
+            for relay in relays:
+                await stack.enter_async_context(running(relay))
+            await asyncio.gather(*(emit(app_engine, tenant, 75) for tenant in tenants))
+            for tenant in tenants:
+                expected = await sequences(app_engine, tenant, Environment.LIVE)
+                got = await receive(topics[tenant], len(expected))
+                assert [m["sequence"] for m in got] == expected, tenant
+            # Whatever either relay publishes next would be a second copy: flush, then look.
+            await emit(app_engine, tenants[0], 1)
+            await receive(topics[tenants[0]], 1)
+            assert all(t.pending == 0 for t in topics.values())
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    assert all(relay.published > 0 for relay in relays), [r.published for r in relays]
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_the_worker_role_reads_across_tenants_and_the_api_role_not_its_positions(
+    relay_db: str,
+    client_for_api: GraphQLClient,
+    app_engine: AsyncEngine,
+    worker_engine: AsyncEngine,
+) -> None:
+    owner = await client_for_api.sign_up()
+    tenants = {await client_for_api.create_tenant(owner) for _ in range(2)}
+    for tenant in tenants:
+        await emit(app_engine, tenant, 1)
+    async with worker_engine.connect() as conn:
+        role = await conn.execute(
+            text(
+                "SELECT current_user, rolsuper, rolbypassrls FROM pg_roles"
+                " WHERE rolname = current_user"
+            )
+        )
+        assert tuple(role.one()) == ("coregraph_worker", False, False)
+        # No tenant scope set, and still every tenant's rows: its own policies.
+        for table, column in (
+            ("events", "tenant_id"),
+            ("stream_heads", "chain_id"),
+            ("audit_entries", "tenant_id"),
+        ):
+            seen = set(await conn.scalars(text(f"SELECT DISTINCT {column} FROM {table}")))
+            assert tenants <= seen, table
+        await conn.execute(text("SELECT count(*) FROM relay_positions"))
+        await conn.rollback()
+        # Reading what the relay needs is all it may do.
+        for statement in (
+            "SELECT count(*) FROM tenants",
+            "SELECT count(*) FROM users",
+            "DELETE FROM events",
+            "UPDATE stream_heads SET event_sequence = 0",
+        ):
+            with pytest.raises(DBAPIError, match="permission denied"):
+                await conn.execute(text(statement))
+            await conn.rollback()
+    async with app_engine.connect() as conn:
+        await db.scope_transaction(conn, tenant_ids=tenants)
+        with pytest.raises(DBAPIError, match="permission denied"):
+            await conn.execute(text("SELECT count(*) FROM relay_positions"))
+        await conn.rollback()
+        # The API's role keeps its wall: unscoped, it sees no tenant's events.
+        assert await conn.scalar(text("SELECT count(*) FROM events")) == 0
+
+
+def test_serve_runs_the_relay_itself_only_where_no_worker_could_hear_its_commits() -> None:
+    sqlite = "sqlite+aiosqlite:///./x.sqlite3"
+    postgres = "postgresql+asyncpg://u@127.0.0.1/x"
+    assert make_settings(sqlite, redis_url=None).relay_in_process
+    assert make_settings(sqlite, redis_url="redis://127.0.0.1:6379/0").relay_in_process
+    assert make_settings(postgres, redis_url=None).relay_in_process
+    assert not make_settings(postgres, redis_url="redis://127.0.0.1:6379/0").relay_in_process
+    assert not make_settings(sqlite, run_relay="false").relay_in_process
+    assert make_settings(
+        postgres, redis_url="redis://127.0.0.1:6379/0", run_relay="true"
+    ).relay_in_process
+
+
+def test_the_production_compose_file_runs_a_worker_beside_the_api() -> None:
+    compose = yaml.safe_load((Path(__file__).parent.parent / "docker-compose.yml").read_text())
+    services = compose["services"]
+    worker = services["worker"]
+    assert worker["command"] == ["coregraph", "worker"]
+    assert worker["environment"] == services["api-1"]["environment"]
+    assert worker["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert "ports" not in worker

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 COLUMNS = (*HASHED, "previous_hash", "hash")
 _MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
 _STATUS_FOR_CODE = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403}
+# Rows are sent in chunks of about this size: one ASGI message per row would cost more than
+# the row itself.
+_CHUNK_BYTES = 64 * 1024
 
 
 def _error(request: Request, exc: CoregraphError) -> Response:
@@ -68,8 +71,13 @@ def _values(row: Any) -> dict[str, Any]:
 
 
 async def _jsonl(rows: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    chunk = bytearray()
     async for row in rows:
-        yield orjson.dumps(_values(row)) + b"\n"
+        chunk += orjson.dumps(_values(row)) + b"\n"
+        if len(chunk) >= _CHUNK_BYTES:
+            yield bytes(chunk)
+            chunk.clear()
+    yield bytes(chunk)
 
 
 async def _csv(rows: AsyncIterator[Any]) -> AsyncIterator[bytes]:
@@ -80,7 +88,7 @@ async def _csv(rows: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         values = _values(row)
         values["changes"] = orjson.dumps(values["changes"]).decode()
         writer.writerow(["" if values[name] is None else values[name] for name in COLUMNS])
-        if buffer.tell() >= 64 * 1024:
+        if buffer.tell() >= _CHUNK_BYTES:
             yield buffer.getvalue().encode()
             buffer.seek(0)
             buffer.truncate()

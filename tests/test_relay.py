@@ -342,14 +342,7 @@ async def test_a_killed_worker_loses_nothing_and_a_deduplicating_subscriber_sees
     owner = await client_for_api.sign_up()
     tenant_id = await client_for_api.create_tenant(owner)
     subscriber = Deduplicating()
-    env = {
-        **os.environ,
-        "COREGRAPH_ENV": "test",
-        "COREGRAPH_DATABASE_URL": relay_db,
-        "COREGRAPH_REDIS_URL": str(REDIS_URL),
-        "COREGRAPH_REDIS_PREFIX": PREFIX,
-        "COREGRAPH_RELAY_POLL_SECONDS": "0.05",
-    }
+    env = worker_env(relay_db)
     async with broker.subscribe(events_topic(tenant_id, Environment.LIVE)) as messages:
         await emit(app_engine, tenant_id, 30)
         with worker_process(env) as first:
@@ -366,6 +359,68 @@ async def test_a_killed_worker_loses_nothing_and_a_deduplicating_subscriber_sees
             second.send_signal(signal.SIGTERM)
             assert second.wait(timeout=WAIT) == 0, "the worker stops gracefully on SIGTERM"
     assert subscriber.processed == expected
+
+
+@pytest.mark.skipif(REDIS_URL is None, reason="the worker process reaches subscribers via Redis")
+async def test_a_worker_killed_after_publishing_and_before_recording_publishes_again(
+    relay_db: str, client_for_api: GraphQLClient, app_engine: AsyncEngine, broker: Broker
+) -> None:
+    """The crash the at-least-once rule is about, made certain: the worker publishes a batch
+    while a lock the test holds stops it from recording that it did; it is killed there."""
+    owner = await client_for_api.sign_up()
+    tenant_id = await client_for_api.create_tenant(owner)
+    subscriber = Deduplicating()
+    env = worker_env(relay_db)
+    settings = relay_settings(relay_db)
+    owner_engine = db.create_engine(settings, as_owner=True)
+    try:
+        async with broker.subscribe(events_topic(tenant_id, Environment.LIVE)) as messages:
+            await emit(app_engine, tenant_id, 10)
+            with worker_process(env) as first:
+                published = await sequences(app_engine, tenant_id, Environment.LIVE)
+                await subscriber.until(messages, published[-1])
+                first.send_signal(signal.SIGTERM)
+                assert first.wait(timeout=WAIT) == 0
+            await emit(app_engine, tenant_id, 10)
+            unrecorded = (await sequences(app_engine, tenant_id, Environment.LIVE))[-10:]
+            async with owner_engine.connect() as lock:
+                if settings.is_sqlite:
+                    # SQLite's one writer: readers go on, the relay's recording waits.
+                    await lock.execute(
+                        text("INSERT INTO relay_positions VALUES ('lock-holder', 0, 0)")
+                    )
+                else:
+                    # SHARE admits the relay's claim (FOR UPDATE), not its UPDATE.
+                    await lock.execute(text("LOCK TABLE relay_positions IN SHARE MODE"))
+                with worker_process(env) as second:
+                    await subscriber.until(messages, unrecorded[-1])
+                    second.send_signal(signal.SIGKILL)
+                    second.wait(timeout=WAIT)
+                await lock.rollback()
+            assert subscriber.repeats == 0
+            await emit(app_engine, tenant_id, 5)
+            expected = await sequences(app_engine, tenant_id, Environment.LIVE)
+            with worker_process(env) as third:
+                await subscriber.until(messages, expected[-1])
+                third.send_signal(signal.SIGTERM)
+                assert third.wait(timeout=WAIT) == 0
+    finally:
+        await owner_engine.dispose()
+    # The killed worker's batch came again (at least once), and the subscriber that drops
+    # what it has by sequence holds every event once, in order.
+    assert subscriber.repeats == len(unrecorded)
+    assert subscriber.processed == expected
+
+
+def worker_env(database_url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "COREGRAPH_ENV": "test",
+        "COREGRAPH_DATABASE_URL": database_url,
+        "COREGRAPH_REDIS_URL": str(REDIS_URL),
+        "COREGRAPH_REDIS_PREFIX": PREFIX,
+        "COREGRAPH_RELAY_POLL_SECONDS": "0.05",
+    }
 
 
 @contextmanager

@@ -340,7 +340,13 @@ class RedisBroker(Broker):
             await self._pubsub.subscribe(channel)
             if self._reader is None or self._reader.done():
                 self._reader = asyncio.create_task(self._read(), name="coregraph-broker-reader")
-        await asyncio.wait_for(confirmed, timeout=10)
+        try:
+            await asyncio.wait_for(confirmed, timeout=10)
+        except BaseException:
+            waiting = self._confirmations.get(channel, [])
+            if confirmed in waiting:
+                waiting.remove(confirmed)
+            raise
 
     async def _read(self) -> None:
         pubsub = self._pubsub

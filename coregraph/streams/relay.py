@@ -171,9 +171,18 @@ class Relay:
                 await self._add_new_chains(conn)
             await conn.commit()
         published = 0
+        failed = None
         for row in behind:
-            published += await self._publish_chain(row.chain_id)
+            try:
+                published += await self._publish_chain(row.chain_id)
+            except Exception as exc:
+                # One chain that cannot be published (its rows stay unrecorded, so they are
+                # tried again) must not hold back every other tenant's stream.
+                failed = failed or exc
+                log.exception("relay could not publish a chain", extra={"chain_id": row.chain_id})
         self.published += published
+        if failed is not None and not published:
+            raise failed
         return published
 
     async def _add_new_chains(self, conn: AsyncConnection) -> None:

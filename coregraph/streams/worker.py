@@ -46,6 +46,11 @@ async def run(settings: Settings) -> None:
 
         redis = Redis.from_url(settings.redis_url)
     broker = create_broker(settings, redis)
+    if redis is None:
+        log.warning(
+            "COREGRAPH_REDIS_URL is not set: what this worker publishes reaches no other "
+            "process (coregraph serve runs the relay itself on the embedded defaults)"
+        )
     try:
         async with relay_in_process(settings, broker):
             log.info("worker running", extra={"broker": type(broker).__name__})

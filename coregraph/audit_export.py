@@ -21,7 +21,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from coregraph.errors import BadUserInput, CoregraphError, Forbidden, Unauthenticated
-from coregraph.request import RequestMeta, served_base_url
+from coregraph.http import authenticate, request_meta
 from coregraph.services.audit import HASHED, export_entries
 
 if TYPE_CHECKING:
@@ -97,19 +97,8 @@ async def _csv(rows: AsyncIterator[Any]) -> AsyncIterator[bytes]:
 
 async def audit_export(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    meta = RequestMeta(
-        request_id=request.state.request_id,
-        ip=request.client.host if request.client else None,
-        user_agent=(request.headers.get("user-agent") or "")[:400] or None,
-        base_url=served_base_url(request.base_url),
-    )
     try:
-        principal = await runtime.authenticator.authenticate(
-            request.headers.get("authorization"),
-            request.headers.get("x-tenant-id"),
-            request.headers.get("x-environment"),
-            meta,
-        )
+        principal = await authenticate(request, runtime, request_meta(request))
         request.state.principal_kind = principal.kind.value
         request.state.tenant_id = principal.tenant_id
         if not principal.is_authenticated:

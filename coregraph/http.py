@@ -20,6 +20,7 @@ from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOpe
 from strawberry.types.execution import PreExecutionError
 from strawberry.types.graphql import OperationType
 
+from coregraph.auth.principal import Principal
 from coregraph.auth.schema_reader import SCHEMA_SECRET_HEADER, carries_schema_secret
 from coregraph.context import Context
 from coregraph.errors import CoregraphError
@@ -118,6 +119,27 @@ def _response(payload: dict[str, Any], status: int, media_type: str, **headers: 
     )
 
 
+def request_meta(request: Request) -> RequestMeta:
+    """Where an HTTP request came from (the client address is the trusted proxies' reading)."""
+    return RequestMeta(
+        request_id=request.state.request_id,
+        ip=request.client.host if request.client else None,
+        user_agent=(request.headers.get("user-agent") or "")[:400] or None,
+        base_url=served_base_url(request.base_url),
+    )
+
+
+async def authenticate(request: Request, runtime: Runtime, meta: RequestMeta) -> Principal:
+    """The request's principal from its ``Authorization``, ``X-Tenant-Id`` and
+    ``X-Environment`` headers; every HTTP endpoint authenticates through here."""
+    return await runtime.authenticator.authenticate(
+        request.headers.get("authorization"),
+        request.headers.get("x-tenant-id"),
+        request.headers.get("x-environment"),
+        meta,
+    )
+
+
 def error_payload(message: str, extensions: dict[str, Any]) -> dict[str, Any]:
     return {"errors": [{"message": message, "extensions": extensions}]}
 
@@ -159,19 +181,9 @@ async def handle_graphql(request: Request, runtime: Runtime) -> Response:
             media_type,
         )
     state.operation_name = operation_name
-    meta = RequestMeta(
-        request_id=request_id,
-        ip=request.client.host if request.client else None,
-        user_agent=(request.headers.get("user-agent") or "")[:400] or None,
-        base_url=served_base_url(request.base_url),
-    )
+    meta = request_meta(request)
     try:
-        principal = await runtime.authenticator.authenticate(
-            request.headers.get("authorization"),
-            request.headers.get("x-tenant-id"),
-            request.headers.get("x-environment"),
-            meta,
-        )
+        principal = await authenticate(request, runtime, meta)
     except CoregraphError as exc:
         state.outcome = exc.code
         extra = {"WWW-Authenticate": "Bearer"} if exc.code == "UNAUTHENTICATED" else {}

@@ -28,6 +28,7 @@ from coregraph.resolvers.audit import AuditQuery
 from coregraph.resolvers.events import EventsMutation, EventsQuery
 from coregraph.resolvers.identity import IdentityMutation, IdentityQuery
 from coregraph.resolvers.node import NodeQuery
+from coregraph.resolvers.streams import StreamsSubscription
 from coregraph.resolvers.tenancy import TenancyMutation, TenancyQuery
 from coregraph.schema.authorization import enforce_declarations
 from coregraph.schema.errors import error_extension
@@ -46,6 +47,7 @@ Query = merge_types(
 Mutation = merge_types(
     "Mutation", (IdentityMutation, TenancyMutation, AccessMutation, EventsMutation)
 )
+Subscription = merge_types("Subscription", (StreamsSubscription,))
 
 # Every type declared with ``@entity`` (``schema.lookup``); importing the resolvers above
 # imported every domain's types.
@@ -169,6 +171,7 @@ def build_schema(settings: Settings) -> CoregraphSchema:
     schema = CoregraphSchema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         types=ENTITY_TYPES,
         extensions=extensions,
         federation_version=FEDERATION_VERSION,  # type: ignore[arg-type]

@@ -158,6 +158,24 @@ def _request_error_codes(errors: list[GraphQLError]) -> list[GraphQLError]:
     ]
 
 
+class SocketOperationContext(Context):
+    """An operation's context on a socket: a subscription that runs for long can authenticate
+    the socket's credential again (``coregraph.streams.subscription``), and a refusal closes the
+    socket as it would for the next operation."""
+
+    def __init__(self, connection: SocketConnection, principal: Principal, meta: RequestMeta):
+        super().__init__(connection.runtime, principal, meta)
+        self.connection = connection
+        self.credential_refused = False
+
+    async def reauthenticate(self) -> Principal:
+        try:
+            return await self.connection.authenticate(self.meta)
+        except CoregraphError:
+            self.credential_refused = True
+            raise
+
+
 class SocketHandler(BaseGraphQLTransportWSHandler[SocketConnection, None]):
     """graphql-transport-ws with a context, a fresh authentication and a log line per
     operation, and a socket that closes when its credential stops authenticating."""
@@ -220,9 +238,13 @@ class SocketHandler(BaseGraphQLTransportWSHandler[SocketConnection, None]):
                 outcome = exc.code
                 await self._refuse(operation, exc, request_id)
                 return
-            context = Context(connection.runtime, principal, meta)
+            context = SocketOperationContext(connection, principal, meta)
             context.schema_reader = connection.schema_reader
             outcome = await self._execute(operation, context)
+            if context.credential_refused:
+                # A subscription found the credential refused and ended with why: the socket
+                # closes as it would on the next operation.
+                await self.websocket.close(code=FORBIDDEN, reason="credential refused")
         except asyncio.CancelledError:
             outcome = "CANCELLED"  # the client completed it, or the socket closed
             raise

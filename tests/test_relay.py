@@ -11,29 +11,20 @@ session; here the subscriber is the broker's, deduplicating by sequence as they 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coregraph import db, migrate
-from coregraph.auth.principal import system_principal
-from coregraph.models import Event
 from coregraph.models.base import Environment
-from coregraph.request import system_request
-from coregraph.services.uow import UnitOfWork
-from coregraph.settings import Settings
 from coregraph.streams.broker import (
     Broker,
     InProcessBroker,
@@ -45,6 +36,16 @@ from coregraph.streams.broker import (
 )
 from coregraph.streams.relay import Relay, running
 from tests.conftest import make_settings
+from tests.streams_support import (
+    PREFIX,
+    REDIS_URL,
+    WAIT,
+    emit,
+    relay_settings,
+    sequences,
+    worker_env,
+    worker_process,
+)
 from tests.support import (
     GraphQLClient,
     Server,
@@ -54,15 +55,6 @@ from tests.support import (
     running_server,
     unique,
 )
-
-REDIS_URL = os.environ.get("COREGRAPH_REDIS_URL") or None
-# Messages of this run only, even on a Redis other runs share.
-PREFIX = f"cgtest-{uuid.uuid4().hex[:8]}"
-WAIT = 15.0
-
-
-def relay_settings(url: str, **overrides: object) -> Settings:
-    return make_settings(url, redis_prefix=PREFIX, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -120,30 +112,6 @@ async def broker_for_this_process() -> AsyncIterator[Broker]:
 async def broker() -> AsyncIterator[Broker]:
     async with broker_for_this_process() as broker:
         yield broker
-
-
-async def emit(
-    engine: AsyncEngine,
-    tenant_id: str,
-    count: int,
-    environment: Environment = Environment.LIVE,
-) -> None:
-    """``count`` events, one unit of work each, as a service would state them."""
-    for n in range(count):
-        async with UnitOfWork(engine, system_principal("test"), system_request("test")) as uow:
-            await uow.allow_tenant(tenant_id)
-            uow.emit("test.pinged", tenant_id=tenant_id, data={"n": n}, environment=environment)
-
-
-async def sequences(engine: AsyncEngine, tenant_id: str, environment: Environment) -> list[int]:
-    async with engine.connect() as conn:
-        await db.scope_transaction(conn, tenant_ids=[tenant_id])
-        rows = await conn.scalars(
-            select(Event.sequence)
-            .where(Event.tenant_id == tenant_id, Event.environment == environment)
-            .order_by(Event.sequence)
-        )
-        return list(rows)
 
 
 async def receive(messages: Subscription, count: int) -> list[dict[str, Any]]:
@@ -410,36 +378,6 @@ async def test_a_worker_killed_after_publishing_and_before_recording_publishes_a
     # what it has by sequence holds every event once, in order.
     assert subscriber.repeats == len(unrecorded)
     assert subscriber.processed == expected
-
-
-def worker_env(database_url: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "COREGRAPH_ENV": "test",
-        "COREGRAPH_DATABASE_URL": database_url,
-        "COREGRAPH_REDIS_URL": str(REDIS_URL),
-        "COREGRAPH_REDIS_PREFIX": PREFIX,
-        "COREGRAPH_RELAY_POLL_SECONDS": "0.05",
-    }
-
-
-@contextmanager
-def worker_process(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    """`coregraph worker` as production runs it, killed at the latest when the block ends."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "coregraph.cli", "worker"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=WAIT)
-        if process.stderr is not None:
-            process.stderr.close()
 
 
 @pytest.fixture

@@ -3,6 +3,9 @@ chain check found."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -11,13 +14,17 @@ from sqlalchemy import Select, false, select
 from strawberry.federation import type as ftype
 from strawberry.scalars import JSON
 
-from coregraph import models
+from coregraph import ids, models
 from coregraph.auth.principal import Principal
+from coregraph.errors import BadUserInput
 from coregraph.models.base import Environment as EnvironmentValue
 from coregraph.schema.access import Environment
 from coregraph.schema.lookup import entity
 from coregraph.schema.node import Node
+from coregraph.services import validation
 from coregraph.services.audit import ChainCheck
+
+_POSITION_CURSOR_PREFIX = "pos:"
 
 
 @strawberry.type
@@ -113,6 +120,93 @@ def security_log(principal: Principal) -> Select[Any]:
     if principal.user_id is None:
         return statement.where(false())
     return statement.where(entry.tenant_id.is_(None), entry.chain_id == principal.user_id)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Which entries a reader of a tenant's audit trail asked for, checked once: the same
+    semantics for the ``Tenant.auditLog`` query (as SQL) and the ``auditLog`` subscription (as
+    SQL while it replays, then on each live entry before anything is sent)."""
+
+    action_prefix: str | None = None
+    target_id: str | None = None
+    actor_id: str | None = None
+
+    @classmethod
+    def checked(
+        cls, *, action: str | None, target_id: str | None, actor_id: str | None
+    ) -> AuditFilter:
+        if action is not None:
+            action = validation.text(action, "action", max_length=80)
+        if target_id is not None and ids.type_of(str(target_id)) is None:
+            raise BadUserInput("targetId: not a coregraph id", field="targetId")
+        if actor_id is not None:
+            # A user or an API key id, or a system actor's name (cli:create-tenant).
+            actor_id = validation.text(actor_id, "actorId", max_length=30)
+        return cls(action, None if target_id is None else str(target_id), actor_id)
+
+    def where(self, statement: Select[Any]) -> Select[Any]:
+        entry = models.AuditEntry
+        if self.action_prefix is not None:
+            statement = statement.where(
+                entry.action.startswith(self.action_prefix, autoescape=True)
+            )
+        if self.target_id is not None:
+            statement = statement.where(entry.target_id == self.target_id)
+        if self.actor_id is not None:
+            statement = statement.where(entry.actor_id == self.actor_id)
+        return statement
+
+    def matches(self, row: Any) -> bool:
+        return (
+            (self.action_prefix is None or row.action.startswith(self.action_prefix))
+            and (self.target_id is None or row.target_id == self.target_id)
+            and (self.actor_id is None or row.actor_id == self.actor_id)
+        )
+
+
+@strawberry.input(description="Which audit entries to deliver; every given condition must hold.")
+class AuditLogFilter:
+    actor_id: str | None = strawberry.field(
+        default=None, description="A user or API key id, or a system actor (cli:create-tenant)."
+    )
+    action: str | None = strawberry.field(
+        default=None, description="An action prefix: 'member.' matches member.invited."
+    )
+    target_id: strawberry.ID | None = None
+
+    def checked(self) -> AuditFilter:
+        return AuditFilter.checked(
+            action=self.action, target_id=self.target_id, actor_id=self.actor_id
+        )
+
+
+def encode_position_cursor(position: int) -> str:
+    raw = f"{_POSITION_CURSOR_PREFIX}{position}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_position_cursor(cursor: str, field: str = "after") -> int:
+    try:
+        raw = base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = ""
+    digits = raw.removeprefix(_POSITION_CURSOR_PREFIX)
+    if not raw.startswith(_POSITION_CURSOR_PREFIX) or not digits.isascii() or not digits.isdigit():
+        raise BadUserInput(f"{field}: not a cursor from an audit stream", field=field)
+    return int(digits)
+
+
+@strawberry.type(
+    description="An audit entry as the auditLog subscription delivers it, with the cursor to"
+    " resume after it (its position in the tenant's chain)."
+)
+class AuditStreamEdge:
+    node: AuditEntry
+
+    @strawberry.field(description="The entry's position, opaque: subscribe again after it.")
+    def cursor(self) -> str:
+        return encode_position_cursor(self.node.position)
 
 
 @strawberry.type(description="An entry where an audit chain stops matching.")

@@ -11,18 +11,17 @@ from typing import Annotated, Any
 import strawberry
 from strawberry.federation import field, type as ftype
 
-from coregraph import ids, models
+from coregraph import models
 from coregraph.errors import BadUserInput
 from coregraph.loaders import load_now_or_later
 from coregraph.models.base import Environment as EnvironmentValue
 from coregraph.schema.access import ApiKey, Environment, Role
-from coregraph.schema.audit import AuditEntry
+from coregraph.schema.audit import AuditEntry, AuditFilter
 from coregraph.schema.identity import User
 from coregraph.schema.lookup import entity
 from coregraph.schema.node import Node
 from coregraph.schema.pagination import Connection, node_selects, paginate
 from coregraph.schema.readable import readable
-from coregraph.services import validation
 
 NOT_LOADED: Any = object()
 
@@ -141,16 +140,9 @@ class Tenant(Node):
         stmt = readable(info.context.principal, entry, tenant_id=self.tenant_id)
         if environment is not None:
             stmt = stmt.where(entry.environment == EnvironmentValue(environment).value)
-        if action is not None:
-            prefix = validation.text(action, "action", max_length=80)
-            stmt = stmt.where(entry.action.startswith(prefix, autoescape=True))
-        if target_id is not None:
-            if ids.type_of(str(target_id)) is None:
-                raise BadUserInput("targetId: not a coregraph id", field="targetId")
-            stmt = stmt.where(entry.target_id == str(target_id))
-        if actor_id is not None:
-            # A user or an API key id, or a system actor's name (cli:create-tenant).
-            stmt = stmt.where(entry.actor_id == validation.text(actor_id, "actorId", max_length=30))
+        stmt = AuditFilter.checked(action=action, target_id=target_id, actor_id=actor_id).where(
+            stmt
+        )
         if from_ is not None:
             stmt = stmt.where(entry.created_at >= _aware(from_, "from"))
         if to is not None:

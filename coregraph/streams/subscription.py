@@ -1,0 +1,213 @@
+"""Replay, then live: what the ``events`` and ``auditLog`` subscriptions share.
+
+A stream is one broker topic whose messages carry a gap-free position per chain (an event's
+``sequence`` in its tenant, an audit entry's ``position`` in its chain; DESIGN.md, Streams).
+A subscriber that gives ``after`` gets what it missed from the database, then live messages,
+with no gap and no duplicate, even while commits land during the switch:
+
+1. subscribe to the broker first (from then on every published message is queued for us);
+2. replay from storage everything after ``after``, in order;
+3. drain the live queue, dropping every position at or below the last one handled (the
+   replay already read it, or the relay published it twice after a crash); a position past
+   the next one (a message this process never heard: a relay that re-published from further
+   back, a Redis hiccup, or simply the tenant's other environment sharing the sequence) is
+   first filled from the database.
+
+Without ``after`` the stream starts live: after the last position committed once the broker
+subscription is in place (read then), so nothing committed earlier arrives late, nothing later
+is missed.
+
+Filters run here, on the server, before anything is sent; positions are tracked on every
+message of the topic, matching or not, so a narrow filter costs no extra database reads.
+
+The subscriber's rights are its current ones: the socket's credential is authenticated again
+at most once a second while items flow (not per item: a fan-out to many subscribers would
+otherwise cost a database round trip each), and the stream ends with UNAUTHENTICATED or
+FORBIDDEN when the credential, the membership or the scope is gone. Each item is then
+completed as the same GraphQL type the queries return, so its type's checks run per item.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
+
+from coregraph.auth.principal import Principal
+from coregraph.errors import CoregraphError, Forbidden
+from coregraph.streams.broker import BrokerError, Message, SubscriberTooSlow
+
+if TYPE_CHECKING:
+    from coregraph.context import Context
+
+Item = TypeVar("Item")
+
+# How often a flowing subscription re-authenticates its socket's credential, at most.
+RECHECK_SECONDS = 1.0
+# Rows per database read while replaying or filling a gap.
+BATCH = 500
+
+
+class SubscriberCutOff(CoregraphError):
+    """The subscriber fell further behind than the broker buffers (COREGRAPH_SUBSCRIBER_BUFFER):
+    subscribe again with the last cursor received."""
+
+    code = "SUBSCRIBER_TOO_SLOW"
+
+
+class StreamInterrupted(CoregraphError):
+    """The broker connection was lost: subscribe again with the last cursor received."""
+
+    code = "STREAM_INTERRUPTED"
+
+
+@runtime_checkable
+class Reauthenticating(Protocol):
+    """A context that can authenticate its credential again (a socket's operation context)."""
+
+    async def reauthenticate(self) -> Principal: ...
+
+
+ReadAfter = Callable[[int, int | None, int], Awaitable[Sequence[Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Stream(Generic[Item]):
+    """One subscription's stream: where it listens, how it reads storage, what it sends."""
+
+    topic: str
+    # The message's and the row's position attribute: "sequence" or "position".
+    position: str
+    # Rows with after < position < before (either bound optional), filtered, in order, at most
+    # ``limit``.
+    read: ReadAfter
+    # The last position committed now (0 for none): where a stream without ``after`` starts.
+    head: Callable[[], Awaitable[int]]
+    # A live message as a row (the same attribute names as the table's columns).
+    row_of: Callable[[Message], Any]
+    matches: Callable[[Any], bool]
+    item_of: Callable[[Any], Item]
+    # The rights the subscription needs, in its tenant, for as long as it runs.
+    tenant_id: str
+    scope: str
+    where: str
+
+
+async def replay_then_live(
+    ctx: Context, stream: Stream[Item], after: int | None
+) -> AsyncIterator[Item]:
+    rights = _Rights(ctx, stream)
+    async with ctx.runtime.broker.subscribe(stream.topic) as live:
+        # Subscribed first: whatever commits from here on reaches ``live``.
+        last = after if after is not None else await stream.head()
+        if after is not None:
+            async for row in _stored(stream, after, None):
+                last = getattr(row, stream.position)
+                await rights.check_if_due()
+                yield stream.item_of(row)
+        try:
+            async for message in live:
+                position = int(message[stream.position])
+                if position <= last:
+                    continue
+                if position > last + 1:
+                    async for row in _stored(stream, last, position):
+                        await rights.check_if_due()
+                        yield stream.item_of(row)
+                last = position
+                row = stream.row_of(message)
+                if stream.matches(row):
+                    await rights.check_if_due()
+                    yield stream.item_of(row)
+        except SubscriberTooSlow as exc:
+            raise SubscriberCutOff(
+                f"{stream.where}: the subscriber fell {live.buffer} items behind and was cut "
+                "off; subscribe again with the last cursor it received"
+            ) from exc
+        except BrokerError as exc:
+            raise StreamInterrupted(
+                f"{stream.where}: the stream was interrupted; subscribe again with the last "
+                "cursor received"
+            ) from exc
+
+
+async def _stored(stream: Stream[Any], after: int, before: int | None) -> AsyncIterator[Any]:
+    while True:
+        rows = await stream.read(after, before, BATCH)
+        for row in rows:
+            yield row
+        if len(rows) < BATCH:
+            return
+        after = getattr(rows[-1], stream.position)
+
+
+class _Rights:
+    def __init__(self, ctx: Context, stream: Stream[Any]) -> None:
+        self.ctx = ctx
+        self.stream = stream
+        self.checked_at = time.monotonic()
+
+    async def check_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self.checked_at < RECHECK_SECONDS:
+            return
+        self.checked_at = now
+        ctx = self.ctx
+        if isinstance(ctx, Reauthenticating):
+            # Raises UNAUTHENTICATED / FORBIDDEN when the credential no longer authenticates
+            # (revoked key, ended session, no longer a member of the tenant).
+            ctx.principal = await ctx.reauthenticate()
+        principal = ctx.principal
+        if principal.tenant_id != self.stream.tenant_id:
+            raise Forbidden(f"{self.stream.where}: the subscription's tenant is no longer yours")
+        if self.stream.scope not in principal.scopes_in(self.stream.tenant_id):
+            raise Forbidden(f"{self.stream.where} requires the scope {self.stream.scope}")
+
+
+def _moment(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def event_row(message: Message) -> Any:
+    """An event message (``relay.event_message``) as a row of the events table."""
+    actor = message["actor"]
+    return SimpleNamespace(
+        id=message["id"],
+        type=message["type"],
+        sequence=int(message["sequence"]),
+        tenant_id=message["tenant"],
+        environment=message["environment"],
+        occurred_at=_moment(message["occurredAt"]),
+        actor_kind=actor["kind"],
+        actor_id=actor["id"],
+        acting_for_user_id=actor["actingForUserId"],
+        data=message["data"],
+    )
+
+
+def audit_row(message: Message) -> Any:
+    """An audit message (``relay.audit_message``) as a row of the audit table."""
+    actor, target = message["actor"], message["target"]
+    return SimpleNamespace(
+        id=message["id"],
+        chain_id=message["chain"],
+        position=int(message["position"]),
+        tenant_id=message["tenant"],
+        environment=message["environment"],
+        action=message["action"],
+        actor_kind=actor["kind"],
+        actor_id=actor["id"],
+        acting_for_user_id=actor["actingForUserId"],
+        target_type=target["type"],
+        target_id=target["id"],
+        changes=message["changes"],
+        request_id=message["requestId"],
+        ip=message["ip"],
+        user_agent=message["userAgent"],
+        created_at=_moment(message["createdAt"]),
+        previous_hash=message["previousHash"],
+        hash=message["hash"],
+    )

@@ -22,7 +22,6 @@ from coregraph import db, migrate
 from coregraph.models.base import Environment
 from coregraph.streams.broker import audit_topic, events_topic
 from tests.streams_support import (
-    REDIS_URL,
     WAIT,
     Subscriber,
     emit,
@@ -200,3 +199,278 @@ async def test_subscribers_starting_while_events_are_committed_get_each_exactly_
     for subscriber in subscribers:
         assert subscriber.sequences() == expected
         assert subscriber.errors == []
+
+
+async def create_role(gql: GraphQLClient, owner: Actor, tenant_id: str, key: str) -> str:
+    r = await gql.execute(
+        """mutation($input: CreateRoleInput!) { createRole(input: $input) { role { id } } }""",
+        {"input": {"key": key, "name": key, "permissions": ["tenant:read"]}},
+        actor=owner,
+        tenant_id=tenant_id,
+    )
+    return str(r.ok()["createRole"]["role"]["id"])
+
+
+async def update_role(gql: GraphQLClient, actor: Actor, tenant_id: str, role_id: str) -> None:
+    r = await gql.execute(
+        """mutation($input: UpdateRoleInput!) { updateRole(input: $input) { role { id } } }""",
+        {"input": {"roleId": role_id, "description": unique("d")}},
+        actor=actor,
+        tenant_id=tenant_id,
+    )
+    r.ok()
+
+
+async def test_audit_filters_run_on_the_server_and_a_subscriber_never_hears_another_tenant(
+    api: Server, gql: GraphQLClient
+) -> None:
+    """One owner runs tenants A and B and works in both at once; A's subscribers, whatever
+    they filter by (even B's ids), receive A's entries that match, and nothing else."""
+    owner = await gql.sign_up()
+    tenant_a = await gql.create_tenant(owner)
+    tenant_b = await gql.create_tenant(owner)
+    admin = await gql.add_member(owner, tenant_a, "admin")
+    role_a = await create_role(gql, owner, tenant_a, "reviewer")
+    role_b = await create_role(gql, owner, tenant_b, "reviewer")
+    filters: dict[str, dict[str, Any] | None] = {
+        "all": None,
+        "roles": {"action": "role."},
+        "owner": {"actorId": owner.user_id},
+        "admin": {"actorId": admin.user_id},
+        "role_a": {"targetId": role_a},
+        "role_b": {"targetId": role_b},
+        "owner_roles": {"action": "role.", "actorId": owner.user_id},
+    }
+    credential = owner.headers(tenant_a)
+    async with AsyncExitStack() as stack:
+        subs = {
+            name: await stack.enter_async_context(
+                subscribed(api, credential, AUDIT, {"filter": f}, field="auditLog")
+            )
+            for name, f in filters.items()
+        }
+        await listening(api, audit_topic(tenant_a), len(filters))
+        await asyncio.gather(
+            update_role(gql, owner, tenant_a, role_a),  # A: role.updated by owner on role_a
+            update_role(gql, owner, tenant_b, role_b),  # B, at the same time
+        )
+        await asyncio.gather(
+            update_role(gql, admin, tenant_a, role_a),  # A: role.updated by admin on role_a
+            create_role(gql, owner, tenant_b, "b-only"),
+        )
+        await create_role(gql, owner, tenant_a, "last")  # A: role.created by owner
+        await update_role(gql, owner, tenant_a, role_a)  # A: role.updated by owner on role_a
+        r = await gql.execute(
+            "{ tenant { auditLog(first: 4) { nodes { id action position actorId targetId } } } }",
+            actor=owner,
+            tenant_id=tenant_a,
+        )
+        recent = list(reversed(r.ok()["tenant"]["auditLog"]["nodes"]))
+        by_owner = [recent[0], recent[2], recent[3]]
+        expected = {
+            "all": recent,
+            "roles": recent,
+            "owner": by_owner,
+            "admin": [recent[1]],
+            "role_a": [recent[0], recent[1], recent[3]],
+            "role_b": [],
+            "owner_roles": by_owner,
+        }
+        for name, sub in subs.items():
+            if expected[name]:
+                await sub.items_count(len(expected[name]))
+    assert [n["action"] for n in recent] == ["role.updated"] * 2 + ["role.created", "role.updated"]
+    for name, sub in subs.items():
+        assert [item["node"] for item in sub.items] == expected[name], name
+        assert sub.errors == []
+
+
+async def test_an_events_subscriber_of_one_tenant_never_receives_another_tenants_events(
+    api: Server, gql: GraphQLClient, app_engine: AsyncEngine
+) -> None:
+    owner = await gql.sign_up()
+    tenant_a = await gql.create_tenant(owner)
+    tenant_b = await gql.create_tenant(owner)
+    await register(gql, owner, tenant_a, "order.paid")
+    await register(gql, owner, tenant_b, "order.paid", "order.shipped")
+    r = await gql.execute(
+        "{ events(first: 1) { edges { cursor } } }", actor=owner, tenant_id=tenant_b
+    )
+    b_cursor = r.ok()["events"]["edges"][0]["cursor"]
+    variants: list[dict[str, Any]] = [
+        {},
+        {"types": ["order.paid", "order.shipped", "test.pinged"]},
+        {"types": ["order.shipped"]},
+        {"after": b_cursor},  # a cursor read in B is only a number: it replays A's stream
+    ]
+    async with AsyncExitStack() as stack:
+        subs = [
+            await stack.enter_async_context(
+                subscribed(api, owner.headers(tenant_a), EVENTS, v, field="events")
+            )
+            for v in variants
+        ]
+        await listening(api, events_topic(tenant_a, Environment.LIVE), 4)
+        await asyncio.gather(
+            emit(app_engine, tenant_a, 10),
+            emit(app_engine, tenant_b, 10),
+            emit(app_engine, tenant_b, 10, type="order.shipped"),
+            emit(app_engine, tenant_a, 3, Environment.TEST),
+        )
+        await emit_event(gql, owner, tenant_a, "order.paid", {"last": True})
+        a_live = await sequences(app_engine, tenant_a, Environment.LIVE)
+        for sub in subs[:2]:
+            await sub.until(lambda s: bool(s.items) and s.sequences()[-1] == a_live[-1])
+        await subs[3].until(lambda s: bool(s.items) and s.sequences()[-1] == a_live[-1])
+    r = await gql.execute(
+        "{ events(first: 100) { nodes { id sequence type } } }", actor=owner, tenant_id=tenant_a
+    )
+    a_events = r.ok()["events"]["nodes"]
+    a_ids = {e["id"] for e in a_events}
+    for sub in subs:
+        assert {item["node"]["id"] for item in sub.items} <= a_ids
+        assert all(item["node"]["environment"] == "LIVE" for item in sub.items)
+    assert subs[0].sequences()[-11:] == a_live[-11:]
+    assert [i["node"]["type"] for i in subs[1].items][-11:] == ["test.pinged"] * 10 + ["order.paid"]
+    assert subs[2].items == []
+    b_after = int(__import__("base64").urlsafe_b64decode(b_cursor + "==").decode()[4:])
+    assert subs[3].sequences() == [s for s in a_live if s > b_after]
+
+
+async def keep_committing_until_it_ends(
+    sub: Subscriber, engine: AsyncEngine, tenant_id: str
+) -> list[dict[str, Any]]:
+    """Rights are rechecked while events flow: commit one at a time until the subscription
+    ends (bounded), and return its errors."""
+    for _ in range(40):
+        await emit(engine, tenant_id, 1)
+        try:
+            return await sub.ended(wait=0.25)
+        except AssertionError:
+            continue
+    raise AssertionError(f"still running after 40 events: {len(sub.items)} items")
+
+
+async def test_a_revoked_key_ends_its_subscription_and_the_socket(
+    api: Server, gql: GraphQLClient, app_engine: AsyncEngine
+) -> None:
+    owner, tenant_id = await owner_with_tenant(gql)
+    r = await gql.execute(
+        """mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) {
+            secret apiKey { id } } }""",
+        {"input": {"name": unique("key"), "scopes": ["events:read"]}},
+        actor=owner,
+        tenant_id=tenant_id,
+    )
+    created = r.ok()["createApiKey"]
+    key = Actor(token=created["secret"])
+    async with subscribed(api, key.headers(), EVENTS, field="events") as sub:
+        await listening(api, events_topic(tenant_id, Environment.LIVE))
+        await emit(app_engine, tenant_id, 1)
+        await sub.items_count(1)
+        r = await gql.execute(
+            "mutation($id: ID!) { revokeApiKey(id: $id) { apiKey { id } } }",
+            {"id": created["apiKey"]["id"]},
+            actor=owner,
+            tenant_id=tenant_id,
+        )
+        r.ok()
+        errors = await keep_committing_until_it_ends(sub, app_engine, tenant_id)
+        assert [e["extensions"]["code"] for e in errors] == ["UNAUTHENTICATED"]
+        assert errors[0]["extensions"]["requestId"]
+        await asyncio.wait_for(sub.ws.wait_closed(), WAIT)
+        assert sub.ws.close_code == 4403
+
+
+@pytest.mark.parametrize("loses", ["membership", "scope"])
+async def test_a_member_who_loses_the_right_to_read_events_stops_receiving_them(
+    api: Server, gql: GraphQLClient, app_engine: AsyncEngine, loses: str
+) -> None:
+    owner, tenant_id = await owner_with_tenant(gql)
+    member = await gql.add_member(owner, tenant_id, "viewer")
+    async with subscribed(api, member.headers(tenant_id), EVENTS, field="events") as sub:
+        await listening(api, events_topic(tenant_id, Environment.LIVE))
+        await emit(app_engine, tenant_id, 1)
+        await sub.items_count(1)
+        if loses == "membership":
+            r = await gql.execute(
+                "mutation($id: ID!) { removeMember(membershipId: $id) { removedMembershipId } }",
+                {"id": member.membership_id},
+                actor=owner,
+                tenant_id=tenant_id,
+            )
+        else:
+            r = await gql.execute(
+                """mutation($input: ChangeMemberRoleInput!) {
+                    changeMemberRole(input: $input) { membership { id } } }""",
+                {"input": {"membershipId": member.membership_id, "role": "billing"}},
+                actor=owner,
+                tenant_id=tenant_id,
+            )
+        r.ok()
+        errors = await keep_committing_until_it_ends(sub, app_engine, tenant_id)
+        assert [e["extensions"]["code"] for e in errors] == ["FORBIDDEN"]
+        assert errors[0]["extensions"]["requestId"]
+        if loses == "membership":
+            # The socket's credential is refused now, as connection_init would refuse it.
+            await asyncio.wait_for(sub.ws.wait_closed(), WAIT)
+            assert sub.ws.close_code == 4403
+        else:
+            # A changed role is not a refusal: the socket stays for what the new role may do.
+            assert sub.ws.close_code is None
+
+
+async def test_bad_requests_get_typed_errors_with_a_request_id(
+    api: Server, gql: GraphQLClient
+) -> None:
+    owner, tenant_id = await owner_with_tenant(gql)
+    viewer = await gql.add_member(owner, tenant_id, "viewer")
+    cases = [
+        (owner, EVENTS, {"after": "not-a-cursor"}, "events", "BAD_USER_INPUT"),
+        (owner, AUDIT, {"after": "c2VxOjE"}, "auditLog", "BAD_USER_INPUT"),  # an events cursor
+        (owner, AUDIT, {"filter": {"targetId": "nope"}}, "auditLog", "BAD_USER_INPUT"),
+        (owner, EVENTS, {"types": ["Not A Type!"]}, "events", "BAD_USER_INPUT"),
+        (viewer, AUDIT, {}, "auditLog", "FORBIDDEN"),
+    ]
+    for actor, query, variables, field, code in cases:
+        async with subscribed(api, actor.headers(tenant_id), query, variables, field=field) as sub:
+            errors = await sub.ended()
+        assert [e["extensions"]["code"] for e in errors] == [code], (variables, errors)
+        assert errors[0]["extensions"]["requestId"]
+        assert "Traceback" not in errors[0]["message"]
+        assert sub.items == []
+
+
+@pytest.fixture(scope="module")
+async def slow_db(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    base = env_database_url()
+    url, name = await create_test_database(base, str(tmp_path_factory.mktemp("slow")))
+    await migrate.upgrade(relay_settings(url))
+    yield url
+    if name and base:
+        await drop_test_database(base, name)
+
+
+async def test_a_subscriber_that_stops_reading_is_cut_off_with_a_clear_error(
+    slow_db: str, http: httpx.AsyncClient
+) -> None:
+    settings = relay_settings(slow_db, run_relay="true", subscriber_buffer=4)
+    engine = db.create_engine(settings)
+    try:
+        with running_server(settings, migrate_first=False) as server:
+            gql = GraphQLClient(http, server.url)
+            owner, tenant_id = await owner_with_tenant(gql)
+            async with subscribed(
+                server, owner.headers(tenant_id), EVENTS, field="events", max_queue=1
+            ) as sub:
+                await listening(server, events_topic(tenant_id, Environment.LIVE))
+                # One commit of many events: the relay publishes them as one batch, far more
+                # than the 4 the subscriber may fall behind by while it does not read.
+                await emit(engine, tenant_id, 200, per_commit=200)
+                errors = await sub.ended()
+    finally:
+        await engine.dispose()
+    assert [e["extensions"]["code"] for e in errors] == ["SUBSCRIBER_TOO_SLOW"]
+    assert "subscribe again with the last cursor" in errors[0]["message"]
+    assert errors[0]["extensions"]["requestId"]
+    assert len(sub.items) < 200

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # The relay also wakes at once after a commit (in-process, and through Redis from other
     # processes); the poll catches what no wake-up announced (another tool's commits).
     relay_poll_seconds: float = Field(0.5, gt=0, le=3600)
+    # How often the worker (or serve, where it runs the relay) prunes audit entries past their
+    # tenant's retention (tenants.audit_retention_days; none set keeps everything).
+    audit_prune_interval_seconds: float = Field(3600, gt=0, le=7 * 86400)
     # Messages a subscriber may fall behind by before its subscription ends (SubscriberTooSlow)
     # rather than slowing publishers or growing memory.
     subscriber_buffer: int = Field(1000, ge=1, le=1_000_000)
@@ -104,6 +107,8 @@ class Settings(BaseSettings):
     # hundred tokens can otherwise ask for the same field millions of times.
     max_fields: int = Field(500, ge=1, le=1_000_000)
     max_page_size: int = Field(200, ge=1, le=1000)
+    # Events one emitEvents call may carry (all written in one transaction).
+    max_event_batch: int = Field(500, ge=1, le=5000)
     graphiql: bool | None = None  # default: on, except in production
     # Who may read `_service { sdl }` when introspection is off: requests carrying this shared
     # secret in X-Coregraph-Schema-Secret (a federation gateway). Unset: nobody; the gateway

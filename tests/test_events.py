@@ -580,3 +580,165 @@ async def test_bad_stream_arguments_are_bad_input(
     refused = await team.call(EVENTS, variables)
     assert refused.codes == ["BAD_USER_INPUT"]
     assert refused.errors[0]["extensions"]["field"] == field
+
+
+# --- emitEvents: a batch in one transaction ---
+
+EMIT_MANY = """mutation($inputs: [EmitEventInput!]!) { emitEvents(inputs: $inputs) {
+    items { eventId replayed event { id type sequence data } } } }"""
+
+
+def _paid(amount: Any, key: str | None = None) -> dict[str, Any]:
+    return {
+        "type": "order.paid",
+        "data": {"amount": amount, "currency": "EUR"},
+        "idempotencyKey": key,
+    }
+
+
+async def _emit_many(
+    team: Team, inputs: list[dict[str, Any]], actor: Actor | None = None
+) -> Response:
+    return await team.call(EMIT_MANY, {"inputs": inputs}, actor)
+
+
+async def test_a_batch_of_300_takes_one_unbroken_range_of_the_stream(
+    client: GraphQLClient,
+) -> None:
+    team = await new_team(client)
+    app = await client.api_key(team.owner, team.tenant_id, ["events:read", "events:write"])
+    await team.register("order.paid", ORDER_PAID)
+    before = await team.cursor()
+
+    answer = (await _emit_many(team, [_paid(n) for n in range(300)], app)).ok()
+
+    items = answer["emitEvents"]["items"]
+    assert len(items) == 300 and not any(item["replayed"] for item in items)
+    sequences = [item["event"]["sequence"] for item in items]
+    assert sequences == list(range(sequences[0], sequences[0] + 300))
+    assert [item["event"]["data"]["amount"] for item in items] == list(range(300))
+    streamed = await team.events(after=before)
+    assert [e["id"] for e in streamed] == [item["eventId"] for item in items]
+    assert {e["actorKind"] for e in streamed} == {"api_key"}
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "path"),
+    [
+        ({"type": "order.paid", "data": {"amount": -1, "currency": "EUR"}}, "data", "$.amount"),
+        ({"type": "order.paid", "data": {"amount": 1}}, "data", "$.currency"),
+        ({"type": "order.refunded", "data": {}}, "type", None),
+        ({"type": "order.paid", "data": [1]}, "data", None),
+        ({**_paid(1), "idempotencyKey": ""}, "idempotencyKey", None),
+    ],
+)
+async def test_one_bad_item_refuses_the_whole_batch_naming_its_index(
+    client: GraphQLClient, bad: dict[str, Any], field: str, path: str | None
+) -> None:
+    team = await new_team(client)
+    await team.register("order.paid", ORDER_PAID)
+    before = await team.cursor()
+    inputs = [_paid(n, unique("ok-")) for n in range(10)]
+    inputs[7] = bad
+
+    refused = await _emit_many(team, inputs)
+
+    assert refused.codes == ["BAD_USER_INPUT"]
+    assert refused.data == {"emitEvents": None}
+    extensions = refused.errors[0]["extensions"]
+    assert extensions["index"] == 7 and extensions["field"] == field
+    assert refused.errors[0]["message"].startswith(f"inputs[7].{field}")
+    if path is not None:
+        assert extensions["path"] == path
+    assert await team.events(after=before) == []
+    # None of the good items' keys was spent: the same batch, mended, writes all ten.
+    inputs[7] = _paid(7)
+    mended = (await _emit_many(team, inputs)).ok()["emitEvents"]["items"]
+    assert not any(item["replayed"] for item in mended)
+    assert len(await team.events(after=before)) == 10
+
+
+async def test_idempotency_keys_hold_across_and_within_batches(client: GraphQLClient) -> None:
+    team = await new_team(client)
+    await team.register("order.paid", ORDER_PAID)
+    key_a, key_b, key_c = unique("a-"), unique("b-"), unique("c-")
+    single = (await team.emit("order.paid", {"amount": 1, "currency": "EUR"}, key_a)).ok()
+    before = await team.cursor()
+
+    items = (
+        await _emit_many(
+            team, [_paid(2, key_a), _paid(3, key_b), _paid(4), _paid(5, key_b), _paid(6, key_c)]
+        )
+    ).ok()["emitEvents"]["items"]
+
+    # key_a was used by emitEvent, key_b twice in this batch: the later ones answer the first.
+    assert [item["replayed"] for item in items] == [True, False, False, True, False]
+    assert items[0]["eventId"] == single["emitEvent"]["event"]["id"]
+    assert items[3]["event"] == items[1]["event"] and items[3]["event"]["data"]["amount"] == 3
+    written = await team.events(after=before)
+    assert [e["data"]["amount"] for e in written] == [3, 4, 6]
+
+    # A second batch with the same keys makes nothing new and answers the same events.
+    again = (await _emit_many(team, [_paid(7, key_c), _paid(8, key_b)])).ok()["emitEvents"]
+    assert [item["replayed"] for item in again["items"]] == [True, True]
+    assert [item["eventId"] for item in again["items"]] == [
+        items[4]["eventId"],
+        items[1]["eventId"],
+    ]
+    replayed = (await team.emit("order.paid", {"amount": 9, "currency": "EUR"}, key_b)).ok()
+    assert replayed["emitEvent"]["event"]["id"] == items[1]["eventId"]
+    assert len(await team.events(after=before)) == 3
+
+
+async def test_concurrent_batches_sharing_a_key_make_its_event_once(client: GraphQLClient) -> None:
+    team = await new_team(client)
+    await team.register("order.paid", ORDER_PAID)
+    before = await team.cursor()
+    shared = unique("shared-")
+    answers = await asyncio.gather(
+        *(_emit_many(team, [_paid(n), _paid(100 + n, shared)]) for n in range(4))
+    )
+    ids = {answer.ok()["emitEvents"]["items"][1]["eventId"] for answer in answers}
+    assert len(ids) == 1
+    written = await team.events(after=before)
+    assert sorted(e["data"]["amount"] for e in written if e["data"]["amount"] < 100) == [0, 1, 2, 3]
+    assert len(written) == 5
+    assert [e["sequence"] for e in written] == list(
+        range(written[0]["sequence"], written[0]["sequence"] + 5)
+    )
+
+
+async def test_a_batch_over_the_limit_is_refused_whole(client: GraphQLClient) -> None:
+    team = await new_team(client)
+    await team.register("order.paid", ORDER_PAID)
+    before = await team.cursor()
+    limit = 500  # COREGRAPH_MAX_EVENT_BATCH's default
+
+    refused = await _emit_many(team, [_paid(n) for n in range(limit + 1)])
+
+    assert refused.codes == ["BAD_USER_INPUT"]
+    assert refused.errors[0]["extensions"]["field"] == "inputs"
+    assert str(limit) in refused.errors[0]["message"]
+    assert await team.events(after=before) == []
+    assert (await _emit_many(team, [])).ok() == {"emitEvents": {"items": []}}
+
+
+async def test_emitting_a_batch_needs_events_write(client: GraphQLClient) -> None:
+    team = await new_team(client)
+    await team.register("order.paid", ORDER_PAID)
+    before = await team.cursor()
+    reader = await client.api_key(team.owner, team.tenant_id, ["events:read"])
+    viewer = await client.add_member(team.owner, team.tenant_id, role="viewer")
+
+    for actor in (reader, viewer):
+        refused = await _emit_many(team, [_paid(1), _paid(2)], actor)
+        assert refused.codes == ["FORBIDDEN"]
+    writer = await client.api_key(team.owner, team.tenant_id, ["events:write"])
+    blind = await team.call(
+        "mutation($i: [EmitEventInput!]!) { emitEvents(inputs: $i) { items { eventId } } }",
+        {"i": [_paid(3)]},
+        writer,
+    )
+    assert blind.ok()["emitEvents"]["items"][0]["eventId"].startswith("evt_")
+    written = await team.events(after=before, types=["order.paid"])
+    assert [e["data"]["amount"] for e in written] == [3]

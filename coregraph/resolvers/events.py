@@ -1,4 +1,4 @@
-"""eventTypes, events, registerEventType and emitEvent."""
+"""eventTypes, events, registerEventType, emitEvent and emitEvents."""
 
 from __future__ import annotations
 
@@ -63,6 +63,21 @@ class EmitEventPayload:
     )
     replayed: bool = strawberry.field(
         description="The idempotency key had been used: this is the first event made with it."
+    )
+
+    @classmethod
+    def of(cls, emitted: events.EmittedEvent) -> EmitEventPayload:
+        return cls(
+            event=Event.from_row(emitted.event),
+            event_id=strawberry.ID(emitted.event.id),
+            replayed=emitted.replayed,
+        )
+
+
+@strawberry.type
+class EmitEventsPayload:
+    items: list[EmitEventPayload] = strawberry.field(
+        description="One answer per input, in the inputs' order."
     )
 
 
@@ -169,8 +184,25 @@ class EventsMutation:
             data=input.data,
             idempotency_key=input.idempotency_key,
         )
-        return EmitEventPayload(
-            event=Event.from_row(emitted.event),
-            event_id=strawberry.ID(emitted.event.id),
-            replayed=emitted.replayed,
+        return EmitEventPayload.of(emitted)
+
+    @field(
+        requires_scopes=[["events:write"]],
+        description="Emit several events in one transaction, in order (at most"
+        " COREGRAPH_MAX_EVENT_BATCH): all or nothing — one item that fails its type's schema"
+        " refuses the whole batch (BAD_USER_INPUT with extensions.index and path). A key"
+        " repeated within the batch answers the first item that carried it.",
+    )
+    async def emit_events(
+        self, info: Info, inputs: list[EmitEventInput]
+    ) -> EmitEventsPayload | None:
+        ctx = info.context
+        limit = ctx.settings.max_event_batch
+        if len(inputs) > limit:
+            raise BadUserInput(f"inputs: at most {limit} events per call", field="inputs")
+        emitted = await events.emit_events_once(
+            ctx.unit_of_work,
+            ctx.require_tenant(),
+            [events.EventDraft(i.type, i.data, i.idempotency_key) for i in inputs],
         )
+        return EmitEventsPayload(items=[EmitEventPayload.of(e) for e in emitted])

@@ -1,9 +1,10 @@
 """Business events: the built-in catalog, a tenant's own event types, and emitting them.
 
 Every mutation of tenant data states one built-in event (``BUILTIN_EVENT_TYPES``) through
-``uow.emit`` in its own transaction. Edge apps emit their own with ``emit_event``: the type must
-be registered in the tenant with a JSON Schema (draft 2020-12, checked by the ``jsonschema``
-library), the payload must satisfy it, and a repeated idempotency key answers the first event.
+``uow.emit`` in its own transaction. Edge apps emit their own with ``emit_events`` (one or a
+batch, in one transaction): the type must be registered in the tenant with a JSON Schema (draft
+2020-12, checked by the ``jsonschema`` library), the payload must satisfy it, and a repeated
+idempotency key answers the first event.
 
 Names: lowercase dotted segments (``order.paid``, ``invoice.line_added.v2``). A custom type has
 at least two segments and its first segment is none of the built-in namespaces
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -291,11 +293,39 @@ def _idempotency_key(value: str | None) -> str | None:
     return value
 
 
-def _schema_violation(schema: Mapping[str, Any], data: dict[str, Any]) -> BadUserInput | None:
-    """The most relevant way ``data`` fails ``schema`` (jsonschema's ``best_match``), as an
-    error naming its JSON path; a missing required property is named as that property."""
+@dataclass(frozen=True, slots=True)
+class EventDraft:
+    """One event an edge app asks to emit: a registered type, its payload, and optionally the
+    idempotency key that makes asking again harmless."""
+
+    type: str
+    data: Any
+    idempotency_key: str | None = None
+
+
+# Compiled validators of registered types, by event type id. A registered type's schema never
+# changes (a new shape is a new type), so a validator compiled once stays right.
+_VALIDATORS: OrderedDict[str, Draft202012Validator] = OrderedDict()
+_VALIDATOR_CACHE_SIZE = 1024
+
+
+def _validator(registered: EventType) -> Draft202012Validator:
+    validator = _VALIDATORS.get(registered.id)
+    if validator is None:
+        validator = Draft202012Validator(registered.schema)
+        _VALIDATORS[registered.id] = validator
+        if len(_VALIDATORS) > _VALIDATOR_CACHE_SIZE:
+            _VALIDATORS.popitem(last=False)
+    else:
+        _VALIDATORS.move_to_end(registered.id)
+    return validator
+
+
+def _schema_violation(validator: Draft202012Validator, data: dict[str, Any]) -> BadUserInput | None:
+    """The most relevant way ``data`` fails its type's schema (jsonschema's ``best_match``), as
+    an error naming its JSON path; a missing required property is named as that property."""
     try:
-        error = best_match(Draft202012Validator(schema).iter_errors(data))
+        error = best_match(validator.iter_errors(data))
     except Unresolvable as unresolvable:
         return BadUserInput(
             f"data: the type's schema refers to something it does not contain ({unresolvable})",
@@ -313,14 +343,101 @@ def _schema_violation(schema: Mapping[str, Any], data: dict[str, Any]) -> BadUse
     return BadUserInput(f"data: {path}: {error.message}", field="data", path=path)
 
 
-async def _first_with_key(uow: UnitOfWork, tenant_id: str, key: str) -> Event | None:
-    return await uow.session.scalar(
-        select(Event).where(
-            Event.tenant_id == tenant_id,
-            Event.environment == uow.principal.environment,
-            Event.idempotency_key == key,
-        )
+def _custom_event_type(value: str) -> str:
+    type = check_type_name(value)
+    if type in BUILTIN_EVENT_TYPES or type.split(".", 1)[0] in RESERVED_NAMESPACES:
+        raise BadUserInput(f"type: '{type}' is emitted by coregraph itself", field="type")
+    return type
+
+
+def _item_error(index: int | None, error: BadUserInput) -> BadUserInput:
+    """``error`` about one item of a batch, naming its index (in the message and as
+    ``extensions.index``); a single emit's errors stay as they are."""
+    if index is None:
+        return error
+    return BadUserInput(
+        f"inputs[{index}].{error.message}", field=error.field, index=index, **error.extra
     )
+
+
+async def emit_events(
+    uow: UnitOfWork,
+    tenant_id: str,
+    drafts: Sequence[EventDraft],
+    *,
+    batch: bool = True,
+) -> list[EmittedEvent]:
+    """Emit registered custom events in the principal's environment, in order, all in this
+    unit of work: every item is checked before anything is stated, so one bad item refuses
+    the whole batch (BAD_USER_INPUT naming its index and path) and nothing is written.
+
+    An idempotency key already used answers its first event (``replayed``); a key repeated
+    within ``drafts`` answers the first item that carried it. ``batch=False``: a single emit,
+    whose errors name no index. Use ``emit_events_once`` to also settle a concurrent emit
+    with the same key."""
+    checked: list[tuple[str, str | None]] = []
+    for index, draft in enumerate(drafts):
+        try:
+            checked.append(
+                (_custom_event_type(draft.type), _idempotency_key(draft.idempotency_key))
+            )
+        except BadUserInput as error:
+            raise _item_error(None if not batch else index, error) from None
+    types = {type for type, _key in checked}
+    keys = {key for _type, key in checked if key is not None}
+    registered: dict[str, EventType] = {}
+    if types:
+        found = await uow.session.scalars(
+            select(EventType).where(EventType.tenant_id == tenant_id, EventType.type.in_(types))
+        )
+        registered = {row.type: row for row in found}
+    replays: dict[str, Event] = {}
+    if keys:
+        found_events = await uow.session.scalars(
+            select(Event).where(
+                Event.tenant_id == tenant_id,
+                Event.environment == uow.principal.environment,
+                Event.idempotency_key.in_(keys),
+            )
+        )
+        replays = {event.idempotency_key: event for event in found_events if event.idempotency_key}
+
+    # Check every item before stating any event: a refusal leaves the unit of work clean.
+    planned: list[tuple[str, str | None, dict[str, Any]] | None] = []
+    pending: set[str] = set()
+    for index, (draft, (type, key)) in enumerate(zip(drafts, checked, strict=True)):
+        try:
+            row = registered.get(type)
+            if row is None:
+                raise BadUserInput(
+                    f"type: '{type}' is not registered in this tenant; registerEventType first",
+                    field="type",
+                )
+            if key is not None and (key in replays or key in pending):
+                planned.append(None)  # answered by the key's first event
+                continue
+            payload = _json_document(draft.data, "data")
+            violation = _schema_violation(_validator(row), payload)
+            if violation is not None:
+                raise violation
+        except BadUserInput as error:
+            raise _item_error(None if not batch else index, error) from None
+        if key is not None:
+            pending.add(key)
+        planned.append((type, key, payload))
+
+    emitted: list[EmittedEvent] = []
+    for plan, (_type, key) in zip(planned, checked, strict=True):
+        if plan is None:
+            assert key is not None
+            emitted.append(EmittedEvent(replays[key], replayed=True))
+            continue
+        type, key, payload = plan
+        event = uow.emit(type, tenant_id=tenant_id, data=payload, idempotency_key=key)
+        if key is not None:
+            replays[key] = event
+        emitted.append(EmittedEvent(event, replayed=False))
+    return emitted
 
 
 async def emit_event(
@@ -331,30 +448,34 @@ async def emit_event(
     data: Any,
     idempotency_key: str | None = None,
 ) -> EmittedEvent:
-    """Emit a registered custom event in the principal's environment, once per idempotency
-    key. Use ``emit_once`` to also settle a concurrent emit with the same key."""
-    type = check_type_name(type)
-    if type in BUILTIN_EVENT_TYPES or type.split(".", 1)[0] in RESERVED_NAMESPACES:
-        raise BadUserInput(f"type: '{type}' is emitted by coregraph itself", field="type")
-    registered = await uow.session.scalar(
-        select(EventType).where(EventType.tenant_id == tenant_id, EventType.type == type)
+    """Emit one registered custom event (``emit_events`` with one item)."""
+    [emitted] = await emit_events(
+        uow, tenant_id, [EventDraft(type, data, idempotency_key)], batch=False
     )
-    if registered is None:
-        raise BadUserInput(
-            f"type: '{type}' is not registered in this tenant; registerEventType first",
-            field="type",
-        )
-    key = _idempotency_key(idempotency_key)
-    if key is not None:
-        first = await _first_with_key(uow, tenant_id, key)
-        if first is not None:
-            return EmittedEvent(first, replayed=True)
-    payload = _json_document(data, "data")
-    violation = _schema_violation(registered.schema, payload)
-    if violation is not None:
-        raise violation
-    event = uow.emit(type, tenant_id=tenant_id, data=payload, idempotency_key=key)
-    return EmittedEvent(event, replayed=False)
+    return emitted
+
+
+async def emit_events_once(
+    open_unit_of_work: Callable[[], UnitOfWork],
+    tenant_id: str,
+    drafts: Sequence[EventDraft],
+    *,
+    batch: bool = True,
+) -> list[EmittedEvent]:
+    """``emit_events`` in a unit of work of its own. Two emits with one key may both find no
+    first event and both write one: the unique key lets only one commit, and the other,
+    refused, runs again and answers the event that won."""
+    for _attempt in range(2):
+        try:
+            async with open_unit_of_work() as uow:
+                return await emit_events(uow, tenant_id, drafts, batch=batch)
+        except IntegrityError:
+            if not any(draft.idempotency_key is not None for draft in drafts):
+                raise
+    raise Conflict(
+        "idempotencyKey: a concurrent emit with this key did not settle; retry",
+        field="idempotencyKey",
+    )
 
 
 async def emit_once(
@@ -365,19 +486,8 @@ async def emit_once(
     data: Any,
     idempotency_key: str | None = None,
 ) -> EmittedEvent:
-    """``emit_event`` in a unit of work of its own. Two emits with one key may both find no
-    first event and both write one: the unique key lets only one commit, and the other,
-    refused, runs again and answers the event that won."""
-    for _attempt in range(2):
-        try:
-            async with open_unit_of_work() as uow:
-                return await emit_event(
-                    uow, tenant_id, type=type, data=data, idempotency_key=idempotency_key
-                )
-        except IntegrityError:
-            if idempotency_key is None:
-                raise
-    raise Conflict(
-        "idempotencyKey: a concurrent emit with this key did not settle; retry",
-        field="idempotencyKey",
+    """``emit_event`` in a unit of work of its own (``emit_events_once`` with one item)."""
+    [emitted] = await emit_events_once(
+        open_unit_of_work, tenant_id, [EventDraft(type, data, idempotency_key)], batch=False
     )
+    return emitted

@@ -26,6 +26,7 @@ from coregraph.models.base import Environment
 from coregraph.request import system_request
 from coregraph.services.uow import UnitOfWork
 from coregraph.settings import Settings
+from coregraph.streams.broker import Broker, InProcessBroker, RedisBroker
 from tests.conftest import make_settings
 from tests.support import Server
 
@@ -96,6 +97,25 @@ def worker_process(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
         process.wait(timeout=WAIT)
         if process.stderr is not None:
             process.stderr.close()
+
+
+@asynccontextmanager
+async def broker_for_this_process() -> AsyncIterator[Broker]:
+    """The broker a process of this deployment holds: Redis when configured."""
+    if REDIS_URL is None:
+        broker: Broker = InProcessBroker()
+        yield broker
+        await broker.close()
+        return
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(REDIS_URL)
+    broker = RedisBroker(redis, PREFIX)
+    try:
+        yield broker
+    finally:
+        await broker.close()
+        await redis.aclose()
 
 
 class Subscriber:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ from coregraph.models.base import Environment
 from coregraph.streams.broker import (
     Broker,
     InProcessBroker,
-    RedisBroker,
     SubscriberTooSlow,
     Subscription,
     audit_topic,
@@ -37,9 +36,9 @@ from coregraph.streams.broker import (
 from coregraph.streams.relay import Relay, running
 from tests.conftest import make_settings
 from tests.streams_support import (
-    PREFIX,
     REDIS_URL,
     WAIT,
+    broker_for_this_process,
     emit,
     relay_settings,
     sequences,
@@ -87,25 +86,6 @@ async def worker_engine(relay_db: str) -> AsyncIterator[AsyncEngine]:
     engine = db.create_engine(settings, role=settings.database_worker_role)
     yield engine
     await engine.dispose()
-
-
-@asynccontextmanager
-async def broker_for_this_process() -> AsyncIterator[Broker]:
-    """The broker a process of this deployment holds: Redis when configured."""
-    if REDIS_URL is None:
-        broker: Broker = InProcessBroker()
-        yield broker
-        await broker.close()
-        return
-    from redis.asyncio import Redis
-
-    redis = Redis.from_url(REDIS_URL)
-    broker = RedisBroker(redis, PREFIX)
-    try:
-        yield broker
-    finally:
-        await broker.close()
-        await redis.aclose()
 
 
 @pytest.fixture

@@ -10,24 +10,32 @@ error rather than slowing anyone down. Real servers, real sockets, a real relay.
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coregraph import db, migrate
+from coregraph.models import Event
 from coregraph.models.base import Environment
 from coregraph.streams.broker import audit_topic, events_topic
+from coregraph.streams.relay import event_message
 from tests.streams_support import (
+    REDIS_URL,
     WAIT,
     Subscriber,
+    broker_for_this_process,
     emit,
     relay_settings,
     sequences,
     subscribed,
+    worker_env,
+    worker_process,
 )
 from tests.support import (
     Actor,
@@ -442,9 +450,10 @@ async def test_bad_requests_get_typed_errors_with_a_request_id(
 
 
 @pytest.fixture(scope="module")
-async def slow_db(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+async def own_db(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """A database no module-wide server relays: each test here runs the relay it is about."""
     base = env_database_url()
-    url, name = await create_test_database(base, str(tmp_path_factory.mktemp("slow")))
+    url, name = await create_test_database(base, str(tmp_path_factory.mktemp("own")))
     await migrate.upgrade(relay_settings(url))
     yield url
     if name and base:
@@ -452,9 +461,9 @@ async def slow_db(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str
 
 
 async def test_a_subscriber_that_stops_reading_is_cut_off_with_a_clear_error(
-    slow_db: str, http: httpx.AsyncClient
+    own_db: str, http: httpx.AsyncClient
 ) -> None:
-    settings = relay_settings(slow_db, run_relay="true", subscriber_buffer=4)
+    settings = relay_settings(own_db, run_relay="true", subscriber_buffer=4)
     engine = db.create_engine(settings)
     try:
         with running_server(settings, migrate_first=False) as server:
@@ -474,3 +483,137 @@ async def test_a_subscriber_that_stops_reading_is_cut_off_with_a_clear_error(
     assert "subscribe again with the last cursor" in errors[0]["message"]
     assert errors[0]["extensions"]["requestId"]
     assert len(sub.items) < 200
+
+
+async def cursor_of(gql: GraphQLClient, actor: Actor, tenant_id: str, sequence: int) -> str:
+    """The events query's cursor for ``sequence``, as a client paging history holds it."""
+    r = await gql.execute(
+        "{ events(first: 200) { edges { cursor node { sequence } } } }",
+        actor=actor,
+        tenant_id=tenant_id,
+    )
+    edges = r.ok()["events"]["edges"]
+    return str(next(e["cursor"] for e in edges if e["node"]["sequence"] == sequence))
+
+
+async def test_a_message_this_process_never_heard_is_filled_from_the_database(
+    own_db: str, http: httpx.AsyncClient
+) -> None:
+    """No relay runs: five events are committed, and only the fifth reaches the broker (the
+    first four were lost on the way). The subscriber notices the jump and reads them."""
+    settings = relay_settings(own_db, run_relay="false")
+    engine = db.create_engine(settings)
+    try:
+        with running_server(settings, migrate_first=False) as server:
+            gql = GraphQLClient(http, server.url)
+            owner, tenant_id = await owner_with_tenant(gql)
+            head = (await sequences(engine, tenant_id, Environment.LIVE))[-1]
+            after = await cursor_of(gql, owner, tenant_id, head)
+            topic = events_topic(tenant_id, Environment.LIVE)
+            async with subscribed(
+                server, owner.headers(tenant_id), EVENTS, {"after": after}, field="events"
+            ) as sub:
+                await listening(server, topic)
+                await emit(engine, tenant_id, 5)
+                async with engine.connect() as conn:
+                    await db.scope_transaction(conn, tenant_ids=[tenant_id])
+                    rows = (
+                        await conn.execute(
+                            select(Event.__table__)
+                            .where(Event.tenant_id == tenant_id)
+                            .order_by(Event.sequence)
+                        )
+                    ).all()
+                fifth = event_message(rows[-1])
+                async with broker_for_this_process() as broker:
+                    if REDIS_URL is None:
+                        broker = server.runtime.broker  # in-process: hand it over directly
+                    await broker.publish(topic, fifth)
+                    await broker.publish(topic, fifth)  # and once more, as a relay may
+                await sub.items_count(5)
+    finally:
+        await engine.dispose()
+    assert sub.sequences() == [row.sequence for row in rows[-5:]]
+    assert sub.items[-1]["node"]["id"] == fifth["id"]
+
+
+@pytest.mark.skipif(REDIS_URL is None, reason="two API processes meet only through Redis")
+async def test_a_subscriber_on_one_api_process_receives_events_committed_through_another(
+    api: Server, streams_db: str, http: httpx.AsyncClient, gql: GraphQLClient
+) -> None:
+    """Two runtimes on one database and one Redis, each with its own broker; the first runs
+    the relay (one relay is enough for both), the second only serves subscribers."""
+    settings = relay_settings(streams_db, run_relay="false")
+    with running_server(settings, migrate_first=False) as other:
+        owner, tenant_id = await owner_with_tenant(gql)  # through the first process
+        await register(gql, owner, tenant_id, "order.paid")
+        r = await gql.execute(
+            "{ events(first: 200) { pageInfo { endCursor } } }", actor=owner, tenant_id=tenant_id
+        )
+        after = r.ok()["events"]["pageInfo"]["endCursor"]
+        async with AsyncExitStack() as stack:
+            live = await stack.enter_async_context(
+                subscribed(other, owner.headers(tenant_id), EVENTS, field="events")
+            )
+            resumed = await stack.enter_async_context(
+                subscribed(
+                    other, owner.headers(tenant_id), EVENTS, {"after": after}, field="events"
+                )
+            )
+            await listening(other, events_topic(tenant_id, Environment.LIVE), 2)
+            first = await emit_event(gql, owner, tenant_id, "order.paid", {"n": 1})
+            second = await emit_event(gql, owner, tenant_id, "order.paid", {"n": 2})
+            await live.items_count(2)
+            await resumed.items_count(2)
+        assert other.runtime.broker is not api.runtime.broker
+    assert live.sequences() == [first, second]
+    assert resumed.sequences() == [first, second]
+
+
+@pytest.mark.skipif(REDIS_URL is None, reason="the worker process reaches subscribers via Redis")
+async def test_a_relay_killed_between_commit_and_publish_loses_nothing_for_a_resuming_subscriber(
+    own_db: str, http: httpx.AsyncClient
+) -> None:
+    """`coregraph worker` relays for an API without a relay of its own. The subscriber
+    disconnects, the worker is killed, events are committed with nobody to publish them; the
+    subscriber comes back with its last cursor, the worker restarts, more events come: every
+    event arrives exactly once, in order."""
+    settings = relay_settings(own_db, run_relay="false")
+    engine = db.create_engine(settings)
+    env = worker_env(own_db)
+    try:
+        with running_server(settings, migrate_first=False) as server:
+            gql = GraphQLClient(http, server.url)
+            owner, tenant_id = await owner_with_tenant(gql)
+            credential = owner.headers(tenant_id)
+            head = (await sequences(engine, tenant_id, Environment.LIVE))[-1]
+            after = await cursor_of(gql, owner, tenant_id, head)
+            received: list[int] = []
+            with worker_process(env) as first:
+                async with subscribed(
+                    server, credential, EVENTS, {"after": after}, field="events"
+                ) as sub:
+                    await emit(engine, tenant_id, 5)
+                    await sub.items_count(5)
+                    received += sub.sequences()
+                    last_cursor = sub.items[-1]["cursor"]
+                first.send_signal(signal.SIGKILL)
+                first.wait(timeout=WAIT)
+            # Committed while no relay runs: in the database, published to nobody.
+            await emit(engine, tenant_id, 10)
+            async with subscribed(
+                server, credential, EVENTS, {"after": last_cursor}, field="events"
+            ) as sub:
+                await sub.items_count(10)  # replayed from storage
+                with worker_process(env) as second:
+                    # The restarted relay publishes the ten again (dropped), then new ones.
+                    await emit(engine, tenant_id, 5)
+                    expected = await sequences(engine, tenant_id, Environment.LIVE)
+                    await sub.until(lambda s: s.sequences()[-1] == expected[-1])
+                    second.send_signal(signal.SIGTERM)
+                    assert second.wait(timeout=WAIT) == 0
+                received += sub.sequences()
+    finally:
+        await engine.dispose()
+    assert received == [s for s in expected if s > head]
+    assert len(received) == 20

@@ -15,6 +15,11 @@ opened for: what connection_init would now refuse), the operation gets the error
 closes with 4403, as it does when an access token expires while idle; clients reconnect with a
 fresh token (graphql-ws retries on 4403). A changed role is not a refusal: the next operation
 runs with the new role's rights.
+
+A subscription runs for long: it authenticates the credential again while its items flow
+(``SocketOperationContext.reauthenticate``, at most once a second,
+``coregraph.streams.subscription``) and ends with the error when its rights are gone; a refused
+credential then closes the socket as above.
 """
 
 from __future__ import annotations

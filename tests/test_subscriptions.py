@@ -438,6 +438,7 @@ async def test_bad_requests_get_typed_errors_with_a_request_id(
         (owner, AUDIT, {"after": "c2VxOjE"}, "auditLog", "BAD_USER_INPUT"),  # an events cursor
         (owner, AUDIT, {"filter": {"targetId": "nope"}}, "auditLog", "BAD_USER_INPUT"),
         (owner, EVENTS, {"types": ["Not A Type!"]}, "events", "BAD_USER_INPUT"),
+        (owner, AUDIT, {"after": "YzE6dXNyXzAx"}, "auditLog", "BAD_USER_INPUT"),  # no entry
         (viewer, AUDIT, {}, "auditLog", "FORBIDDEN"),
     ]
     for actor, query, variables, field, code in cases:
@@ -617,3 +618,53 @@ async def test_a_relay_killed_between_commit_and_publish_loses_nothing_for_a_res
         await engine.dispose()
     assert received == [s for s in expected if s > head]
     assert len(received) == 20
+
+
+async def test_paging_the_audit_log_then_subscribing_after_its_newest_entry(
+    api: Server, gql: GraphQLClient
+) -> None:
+    owner, tenant_id = await owner_with_tenant(gql)
+    other_owner, other_tenant = await owner_with_tenant(gql)
+    await create_role(gql, owner, tenant_id, "first")
+    query = "{ tenant { auditLog(first: 1) { edges { cursor node { id position } } } } }"
+    r = await gql.execute(query, actor=owner, tenant_id=tenant_id)
+    newest = r.ok()["tenant"]["auditLog"]["edges"][0]
+    credential = owner.headers(tenant_id)
+    variables = {"after": newest["cursor"]}
+    async with subscribed(api, credential, AUDIT, variables, field="auditLog") as sub:
+        await create_role(gql, owner, tenant_id, "second")
+        await sub.items_count(1)
+    assert sub.items[0]["node"]["position"] == newest["node"]["position"] + 1
+    assert sub.items[0]["node"]["action"] == "role.created"
+    # Another tenant's entry is no place in this tenant's trail.
+    r = await gql.execute(query, actor=other_owner, tenant_id=other_tenant)
+    foreign = r.ok()["tenant"]["auditLog"]["edges"][0]["cursor"]
+    async with subscribed(api, credential, AUDIT, {"after": foreign}, field="auditLog") as sub:
+        errors = await sub.ended()
+    assert [e["extensions"]["code"] for e in errors] == ["BAD_USER_INPUT"]
+
+
+async def test_a_busy_subscription_rechecks_its_credential_about_once_a_second_not_per_event(
+    api: Server, gql: GraphQLClient, app_engine: AsyncEngine
+) -> None:
+    owner, tenant_id = await owner_with_tenant(gql)
+    authenticator = api.runtime.authenticator
+    original = authenticator.authenticate
+    calls: list[float] = []
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(asyncio.get_running_loop().time())
+        return await original(*args, **kwargs)
+
+    authenticator.authenticate = counted  # type: ignore[method-assign]
+    try:
+        async with subscribed(api, owner.headers(tenant_id), EVENTS, field="events") as sub:
+            await listening(api, events_topic(tenant_id, Environment.LIVE))
+            started = asyncio.get_running_loop().time()
+            calls.clear()
+            await emit(app_engine, tenant_id, 100, per_commit=10)
+            await sub.items_count(100)
+            elapsed = asyncio.get_running_loop().time() - started
+    finally:
+        del authenticator.authenticate
+    assert len(calls) <= 1 + elapsed, (len(calls), elapsed)

@@ -24,6 +24,7 @@ from coregraph.schema.audit import (
     decode_position_cursor,
 )
 from coregraph.schema.events import Event, EventEdge, decode_sequence_cursor, event_stream
+from coregraph.schema.pagination import decode_cursor
 from coregraph.schema.readable import readable
 from coregraph.services import events as event_service
 from coregraph.streams.broker import audit_topic, events_topic
@@ -38,6 +39,27 @@ def _event_types(types: list[str] | None) -> frozenset[str] | None:
     if len(types) > MAX_TYPE_FILTER:
         raise BadUserInput(f"types: at most {MAX_TYPE_FILTER}", field="types")
     return frozenset(event_service.check_type_name(t, "types") for t in types)
+
+
+async def _audit_position(ctx: Context, tenant_id: str, cursor: str) -> int:
+    """Where an audit stream resumes: a cursor of this subscription (a position), or one of the
+    ``Tenant.auditLog`` query (an entry of this tenant; its position), so a client pages the
+    history, then subscribes after the newest entry it read."""
+    try:
+        return decode_position_cursor(cursor)
+    except BadUserInput:
+        pass
+    refused = BadUserInput("after: not a cursor of this tenant's audit trail", field="after")
+    try:
+        entry_id = decode_cursor(cursor)
+    except BadUserInput:
+        raise refused from None
+    entry = models.AuditEntry
+    statement = readable(ctx.principal, entry, tenant_id=tenant_id)
+    rows = await ctx.read(statement.where(entry.chain_id == tenant_id, entry.id == entry_id))
+    if not rows:
+        raise refused
+    return int(rows[0].position)
 
 
 @strawberry.type
@@ -97,8 +119,8 @@ class StreamsSubscription:
         is_subscription=True,
         requires_scopes=[["audit:read"]],
         description="Changes to this tenant as they are committed, oldest first, filtered as"
-        " Tenant.auditLog filters. With after (a cursor from this subscription), first"
-        " everything after it, then live, with no gap and no duplicate.",
+        " Tenant.auditLog filters. With after (a cursor from this subscription or from the"
+        " auditLog query), first everything after it, then live, with no gap and no duplicate.",
     )
     async def audit_log(
         self, info: Info, filter: AuditLogFilter | None = None, after: str | None = None
@@ -106,7 +128,7 @@ class StreamsSubscription:
         ctx = info.context
         tenant_id = ctx.require_tenant()
         wanted = filter.checked() if filter is not None else AuditFilter()
-        start = decode_position_cursor(after) if after is not None else None
+        start = await _audit_position(ctx, tenant_id, after) if after is not None else None
         entry = models.AuditEntry
 
         def chain() -> Any:

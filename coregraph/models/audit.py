@@ -77,3 +77,11 @@ class StreamHead(TenantOwned, Base):
     audit_position: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     audit_hash: Mapped[str] = mapped_column(String(64), nullable=False, default="")
     event_sequence: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    # Where the chain now starts: the position and hash of the last entry retention pruned
+    # (0 and "" while nothing was). Verification anchors the first retained entry here.
+    audit_pruned_position: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, default=0, server_default="0"
+    )
+    audit_pruned_hash: Mapped[str] = mapped_column(
+        String(64), nullable=False, default="", server_default=""
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coregraph.models.base import (
@@ -26,6 +26,8 @@ class Tenant(TenantOwned, Timestamped, Base):
     slug: Mapped[str] = mapped_column(String(63), unique=True, nullable=False)
     name: Mapped[str] = mapped_column(String(120), nullable=False)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Audit entries older than this many days are pruned by the worker; None keeps them forever.
+    audit_retention_days: Mapped[int | None] = mapped_column(Integer)
 
     @property
     def tenant_id(self) -> str:

@@ -30,6 +30,11 @@ class CreateTenantInput:
 class UpdateTenantInput:
     name: str | None = None
     slug: str | None = None
+    audit_retention_days: int | None = strawberry.field(
+        default=strawberry.UNSET,
+        description="Days audit entries are kept (7 to 3650); null keeps them forever (the "
+        "default). Left out: unchanged.",
+    )
 
 
 @strawberry.input
@@ -107,7 +112,15 @@ class TenancyMutation:
         ctx = info.context
         async with ctx.unit_of_work() as uow:
             row = await tenancy.update_tenant(
-                uow, ctx.require_tenant(), name=input.name, slug=input.slug
+                uow,
+                ctx.require_tenant(),
+                name=input.name,
+                slug=input.slug,
+                audit_retention_days=(
+                    tenancy.UNCHANGED
+                    if input.audit_retention_days is strawberry.UNSET
+                    else input.audit_retention_days
+                ),
             )
         return TenantPayload(tenant=Tenant.from_row(row))
 

@@ -37,6 +37,10 @@ class Tenant(Node):
     slug: str
     name: str
     created_at: datetime
+    audit_retention_days: int | None = strawberry.field(
+        default=None,
+        description="Days audit entries are kept before the worker prunes them; null: forever.",
+    )
 
     @property
     def tenant_id(self) -> str:
@@ -156,7 +160,11 @@ class Tenant(Node):
     @classmethod
     def from_row(cls, row: Any) -> Tenant:
         return cls(
-            id=strawberry.ID(row.id), slug=row.slug, name=row.name, created_at=row.created_at
+            id=strawberry.ID(row.id),
+            slug=row.slug,
+            name=row.name,
+            created_at=row.created_at,
+            audit_retention_days=row.audit_retention_days,
         )
 
 

@@ -5,7 +5,9 @@ hash: JSON with sorted keys, no whitespace, UTF-8, times as UTC ISO-8601 with mi
 The encoding names every column a reader relies on, so changing any of them — or removing,
 inserting or reordering a row — breaks the chain at that row. The database refuses UPDATE and
 DELETE on the table on PostgreSQL; the chain catches what gets past that (a superuser, a
-restored backup, SQLite).
+restored backup, SQLite). Retention (``coregraph.services.audit_retention``) removes a chain's
+oldest entries and records the last one's position and hash in the head: the chain then
+starts at the first retained entry, anchored there.
 """
 
 from __future__ import annotations
@@ -68,11 +70,13 @@ def entry_hash(entry: Any, previous_hash: str) -> str:
 @dataclass(frozen=True, slots=True)
 class ChainCheck:
     """The outcome of ``verify_chain``: how many entries were checked and, if the chain is
-    broken, the first entry that does not match (and why)."""
+    broken, the first entry that does not match (and why). ``last_position`` is the last
+    entry that checked out (the anchor's position when none did)."""
 
     checked: int
     broken_at: Mapping[str, Any] | None = None
     reason: str | None = None
+    last_position: int = 0
 
     @property
     def ok(self) -> bool:
@@ -88,21 +92,28 @@ async def verify_chain(
     batch: int = 1000,
 ) -> ChainCheck:
     """Recompute ``chain_id``'s hashes from ``from_position`` (its previous entry's stored hash
-    is the anchor) to ``to_position`` (the head), in batches, constant memory."""
+    is the anchor) to ``to_position`` (the head), in batches, constant memory.
+
+    Entries retention pruned are not checked: the chain then starts at the first retained
+    entry, anchored on the hash the prune recorded in the head. A prune that commits during
+    the check moves that anchor; a gap is only a break if the anchor does not cover it."""
     entry = AuditEntry.__table__.c
     table: Any = AuditEntry.__table__
-    expected_previous: str | None = None
-    if from_position > 1:
+    pruned_position, pruned_hash = await _pruned(conn, chain_id)
+    expected_position = max(from_position, pruned_position + 1)
+    expected_previous: str | None
+    if expected_position == pruned_position + 1:
+        expected_previous = pruned_hash
+    else:
         expected_previous = await conn.scalar(
             select(entry.hash).where(
-                entry.chain_id == chain_id, entry.position == from_position - 1
+                entry.chain_id == chain_id, entry.position == expected_position - 1
             )
         )
         if expected_previous is None:
-            return ChainCheck(0, {"position": from_position - 1}, "the anchoring entry is missing")
-    else:
-        expected_previous = ""
-    expected_position = from_position
+            return ChainCheck(
+                0, {"position": expected_position - 1}, "the anchoring entry is missing"
+            )
     checked = 0
     while True:
         stmt = (
@@ -114,20 +125,35 @@ async def verify_chain(
         if to_position is not None:
             stmt = stmt.where(entry.position <= to_position)
         rows = (await conn.execute(stmt)).all()
+        last = expected_position - 1
         if not rows:
-            return ChainCheck(checked)
+            return ChainCheck(checked, last_position=last)
         for row in rows:
             where = {"id": row.id, "position": row.position}
             if row.position != expected_position:
+                pruned_position, pruned_hash = await _pruned(conn, chain_id)
+                if pruned_position >= expected_position:
+                    # Pruned meanwhile: carry on from the new anchor.
+                    expected_position = pruned_position + 1
+                    expected_previous = pruned_hash
+                    break
                 return ChainCheck(
-                    checked, {"position": expected_position}, "an entry is missing here"
+                    checked,
+                    {"position": expected_position},
+                    "an entry is missing here",
+                    last_position=last,
                 )
             if row.previous_hash != expected_previous:
-                return ChainCheck(checked, where, "it does not follow the previous entry")
+                return ChainCheck(
+                    checked, where, "it does not follow the previous entry", last_position=last
+                )
             if entry_hash(row, row.previous_hash) != row.hash:
-                return ChainCheck(checked, where, "its content does not match its hash")
+                return ChainCheck(
+                    checked, where, "its content does not match its hash", last_position=last
+                )
             checked += 1
             expected_previous = row.hash
+            last = expected_position
             expected_position += 1
 
 
@@ -150,6 +176,19 @@ async def _head(conn: AsyncConnection, chain_id: str) -> tuple[int, str]:
     return (int(row.audit_position), str(row.audit_hash)) if row is not None else (0, "")
 
 
+async def _pruned(conn: AsyncConnection, chain_id: str) -> tuple[int, str]:
+    """Where retention left the chain's start: the last pruned position and its hash."""
+    head = StreamHead.__table__.c
+    row = (
+        await conn.execute(
+            select(head.audit_pruned_position, head.audit_pruned_hash).where(
+                head.chain_id == chain_id
+            )
+        )
+    ).first()
+    return (int(row.audit_pruned_position), str(row.audit_pruned_hash)) if row else (0, "")
+
+
 async def verify_chain_to_head(
     conn: AsyncConnection,
     chain_id: str,
@@ -166,11 +205,16 @@ async def verify_chain_to_head(
     if from_position > end:
         return ChainCheck(0)
     check = await verify_chain(conn, chain_id, from_position=from_position, to_position=end)
-    if not check.ok:
+    if not check.ok or (check.last_position >= end and check.checked == 0):
+        # Broken, or everything asked for was pruned: nothing more to hold it against.
         return check
-    last = from_position - 1 + check.checked
-    if last < end:
-        return ChainCheck(check.checked, {"position": last + 1}, "an entry is missing here")
+    if check.last_position < end:
+        return ChainCheck(
+            check.checked,
+            {"position": check.last_position + 1},
+            "an entry is missing here",
+            last_position=check.last_position,
+        )
     if end == head_position:
         entry = AuditEntry.__table__.c
         tail = (
@@ -185,6 +229,7 @@ async def verify_chain_to_head(
                 check.checked - 1,
                 {"id": tail.id, "position": end},
                 "it is not the entry the chain's head recorded",
+                last_position=end - 1,
             )
     return check
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -11,7 +12,7 @@ from coregraph import ids
 from coregraph.auth import permissions, secrets
 from coregraph.errors import BadUserInput, Conflict, Forbidden, NotFound
 from coregraph.models import Invitation, Membership, Role, Tenant, User
-from coregraph.services import access, emails, validation
+from coregraph.services import access, audit_retention, emails, validation
 from coregraph.services.uow import UnitOfWork, diff
 from coregraph.settings import Settings
 
@@ -25,6 +26,15 @@ class IssuedInvitation:
 
 def tenant_snapshot(tenant: Tenant) -> dict[str, object]:
     return {"slug": tenant.slug, "name": tenant.name}
+
+
+def _settings_snapshot(tenant: Tenant) -> dict[str, object]:
+    """What updateTenant changes, as its audit entry and event state it."""
+    return {**tenant_snapshot(tenant), "auditRetentionDays": tenant.audit_retention_days}
+
+
+# updateTenant's "leave it as it is", told apart from None (keep audit entries forever).
+UNCHANGED: Any = object()
 
 
 async def create_tenant(uow: UnitOfWork, *, name: str, slug: str, owner_id: str) -> Tenant:
@@ -75,12 +85,19 @@ async def create_tenant(uow: UnitOfWork, *, name: str, slug: str, owner_id: str)
 
 
 async def update_tenant(
-    uow: UnitOfWork, tenant_id: str, *, name: str | None, slug: str | None
+    uow: UnitOfWork,
+    tenant_id: str,
+    *,
+    name: str | None,
+    slug: str | None,
+    audit_retention_days: int | None = UNCHANGED,
 ) -> Tenant:
+    """Rename, re-slug, or set how long audit entries are kept (``audit_retention_days``:
+    None keeps them forever; ``UNCHANGED`` leaves the setting alone)."""
     tenant = await uow.session.get(Tenant, tenant_id)
     if tenant is None:
         raise validation.not_found("tenant")
-    before = tenant_snapshot(tenant)
+    before = _settings_snapshot(tenant)
     if name is not None:
         tenant.name = validation.text(name, "name", max_length=120)
     if slug is not None and slug != tenant.slug:
@@ -90,6 +107,8 @@ async def update_tenant(
             raise taken
         tenant.slug = slug
         await uow.flush_unique(taken)
+    if audit_retention_days is not UNCHANGED:
+        tenant.audit_retention_days = _retention_days(audit_retention_days)
     tenant.updated_at = datetime.now(UTC)
     uow.record(
         "tenant.updated",
@@ -97,14 +116,24 @@ async def update_tenant(
         target_type="Tenant",
         target_id=tenant.id,
         before=before,
-        after=tenant_snapshot(tenant),
+        after=_settings_snapshot(tenant),
     )
     uow.emit(
         "tenant.updated",
         tenant_id=tenant.id,
-        data={"tenantId": tenant.id, **diff(before, tenant_snapshot(tenant))},
+        data={"tenantId": tenant.id, **diff(before, _settings_snapshot(tenant))},
     )
     return tenant
+
+
+def _retention_days(days: int | None) -> int | None:
+    low, high = audit_retention.MIN_RETENTION_DAYS, audit_retention.MAX_RETENTION_DAYS
+    if days is not None and not low <= days <= high:
+        raise BadUserInput(
+            f"auditRetentionDays: between {low} and {high} days, or null to keep entries forever",
+            field="auditRetentionDays",
+        )
+    return days
 
 
 async def _membership(uow: UnitOfWork, tenant_id: str, membership_id: str) -> Membership:

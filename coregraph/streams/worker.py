@@ -1,9 +1,11 @@
-"""The worker process (``coregraph worker``): the outbox relay until SIGTERM or SIGINT.
+"""The worker process (``coregraph worker``): the outbox relay, and audit retention every
+``COREGRAPH_AUDIT_PRUNE_INTERVAL_SECONDS``, until SIGTERM or SIGINT.
 
 Production runs it next to the API processes, as many as wanted (they share the chains, see
-``coregraph.streams.relay``); ``coregraph serve`` on the embedded defaults runs the same relay
-in-process instead (``relay_in_process``). On PostgreSQL the relay connects as
-``COREGRAPH_DATABASE_WORKER_ROLE``, which reads across tenants through its own policies.
+``coregraph.streams.relay``; two prunes of one chain wait for each other on its head row);
+``coregraph serve`` on the embedded defaults runs the same tasks in-process instead
+(``relay_in_process``). On PostgreSQL they connect as ``COREGRAPH_DATABASE_WORKER_ROLE``, which
+reads across tenants through its own policies and alone may delete expired audit entries.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from coregraph import db
+from coregraph.services import audit_retention
 from coregraph.settings import Settings
 from coregraph.streams.broker import Broker, create_broker
 from coregraph.streams.relay import Relay, running
@@ -24,14 +29,41 @@ log = logging.getLogger("coregraph.worker")
 
 @contextlib.asynccontextmanager
 async def relay_in_process(settings: Settings, broker: Broker) -> AsyncIterator[Relay]:
-    """A relay with an engine of its own (the worker role), running for the block."""
+    """A relay and the audit pruning with an engine of their own (the worker role), running
+    for the block."""
     engine = db.create_engine(settings, role=settings.database_worker_role)
     relay = Relay(engine, broker, poll_seconds=settings.relay_poll_seconds)
+    pruning = asyncio.create_task(
+        prune_periodically(engine, settings.audit_prune_interval_seconds),
+        name="coregraph-audit-pruning",
+    )
     try:
         async with running(relay):
             yield relay
     finally:
+        pruning.cancel()
+        await asyncio.gather(pruning, return_exceptions=True)
         await engine.dispose()
+
+
+async def prune_periodically(engine: AsyncEngine, interval_seconds: float) -> None:
+    """Prune expired audit entries now and then every ``interval_seconds``, until cancelled.
+    A prune that is cut short rolls back whole: its batch is taken again next time."""
+    while True:
+        try:
+            pruned = await audit_retention.prune_expired(engine)
+            if pruned:
+                log.info(
+                    "audit entries pruned",
+                    extra={
+                        "tenants": len({p.tenant_id for p in pruned}),
+                        "entries": sum(p.count for p in pruned),
+                    },
+                )
+        except Exception:
+            # The database is away (or one tenant's prune failed): try again next interval.
+            log.exception("audit pruning failed; retrying")
+        await asyncio.sleep(interval_seconds)
 
 
 async def run(settings: Settings) -> None:

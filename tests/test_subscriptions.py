@@ -668,3 +668,41 @@ async def test_a_busy_subscription_rechecks_its_credential_about_once_a_second_n
     finally:
         del authenticator.authenticate
     assert len(calls) <= 1 + elapsed, (len(calls), elapsed)
+
+
+async def test_waiting_subscribers_hold_no_database_connection(
+    own_db: str, http: httpx.AsyncClient
+) -> None:
+    """More subscribers than the pool has connections, some resuming with ``after``, some
+    live, one filtered to a type that never comes: the API still answers and every one hears
+    the next event."""
+    settings = relay_settings(
+        own_db, run_relay="true", database_pool_size=2, database_max_overflow=0
+    )
+    with running_server(settings, migrate_first=False) as server:
+        gql = GraphQLClient(http, server.url)
+        owner, tenant_id = await owner_with_tenant(gql)
+        await register(gql, owner, tenant_id, "order.paid")
+        after = await cursor_of(gql, owner, tenant_id, 1)
+        credential = owner.headers(tenant_id)
+        variants: list[dict[str, Any]] = [{}, {"after": after}, {"types": ["order.paid"]}] * 2
+        async with AsyncExitStack() as stack:
+            subs = [
+                await stack.enter_async_context(
+                    subscribed(server, credential, EVENTS, v, field="events")
+                )
+                for v in variants
+            ]
+            quiet = await stack.enter_async_context(
+                subscribed(
+                    server, credential, AUDIT, {"filter": {"action": "x."}}, field="auditLog"
+                )
+            )
+            await listening(server, events_topic(tenant_id, Environment.LIVE), len(subs))
+            await listening(server, audit_topic(tenant_id))
+            sequence = await asyncio.wait_for(
+                emit_event(gql, owner, tenant_id, "order.paid", {"n": 1}), WAIT
+            )
+            for sub in subs:
+                await sub.until(lambda s: bool(s.items) and s.sequences()[-1] == sequence)
+            assert quiet.items == []

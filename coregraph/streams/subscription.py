@@ -108,6 +108,9 @@ async def replay_then_live(
                 last = getattr(row, stream.position)
                 await rights.check_if_due()
                 yield stream.item_of(row)
+        # No pooled connection is held while waiting for live messages (the transport
+        # releases it after each item sent; this covers a read that yielded nothing).
+        await ctx.reset_reads()
         try:
             async for message in live:
                 position = int(message[stream.position])
@@ -117,6 +120,7 @@ async def replay_then_live(
                     async for row in _stored(stream, last, position):
                         await rights.check_if_due()
                         yield stream.item_of(row)
+                    await ctx.reset_reads()
                 last = position
                 row = stream.row_of(message)
                 if stream.matches(row):

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 NODE_DEPS := tests/node/node_modules/.package-lock.json
 
-.PHONY: run test lint typecheck pytest bench schema migrate lock clean
+.PHONY: run test lint typecheck pytest bench bench-ingest schema migrate lock clean
 
 # Installs take exactly what the lock files name, each download checked against its hash; the
 # package itself goes on top without resolving anything (`make lock` writes the locks).
@@ -46,6 +46,10 @@ test: lint typecheck pytest
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench
+
+# Event ingest on the local PostgreSQL (a database it creates and drops); skipped without one.
+bench-ingest: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.ingest
 
 # Resolve pyproject.toml's ranges for every platform and Python 3.11+, keeping the versions the
 # locks already name where they still fit; `make lock LOCK_FLAGS=--upgrade` takes the newest.

@@ -1,0 +1,454 @@
+"""``python -m bench.ingest``: event ingest on PostgreSQL — coregraph's ``emitEvent`` (one event
+per request) and ``emitEvents`` (batches) through GraphQL over HTTP, against raw asyncpg
+inserts of the same rows into the same table, measured in the same run.
+
+1. a fresh database on the local PostgreSQL (created here and dropped on the way out, whatever
+   happens), ``coregraph migrate``; without a reachable PostgreSQL it says so and exits 0;
+2. coregraph (``uvicorn coregraph.app:create_app --factory``, one worker, production settings,
+   no Redis, so the outbox relay runs in the server as ``coregraph serve`` would) on 127.0.0.1;
+3. an owner, a tenant, an API key holding ``events:write`` and one registered event type, all
+   through the public API;
+4. four targets, each for ``--seconds`` at ``--concurrency`` after a short warm-up:
+   (a) ``emitEvent`` per request, (b) ``emitEvents`` with ``--batch`` events per request,
+   (c1) raw asyncpg, one row per transaction, (c2) raw asyncpg, ``executemany`` of ``--batch``
+   rows per transaction. Every event carries the same JSON data and a fresh idempotency key
+   (``--no-keys``: none).
+   The raw rows go to a second tenant of the same database (their sequence numbers come from
+   a counter in this process: no head row, no lock) as the superuser, so no row-level security
+   either: the baseline is the cheapest way to get those rows into that table.
+
+Ratios: (a) / (c1) and (b) / (c2); the issue's target is at least 0.25 for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+import httpx
+import orjson
+
+from bench import load, seed
+from bench.__main__ import GRAPHQL_HEADERS, machine, migrate_database
+from bench.servers import bench_env, uvicorn_server
+from coregraph import ids
+from coregraph.settings import Settings
+
+DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+TARGET_RATIO = 0.25
+EVENT_TYPE = "order.paid"
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "orderId": {"type": "string"},
+        "amount": {"type": "number", "minimum": 0},
+        "currency": {"type": "string", "minLength": 3, "maxLength": 3},
+        "lines": {"type": "array", "items": {"type": "object"}},
+    },
+    "required": ["orderId", "amount", "currency"],
+}
+DATA = {
+    "orderId": "ord_0001",
+    "amount": 129.9,
+    "currency": "EUR",
+    "lines": [{"sku": "A-1", "quantity": 2}, {"sku": "B-7", "quantity": 1}],
+}
+EMIT = """mutation($input: EmitEventInput!) { emitEvent(input: $input) { eventId replayed } }"""
+EMIT_MANY = """mutation($inputs: [EmitEventInput!]!) { emitEvents(inputs: $inputs) {
+    items { eventId replayed } } }"""
+RAW_INSERT = """INSERT INTO events (id, tenant_id, environment, sequence, type, occurred_at,
+    actor_kind, actor_id, acting_for_user_id, data, idempotency_key, request_id)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__)
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("BENCH_POSTGRES_DSN", DEFAULT_ADMIN_DSN),
+        help="a PostgreSQL database to create (and drop) the bench database from"
+        f" ({DEFAULT_ADMIN_DSN}, or BENCH_POSTGRES_DSN)",
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="per target (10)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up per target, s (2)")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (16)")
+    parser.add_argument("--batch", type=int, default=100, help="events per batch (100)")
+    parser.add_argument(
+        "--no-keys",
+        dest="keys",
+        action="store_false",
+        help="emit without idempotency keys (coregraph then looks nothing up before writing)",
+    )
+    args = parser.parse_args(argv)
+    if not 0 < args.seconds <= 600 or not 0 <= args.warmup <= 60:
+        parser.error("--seconds in (0, 600], --warmup in [0, 60]")
+    if args.concurrency < 1 or not 1 <= args.batch <= 500:
+        parser.error("--concurrency >= 1, --batch in 1..500")
+    return args
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    events: int
+    seconds: float
+    server_cpu_seconds: float | None
+    database_cpu_seconds: float | None
+
+    @property
+    def per_second(self) -> float:
+        return self.events / self.seconds
+
+
+def _postgres_cpu_seconds(database: str) -> float | None:
+    """CPU used so far by the PostgreSQL backends serving ``database`` (their command line
+    names it), from /proc: what the database spent on this bench, not on whatever else the
+    machine's PostgreSQL serves meanwhile. Shared work (the WAL writer, checkpoints) is left
+    out on both sides."""
+    total, found = 0, False
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                command = fh.read()
+            if not command.startswith(b"postgres:") or database.encode() not in command:
+                continue
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+                fields = fh.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+        found = True
+    return total / os.sysconf("SC_CLK_TCK") if found else None
+
+
+async def measure(
+    name: str,
+    once: Callable[[], Awaitable[int]],
+    concurrency: int,
+    seconds: float,
+    server_pid: int | None,
+    database: str,
+) -> Result:
+    """``concurrency`` workers call ``once`` (which writes and returns how many events it
+    wrote) until ``seconds`` have passed; every call started is awaited, and counted."""
+    events = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal events
+        while time.perf_counter() < stop_at:
+            # Not `events += await once()`: that reads `events` before awaiting and loses what
+            # the other workers added meanwhile.
+            written = await once()
+            events += written
+
+    server_before = load.process_cpu_seconds(server_pid) if server_pid else None
+    database_before = _postgres_cpu_seconds(database)
+    started = time.perf_counter()
+    async with asyncio.timeout(seconds + 120):
+        async with asyncio.TaskGroup() as group:
+            for _ in range(concurrency):
+                group.create_task(worker())
+    elapsed = time.perf_counter() - started
+    server_after = load.process_cpu_seconds(server_pid) if server_pid else None
+    database_after = _postgres_cpu_seconds(database)
+    server = (
+        server_after - server_before
+        if server_before is not None and server_after is not None
+        else None
+    )
+    database_cpu = (
+        database_after - database_before
+        if database_before is not None and database_after is not None
+        else None
+    )
+    return Result(name, events, elapsed, server, database_cpu)
+
+
+@contextlib.asynccontextmanager
+async def bench_database(admin_dsn: str) -> AsyncIterator[str]:
+    """A fresh database next to ``admin_dsn``'s; its asyncpg DSN. Dropped afterwards."""
+    name = f"coregraph_bench_ingest_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(admin_dsn, timeout=5)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield admin_dsn.rsplit("/", 1)[0] + "/" + name
+    finally:
+        admin = await asyncpg.connect(admin_dsn, timeout=5)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def reachable(dsn: str) -> str | None:
+    """None when PostgreSQL answers at ``dsn``; otherwise why not."""
+    try:
+        connection = await asyncpg.connect(dsn, timeout=3)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as error:
+        return f"{type(error).__name__}: {error}"
+    await connection.close()
+    return None
+
+
+async def graphql(
+    http: httpx.AsyncClient, url: str, query: str, variables: dict[str, object], token: str
+) -> dict[str, object]:
+    response = await http.post(
+        url,
+        content=orjson.dumps({"query": query, "variables": variables}),
+        headers={**GRAPHQL_HEADERS, "Authorization": f"Bearer {token}"},
+    )
+    body = orjson.loads(response.content)
+    if response.status_code != 200 or body.get("errors"):
+        raise RuntimeError(f"{response.status_code}: {response.text[:500]}")
+    return body["data"]  # type: ignore[no-any-return]
+
+
+@dataclass
+class Setup:
+    tenant_id: str  # coregraph's writes
+    raw_tenant_id: str  # the baseline's rows
+    api_key: str
+    api_key_id: str
+
+
+async def set_up(settings: Settings, url: str) -> Setup:
+    tenant = await seed.load_tenant(settings, url, members=1)
+    async with httpx.AsyncClient(timeout=30) as http:
+        headers = tenant.headers()
+        token = tenant.owner_token
+        other = await graphql(
+            http,
+            url,
+            """mutation($input: CreateTenantInput!) { createTenant(input: $input) {
+                tenant { id } } }""",
+            {"input": {"name": "Raw Baseline", "slug": "raw-baseline"}},
+            token,
+        )
+        response = await http.post(
+            url,
+            content=orjson.dumps(
+                {
+                    "query": """mutation($input: CreateApiKeyInput!) {
+                        createApiKey(input: $input) { secret apiKey { id } } }""",
+                    "variables": {"input": {"name": "ingest", "scopes": ["events:write"]}},
+                }
+            ),
+            headers={**GRAPHQL_HEADERS, **headers},
+        )
+        key = orjson.loads(response.content)["data"]["createApiKey"]
+        await graphql(
+            http,
+            url,
+            """mutation($input: RegisterEventTypeInput!) { registerEventType(input: $input) {
+                eventType { id } } }""",
+            {"input": {"type": EVENT_TYPE, "description": "bench", "schema": SCHEMA}},
+            key["secret"],
+        )
+    return Setup(
+        tenant.id,
+        str(other["createTenant"]["tenant"]["id"]),  # type: ignore[index]
+        key["secret"],
+        key["apiKey"]["id"],
+    )
+
+
+def _key(prefix: str, counter: itertools.count[int]) -> str:
+    return f"{prefix}-{next(counter)}"
+
+
+async def _main(args: argparse.Namespace, tmp: str) -> int:
+    problem = await reachable(args.dsn)
+    if problem is not None:
+        print(f"bench.ingest: skipped, PostgreSQL is not reachable at {args.dsn} ({problem})")
+        return 0
+    info = machine()
+    print(
+        f"machine: nproc={info['nproc']}, python {info['python']}, {info['cpu']}, "
+        f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}",
+        flush=True,
+    )
+    async with bench_database(args.dsn) as dsn:
+        env = {
+            **bench_env(tmp),
+            "COREGRAPH_DATABASE_URL": dsn.replace("postgresql://", "postgresql+asyncpg://", 1),
+        }
+        settings = Settings(
+            env="production",
+            database_url=env["COREGRAPH_DATABASE_URL"],
+            jwt_secret=env["COREGRAPH_JWT_SECRET"],
+            access_token_ttl_seconds=86400,
+        )
+        migrate_database(env)
+        with uvicorn_server("coregraph", "coregraph.app:create_app", env, tmp, "/healthz") as cg:
+            url = cg.base_url + "/graphql"
+            setup = await set_up(settings, url)
+            print(f"server {cg.base_url}; tenant {setup.tenant_id}, key {setup.api_key_id}")
+            results = await run_targets(args, url, dsn, setup, cg.process.pid)
+    report(args, results)
+    return 0
+
+
+async def run_targets(
+    args: argparse.Namespace, url: str, dsn: str, setup: Setup, server_pid: int
+) -> dict[str, Result]:
+    database = dsn.rsplit("/", 1)[1]
+    keys = itertools.count()
+    run_id = secrets.token_hex(4)
+    headers = {**GRAPHQL_HEADERS, "Authorization": f"Bearer {setup.api_key}"}
+    limits = httpx.Limits(
+        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+    )
+
+    def item() -> dict[str, object]:
+        key = _key(run_id, keys) if args.keys else None
+        return {"type": EVENT_TYPE, "data": DATA, "idempotencyKey": key}
+
+    # Past the events the tenant already has (tenant.created): never in their way.
+    raw_sequence = itertools.count(1_000_000)
+    data_text = orjson.dumps(DATA).decode()
+
+    def raw_row() -> tuple[object, ...]:
+        return (
+            ids.new_id("evt"),
+            setup.raw_tenant_id,
+            "live",
+            next(raw_sequence),
+            EVENT_TYPE,
+            datetime.now(UTC),
+            "api_key",
+            setup.api_key_id,
+            None,
+            data_text,
+            _key(run_id, keys) if args.keys else None,
+            secrets.token_hex(8),
+        )
+
+    results: dict[str, Result] = {}
+    async with (
+        httpx.AsyncClient(limits=limits, timeout=60.0) as http,
+        asyncpg.create_pool(dsn, min_size=args.concurrency, max_size=args.concurrency) as pool,
+    ):
+
+        async def emit_one() -> int:
+            response = await http.post(
+                url,
+                content=orjson.dumps({"query": EMIT, "variables": {"input": item()}}),
+                headers=headers,
+            )
+            body = orjson.loads(response.content)
+            if response.status_code != 200 or body.get("errors"):
+                raise RuntimeError(f"emitEvent: {response.text[:300]}")
+            return 1
+
+        async def emit_batch() -> int:
+            inputs = [item() for _ in range(args.batch)]
+            response = await http.post(
+                url,
+                content=orjson.dumps({"query": EMIT_MANY, "variables": {"inputs": inputs}}),
+                headers=headers,
+            )
+            body = orjson.loads(response.content)
+            if response.status_code != 200 or body.get("errors"):
+                raise RuntimeError(f"emitEvents: {response.text[:300]}")
+            return len(body["data"]["emitEvents"]["items"])
+
+        async def raw_one() -> int:
+            async with pool.acquire() as connection, connection.transaction():
+                await connection.execute(RAW_INSERT, *raw_row())
+            return 1
+
+        async def raw_batch() -> int:
+            rows = [raw_row() for _ in range(args.batch)]
+            async with pool.acquire() as connection, connection.transaction():
+                await connection.executemany(RAW_INSERT, rows)
+            return len(rows)
+
+        targets: list[tuple[str, Callable[[], Awaitable[int]], str]] = [
+            ("raw insert, 1 row/tx", raw_one, setup.raw_tenant_id),
+            ("emitEvent, 1 event/request", emit_one, setup.tenant_id),
+            (f"raw executemany, {args.batch} rows/tx", raw_batch, setup.raw_tenant_id),
+            (f"emitEvents, {args.batch} events/request", emit_batch, setup.tenant_id),
+        ]
+        sent = {setup.tenant_id: 0, setup.raw_tenant_id: 0}
+        for name, once, tenant_id in targets:
+            pid = server_pid if tenant_id == setup.tenant_id else None
+            if args.warmup:
+                warmup = await measure(name, once, args.concurrency, args.warmup, None, database)
+                sent[tenant_id] += warmup.events
+            result = await measure(name, once, args.concurrency, args.seconds, pid, database)
+            sent[tenant_id] += result.events
+            results[name] = result
+            print(f"  {name}: {result.per_second:.0f} events/s", flush=True)
+        # Every event sent is there once, and coregraph's stream has no gap.
+        async with pool.acquire() as connection:
+            for tenant_id, count in sent.items():
+                written = await connection.fetchval(
+                    "SELECT count(*) FROM events WHERE tenant_id = $1 AND type = $2",
+                    tenant_id,
+                    EVENT_TYPE,
+                )
+                if written != count:
+                    raise SystemExit(f"verification: {written} events in {tenant_id}, sent {count}")
+            gaps = await connection.fetchval(
+                "SELECT max(sequence) - min(sequence) + 1 - count(*) FROM events"
+                " WHERE tenant_id = $1",
+                setup.tenant_id,
+            )
+    if gaps != 0:
+        raise SystemExit(f"verification: coregraph's sequence has {gaps} gaps")
+    written = sum(sent.values())
+    print(f"verified: all {written} events written, coregraph's sequence without gaps")
+    return results
+
+
+def report(args: argparse.Namespace, results: dict[str, Result]) -> None:
+    print()
+    header = f"{'target':<34} {'events':>8} {'s':>6} {'events/s':>9} {'srv CPU ms/ev':>13}"
+    print(header + f" {'db CPU ms/ev':>12}")
+    print("-" * (len(header) + 13))
+    for r in results.values():
+        server = f"{r.server_cpu_seconds * 1000 / r.events:.3f}" if r.server_cpu_seconds else "-"
+        database = (
+            f"{r.database_cpu_seconds * 1000 / r.events:.3f}" if r.database_cpu_seconds else "-"
+        )
+        print(
+            f"{r.name:<34} {r.events:>8} {r.seconds:>6.1f} {r.per_second:>9.0f} {server:>13}"
+            f" {database:>12}"
+        )
+    names = list(results)
+    print()
+    for coregraph_name, raw_name in ((names[1], names[0]), (names[3], names[2])):
+        ratio = results[coregraph_name].per_second / results[raw_name].per_second
+        verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
+        print(f"{coregraph_name} / {raw_name} = {ratio:.2f} (target >= {TARGET_RATIO}: {verdict})")
+
+
+async def main(args: argparse.Namespace) -> int:
+    tmp = tempfile.mkdtemp(prefix="coregraph-bench-ingest-")
+    try:
+        return await _main(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse_args(None))))

@@ -18,8 +18,9 @@ runs with the new role's rights.
 
 A subscription runs for long: it authenticates the credential again while its items flow
 (``SocketOperationContext.reauthenticate``, at most once a second,
-``coregraph.streams.subscription``) and ends with the error when its rights are gone; a refused
-credential then closes the socket as above.
+``coregraph.streams.subscription``; subscriptions sharing a credential share that check) and
+ends with the error when its rights are gone; a refused credential then closes the socket as
+above.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from fastapi import WebSocket
@@ -83,6 +86,41 @@ class SocketCredential:
     environment: str | None
 
 
+class RecentAuthentications:
+    """What authenticating a credential answered, kept for ``ttl`` seconds, for the rechecks of
+    running subscriptions only (new operations always authenticate afresh). Subscriptions that
+    share a credential, on one socket or many, recheck it with one database round trip a
+    second between them instead of one each: a fan-out to many subscribers would otherwise
+    pay a round trip per subscriber per second. Concurrent rechecks share one answer."""
+
+    def __init__(self, ttl: float = 1.0, size: int = 10_000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._answers: dict[SocketCredential, tuple[float, asyncio.Future[Principal]]] = {}
+
+    async def authenticate(
+        self, credential: SocketCredential, authenticate: Callable[[], Awaitable[Principal]]
+    ) -> Principal:
+        now = time.monotonic()
+        kept = self._answers.get(credential)
+        if kept is None or now - kept[0] >= self.ttl:
+            if len(self._answers) >= self.size:
+                self._forget_before(now - self.ttl)
+            answer: asyncio.Future[Principal] = asyncio.ensure_future(authenticate())
+            # Retrieved here so an answer nobody awaits any more is not reported as lost.
+            answer.add_done_callback(lambda done: done.cancelled() or done.exception())
+            kept = (now, answer)
+            self._answers[credential] = kept
+        return await asyncio.shield(kept[1])
+
+    def _forget_before(self, moment: float) -> None:
+        for credential, (at, _) in list(self._answers.items()):
+            if at < moment:
+                del self._answers[credential]
+        while len(self._answers) >= self.size:
+            del self._answers[next(iter(self._answers))]
+
+
 class _NoCredential(Exception):
     """connection_init carried no credential and anonymous sockets are not allowed."""
 
@@ -91,9 +129,12 @@ class SocketConnection(BaseContext):
     """What a socket keeps between operations: where it came from and its credential. Strawberry
     hands it to ``on_ws_connect`` and to the protocol handler; resolvers never see it."""
 
-    def __init__(self, runtime: Runtime, websocket: WebSocket) -> None:
+    def __init__(
+        self, runtime: Runtime, websocket: WebSocket, rechecks: RecentAuthentications
+    ) -> None:
         super().__init__()
         self.runtime = runtime
+        self.rechecks = rechecks
         self.connection_params: Any = None  # set by strawberry from connection_init
         self.handshake_headers = websocket.headers
         # RequestLog's id for the handshake: it names the connection in each operation's log.
@@ -174,8 +215,11 @@ class SocketOperationContext(Context):
         self.credential_refused = False
 
     async def reauthenticate(self) -> Principal:
+        connection = self.connection
         try:
-            return await self.connection.authenticate(self.meta)
+            return await connection.rechecks.authenticate(
+                connection.credential, partial(connection.authenticate, self.meta)
+            )
         except CoregraphError:
             self.credential_refused = True
             raise
@@ -356,8 +400,10 @@ class WebSocketRouter(GraphQLRouter[SocketConnection, None]):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
+        rechecks = RecentAuthentications()
+
         async def context_getter(websocket: WebSocket) -> SocketConnection:
-            return SocketConnection(runtime, websocket)
+            return SocketConnection(runtime, websocket, rechecks)
 
         super().__init__(
             runtime.schema,

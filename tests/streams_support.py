@@ -121,19 +121,23 @@ async def broker_for_this_process() -> AsyncIterator[Broker]:
 class Subscriber:
     """One graphql-transport-ws subscription on its own socket, as a client library runs it."""
 
-    def __init__(self, ws: ClientConnection, field: str) -> None:
+    def __init__(self, ws: ClientConnection, field: str, operation_id: str = "1") -> None:
         self.ws = ws
         self.field = field
+        self.operation_id = operation_id
         self.items: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
         self.completed = False
 
     async def start(self, query: str, variables: dict[str, Any] | None = None) -> None:
         payload: dict[str, Any] = {"query": query, "variables": variables or {}}
-        await self.ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
+        message = {"id": self.operation_id, "type": "subscribe", "payload": payload}
+        await self.ws.send(json.dumps(message))
 
     async def _take_one(self) -> None:
         message = json.loads(await self.ws.recv())
+        if message.get("id", self.operation_id) != self.operation_id:
+            return  # another subscription's, on the same socket
         kind = message["type"]
         if kind == "next":
             payload = message["payload"]

@@ -21,14 +21,17 @@ Filters run here, on the server, before anything is sent; positions are tracked 
 message of the topic, matching or not, so a narrow filter costs no extra database reads.
 
 The subscriber's rights are its current ones: the socket's credential is authenticated again
-at most once a second while items flow (not per item: a fan-out to many subscribers would
-otherwise cost a database round trip each), and the stream ends with UNAUTHENTICATED or
-FORBIDDEN when the credential, the membership or the scope is gone. Each item is then
+at most once a second while items flow, beside the stream rather than in its way (not per
+item: a fan-out to many subscribers would otherwise cost a database round trip each), and
+the stream ends with UNAUTHENTICATED or FORBIDDEN when the credential, the membership or the
+scope is gone. Each item is then
 completed as the same GraphQL type the queries return, so its type's checks run per item.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -100,7 +103,9 @@ async def replay_then_live(
     ctx: Context, stream: Stream[Item], after: int | None
 ) -> AsyncIterator[Item]:
     rights = _Rights(ctx, stream)
-    async with ctx.runtime.broker.subscribe(stream.topic) as live:
+    async with contextlib.AsyncExitStack() as cleanup:
+        cleanup.callback(rights.close)
+        live = await cleanup.enter_async_context(ctx.runtime.broker.subscribe(stream.topic))
         # Subscribed first: whatever commits from here on reaches ``live``.
         last = after if after is not None else await stream.head()
         if after is not None:
@@ -149,26 +154,52 @@ async def _stored(stream: Stream[Any], after: int, before: int | None) -> AsyncI
 
 
 class _Rights:
+    """The subscriber's current rights. A due check runs beside the stream, not in its way:
+    items keep flowing while the credential is authenticated again (a fan-out would otherwise
+    stall every subscriber of a process on that round trip), and its answer is applied before
+    the next item. Rights are thus never more than a second and one round trip old."""
+
     def __init__(self, ctx: Context, stream: Stream[Any]) -> None:
         self.ctx = ctx
         self.stream = stream
         self.checked_at = time.monotonic()
+        self._check: asyncio.Future[Principal] | None = None
 
     async def check_if_due(self) -> None:
+        check = self._check
+        if check is not None:
+            if not check.done():
+                return
+            self._check = None
+            # Raises UNAUTHENTICATED / FORBIDDEN when the credential no longer authenticates
+            # (revoked key, ended session, no longer a member of the tenant).
+            self._apply(check.result())
+            return
         now = time.monotonic()
         if now - self.checked_at < RECHECK_SECONDS:
             return
         self.checked_at = now
         ctx = self.ctx
         if isinstance(ctx, Reauthenticating):
-            # Raises UNAUTHENTICATED / FORBIDDEN when the credential no longer authenticates
-            # (revoked key, ended session, no longer a member of the tenant).
-            ctx.principal = await ctx.reauthenticate()
-        principal = ctx.principal
+            self._check = asyncio.ensure_future(ctx.reauthenticate())
+        else:
+            self._apply(ctx.principal)
+
+    def _apply(self, principal: Principal) -> None:
+        self.ctx.principal = principal
         if principal.tenant_id != self.stream.tenant_id:
             raise Forbidden(f"{self.stream.where}: the subscription's tenant is no longer yours")
         if self.stream.scope not in principal.scopes_in(self.stream.tenant_id):
             raise Forbidden(f"{self.stream.where} requires the scope {self.stream.scope}")
+
+    def close(self) -> None:
+        check, self._check = self._check, None
+        if check is None:
+            return
+        if not check.done():
+            check.cancel()
+        elif not check.cancelled():
+            check.exception()  # the stream ended first: nothing left to refuse
 
 
 def _moment(value: str) -> datetime:

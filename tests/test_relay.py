@@ -4,8 +4,8 @@ restart, with several relays sharing the work, never across tenants, and a subsc
 cannot keep up is cut off with a clear error instead of slowing everyone down.
 
 These tests run on a database of their own, so no other relay (a test server's in-process
-one) publishes what they watch. The GraphQL subscriptions (``after``) come with the next
-session; here the subscriber is the broker's, deduplicating by sequence as they will.
+one) publishes what they watch. Here the subscriber is the broker's, deduplicating by
+sequence; the GraphQL subscriptions built on it (``after``) are tests/test_subscriptions.py.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ error rather than slowing anyone down. Real servers, real sockets, a real relay.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
@@ -722,3 +723,25 @@ async def test_waiting_subscribers_hold_no_database_connection(
             for sub in subs:
                 await sub.until(lambda s: bool(s.items) and s.sequences()[-1] == sequence)
             assert quiet.items == []
+
+
+def _live_objects(type_name: str) -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o).__name__ == type_name)
+
+
+async def test_a_long_running_subscription_keeps_nothing_per_event_delivered(
+    api: Server, gql: GraphQLClient, app_engine: AsyncEngine
+) -> None:
+    """The server runs in this process: what each delivered event leaves behind shows in the
+    heap. The executor's per-field caches belong to one event, not to the subscription."""
+    owner, tenant_id = await owner_with_tenant(gql)
+    async with subscribed(api, owner.headers(tenant_id), EVENTS, field="events") as sub:
+        await listening(api, events_topic(tenant_id, Environment.LIVE))
+        await emit(app_engine, tenant_id, 20)
+        await sub.items_count(20)
+        before = _live_objects("CollectedFields")
+        await emit(app_engine, tenant_id, 100, per_commit=10)
+        await sub.items_count(120)
+        after = _live_objects("CollectedFields")
+    assert after - before < 20, (before, after)

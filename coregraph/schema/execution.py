@@ -211,6 +211,17 @@ class CoregraphExecutor(StrawberryGraphQLCoreExecutionContext):
         # unique while cached; its plan)
         self._plans: dict[tuple[str, int], tuple[Any, tuple[Any, ...] | None]] = {}
 
+    def build_per_event_executor(self, payload: Any) -> Any:
+        """A subscription's event runs on a shallow copy of the subscription's executor, which
+        would share its caches: keyed by the identity of field sets made anew for every event,
+        they would gain entries at each event and never hit them again (memory growing for as
+        long as the subscription runs). Each event gets caches of its own."""
+        executor = super().build_per_event_executor(payload)
+        assert isinstance(executor, CoregraphExecutor)
+        executor._plans = {}
+        executor._relevant_sub_fields = {}
+        return executor
+
     def _plan(self, parent_type: GraphQLObjectType, grouped_field_set: Any) -> Any:
         key = (parent_type.name, id(grouped_field_set))
         cached = self._plans.get(key)

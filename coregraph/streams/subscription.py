@@ -84,8 +84,8 @@ class Stream(Generic[Item]):
     topic: str
     # The message's and the row's position attribute: "sequence" or "position".
     position: str
-    # Rows with after < position < before (either bound optional), filtered, in order, at most
-    # ``limit``.
+    # Rows with after < position < before (no upper bound when ``before`` is None), filtered,
+    # in order, at most ``limit``.
     read: ReadAfter
     # The last position committed now (0 for none): where a stream without ``after`` starts.
     head: Callable[[], Awaitable[int]]

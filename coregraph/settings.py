@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     # Messages a subscriber may fall behind by before its subscription ends (SubscriberTooSlow)
     # rather than slowing publishers or growing memory.
     subscriber_buffer: int = Field(1000, ge=1, le=1_000_000)
+    # A subscription rechecks its credential at most once a second while items flow; a quiet
+    # one checks after this many seconds without an item, so a revoked key or a removed
+    # member ends even a subscription that nothing is sent to.
+    subscription_idle_recheck_seconds: float = Field(15.0, gt=0, le=3600)
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

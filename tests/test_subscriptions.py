@@ -487,6 +487,41 @@ async def test_a_subscriber_that_stops_reading_is_cut_off_with_a_clear_error(
     assert len(sub.items) < 200
 
 
+async def test_a_quiet_subscription_ends_when_its_key_is_revoked(
+    own_db: str, http: httpx.AsyncClient
+) -> None:
+    """Nothing is sent to it, so no item carries a rights check: the idle recheck does."""
+    settings = relay_settings(own_db, run_relay="true", subscription_idle_recheck_seconds=0.3)
+    with running_server(settings, migrate_first=False) as server:
+        gql = GraphQLClient(http, server.url)
+        owner, tenant_id = await owner_with_tenant(gql)
+        r = await gql.execute(
+            """mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) {
+                secret apiKey { id } } }""",
+            {"input": {"name": unique("key"), "scopes": ["events:read"]}},
+            actor=owner,
+            tenant_id=tenant_id,
+        )
+        created = r.ok()["createApiKey"]
+        async with subscribed(
+            server, Actor(token=created["secret"]).headers(), EVENTS, field="events"
+        ) as sub:
+            await listening(server, events_topic(tenant_id, Environment.LIVE))
+            r = await gql.execute(
+                "mutation($id: ID!) { revokeApiKey(id: $id) { apiKey { id } } }",
+                {"id": created["apiKey"]["id"]},
+                actor=owner,
+                tenant_id=tenant_id,
+            )
+            r.ok()
+            errors = await sub.ended()
+            assert [e["extensions"]["code"] for e in errors] == ["UNAUTHENTICATED"]
+            await asyncio.wait_for(sub.ws.wait_closed(), WAIT)
+            assert sub.ws.close_code == 4403
+    # What committed with the revocation may still arrive (rights are at most a recheck old).
+    assert [item["node"]["type"] for item in sub.items] in ([], ["apikey.revoked"])
+
+
 async def cursor_of(gql: GraphQLClient, actor: Actor, tenant_id: str, sequence: int) -> str:
     """The events query's cursor for ``sequence``, as a client paging history holds it."""
     r = await gql.execute(

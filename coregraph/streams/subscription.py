@@ -23,7 +23,8 @@ message of the topic, matching or not, so a narrow filter costs no extra databas
 The subscriber's rights are its current ones: the socket's credential is authenticated again
 at most once a second while items flow, beside the stream rather than in its way (not per
 item: a fan-out to many subscribers would otherwise cost a database round trip each), and
-the stream ends with UNAUTHENTICATED or FORBIDDEN when the credential, the membership or the
+after ``COREGRAPH_SUBSCRIPTION_IDLE_RECHECK_SECONDS`` without an item when nothing flows; the
+stream ends with UNAUTHENTICATED or FORBIDDEN when the credential, the membership or the
 scope is gone. Each item is then
 completed as the same GraphQL type the queries return, so its type's checks run per item.
 """
@@ -116,8 +117,17 @@ async def replay_then_live(
         # No pooled connection is held while waiting for live messages (the transport
         # releases it after each item sent; this covers a read that yielded nothing).
         await ctx.reset_reads()
+        idle = ctx.settings.subscription_idle_recheck_seconds
         try:
-            async for message in live:
+            while True:
+                try:
+                    message = await asyncio.wait_for(live.__anext__(), idle)
+                except TimeoutError:
+                    # Nothing flows to carry the rights check: run one now, and wait for it.
+                    await rights.check_now()
+                    continue
+                except StopAsyncIteration:
+                    return
                 position = int(message[stream.position])
                 if position <= last:
                     continue
@@ -184,6 +194,19 @@ class _Rights:
             self._check = asyncio.ensure_future(ctx.reauthenticate())
         else:
             self._apply(ctx.principal)
+
+    async def check_now(self) -> None:
+        """Recheck at once (a quiet subscription), finishing a check already under way."""
+        check, self._check = self._check, None
+        self.checked_at = time.monotonic()
+        ctx = self.ctx
+        if check is not None:
+            principal = await check
+        elif isinstance(ctx, Reauthenticating):
+            principal = await ctx.reauthenticate()
+        else:
+            principal = ctx.principal
+        self._apply(principal)
 
     def _apply(self, principal: Principal) -> None:
         self.ctx.principal = principal

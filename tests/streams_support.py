@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.asyncio.client import ClientConnection
 from websockets.typing import Subprotocol
 
-from coregraph import db
+from coregraph import db, migrate
 from coregraph.auth.principal import system_principal
 from coregraph.models import Event
 from coregraph.models.base import Environment
@@ -28,7 +28,7 @@ from coregraph.services.uow import UnitOfWork
 from coregraph.settings import Settings
 from coregraph.streams.broker import Broker, InProcessBroker, RedisBroker
 from tests.conftest import make_settings
-from tests.support import Server
+from tests.support import Server, create_test_database, drop_test_database, env_database_url
 
 REDIS_URL = os.environ.get("COREGRAPH_REDIS_URL") or None
 # Messages of this run only, even on a Redis other runs share.
@@ -39,6 +39,20 @@ PROTOCOL = Subprotocol("graphql-transport-ws")
 
 def relay_settings(url: str, **overrides: object) -> Settings:
     return make_settings(url, redis_prefix=PREFIX, **overrides)
+
+
+@asynccontextmanager
+async def migrated_database(tmp_dir: str) -> AsyncIterator[str]:
+    """A migrated database of its own (a SQLite file in ``tmp_dir``, or a new PostgreSQL
+    database), for tests whose relay must be the only one publishing it."""
+    base = env_database_url()
+    url, name = await create_test_database(base, tmp_dir)
+    await migrate.upgrade(relay_settings(url))
+    try:
+        yield url
+    finally:
+        if name and base:
+            await drop_test_database(base, name)
 
 
 async def emit(

@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coregraph import db, migrate
+from coregraph import db
 from coregraph.models.base import Environment
 from coregraph.streams.broker import (
     Broker,
@@ -40,6 +40,7 @@ from tests.streams_support import (
     WAIT,
     broker_for_this_process,
     emit,
+    migrated_database,
     relay_settings,
     sequences,
     worker_env,
@@ -48,9 +49,6 @@ from tests.streams_support import (
 from tests.support import (
     GraphQLClient,
     Server,
-    create_test_database,
-    drop_test_database,
-    env_database_url,
     running_server,
     unique,
 )
@@ -58,12 +56,8 @@ from tests.support import (
 
 @pytest.fixture(scope="module")
 async def relay_db(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    base = env_database_url()
-    url, name = await create_test_database(base, str(tmp_path_factory.mktemp("relay")))
-    await migrate.upgrade(relay_settings(url))
-    yield url
-    if name and base:
-        await drop_test_database(base, name)
+    async with migrated_database(str(tmp_path_factory.mktemp("relay"))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coregraph import db, migrate
+from coregraph import db
 from coregraph.models import Event
 from coregraph.models.base import Environment
 from coregraph.streams.broker import audit_topic, events_topic
@@ -32,6 +32,7 @@ from tests.streams_support import (
     Subscriber,
     broker_for_this_process,
     emit,
+    migrated_database,
     relay_settings,
     sequences,
     subscribed,
@@ -42,9 +43,6 @@ from tests.support import (
     Actor,
     GraphQLClient,
     Server,
-    create_test_database,
-    drop_test_database,
-    env_database_url,
     running_server,
     unique,
 )
@@ -60,12 +58,8 @@ AUDIT = """subscription($filter: AuditLogFilter, $after: String) {
 @pytest.fixture(scope="module")
 async def streams_db(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """A database of this module's own: its server's relay is the only one publishing it."""
-    base = env_database_url()
-    url, name = await create_test_database(base, str(tmp_path_factory.mktemp("subs")))
-    await migrate.upgrade(relay_settings(url))
-    yield url
-    if name and base:
-        await drop_test_database(base, name)
+    async with migrated_database(str(tmp_path_factory.mktemp("subs"))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -454,12 +448,8 @@ async def test_bad_requests_get_typed_errors_with_a_request_id(
 @pytest.fixture(scope="module")
 async def own_db(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """A database no module-wide server relays: each test here runs the relay it is about."""
-    base = env_database_url()
-    url, name = await create_test_database(base, str(tmp_path_factory.mktemp("own")))
-    await migrate.upgrade(relay_settings(url))
-    yield url
-    if name and base:
-        await drop_test_database(base, name)
+    async with migrated_database(str(tmp_path_factory.mktemp("own"))) as url:
+        yield url
 
 
 async def test_a_subscriber_that_stops_reading_is_cut_off_with_a_clear_error(

@@ -14,6 +14,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_JWT_SECRET = "coregraph-development-secret-change-me-0123456789"
+# A Fernet key (32 url-safe base64 bytes) for the embedded defaults only: production refuses it.
+DEV_WEBHOOK_SECRET_KEY = "Y29yZWdyYXBoLWRldmVsb3BtZW50LWtleS0wMTIzNDU="
 
 
 class Settings(BaseSettings):
@@ -59,6 +61,37 @@ class Settings(BaseSettings):
     # one checks after this many seconds without an item, so a revoked key or a removed
     # member ends even a subscription that nothing is sent to.
     subscription_idle_recheck_seconds: float = Field(15.0, gt=0, le=3600)
+
+    # Webhooks (coregraph/services/webhooks.py, coregraph/streams/webhooks.py).
+    # Fernet keys that encrypt endpoint secrets at rest, comma-separated: the first encrypts,
+    # every one decrypts, so a key is rotated by putting a new one first, running
+    # `coregraph rotate-webhook-key` (re-encrypts every secret), then dropping the old one.
+    # Generate one with `coregraph generate-webhook-key`. Production refuses the dev key.
+    webhook_secret_keys: str = DEV_WEBHOOK_SECRET_KEY
+    # Deliveries to loopback, private, link-local addresses: default on except in production,
+    # where forcing it on is refused (SSRF: a tenant could point an endpoint at the network
+    # coregraph runs in).
+    webhook_allow_private: bool | None = None
+    webhook_timeout_seconds: float = Field(15.0, gt=0, le=120)
+    # Seconds to wait before each retry, as a JSON list (the first attempt is immediate): a
+    # delivery is attempted len(schedule) + 1 times in all, then marked failed.
+    webhook_retry_schedule: list[float] = Field(
+        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000]
+    )
+    # An endpoint is disabled (and `webhook_endpoint.disabled` emitted) once it has failed at
+    # least this many times in a row over at least this long.
+    webhook_disable_after_failures: int = Field(20, ge=1)
+    webhook_disable_after_seconds: float = Field(5 * 86400, ge=0)
+    # How long a rotated secret keeps signing beside the new one.
+    webhook_secret_overlap_seconds: float = Field(86400, ge=0, le=30 * 86400)
+    # Requests in flight per endpoint (across the workers of one process) and per worker process.
+    webhook_endpoint_concurrency: int = Field(4, ge=1, le=1000)
+    webhook_worker_concurrency: int = Field(32, ge=1, le=10_000)
+    # A claimed delivery belongs to its worker this long; a worker that died is retried after.
+    webhook_claim_seconds: float = Field(60.0, gt=0, le=3600)
+    webhook_poll_seconds: float = Field(1.0, gt=0, le=3600)
+    # Whether `coregraph serve` delivers webhooks itself ("auto": when it runs the relay).
+    run_webhook_worker: Literal["auto", "true", "false"] = "auto"
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -164,6 +197,31 @@ class Settings(BaseSettings):
             )
         return parsed
 
+    @field_validator("webhook_secret_keys")
+    @classmethod
+    def _fernet_keys(cls, value: str) -> str:
+        from cryptography.fernet import Fernet
+
+        keys = [key.strip() for key in value.split(",") if key.strip()]
+        if not keys:
+            raise ValueError("at least one key is needed")
+        for key in keys:
+            try:
+                Fernet(key)
+            except (ValueError, TypeError):
+                raise ValueError(
+                    "each key must be 32 url-safe base64-encoded bytes "
+                    "(coregraph generate-webhook-key)"
+                ) from None
+        return ",".join(keys)
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _delays(cls, values: list[float]) -> list[float]:
+        if any(value < 0 for value in values) or len(values) > 50:
+            raise ValueError("at most 50 delays, none negative")
+        return values
+
     @model_validator(mode="after")
     def _production_is_safe(self) -> Settings:
         if self.external_jwt_issuer and not (
@@ -195,6 +253,10 @@ class Settings(BaseSettings):
             problems.append(
                 "COREGRAPH_PASSWORD_HASH_MEMORY_KIB/TIME_COST are below OWASP's argon2id floor"
             )
+        if DEV_WEBHOOK_SECRET_KEY in self.webhook_secret_key_list:
+            problems.append("COREGRAPH_WEBHOOK_SECRET_KEYS holds the development key")
+        if self.webhook_allow_private:
+            problems.append("COREGRAPH_WEBHOOK_ALLOW_PRIVATE is on")
         if problems:
             raise ValueError(
                 "refusing to start in production with insecure settings: "
@@ -224,6 +286,23 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def webhook_secret_key_list(self) -> list[str]:
+        return self.webhook_secret_keys.split(",")
+
+    @property
+    def webhook_private_allowed(self) -> bool:
+        if self.webhook_allow_private is not None:
+            return self.webhook_allow_private
+        return not self.is_production
+
+    @property
+    def webhook_worker_in_process(self) -> bool:
+        """Whether `coregraph serve` delivers webhooks itself."""
+        if self.run_webhook_worker == "auto":
+            return self.relay_in_process
+        return self.run_webhook_worker == "true"
 
     @property
     def relay_in_process(self) -> bool:

@@ -19,6 +19,9 @@ from tests.support import (
     running_server,
 )
 
+# Not the development key, so servers started with env="production" accept it.
+TEST_WEBHOOK_KEY = "9tDkWjSSUFiV3SPqMnxkHxIC90ZBrVi4PNOmRpbUoTU="
+
 
 def make_settings(database_url: str, **overrides: object) -> Settings:
     values: dict[str, object] = {
@@ -32,6 +35,7 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "password_hash_parallelism": 1,
         # Every test client is 127.0.0.1: per-address limits are tested on their own server.
         "auth_rate_limit_per_ip": 100_000,
+        "webhook_secret_keys": TEST_WEBHOOK_KEY,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

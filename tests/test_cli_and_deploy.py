@@ -137,6 +137,7 @@ def test_compose_file_describes_the_production_shape() -> None:
         assert env["COREGRAPH_DATABASE_URL"].startswith("postgresql+asyncpg://")
         assert env["COREGRAPH_REDIS_URL"].startswith("redis://")
         assert "COREGRAPH_JWT_SECRET" in env
+        assert "COREGRAPH_WEBHOOK_SECRET_KEYS" in env
     assert services["migrate"]["command"] == ["coregraph", "migrate"]
     assert services["api-1"]["depends_on"]["migrate"]["condition"] == (
         "service_completed_successfully"

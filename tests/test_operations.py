@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from coregraph.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import TEST_WEBHOOK_KEY as PRODUCTION_WEBHOOK_KEY, make_settings
 from tests.support import GraphQLClient, LogCapture, Server, running_server
 
 
@@ -116,6 +116,7 @@ async def test_production_hides_introspection_and_suggestions(
         database_url,
         env="production",
         jwt_secret="a-production-secret-that-is-long-enough-0123456789",
+        webhook_secret_keys=PRODUCTION_WEBHOOK_KEY,
         password_hash_time_cost=2,
         password_hash_memory_kib=19456,
     )
@@ -136,6 +137,24 @@ def test_production_refuses_insecure_settings() -> None:
     with pytest.raises(ValidationError) as exc:
         Settings(env="production", jwt_secret="x" * 40, introspection=True)
     assert "COREGRAPH_INTROSPECTION" in str(exc.value)
+    with pytest.raises(ValidationError) as exc:
+        Settings(env="production", jwt_secret="x" * 40)
+    assert "COREGRAPH_WEBHOOK_SECRET_KEYS" in str(exc.value)
+    with pytest.raises(ValidationError) as exc:
+        Settings(
+            env="production",
+            jwt_secret="x" * 40,
+            webhook_secret_keys=PRODUCTION_WEBHOOK_KEY,
+            webhook_allow_private=True,
+        )
+    assert "COREGRAPH_WEBHOOK_ALLOW_PRIVATE" in str(exc.value)
+    settings = Settings(
+        env="production", jwt_secret="x" * 40, webhook_secret_keys=PRODUCTION_WEBHOOK_KEY
+    )
+    assert not settings.webhook_private_allowed
+    with pytest.raises(ValidationError) as exc:
+        Settings(webhook_secret_keys="not-a-key")
+    assert "webhook_secret_keys" in str(exc.value)
     assert Settings(env="production", allow_insecure=True).is_production
 
 

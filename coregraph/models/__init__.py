@@ -7,6 +7,7 @@ from coregraph.models.events import Event, EventType
 from coregraph.models.identity import ExternalIdentity, RetiredRefreshToken, Session, User
 from coregraph.models.streams import RelayPosition
 from coregraph.models.tenancy import Invitation, Membership, Tenant
+from coregraph.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "ApiKey",
@@ -25,4 +26,7 @@ __all__ = [
     "StreamHead",
     "Tenant",
     "User",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

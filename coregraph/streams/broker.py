@@ -54,6 +54,12 @@ def audit_topic(chain_id: str) -> str:
     return _checked(f"audit:{chain_id}")
 
 
+def webhook_attempts_topic(tenant_id: str) -> str:
+    """Every attempt a worker makes to deliver one of the tenant's webhooks
+    (``coregraph.services.webhooks.attempt_message``), both environments."""
+    return _checked(f"webhooks:{tenant_id}")
+
+
 def _checked(topic: str) -> str:
     if not _TOPIC.match(topic):
         raise ValueError(f"not a topic: {topic!r}")

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Row, Table, and_, exists, literal, or_, select, update
@@ -37,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from coregraph.models import AuditEntry, Event, RelayPosition, StreamHead
 from coregraph.services.uow import UnitOfWork
 from coregraph.streams.broker import Broker, Message, audit_topic, events_topic
+from coregraph.streams.messages import audit_message, event_message
 
 log = logging.getLogger("coregraph.relay")
 
@@ -44,56 +44,6 @@ _HEADS: Table = StreamHead.__table__  # type: ignore[assignment]
 _POSITIONS: Table = RelayPosition.__table__  # type: ignore[assignment]
 _EVENTS: Table = Event.__table__  # type: ignore[assignment]
 _AUDIT: Table = AuditEntry.__table__  # type: ignore[assignment]
-
-
-def _time(value: datetime) -> str:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def event_message(row: Any) -> dict[str, Any]:
-    """What a subscriber receives for an event: the committed row, no database round trip."""
-    return {
-        "id": row.id,
-        "type": row.type,
-        "sequence": int(row.sequence),
-        "tenant": row.tenant_id,
-        "environment": str(row.environment),
-        "occurredAt": _time(row.occurred_at),
-        "actor": {
-            "kind": row.actor_kind,
-            "id": row.actor_id,
-            "actingForUserId": row.acting_for_user_id,
-        },
-        "data": row.data,
-    }
-
-
-def audit_message(row: Any) -> dict[str, Any]:
-    """What a subscriber receives for an audit entry: every column, so field-level checks can
-    run on it without a database round trip."""
-    return {
-        "id": row.id,
-        "chain": row.chain_id,
-        "position": int(row.position),
-        "tenant": row.tenant_id,
-        "environment": str(row.environment),
-        "action": row.action,
-        "actor": {
-            "kind": row.actor_kind,
-            "id": row.actor_id,
-            "actingForUserId": row.acting_for_user_id,
-        },
-        "target": {"type": row.target_type, "id": row.target_id},
-        "changes": row.changes,
-        "requestId": row.request_id,
-        "ip": row.ip,
-        "userAgent": row.user_agent,
-        "createdAt": _time(row.created_at),
-        "previousHash": row.previous_hash,
-        "hash": row.hash,
-    }
 
 
 async def wake_after_commit(broker: Broker, uow: UnitOfWork) -> None:

@@ -230,7 +230,7 @@ def _moment(value: str) -> datetime:
 
 
 def event_row(message: Message) -> Any:
-    """An event message (``relay.event_message``) as a row of the events table."""
+    """An event message (``messages.event_message``) as a row of the events table."""
     actor = message["actor"]
     return SimpleNamespace(
         id=message["id"],
@@ -247,7 +247,7 @@ def event_row(message: Message) -> Any:
 
 
 def audit_row(message: Message) -> Any:
-    """An audit message (``relay.audit_message``) as a row of the audit table."""
+    """An audit message (``messages.audit_message``) as a row of the audit table."""
     actor, target = message["actor"], message["target"]
     return SimpleNamespace(
         id=message["id"],

@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,6 +25,7 @@ from coregraph.models.base import utcnow
 from coregraph.request import RequestMeta
 from coregraph.services import tenancy
 from coregraph.services.audit_retention import Pruned, prune_expired
+from coregraph.services.events import BUILTIN_EVENT_TYPES
 from coregraph.services.uow import UnitOfWork
 from coregraph.settings import Settings
 from coregraph.streams.broker import InProcessBroker
@@ -112,6 +114,18 @@ async def audit_log(client: GraphQLClient, owner: Actor, tenant_id: str) -> dict
     return dict(r.ok()["tenant"])
 
 
+async def pruned_events(
+    client: GraphQLClient, owner: Actor, tenant_id: str
+) -> list[dict[str, Any]]:
+    r = await client.execute(
+        """{ events(types: ["audit.pruned"], first: 10) {
+            nodes { data actorKind actorId environment } } }""",
+        actor=owner,
+        tenant_id=tenant_id,
+    )
+    return list(r.ok()["events"]["nodes"])
+
+
 async def set_retention(
     client: GraphQLClient, actor: Actor, tenant_id: str, days: int | None
 ) -> Any:
@@ -131,25 +145,43 @@ async def test_a_prune_removes_exactly_the_expired_entries_and_the_chain_still_v
     assert before["auditRetentionDays"] == 30
     positions = sorted(e["position"] for e in before["auditLog"]["nodes"])
 
+    started = utcnow()
     assert await prune(server.settings, tenant_id) == [Pruned(tenant_id, 5, 1, 5)]
 
     after = (await audit_log(client, owner, tenant_id))["auditLog"]["nodes"]
     newest = after[0]
     assert newest["action"] == "audit.pruned"
     assert (newest["actorKind"], newest["actorId"]) == ("system", "worker:prune")
-    assert newest["changes"]["after"] == {
+    recorded = newest["changes"]["after"]
+    cutoff = datetime.fromisoformat(recorded.pop("cutoff"))
+    assert recorded == {"count": 5, "fromPosition": 1, "toPosition": 5, "retentionDays": 30}
+    # The cutoff is the prune's own clock less the retention (the database's, on PostgreSQL).
+    assert timedelta(0) <= cutoff - (started - timedelta(days=30)) < timedelta(minutes=1)
+    # The tenant's stream says so too, for an edge app to act on: one audit.pruned event with
+    # the same facts, committed with the prune.
+    [event] = await pruned_events(client, owner, tenant_id)
+    Draft202012Validator(BUILTIN_EVENT_TYPES["audit.pruned"].schema).validate(event["data"])
+    assert event["data"] == {
+        "tenantId": tenant_id,
         "count": 5,
         "fromPosition": 1,
         "toPosition": 5,
+        "cutoff": cutoff.isoformat(),
         "retentionDays": 30,
     }
+    assert (event["actorKind"], event["actorId"], event["environment"]) == (
+        "system",
+        "worker:prune",
+        "LIVE",
+    )
     assert sorted(e["position"] for e in after[1:]) == positions[5:]
     check = await verify(client, owner, tenant_id)
     assert check == {"ok": True, "checked": len(after), "brokenAt": None, "reason": None}
     # Asking for the pruned stretch checks nothing and finds nothing wrong.
     assert (await verify(client, owner, tenant_id, to=5))["ok"] is True
-    # Nothing else has expired: a second pass leaves the tenant alone.
+    # Nothing else has expired: a second pass leaves the tenant alone, and says nothing.
     assert await prune(server.settings, tenant_id) == []
+    assert len(await pruned_events(client, owner, tenant_id)) == 1
 
 
 async def test_deleting_a_retained_entry_by_hand_still_breaks_the_chain(

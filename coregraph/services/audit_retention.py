@@ -5,10 +5,11 @@ A prune deletes a run of the chain's oldest entries and, in the same transaction
 last deleted entry's position and hash in the chain's head (``audit_pruned_position`` /
 ``audit_pruned_hash``): verification starts at the first retained entry, anchored on that hash
 (``coregraph.services.audit``). So the chain still proves that nothing after the anchor was
-removed or changed, and an entry deleted any other way still breaks it. Each prune leaves an
-``audit.pruned`` entry in the tenant's chain (what was removed: count and position range),
-written through a unit of work like any other entry. Only entries the outbox relay has
-published are pruned.
+removed or changed, and an entry deleted any other way still breaks it. A prune changes
+production truth, so like any other change it is written through a unit of work with an
+``audit.pruned`` entry in the tenant's chain and an ``audit.pruned`` event in its stream (what
+was removed: count, position range and the cutoff time), committed with the deletion or not at
+all. Only entries the outbox relay has published are pruned.
 
 On PostgreSQL this runs as ``COREGRAPH_DATABASE_WORKER_ROLE``, the only role the append-only
 trigger lets delete, and only entries older than the tenant's retention (migration 0010); the
@@ -114,18 +115,22 @@ async def prune_tenant(
             .where(_HEADS.c.chain_id == tenant_id)
             .values(audit_pruned_position=last.position, audit_pruned_hash=last.hash)
         )
+        pruned = {
+            "count": len(expired),
+            "fromPosition": int(first.position),
+            "toPosition": int(last.position),
+            "cutoff": cutoff.isoformat(),
+            "retentionDays": retention_days,
+        }
         uow.record(
             "audit.pruned",
             tenant_id=tenant_id,
             target_type="Tenant",
             target_id=tenant_id,
-            after={
-                "count": len(expired),
-                "fromPosition": int(first.position),
-                "toPosition": int(last.position),
-                "retentionDays": retention_days,
-            },
+            after=pruned,
         )
+        # In the live environment, where a tenant's own changes (tenant.updated) are stated.
+        uow.emit("audit.pruned", tenant_id=tenant_id, data={"tenantId": tenant_id, **pruned})
     return Pruned(tenant_id, len(expired), int(first.position), int(last.position))
 
 

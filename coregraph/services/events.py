@@ -137,6 +137,19 @@ BUILTIN_EVENT_TYPES: dict[str, BuiltinEventType] = {
             "A custom event type was registered with its JSON Schema.",
             _payload(eventTypeId=_ID, type=_TEXT, description=_TEXT),
         ),
+        BuiltinEventType(
+            "audit.pruned",
+            "Retention deleted the oldest audit entries, those created before cutoff: count"
+            " of them, positions fromPosition to toPosition (the chain now starts after it).",
+            _payload(
+                tenantId=_ID,
+                count={"type": "integer", "minimum": 1},
+                fromPosition={"type": "integer", "minimum": 1},
+                toPosition={"type": "integer", "minimum": 1},
+                cutoff={"type": "string", "format": "date-time"},
+                retentionDays={"type": "integer"},
+            ),
+        ),
     )
 }
 # The first segments of built-in types (and coregraph's own): no custom type starts with one.

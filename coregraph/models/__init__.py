@@ -4,6 +4,7 @@ from coregraph.models.access import ApiKey, Role
 from coregraph.models.audit import AuditEntry, StreamHead
 from coregraph.models.base import Base, Environment
 from coregraph.models.events import Event, EventType
+from coregraph.models.files import File, FileStatus
 from coregraph.models.identity import ExternalIdentity, RetiredRefreshToken, Session, User
 from coregraph.models.streams import RelayPosition
 from coregraph.models.tenancy import Invitation, Membership, Tenant
@@ -17,6 +18,8 @@ __all__ = [
     "Event",
     "EventType",
     "ExternalIdentity",
+    "File",
+    "FileStatus",
     "Invitation",
     "Membership",
     "RelayPosition",

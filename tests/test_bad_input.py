@@ -40,6 +40,8 @@ STATE = """{ tenant {
     auditLog(first: 200) { totalCount nodes { id action targetId } }
 } }"""
 
+SECRET = "a-secret-passphrase-Zq9"
+
 # What must never reach a client: a Python stack, or SQL from the database layer.
 FORBIDDEN_IN_BODY = ("Traceback", 'File "', "SELECT", "INSERT", "sqlalchemy", "asyncpg")
 
@@ -183,6 +185,29 @@ async def test_sign_up_with_a_weak_password_is_refused(
     assert not await can_log_in(client, email, password)
     # No account was made: the same address signs up with a good password.
     await client.sign_up(email=email)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(
+            {"email": "a@example.com", "password": SECRET, "extra": 1}, id="unknown field"
+        ),
+        pytest.param({"password": SECRET}, id="missing field"),
+        pytest.param({"email": 7, "password": SECRET}, id="wrong type beside it"),
+        pytest.param({"email": "a@example.com", "password": 87654321}, id="wrong type itself"),
+    ],
+)
+async def test_a_bad_variable_is_named_but_its_value_is_not_repeated(
+    client: GraphQLClient, value: dict[str, Any]
+) -> None:
+    """A variable that cannot be coerced is refused, naming where, without quoting the value:
+    variables carry passwords and tokens, and error messages reach logs and proxies."""
+    r = await client.execute(SIGN_UP, {"input": value})
+    assert r.errors[0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert r.errors[0]["message"].startswith("Variable '$input'")
+    body = json.dumps(r.body)
+    assert SECRET not in body and "87654321" not in body
 
 
 async def test_sign_up_with_a_taken_email_is_a_conflict(client: GraphQLClient) -> None:

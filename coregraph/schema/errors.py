@@ -23,6 +23,11 @@ log = logging.getLogger("coregraph.errors")
 # end of a message or in its middle (an unknown input field: "... Did you mean 'x'? Found: ...").
 # Strawberry does not pass graphql-core's ``hide_suggestions`` to validation nor execution.
 _SUGGESTION = re.compile(r" Did you mean [^?]*\?")
+# What graphql-core quotes of a variable's value when it cannot coerce it: the whole input
+# object (", found: {'email': ..., 'password': ...}") or the one scalar ("... non string
+# value: 12345678"). Variables carry passwords and tokens; an error must not repeat them to
+# logs, proxies or error trackers, and the client already has them.
+_QUOTED_VALUE = re.compile(r"(?:,? [Ff]ound: .*|(cannot represent [^:]*value): .*)$", re.DOTALL)
 
 
 def classify(error: GraphQLError) -> GraphQLError:
@@ -44,7 +49,13 @@ def classify(error: GraphQLError) -> GraphQLError:
         if error.message.startswith("Syntax Error"):
             code = "GRAPHQL_PARSE_FAILED"
         elif error.message.startswith("Variable '$"):
-            code = "BAD_USER_INPUT"
+            message = _QUOTED_VALUE.sub(lambda m: m.group(1) or "", error.message.rstrip("."))
+            message += "."
+            return _copy(
+                error,
+                message=message,
+                extensions={**(error.extensions or {}), "code": "BAD_USER_INPUT"},
+            )
         else:
             code = "GRAPHQL_VALIDATION_FAILED"
         return _copy(error, extensions={**(error.extensions or {}), "code": code})

@@ -81,14 +81,16 @@ async def tenant_with_history(settings: Settings, owner: Actor, *, days_ago: int
     return tenant.id
 
 
-async def published(settings: Settings, tenant_id: str) -> None:
+async def published(settings: Settings, tenant_id: str, *, relay: bool = True) -> None:
     """Until the relay has published the tenant's chain (retention never prunes past it). A
-    relay of this test's own joins the server's, as several relays do in production."""
+    relay of this test's own joins the server's, as several relays do in production, unless
+    ``relay`` is false: then the server's alone (its subscribers hear every entry)."""
     async with worker_engine(settings) as engine:
-        relay = Relay(engine, InProcessBroker())
+        own = Relay(engine, InProcessBroker()) if relay else None
         async with asyncio.timeout(WAIT):
             while True:
-                await relay.publish_pending()
+                if own is not None:
+                    await own.publish_pending()
                 async with engine.connect() as conn:
                     head = await conn.scalar(
                         select(StreamHead.audit_position).where(StreamHead.chain_id == tenant_id)
@@ -103,8 +105,8 @@ async def published(settings: Settings, tenant_id: str) -> None:
                 await asyncio.sleep(0.05)
 
 
-async def prune(settings: Settings, tenant_id: str) -> list[Pruned]:
-    await published(settings, tenant_id)
+async def prune(settings: Settings, tenant_id: str, *, relay: bool = True) -> list[Pruned]:
+    await published(settings, tenant_id, relay=relay)
     async with worker_engine(settings) as engine:
         return [p for p in await prune_expired(engine) if p.tenant_id == tenant_id]
 

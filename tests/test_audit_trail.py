@@ -404,6 +404,9 @@ async def test_audit_log_filters_by_actor_action_target_environment_and_time(
 @pytest.mark.parametrize(
     ("filters", "field"),
     [
+        # Not a cursor of an audit list: an events cursor, and an id cursor of another list.
+        ({"after": "c2VxOjE"}, "after"),
+        ({"after": "YzE6dXNyXzAx"}, "after"),
         ({"action": "  "}, "action"),
         ({"action": "x" * 81}, "action"),
         ({"actorId": "usr_" + "x" * 40}, "actorId"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -20,6 +21,7 @@ from coregraph.request import RequestMeta
 from coregraph.services.audit import verify_chain
 from coregraph.services.uow import UnitOfWork
 from tests.support import GraphQLClient, Server
+from tests.test_audit_trail import ENTRIES
 
 META = RequestMeta(user_agent="coregraph-tests")
 
@@ -73,6 +75,26 @@ async def test_the_writer_that_started_first_but_committed_last_comes_last(
         ).scalars()
         assert list(by_sequence)[-2:] == ["test.started_second", "test.started_first"]
         assert (await verify_chain(conn, tenant_id)).ok
+
+    # The auditLog query is newest first in that same order, and its cursors are positions:
+    # paging one entry at a time meets each once, the late committer first, filtered or not.
+    async def paged(**filters: Any) -> list[dict[str, Any]]:
+        seen: list[dict[str, Any]] = []
+        after = None
+        while True:
+            r = await client.execute(
+                ENTRIES, {"first": 1, "after": after, **filters}, actor=owner, tenant_id=tenant_id
+            )
+            page = r.ok()["tenant"]["auditLog"]
+            seen += page["nodes"]
+            if not page["pageInfo"]["hasNextPage"]:
+                return seen
+            after = page["pageInfo"]["endCursor"]
+
+    everything = await paged()
+    assert [e["position"] for e in everything] == list(range(early_entry.position, 0, -1))
+    assert [e["id"] for e in everything[:2]] == [early_entry.id, late_entry.id]
+    assert [e["id"] for e in await paged(action="test.")] == [early_entry.id, late_entry.id]
 
 
 async def test_concurrent_writers_leave_a_gap_free_verified_chain(

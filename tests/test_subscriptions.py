@@ -46,6 +46,7 @@ from tests.support import (
     running_server,
     unique,
 )
+from tests.test_audit_retention import prune, set_retention, tenant_with_history
 
 EVENTS = """subscription($types: [String!], $after: String) {
   events(types: $types, after: $after) { cursor node { id type sequence data environment } }
@@ -428,12 +429,12 @@ async def test_bad_requests_get_typed_errors_with_a_request_id(
 ) -> None:
     owner, tenant_id = await owner_with_tenant(gql)
     viewer = await gql.add_member(owner, tenant_id, "viewer")
-    cases = [
+    cases: list[tuple[Actor, str, dict[str, Any], str, str]] = [
         (owner, EVENTS, {"after": "not-a-cursor"}, "events", "BAD_USER_INPUT"),
         (owner, AUDIT, {"after": "c2VxOjE"}, "auditLog", "BAD_USER_INPUT"),  # an events cursor
         (owner, AUDIT, {"filter": {"targetId": "nope"}}, "auditLog", "BAD_USER_INPUT"),
         (owner, EVENTS, {"types": ["Not A Type!"]}, "events", "BAD_USER_INPUT"),
-        (owner, AUDIT, {"after": "YzE6dXNyXzAx"}, "auditLog", "BAD_USER_INPUT"),  # no entry
+        (owner, AUDIT, {"after": "YzE6dXNyXzAx"}, "auditLog", "BAD_USER_INPUT"),  # an id
         (viewer, AUDIT, {}, "auditLog", "FORBIDDEN"),
     ]
     for actor, query, variables, field, code in cases:
@@ -662,12 +663,71 @@ async def test_paging_the_audit_log_then_subscribing_after_its_newest_entry(
         await sub.items_count(1)
     assert sub.items[0]["node"]["position"] == newest["node"]["position"] + 1
     assert sub.items[0]["node"]["action"] == "role.created"
-    # Another tenant's entry is no place in this tenant's trail.
+    # A cursor read in another tenant is only a position: it replays this tenant's trail after
+    # it, and nothing of the other's.
     r = await gql.execute(query, actor=other_owner, tenant_id=other_tenant)
-    foreign = r.ok()["tenant"]["auditLog"]["edges"][0]["cursor"]
-    async with subscribed(api, credential, AUDIT, {"after": foreign}, field="auditLog") as sub:
-        errors = await sub.ended()
-    assert [e["extensions"]["code"] for e in errors] == ["BAD_USER_INPUT"]
+    foreign = r.ok()["tenant"]["auditLog"]["edges"][0]
+    mine = await audit_positions(gql, owner, tenant_id)
+    async with subscribed(
+        api, credential, AUDIT, {"after": foreign["cursor"]}, field="auditLog"
+    ) as sub:
+        await sub.until(lambda s: bool(s.items) and s.items[-1]["node"]["position"] == max(mine))
+    assert [item["node"]["position"] for item in sub.items] == [
+        p for p in mine if p > foreign["node"]["position"]
+    ]
+    assert {item["node"]["id"] for item in sub.items} <= set(mine.values())
+
+
+async def audit_positions(gql: GraphQLClient, actor: Actor, tenant_id: str) -> dict[int, str]:
+    """The tenant's audit entries now: position to id, oldest first."""
+    r = await gql.execute(
+        "{ tenant { auditLog(first: 200) { nodes { id position } } } }",
+        actor=actor,
+        tenant_id=tenant_id,
+    )
+    nodes = r.ok()["tenant"]["auditLog"]["nodes"]
+    return {n["position"]: n["id"] for n in reversed(nodes)}
+
+
+async def test_a_query_cursor_resumes_the_subscription_after_retention_pruned_its_entry(
+    api: Server, gql: GraphQLClient
+) -> None:
+    """A client read the log, then went away; meanwhile retention deleted the entry its cursor
+    came from. The cursor is a position, so the client resumes after it: every entry kept since
+    (the prune's own included), then live, each once and in order."""
+    owner = await gql.sign_up()
+    tenant_id = await tenant_with_history(api.settings, owner, days_ago=40)
+    r = await gql.execute(
+        "{ tenant { auditLog(first: 1) { edges { cursor node { position } } } } }",
+        actor=owner,
+        tenant_id=tenant_id,
+    )
+    [held] = r.ok()["tenant"]["auditLog"]["edges"]
+    (await set_retention(gql, owner, tenant_id, 30)).ok()
+    [pruned] = await prune(api.settings, tenant_id, relay=False)
+    assert pruned.last_position == held["node"]["position"]  # the cursor's entry is gone
+    kept = await audit_positions(gql, owner, tenant_id)
+    assert min(kept) == held["node"]["position"] + 1
+
+    credential = owner.headers(tenant_id)
+    variables = {"after": held["cursor"]}
+    async with subscribed(api, credential, AUDIT, variables, field="auditLog") as sub:
+        await sub.items_count(len(kept))
+        await create_role(gql, owner, tenant_id, unique("later"))
+        await sub.items_count(len(kept) + 1)
+    positions = [item["node"]["position"] for item in sub.items]
+    assert positions == [*kept, max(kept) + 1]
+    assert [item["node"]["id"] for item in sub.items[:-1]] == list(kept.values())
+    actions = [item["node"]["action"] for item in sub.items]
+    assert actions == ["tenant.updated", "audit.pruned", "role.created"]
+    # The query takes the same cursor: older than the pruned entry, nothing is left.
+    r = await gql.execute(
+        "query($after: String) { tenant { auditLog(after: $after) { nodes { id } } } }",
+        variables,
+        actor=owner,
+        tenant_id=tenant_id,
+    )
+    assert r.ok()["tenant"]["auditLog"]["nodes"] == []
 
 
 async def test_busy_subscriptions_recheck_their_credential_once_a_second_between_them(

@@ -22,9 +22,9 @@ from coregraph.schema.audit import (
     AuditLogFilter,
     AuditStreamEdge,
     decode_position_cursor,
+    tenant_chain,
 )
 from coregraph.schema.events import Event, EventEdge, decode_sequence_cursor, event_stream
-from coregraph.schema.pagination import decode_cursor
 from coregraph.schema.readable import readable
 from coregraph.services import events as event_service
 from coregraph.streams.broker import audit_topic, events_topic
@@ -39,27 +39,6 @@ def _event_types(types: list[str] | None) -> frozenset[str] | None:
     if len(types) > MAX_TYPE_FILTER:
         raise BadUserInput(f"types: at most {MAX_TYPE_FILTER}", field="types")
     return frozenset(event_service.check_type_name(t, "types") for t in types)
-
-
-async def _audit_position(ctx: Context, tenant_id: str, cursor: str) -> int:
-    """Where an audit stream resumes: a cursor of this subscription (a position), or one of the
-    ``Tenant.auditLog`` query (an entry of this tenant; its position), so a client pages the
-    history, then subscribes after the newest entry it read."""
-    try:
-        return decode_position_cursor(cursor)
-    except BadUserInput:
-        pass
-    refused = BadUserInput("after: not a cursor of this tenant's audit trail", field="after")
-    try:
-        entry_id = decode_cursor(cursor)
-    except BadUserInput:
-        raise refused from None
-    entry = models.AuditEntry
-    statement = readable(ctx.principal, entry, tenant_id=tenant_id)
-    rows = await ctx.read(statement.where(entry.chain_id == tenant_id, entry.id == entry_id))
-    if not rows:
-        raise refused
-    return int(rows[0].position)
 
 
 @strawberry.type
@@ -128,12 +107,14 @@ class StreamsSubscription:
         ctx = info.context
         tenant_id = ctx.require_tenant()
         wanted = filter.checked() if filter is not None else AuditFilter()
-        start = await _audit_position(ctx, tenant_id, after) if after is not None else None
+        # A position (this subscription's cursor or the auditLog query's): it stays a place in
+        # the chain after retention pruned its entry, and replay resumes from the next one kept.
+        start = decode_position_cursor(after) if after is not None else None
         entry = models.AuditEntry
 
         def chain() -> Any:
-            statement = readable(ctx.principal, entry, tenant_id=tenant_id)
-            return statement.where(entry.chain_id == tenant_id)
+            # The current principal: a subscription's rights are rechecked while it runs.
+            return tenant_chain(ctx.principal, tenant_id)
 
         async def read(after: int, before: int | None, limit: int) -> Sequence[Any]:
             statement = wanted.where(chain()).where(entry.position > after)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import strawberry
 from sqlalchemy import Select, false, select
@@ -16,15 +17,19 @@ from strawberry.scalars import JSON
 
 from coregraph import ids, models
 from coregraph.auth.principal import Principal
+from coregraph.context import Context
 from coregraph.errors import BadUserInput
 from coregraph.models.base import Environment as EnvironmentValue
 from coregraph.schema.access import Environment
 from coregraph.schema.lookup import entity
 from coregraph.schema.node import Node
+from coregraph.schema.pagination import Connection, Cursors, paginate
+from coregraph.schema.readable import readable
 from coregraph.services import validation
 from coregraph.services.audit import ChainCheck
 
 _POSITION_CURSOR_PREFIX = "pos:"
+Entry = TypeVar("Entry")
 
 
 @strawberry.type
@@ -122,6 +127,13 @@ def security_log(principal: Principal) -> Select[Any]:
     return statement.where(entry.tenant_id.is_(None), entry.chain_id == principal.user_id)
 
 
+def tenant_chain(principal: Principal, tenant_id: str) -> Select[Any]:
+    """Where every read of a tenant's audit trail starts: the entries of its own chain (a
+    tenant's chain is named by its id; ``chain_id`` leads the positions' index)."""
+    entry = models.AuditEntry
+    return readable(principal, entry, tenant_id=tenant_id).where(entry.chain_id == tenant_id)
+
+
 @dataclass(frozen=True, slots=True)
 class AuditFilter:
     """Which entries a reader of a tenant's audit trail asked for, checked once: the same
@@ -195,6 +207,33 @@ def decode_position_cursor(cursor: str, field: str = "after") -> int:
     if not raw.startswith(_POSITION_CURSOR_PREFIX) or not digits.isascii() or not digits.isdigit():
         raise BadUserInput(f"{field}: not a cursor from an audit stream", field=field)
     return int(digits)
+
+
+# Every cursor into an audit chain is a position, never an id (DESIGN.md, Streams): the
+# queries' and the subscription's are one kind, and a cursor stays meaningful after retention
+# pruned the entry it came from.
+POSITION_CURSORS = Cursors(encode_position_cursor, decode_position_cursor)
+
+
+async def chain_page(
+    ctx: Context,
+    chain: Select[Any],
+    first: int | None,
+    after: str | None,
+    to_node: Callable[[Any], Entry],
+) -> Connection[Entry]:
+    """A page of one chain's entries (``chain`` selects them, filtered), newest first by
+    position: ``Tenant.auditLog`` and ``viewer.securityLog``."""
+    return await paginate(
+        ctx,
+        chain,
+        models.AuditEntry.position,
+        first,
+        after,
+        to_node,
+        newest_first=True,
+        cursors=POSITION_CURSORS,
+    )
 
 
 @strawberry.type(

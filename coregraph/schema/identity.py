@@ -9,10 +9,10 @@ import strawberry
 from strawberry.federation import field, type as ftype
 
 from coregraph import ids, models
-from coregraph.schema.audit import SecurityLogEntry, security_log
+from coregraph.schema.audit import SecurityLogEntry, chain_page, security_log
 from coregraph.schema.lookup import entity
 from coregraph.schema.node import Node
-from coregraph.schema.pagination import Connection, paginate
+from coregraph.schema.pagination import Connection
 
 if TYPE_CHECKING:
     from coregraph.context import Context
@@ -64,10 +64,7 @@ class User(Node):
         self, info: strawberry.Info, first: int | None = None, after: str | None = None
     ) -> Connection[SecurityLogEntry] | None:
         stmt = security_log(info.context.principal)
-        entry = models.AuditEntry
-        return await paginate(
-            info.context, stmt, entry.id, first, after, SecurityLogEntry.from_row, newest_first=True
-        )
+        return await chain_page(info.context, stmt, first, after, SecurityLogEntry.from_row)
 
     @classmethod
     def from_row(cls, row: Any, via_tenant_id: str | None) -> User:

@@ -2,7 +2,9 @@
 
 Ids are time-ordered (``coregraph.ids``), so "after this cursor" is ``id > cursor`` on an index
 (``id < cursor`` for a newest-first list): constant cost at any depth, and stable while rows
-are added.
+are added. A stream's list (the audit trail) pages by its chain position instead, with cursors
+of its own (``Cursors``): ids are made before commit, so one that commits late would land
+behind a reader's cursor (DESIGN.md, Streams).
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import strawberry
-from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import InstrumentedAttribute
 from strawberry.types.nodes import SelectedField, Selection
 
@@ -33,15 +36,25 @@ class PageInfo:
     end_cursor: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Cursors:
+    """How a list's cursors carry its keyset key: ``decode`` raises BAD_USER_INPUT for a
+    cursor it did not make."""
+
+    encode: Callable[[Any], str]
+    decode: Callable[[str], Any]
+
+
 @strawberry.type
 class Edge(Generic[T]):
     node: T
-    key: strawberry.Private[str]
+    key: strawberry.Private[Any]
+    cursors: strawberry.Private[Cursors]
 
     @strawberry.field
     def cursor(self) -> str:
         # Encoded when asked for: list UIs often select only the nodes.
-        return encode_cursor(self.key)
+        return self.cursors.encode(self.key)
 
 
 @strawberry.type
@@ -111,35 +124,44 @@ def page_size(ctx: Context, first: int | None) -> int:
     return first
 
 
+ID_CURSORS = Cursors(encode_cursor, decode_cursor)
+
+
 async def paginate(
     ctx: Context,
     statement: Select[Any],
-    key: ColumnElement[str] | InstrumentedAttribute[str],
+    key: InstrumentedAttribute[Any],
     first: int | None,
     after: str | None,
     to_node: Callable[[Any], T],
     *,
     newest_first: bool = False,
+    cursors: Cursors = ID_CURSORS,
 ) -> Connection[T]:
-    """One page of ``statement`` ordered by ``key`` (a time-ordered id), oldest first unless
-    ``newest_first`` (an index ending in ``key`` serves both directions)."""
+    """One page of ``statement`` ordered by ``key`` (a time-ordered id, unless ``cursors``
+    say otherwise), oldest first unless ``newest_first`` (an index ending in ``key`` serves
+    both directions)."""
     size = page_size(ctx, first)
     page = statement
     if after is not None:
-        cursor = decode_cursor(after)
+        cursor = cursors.decode(after)
         page = page.where(key < cursor if newest_first else key > cursor)
     order = key.desc() if newest_first else key
     rows = await ctx.read(page.order_by(order).limit(size + 1))
     has_next = len(rows) > size
     rows = rows[:size]
-    edges = [Edge(node=to_node(row), key=row.id) for row in rows]
+    keys = [getattr(row, key.key) for row in rows]
+    edges = [
+        Edge(node=to_node(row), key=value, cursors=cursors)
+        for row, value in zip(rows, keys, strict=True)
+    ]
     return Connection(
         edges=edges,
         page_info=PageInfo(
             has_next_page=has_next,
             has_previous_page=after is not None,
-            start_cursor=encode_cursor(rows[0].id) if rows else None,
-            end_cursor=encode_cursor(rows[-1].id) if rows else None,
+            start_cursor=cursors.encode(keys[0]) if keys else None,
+            end_cursor=cursors.encode(keys[-1]) if keys else None,
         ),
         _statement=statement,
     )

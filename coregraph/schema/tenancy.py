@@ -16,7 +16,7 @@ from coregraph.errors import BadUserInput
 from coregraph.loaders import load_now_or_later
 from coregraph.models.base import Environment as EnvironmentValue
 from coregraph.schema.access import ApiKey, Environment, Role
-from coregraph.schema.audit import AuditEntry, AuditFilter
+from coregraph.schema.audit import AuditEntry, AuditFilter, chain_page, tenant_chain
 from coregraph.schema.identity import User
 from coregraph.schema.lookup import entity
 from coregraph.schema.node import Node
@@ -126,7 +126,8 @@ class Tenant(Node):
     @field(
         requires_scopes=[["audit:read"]],
         description="Changes to this tenant, newest first. Filters: the actor, an action "
-        "prefix ('member.'), the target, the environment, and createdAt in [from, to).",
+        "prefix ('member.'), the target, the environment, and createdAt in [from, to). "
+        "Cursors are chain positions: the auditLog subscription resumes after any of them.",
     )
     async def audit_log(
         self,
@@ -141,7 +142,7 @@ class Tenant(Node):
         to: datetime | None = None,
     ) -> Connection[AuditEntry] | None:
         entry = models.AuditEntry
-        stmt = readable(info.context.principal, entry, tenant_id=self.tenant_id)
+        stmt = tenant_chain(info.context.principal, self.tenant_id)
         if environment is not None:
             stmt = stmt.where(entry.environment == EnvironmentValue(environment).value)
         stmt = AuditFilter.checked(action=action, target_id=target_id, actor_id=actor_id).where(
@@ -153,9 +154,7 @@ class Tenant(Node):
             stmt = stmt.where(entry.created_at < _aware(to, "to"))
             if from_ is not None and to < from_:
                 raise BadUserInput("to: must not be before from", field="to")
-        return await paginate(
-            info.context, stmt, entry.id, first, after, AuditEntry.from_row, newest_first=True
-        )
+        return await chain_page(info.context, stmt, first, after, AuditEntry.from_row)
 
     @classmethod
     def from_row(cls, row: Any) -> Tenant:

@@ -8,11 +8,12 @@ or ``X-Environment`` (``live`` by default).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coregraph import db, ids
@@ -28,6 +29,33 @@ from coregraph.settings import Settings
 
 # lastUsedAt is a hint, not a log: writing it at most once a minute keeps reads read-only.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
+_API_KEY_TENANTS_KEPT = 10_000
+
+_API_KEY = select(ApiKey.tenant_id).where(ApiKey.secret_hash == bindparam("digest"))
+# The key and its creator's current role in the key's tenant (no creator, or a creator no
+# longer a member: no permissions, so the key can do nothing).
+_API_KEY_WITH_PERMISSIONS = (
+    select(
+        ApiKey.id,
+        ApiKey.tenant_id,
+        ApiKey.environment,
+        ApiKey.scopes,
+        ApiKey.expires_at,
+        ApiKey.revoked_at,
+        ApiKey.last_used_at,
+        ApiKey.created_by_user_id,
+        Role.permissions.label("creator_permissions"),
+    )
+    .outerjoin(
+        Membership,
+        and_(
+            Membership.tenant_id == ApiKey.tenant_id,
+            Membership.user_id == ApiKey.created_by_user_id,
+        ),
+    )
+    .outerjoin(Role, Role.id == Membership.role_id)
+    .where(ApiKey.secret_hash == bindparam("digest"))
+)
 
 
 ProvisionExternalUser = Callable[[VerifiedToken, RequestMeta], Awaitable[str]]
@@ -45,6 +73,9 @@ class Authenticator:
         self.engine = engine
         self.tokens = tokens
         self.provision_external_user = provision_external_user
+        # API key (secret hash) -> its tenant, for the keys this process has read (see
+        # _api_key_row). Bounded: a forgotten key only costs its next request a round trip.
+        self._api_key_tenants: OrderedDict[str, str] = OrderedDict()
 
     async def authenticate(
         self,
@@ -158,36 +189,7 @@ class Authenticator:
         self, secret: str, tenant_id: str | None, environment_header: str | None
     ) -> Principal:
         digest = secrets.digest(secret)
-        async with self.engine.connect() as conn:
-            # Row-level security shows this step only the key whose secret it holds...
-            await db.scope_transaction(conn, tenant_ids=(), api_key_hash=digest)
-            row = (
-                await conn.execute(
-                    select(
-                        ApiKey.id,
-                        ApiKey.tenant_id,
-                        ApiKey.environment,
-                        ApiKey.scopes,
-                        ApiKey.expires_at,
-                        ApiKey.revoked_at,
-                        ApiKey.last_used_at,
-                        ApiKey.created_by_user_id,
-                    ).where(ApiKey.secret_hash == digest)
-                )
-            ).first()
-            creator_permissions: frozenset[str] = frozenset()
-            if row is not None and row.created_by_user_id is not None:
-                # ...then the key's own tenant, for its creator's current role.
-                await db.scope_transaction(conn, tenant_ids=(row.tenant_id,))
-                permissions = await conn.scalar(
-                    select(Role.permissions)
-                    .join(Membership, Membership.role_id == Role.id)
-                    .where(
-                        Membership.tenant_id == row.tenant_id,
-                        Membership.user_id == row.created_by_user_id,
-                    )
-                )
-                creator_permissions = frozenset(permissions or ())
+        row = await self._api_key_row(digest)
         now = datetime.now(UTC)
         if row is None or row.revoked_at is not None:
             raise Unauthenticated("API key is invalid or revoked")
@@ -220,9 +222,44 @@ class Authenticator:
             tenant_id=row.tenant_id,
             environment=environment,
             tenant_scopes={
-                row.tenant_id: effective_scopes(creator_permissions, frozenset(row.scopes))
+                row.tenant_id: effective_scopes(
+                    frozenset(row.creator_permissions or ()), frozenset(row.scopes)
+                )
             },
         )
+
+    async def _api_key_row(self, digest: str) -> Any:
+        """The key whose secret hashes to ``digest``, with its creator's current role
+        permissions (``creator_permissions``), as the database has them now; None if there is
+        no such key.
+
+        Row-level security shows a transaction the key by its hash, but its creator's role only
+        within the key's tenant, which the key row tells: two steps in one transaction. The
+        tenant a key belongs to never changes, so once a key has been read this process
+        remembers its tenant and reads the key and the role in one statement; revocation,
+        expiry and the creator's rights are still read afresh for every request."""
+        tenant_hint = self._api_key_tenants.get(digest)
+        if tenant_hint is not None:
+            self._api_key_tenants.move_to_end(digest)
+        async with self.engine.connect() as conn:
+            if tenant_hint is not None:
+                await db.scope_transaction(conn, tenant_ids=(tenant_hint,), api_key_hash=digest)
+                row = (await conn.execute(_API_KEY_WITH_PERMISSIONS, {"digest": digest})).first()
+                if row is not None and row.tenant_id == tenant_hint:
+                    return row
+            # Row-level security shows this step only the key whose secret it holds...
+            await db.scope_transaction(conn, tenant_ids=(), api_key_hash=digest)
+            key = (await conn.execute(_API_KEY, {"digest": digest})).first()
+            if key is None:
+                return None
+            # ...then the key's own tenant, for its creator's current role.
+            await db.scope_transaction(conn, tenant_ids=(key.tenant_id,), api_key_hash=digest)
+            row = (await conn.execute(_API_KEY_WITH_PERMISSIONS, {"digest": digest})).first()
+        if row is not None:
+            self._api_key_tenants[digest] = row.tenant_id
+            if len(self._api_key_tenants) > _API_KEY_TENANTS_KEPT:
+                self._api_key_tenants.popitem(last=False)
+        return row
 
 
 def _aware(value: datetime | None) -> datetime | None:

@@ -30,7 +30,7 @@ from coregraph import ids
 from coregraph.errors import BadUserInput, Conflict
 from coregraph.models import Event, EventType
 from coregraph.services import validation
-from coregraph.services.uow import UnitOfWork
+from coregraph.services.uow import StatedEvent, UnitOfWork
 
 MAX_TYPE_LENGTH = 120
 MAX_DOCUMENT_BYTES = 64 * 1024
@@ -290,7 +290,8 @@ async def register_event_type(
 
 @dataclass(frozen=True, slots=True)
 class EmittedEvent:
-    event: Event
+    # Stated by this call, or read (a replay).
+    event: StatedEvent | Event
     # The idempotency key had been used: this is the first event made with it.
     replayed: bool
 
@@ -404,7 +405,7 @@ async def emit_events(
             select(EventType).where(EventType.tenant_id == tenant_id, EventType.type.in_(types))
         )
         registered = {row.type: row for row in found}
-    replays: dict[str, Event] = {}
+    replays: dict[str, StatedEvent | Event] = {}
     if keys:
         found_events = await uow.session.scalars(
             select(Event).where(

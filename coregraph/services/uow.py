@@ -13,10 +13,12 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import Table, update
+from sqlalchemy import Table, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -75,6 +77,34 @@ def _jsonable(value: Any) -> Any:
 
 AfterCommit = Callable[[], Awaitable[None] | None]
 
+_EVENTS: Table = Event.__table__  # type: ignore[assignment]
+
+
+@dataclass(slots=True, eq=False)
+class StatedEvent:
+    """An event stated in a unit of work: the row of the events table (the outbox) it becomes
+    as the unit of work commits, ``sequence`` given then. A plain record rather than an ORM
+    object: a batch of events is one multi-row insert, without the ORM's per-object state."""
+
+    id: str
+    tenant_id: str
+    environment: Environment
+    type: str
+    occurred_at: datetime
+    actor_kind: str
+    actor_id: str | None
+    acting_for_user_id: str | None
+    data: dict[str, Any]
+    idempotency_key: str | None
+    request_id: str | None
+    sequence: int | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _STATED_EVENT_FIELDS}
+
+
+_STATED_EVENT_FIELDS = tuple(field.name for field in fields(StatedEvent))
+
 
 class UnitOfWork:
     """``async with UnitOfWork(...) as uow:`` — commit on success, roll back on any exception."""
@@ -85,7 +115,7 @@ class UnitOfWork:
         self.meta = meta
         self.session: AsyncSession = AsyncSession(engine, expire_on_commit=False)
         self.audit_entries: list[AuditEntry] = []
-        self.events: list[Event] = []
+        self.events: list[StatedEvent] = []
         self._after_commit: list[AfterCommit] = []
         self._keep_on_failure = False
 
@@ -158,12 +188,12 @@ class UnitOfWork:
         data: Mapping[str, Any] | None = None,
         environment: Environment | None = None,
         idempotency_key: str | None = None,
-    ) -> Event:
+    ) -> StatedEvent:
         """State a domain event in this transaction: it is written to the outbox (the events
         table) with the tenant's next sequence number as the unit of work commits, and exists
         if and only if the change does."""
         actor_kind, actor = self._actor(None)
-        event = Event(
+        event = StatedEvent(
             id=ids.new_id("evt"),
             tenant_id=tenant_id,
             environment=environment or self.principal.environment,
@@ -194,7 +224,7 @@ class UnitOfWork:
         entries: dict[str, list[AuditEntry]] = {}
         for entry in self.audit_entries:
             entries.setdefault(entry.chain_id, []).append(entry)
-        events: dict[str, list[Event]] = {}
+        events: dict[str, list[StatedEvent]] = {}
         for event in self.events:
             events.setdefault(event.tenant_id, []).append(event)
         heads: Table = StreamHead.__table__  # type: ignore[assignment]
@@ -222,9 +252,11 @@ class UnitOfWork:
             for event in sequenced:
                 sequence += 1
                 event.sequence = sequence
-        self.session.add_all(self.audit_entries)
-        self.session.add_all(self.events)
-        await self.session.flush()
+        if self.audit_entries:
+            self.session.add_all(self.audit_entries)
+            await self.session.flush()
+        if self.events:
+            await self.session.execute(insert(_EVENTS), [event.row() for event in self.events])
 
     async def _advance(
         self, heads: Table, chain_id: str, audit_count: int, event_count: int

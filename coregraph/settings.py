@@ -93,6 +93,18 @@ class Settings(BaseSettings):
     # Whether `coregraph serve` delivers webhooks itself ("auto": when it runs the relay).
     run_webhook_worker: Literal["auto", "true", "false"] = "auto"
 
+    # Files (coregraph/storage). Unset: bytes on local disk under storage_dir (the embedded
+    # default). s3://bucket/prefix: an S3-compatible bucket, reached at s3_endpoint_url (unset:
+    # AWS) with these credentials (unset: boto3's own chain: environment, profile, instance role).
+    storage_url: str | None = Field(
+        None, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9._/-]*)?$"
+    )
+    storage_dir: str = "./var/files"
+    s3_endpoint_url: str | None = Field(None, pattern=r"^https?://[^\s?#]+$")
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     # Base of the links coregraph hands out (invitations). Unset: the address each request
@@ -177,7 +189,7 @@ class Settings(BaseSettings):
             value = "postgresql+asyncpg://" + value.removeprefix("postgresql://")
         return value
 
-    @field_validator("public_url", mode="before")
+    @field_validator("public_url", "storage_url", "s3_endpoint_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # Compose files pass `${COREGRAPH_PUBLIC_URL:-}`: empty means "the address served".

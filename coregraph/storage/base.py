@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import quote
 
 DEFAULT_CHUNK_SIZE = 64 * 1024
 MAX_KEY_LENGTH = 512
@@ -55,6 +56,19 @@ class ObjectTooLarge(StorageError):
         self.max_bytes = max_bytes
 
 
+def attachment_disposition(filename: str) -> str:
+    """A Content-Disposition that makes a browser save rather than render (RFC 6266): an ASCII
+    ``filename`` fallback with quotes, backslashes and control characters replaced, and the full
+    name as UTF-8 in ``filename*``.
+    """
+    fallback = "".join(
+        char if " " <= char <= "~" and char not in '"\\' else "_" for char in filename
+    )
+    fallback = fallback.strip() or "download"
+    encoded = quote(filename or fallback, safe="")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
+
+
 def check_key(key: str) -> str:
     if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH or not _KEY.fullmatch(key):
         raise InvalidKey(str(key))
@@ -85,6 +99,20 @@ class ObjectStream:
         aclose = getattr(self._chunks, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+async def chunks_in_threads(
+    read: Callable[[int], bytes],
+    close: Callable[[], None],
+    chunk_size: int,
+    in_thread: Callable[[Callable[[int], bytes], int], Awaitable[bytes]],
+) -> AsyncIterator[bytes]:
+    """A blocking reader (a file, an HTTP body) as async chunks, each read in a thread."""
+    try:
+        while chunk := await in_thread(read, chunk_size):
+            yield chunk
+    finally:
+        close()
 
 
 class Storage(ABC):

@@ -1,0 +1,178 @@
+"""Local disk storage, the embedded default: one file per key under a root directory.
+
+A put writes a temporary file beside its destination (``.tmp-…``: no valid key starts with a
+dot, so none can name it and ``keys()`` skips it), fsyncs it and renames it over the destination,
+then fsyncs the directory: a reader sees the old object or the new one, never half of one, and a
+crash leaves at most a temporary file. Blocking calls run in threads, so the event loop never
+waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import secrets
+from collections.abc import AsyncIterable, AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from stat import S_ISREG
+from typing import BinaryIO
+
+from coregraph.storage.base import (
+    DEFAULT_CHUNK_SIZE,
+    InvalidKey,
+    ObjectNotFound,
+    ObjectStream,
+    ObjectTooLarge,
+    Storage,
+    StoredObject,
+    check_key,
+    check_prefix,
+    chunks_in_threads,
+)
+
+# Bytes gathered before one write in a thread: fewer thread hops than one per received chunk.
+WRITE_BUFFER = 1024 * 1024
+TEMP_PREFIX = ".tmp-"
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        """Where ``key`` lives; refuses a key that would resolve outside the root (a symlink)."""
+        check_key(key)
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise InvalidKey(key)
+        return path
+
+    async def put(self, key: str, chunks: AsyncIterable[bytes], *, max_bytes: int) -> StoredObject:
+        path = self.path(key)
+        handle, temp = await asyncio.to_thread(self._open_temp, path)
+        sha256 = hashlib.sha256()
+        size = 0
+        buffer = bytearray()
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ObjectTooLarge(key, max_bytes)
+                sha256.update(chunk)
+                buffer += chunk
+                if len(buffer) >= WRITE_BUFFER:
+                    await asyncio.to_thread(handle.write, bytes(buffer))
+                    buffer.clear()
+            await asyncio.to_thread(self._finish, handle, bytes(buffer), temp, path)
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(self._discard, handle, temp))
+            raise
+        return StoredObject(key=key, size=size, sha256=sha256.hexdigest())
+
+    def _open_temp(self, path: Path) -> tuple[BinaryIO, Path]:
+        temp = path.with_name(f"{TEMP_PREFIX}{secrets.token_hex(8)}")
+        # A concurrent delete may prune the directory between mkdir and open: make it again.
+        for _ in range(5):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileNotFoundError:
+                continue
+            return os.fdopen(fd, "wb"), temp
+        raise FileNotFoundError(path.parent)
+
+    def _finish(self, handle: BinaryIO, rest: bytes, temp: Path, path: Path) -> None:
+        with handle:
+            handle.write(rest)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+        self._fsync_dir(path.parent)
+
+    def _discard(self, handle: BinaryIO, temp: Path) -> None:
+        handle.close()
+        temp.unlink(missing_ok=True)
+        self._prune(temp.parent)
+
+    def _prune(self, directory: Path) -> None:
+        """Remove empty directories from ``directory`` up to (not including) the root."""
+        while directory != self.root and directory.is_relative_to(self.root):
+            try:
+                directory.rmdir()
+            except OSError:  # not empty, or already gone
+                return
+            directory = directory.parent
+
+    @staticmethod
+    def _fsync_dir(directory: Path) -> None:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    async def read(self, key: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> ObjectStream:
+        path = self.path(key)
+        try:
+            handle = await asyncio.to_thread(path.open, "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFound(key) from None
+        size = os.fstat(handle.fileno()).st_size
+        chunks = chunks_in_threads(handle.read, handle.close, chunk_size, asyncio.to_thread)
+        return ObjectStream(key, size, chunks)
+
+    async def head(self, key: str) -> int | None:
+        path = self.path(key)
+        try:
+            stat = await asyncio.to_thread(path.stat)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return stat.st_size if S_ISREG(stat.st_mode) else None
+
+    async def delete(self, key: str) -> None:
+        path = self.path(key)
+        await asyncio.to_thread(self._delete, path)
+
+    def _delete(self, path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            path.unlink()
+        self._prune(path.parent)
+
+    async def keys(self, prefix: str = "") -> AsyncIterator[tuple[str, int, datetime]]:
+        check_prefix(prefix)
+        # Walk only the directory the prefix names in full; filter the rest by name.
+        start = self.root.joinpath(*prefix.split("/")[:-1])
+        found = await asyncio.to_thread(self._walk, start)
+        for key, size, mtime in sorted(found):
+            if key.startswith(prefix):
+                yield key, size, datetime.fromtimestamp(mtime, UTC)
+
+    def _walk(self, start: Path) -> list[tuple[str, int, float]]:
+        found = []
+        for directory, subdirectories, files in os.walk(start):
+            subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
+            for name in files:
+                if name.startswith("."):
+                    continue
+                path = Path(directory, name)
+                with contextlib.suppress(FileNotFoundError):
+                    stat = path.stat()
+                    key = path.relative_to(self.root).as_posix()
+                    found.append((key, stat.st_size, stat.st_mtime))
+        return found
+
+    def presigned_put(
+        self, key: str, *, size: int, content_type: str, expires_in: int
+    ) -> str | None:
+        check_key(key)
+        return None
+
+    def presigned_get(
+        self, key: str, *, expires_in: int, filename: str, content_type: str
+    ) -> str | None:
+        check_key(key)
+        return None

@@ -1,0 +1,289 @@
+"""One behaviour suite for every storage backend: local disk and S3 (moto's real S3-compatible
+server on loopback). Each test gets an empty backend: a fresh directory, a fresh bucket."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tracemalloc
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from coregraph.settings import Settings
+from coregraph.storage import (
+    InvalidKey,
+    ObjectNotFound,
+    ObjectTooLarge,
+    Storage,
+    StoredObject,
+    create_storage,
+)
+from coregraph.storage.local import LocalStorage
+from coregraph.storage.s3 import S3Storage
+from tests.storage_support import S3Server, running_s3_server
+
+MiB = 1024 * 1024
+KEY = "ten_a1/fil_b2"
+
+
+@dataclass
+class Backend:
+    name: str
+    storage: Storage
+    leftovers: Callable[[], list[str]]  # everything the backend holds, objects or not
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[S3Server]:
+    with running_s3_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["local", "s3"])
+async def backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Backend]:
+    if request.param == "local":
+        root = tmp_path / "files"
+        settings = Settings(storage_dir=str(root))  # type: ignore[call-arg]
+        storage = create_storage(settings)
+        assert isinstance(storage, LocalStorage)
+
+        def leftovers() -> list[str]:
+            return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
+
+    else:
+        server: S3Server = request.getfixturevalue("s3_server")
+        bucket = server.new_bucket()
+        settings = Settings(**server.settings(bucket, "deploy/files"))  # type: ignore[arg-type]
+        storage = create_storage(settings)
+        assert isinstance(storage, S3Storage)
+
+        def leftovers() -> list[str]:
+            return server.objects(bucket) + [
+                f"pending upload {key}" for key in server.pending_uploads(bucket)
+            ]
+
+    yield Backend(request.param, storage, leftovers)
+    await storage.aclose()
+
+
+async def chunked(data: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+async def generated(total: int, chunk: int = 256 * 1024) -> AsyncIterator[bytes]:
+    """``total`` bytes made a chunk at a time (never all in memory): counter-derived, not zeros."""
+    sent = 0
+    number = 0
+    while sent < total:
+        block = hashlib.sha256(number.to_bytes(8, "big")).digest() * (chunk // 32)
+        block = block[: total - sent]
+        sent += len(block)
+        number += 1
+        yield block
+
+
+async def read_all(storage: Storage, key: str, chunk_size: int = 64 * 1024) -> bytes:
+    stream = await storage.read(key, chunk_size=chunk_size)
+    parts = [chunk async for chunk in stream]
+    assert all(len(part) <= chunk_size for part in parts)
+    data = b"".join(parts)
+    assert stream.size == len(data)
+    return data
+
+
+def stored(key: str, data: bytes) -> StoredObject:
+    return StoredObject(key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+async def test_round_trip_reports_size_and_sha256(backend: Backend) -> None:
+    data = os.urandom(300_000)
+    result = await backend.storage.put(KEY, chunked(data, 10_000), max_bytes=len(data))
+    assert result == stored(KEY, data)
+    assert await backend.storage.head(KEY) == len(data)
+    assert await read_all(backend.storage, KEY, chunk_size=4096) == data
+    assert await backend.storage.digest(KEY) == result
+
+
+async def test_empty_object_and_overwrite(backend: Backend) -> None:
+    assert await backend.storage.put(KEY, chunked(b""), max_bytes=10) == stored(KEY, b"")
+    assert await backend.storage.head(KEY) == 0
+    assert await read_all(backend.storage, KEY) == b""
+    await backend.storage.put(KEY, chunked(b"second"), max_bytes=10)
+    assert await read_all(backend.storage, KEY) == b"second"
+
+
+@pytest.mark.parametrize("total", [100_000, 12 * MiB], ids=["single-request", "multipart"])
+async def test_over_the_limit_leaves_nothing_behind(backend: Backend, total: int) -> None:
+    # 12 MiB against a 10 MiB cap: S3 has uploaded a whole 8 MiB part before the cap is hit.
+    limit = total - 2 * MiB if total > MiB else total - 1
+    with pytest.raises(ObjectTooLarge) as raised:
+        await backend.storage.put(KEY, generated(total), max_bytes=limit)
+    assert raised.value.max_bytes == limit
+    assert backend.leftovers() == []
+    assert await backend.storage.head(KEY) is None
+
+
+async def test_over_the_limit_keeps_the_previous_object(backend: Backend) -> None:
+    await backend.storage.put(KEY, chunked(b"kept"), max_bytes=100)
+    with pytest.raises(ObjectTooLarge):
+        await backend.storage.put(KEY, chunked(b"x" * 101, 10), max_bytes=100)
+    assert await read_all(backend.storage, KEY) == b"kept"
+
+
+async def test_a_failing_source_leaves_nothing_behind(backend: Backend) -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        async for chunk in generated(9 * MiB):
+            yield chunk
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await backend.storage.put(KEY, broken(), max_bytes=100 * MiB)
+    assert backend.leftovers() == []
+
+
+async def test_delete_is_idempotent(backend: Backend) -> None:
+    await backend.storage.put(KEY, chunked(b"bytes"), max_bytes=100)
+    await backend.storage.delete(KEY)
+    await backend.storage.delete(KEY)
+    await backend.storage.delete("ten_a1/never_stored")
+    assert await backend.storage.head(KEY) is None
+    with pytest.raises(ObjectNotFound):
+        await backend.storage.read(KEY)
+    with pytest.raises(ObjectNotFound):
+        await backend.storage.digest(KEY)
+    assert backend.leftovers() == []
+
+
+BAD_KEYS = [
+    "",
+    "/etc/passwd",
+    "../outside",
+    "ten_a1/../../outside",
+    "ten_a1/..",
+    "ten_a1/./fil",
+    "ten_a1//fil",
+    "ten_a1/",
+    "ten_a1\\fil",
+    "ten_a1/fil\x00.txt",
+    "ten_a1/fil\n",
+    "ten_a1/\x7f",
+    "ten_a1/.hidden",
+    "ten a1/fil",
+    "ten_a1/fïl",
+    "x" * 513,
+]
+
+
+async def test_bad_keys_are_refused_by_every_operation(backend: Backend) -> None:
+    storage = backend.storage
+    for key in BAD_KEYS:
+        with pytest.raises(InvalidKey):
+            await storage.put(key, chunked(b"x"), max_bytes=10)
+        with pytest.raises(InvalidKey):
+            await storage.read(key)
+        with pytest.raises(InvalidKey):
+            await storage.head(key)
+        with pytest.raises(InvalidKey):
+            await storage.digest(key)
+        with pytest.raises(InvalidKey):
+            await storage.delete(key)
+        with pytest.raises(InvalidKey):
+            storage.presigned_put(key, size=1, content_type="text/plain", expires_in=60)
+        with pytest.raises(InvalidKey):
+            storage.presigned_get(key, expires_in=60, filename="f", content_type="text/plain")
+        with pytest.raises(InvalidKey):
+            [item async for item in storage.keys(key + "/")]
+    assert backend.leftovers() == []
+
+
+async def test_local_keys_resolve_inside_the_root(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"not yours")
+    storage = LocalStorage(tmp_path / "files")
+    (tmp_path / "files" / "ten_a1").symlink_to(outside)
+    with pytest.raises(InvalidKey):
+        await storage.read("ten_a1/secret")
+    with pytest.raises(InvalidKey):
+        await storage.put("ten_a1/new", chunked(b"x"), max_bytes=10)
+    with pytest.raises(InvalidKey):
+        await storage.delete("ten_a1/secret")
+    assert sorted(path.name for path in outside.iterdir()) == ["secret"]
+
+
+async def test_keys_lists_by_prefix_with_size_and_time(backend: Backend) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=5)
+    for key, data in [("ten_a/fil_1", b"1"), ("ten_a/fil_22", b"22"), ("ten_b/fil_1", b"333")]:
+        await backend.storage.put(key, chunked(data), max_bytes=10)
+    listed = [item async for item in backend.storage.keys("ten_a/")]
+    assert [(key, size) for key, size, _ in listed] == [("ten_a/fil_1", 1), ("ten_a/fil_22", 2)]
+    after = datetime.now(UTC) + timedelta(seconds=5)
+    assert all(before <= modified <= after for _, _, modified in listed)
+    assert all(modified.tzinfo is not None for _, _, modified in listed)
+    everything = [key async for key, _, _ in backend.storage.keys()]
+    assert everything == ["ten_a/fil_1", "ten_a/fil_22", "ten_b/fil_1"]
+    assert [key async for key, _, _ in backend.storage.keys("ten_a/fil_2")] == ["ten_a/fil_22"]
+    assert [key async for key, _, _ in backend.storage.keys("ten_c/")] == []
+
+
+async def test_presigned_put_then_digest(backend: Backend) -> None:
+    data = os.urandom(200_000)
+    url = backend.storage.presigned_put(
+        KEY, size=len(data), content_type="application/pdf", expires_in=300
+    )
+    if backend.name == "local":
+        assert url is None  # coregraph serves its own signed URL (storage/signing.py)
+        return
+    assert url is not None and url.startswith("http://127.0.0.1:")
+    async with httpx.AsyncClient() as http:
+        response = await http.put(url, content=data, headers={"Content-Type": "application/pdf"})
+    assert response.status_code == 200, response.text
+    assert await backend.storage.digest(KEY) == stored(KEY, data)
+
+
+async def test_presigned_get_downloads_as_an_attachment(backend: Backend) -> None:
+    data = b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>"
+    await backend.storage.put(KEY, chunked(data), max_bytes=1000)
+    url = backend.storage.presigned_get(
+        KEY, expires_in=300, filename='pic "1".svg', content_type="application/octet-stream"
+    )
+    if backend.name == "local":
+        assert url is None
+        return
+    assert url is not None
+    async with httpx.AsyncClient() as http:
+        response = await http.get(url)
+    assert response.status_code == 200
+    assert response.content == data
+    assert response.headers["content-disposition"] == (
+        "attachment; filename=\"pic _1_.svg\"; filename*=UTF-8''pic%20%221%22.svg"
+    )
+    assert response.headers["content-type"] == "application/octet-stream"
+
+
+async def test_large_objects_stream_in_bounded_memory(backend: Backend) -> None:
+    total = 32 * MiB
+    tracemalloc.start()
+    try:
+        result = await backend.storage.put(KEY, generated(total), max_bytes=total)
+        _, put_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        digest = await backend.storage.digest(KEY)
+        _, read_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    expected = hashlib.sha256()
+    async for chunk in generated(total):
+        expected.update(chunk)
+    assert result == digest == StoredObject(KEY, total, expected.hexdigest())
+    # Local disk buffers 1 MiB; S3 holds one 8 MiB part (and botocore a copy while signing it).
+    assert put_peak < total / 2, f"put peaked at {put_peak / MiB:.1f} MiB"
+    assert read_peak < 4 * MiB, f"read peaked at {read_peak / MiB:.1f} MiB"

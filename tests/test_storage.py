@@ -3,6 +3,7 @@ server on loopback). Each test gets an empty backend: a fresh directory, a fresh
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tracemalloc
@@ -36,6 +37,8 @@ class Backend:
     name: str
     storage: Storage
     leftovers: Callable[[], list[str]]  # everything the backend holds, objects or not
+    # What a put killed with its process leaves: a temporary file, a pending multipart upload.
+    leave_incomplete: Callable[[str], None]
 
 
 @pytest.fixture(scope="module")
@@ -45,22 +48,27 @@ def s3_server() -> Iterator[S3Server]:
 
 
 @pytest.fixture(params=["local", "s3"])
-async def backend(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[Backend]:
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "local":
         root = tmp_path / "files"
         settings = Settings(storage_dir=str(root))  # type: ignore[call-arg]
         storage = create_storage(settings)
         assert isinstance(storage, LocalStorage)
+        local = storage
 
         def leftovers() -> list[str]:
             return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
 
+        def leave_incomplete(key: str) -> None:
+            handle, _ = local._open_temp(local.path(key))
+            with handle:
+                handle.write(b"half of it")
+
     else:
         server: S3Server = request.getfixturevalue("s3_server")
         bucket = server.new_bucket()
-        settings = Settings(**server.settings(bucket, "deploy/files"))  # type: ignore[arg-type]
+        prefix = "deploy/files"
+        settings = Settings(**server.settings(bucket, prefix))  # type: ignore[arg-type]
         storage = create_storage(settings)
         assert isinstance(storage, S3Storage)
 
@@ -69,7 +77,14 @@ async def backend(
                 f"pending upload {key}" for key in server.pending_uploads(bucket)
             ]
 
-    yield Backend(request.param, storage, leftovers)
+        def leave_incomplete(key: str) -> None:
+            name = f"{prefix}/{key}"
+            upload = server.client.create_multipart_upload(Bucket=bucket, Key=name)
+            server.client.upload_part(
+                Bucket=bucket, Key=name, UploadId=upload["UploadId"], PartNumber=1, Body=b"half"
+            )
+
+    yield Backend(request.param, storage, leftovers, leave_incomplete)
     await storage.aclose()
 
 
@@ -147,6 +162,42 @@ async def test_a_failing_source_leaves_nothing_behind(backend: Backend) -> None:
     with pytest.raises(ConnectionResetError):
         await backend.storage.put(KEY, broken(), max_bytes=100 * MiB)
     assert backend.leftovers() == []
+
+
+async def test_a_cancelled_put_leaves_nothing_behind(backend: Backend) -> None:
+    asked_for_more = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        async for chunk in generated(9 * MiB):  # past one S3 part: a multipart upload is open
+            yield chunk
+        asked_for_more.set()
+        await asyncio.Event().wait()
+        yield b"never"
+
+    put = asyncio.create_task(backend.storage.put(KEY, stalls(), max_bytes=100 * MiB))
+    await asyncio.wait_for(asked_for_more.wait(), timeout=30)
+    put.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await put
+    assert backend.leftovers() == []
+
+
+async def test_discard_incomplete_removes_what_a_killed_put_left(backend: Backend) -> None:
+    await backend.storage.put("ten_a1/fil_kept", chunked(b"kept"), max_bytes=10)
+    complete = backend.leftovers()
+    backend.leave_incomplete("ten_a1/fil_crashed")
+    assert backend.leftovers() != complete
+    assert [key async for key, _, _ in backend.storage.keys()] == ["ten_a1/fil_kept"]
+    now = datetime.now(UTC)
+    # moto reports every multipart upload as initiated on 2010-11-10 (moto/s3/responses.py).
+    before_it = now - timedelta(hours=1)
+    if backend.name == "s3":
+        before_it = datetime(2010, 1, 1, tzinfo=UTC)
+    assert await backend.storage.discard_incomplete(before_it) == 0
+    assert backend.leftovers() != complete
+    assert await backend.storage.discard_incomplete(now + timedelta(minutes=1)) == 1
+    assert backend.leftovers() == complete
+    assert await read_all(backend.storage, "ten_a1/fil_kept") == b"kept"
 
 
 async def test_delete_is_idempotent(backend: Backend) -> None:

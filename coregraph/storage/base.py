@@ -160,6 +160,13 @@ class Storage(ABC):
         """
 
     @abstractmethod
+    async def discard_incomplete(self, older_than: datetime) -> int:
+        """Remove what puts that never finished left (a process killed mid-upload): temporary
+        files on local disk, pending multipart uploads in S3 (billed until aborted), started
+        before ``older_than``; how many. A put still running past ``older_than`` then fails.
+        """
+
+    @abstractmethod
     def presigned_put(
         self, key: str, *, size: int, content_type: str, expires_in: int
     ) -> str | None:

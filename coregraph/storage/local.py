@@ -165,6 +165,23 @@ class LocalStorage(Storage):
                     found.append((key, stat.st_size, stat.st_mtime))
         return found
 
+    async def discard_incomplete(self, older_than: datetime) -> int:
+        return await asyncio.to_thread(self._discard_incomplete, older_than.timestamp())
+
+    def _discard_incomplete(self, cutoff: float) -> int:
+        discarded = 0
+        for directory, _subdirectories, files in os.walk(self.root):
+            for name in files:
+                if not name.startswith(TEMP_PREFIX):
+                    continue
+                path = Path(directory, name)
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        discarded += 1
+                        self._prune(path.parent)
+        return discarded
+
     def presigned_put(
         self, key: str, *, size: int, content_type: str, expires_in: int
     ) -> str | None:

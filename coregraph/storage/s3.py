@@ -215,6 +215,19 @@ class S3Storage(Storage):
                     modified.astimezone(UTC),
                 )
 
+    async def discard_incomplete(self, older_than: datetime) -> int:
+        pages = self._client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=self.prefix
+        )
+        iterator = iter(pages)
+        discarded = 0
+        while page := await self._call(next, iterator, None):
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] < older_than:
+                    await self._abort(upload["Key"], upload["UploadId"])
+                    discarded += 1
+        return discarded
+
     def presigned_put(
         self, key: str, *, size: int, content_type: str, expires_in: int
     ) -> str | None:

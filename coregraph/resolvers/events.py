@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import strawberry
 from strawberry.federation import field
 from strawberry.scalars import JSON
+from strawberry.types.arguments import InputContext
 
 from coregraph.context import Context
 from coregraph.errors import BadUserInput
@@ -48,6 +50,18 @@ class EmitEventInput:
         description="Emitting again with this key (same tenant and environment) answers the"
         " first event instead of making a second one.",
     )
+
+
+def _emit_event_input(
+    cls: type[EmitEventInput], value: Mapping[str, Any], _context: InputContext
+) -> EmitEventInput:
+    # Built directly: strawberry's generic conversion walks each field's type per item, a
+    # third of a 100-event batch's argument handling; the fields need no conversion (two
+    # strings and a JSON value, already checked by GraphQL).
+    return cls(type=value["type"], data=value["data"], idempotency_key=value.get("idempotencyKey"))
+
+
+EmitEventInput.__strawberry_definition__.from_input = _emit_event_input  # type: ignore[attr-defined]
 
 
 @strawberry.type

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 from referencing.exceptions import Unresolvable
@@ -30,6 +31,7 @@ from coregraph import ids
 from coregraph.errors import BadUserInput, Conflict
 from coregraph.models import Event, EventType
 from coregraph.services import validation
+from coregraph.services.json_schema_precheck import Check, compile_precheck
 from coregraph.services.uow import StatedEvent, UnitOfWork
 
 MAX_TYPE_LENGTH = 120
@@ -209,6 +211,23 @@ def _json_document(value: Any, field: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadUserInput(f"{field}: must be a JSON object", field=field)
     try:
+        encoded = orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        encoded = None
+    # The common case from one encoding, with what the exact checks below would find: orjson
+    # writes a NUL as \u0000, so without that text there is none; no more opening brackets
+    # than the depth limit (64) means no deeper nesting; and json.dumps's ASCII-escaped size
+    # is at most three times orjson's UTF-8 (a 3-byte character becomes a 6-byte escape).
+    # Anything else (a \u0000 that may be a NUL, many brackets, a large document) is checked
+    # exactly.
+    if (
+        encoded is not None
+        and b"\\u0000" not in encoded
+        and encoded.count(b"{") + encoded.count(b"[") <= 64
+        and 3 * len(encoded) <= MAX_DOCUMENT_BYTES
+    ):
+        return value
+    try:
         if any("\x00" in text for text in _walk_strings(value)):
             raise BadUserInput(f"{field}: must not contain NUL characters", field=field)
     except BadUserInput as error:
@@ -319,27 +338,38 @@ class EventDraft:
 
 # Compiled validators of registered types, by event type id. A registered type's schema never
 # changes (a new shape is a new type), so a validator compiled once stays right.
-_VALIDATORS: OrderedDict[str, Draft202012Validator] = OrderedDict()
+@dataclass(frozen=True, slots=True)
+class _CompiledSchema:
+    validator: Draft202012Validator
+    # A fast yes for valid payloads (json_schema_precheck); None for a schema it cannot read.
+    precheck: Check | None
+
+
+_VALIDATORS: OrderedDict[str, _CompiledSchema] = OrderedDict()
 _VALIDATOR_CACHE_SIZE = 1024
 
 
-def _validator(registered: EventType) -> Draft202012Validator:
-    validator = _VALIDATORS.get(registered.id)
-    if validator is None:
-        validator = Draft202012Validator(registered.schema)
-        _VALIDATORS[registered.id] = validator
+def _validator(registered: EventType) -> _CompiledSchema:
+    compiled = _VALIDATORS.get(registered.id)
+    if compiled is None:
+        compiled = _CompiledSchema(
+            Draft202012Validator(registered.schema), compile_precheck(registered.schema)
+        )
+        _VALIDATORS[registered.id] = compiled
         if len(_VALIDATORS) > _VALIDATOR_CACHE_SIZE:
             _VALIDATORS.popitem(last=False)
     else:
         _VALIDATORS.move_to_end(registered.id)
-    return validator
+    return compiled
 
 
-def _schema_violation(validator: Draft202012Validator, data: dict[str, Any]) -> BadUserInput | None:
+def _schema_violation(compiled: _CompiledSchema, data: dict[str, Any]) -> BadUserInput | None:
     """The most relevant way ``data`` fails its type's schema (jsonschema's ``best_match``), as
     an error naming its JSON path; a missing required property is named as that property."""
+    if compiled.precheck is not None and compiled.precheck(data):
+        return None
     try:
-        error = best_match(validator.iter_errors(data))
+        error = best_match(compiled.validator.iter_errors(data))
     except Unresolvable as unresolvable:
         return BadUserInput(
             f"data: the type's schema refers to something it does not contain ({unresolvable})",

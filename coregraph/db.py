@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event, exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from coregraph.models.base import RowSecurity
@@ -13,6 +14,8 @@ from coregraph.settings import Settings
 
 _TENANTS = "string_to_array(current_setting('app.tenant_ids', true), ',')"
 ROW_SECURITY_POLICY = "tenant_wall"
+# A pooled PostgreSQL connection is pinged before use when it has sat in the pool this long.
+PING_AFTER_IDLE_SECONDS = 1.0
 
 
 def create_engine(
@@ -32,7 +35,6 @@ def create_engine(
         _ensure_sqlite_dir(settings.database_url)
         kwargs["connect_args"] = {"timeout": 30}
     else:
-        kwargs["pool_pre_ping"] = True
         role = role or settings.database_role
         if role and not as_owner:
             # The role is a startup parameter of the session, not a `SET ROLE` statement: a
@@ -42,7 +44,37 @@ def create_engine(
     engine = create_async_engine(settings.database_url, **kwargs)
     if settings.is_sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    else:
+        _ping_when_idle(engine)
     return engine
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """SQLAlchemy's ``pool_pre_ping``, for connections that sat idle: what it guards against
+    (a server restart, a proxy's idle timeout) happens to a connection while it waits in the
+    pool, and a connection back from a request a moment ago has just answered. Under load that
+    was one round trip per checkout (two per API-key request); a connection that does fail
+    mid-use is a disconnect error, on which SQLAlchemy invalidates the pool as before."""
+    dialect = engine.dialect
+
+    def mark(_dbapi_connection: Any, record: Any, *_: Any) -> None:
+        record.info["coregraph_idle_since"] = time.monotonic()
+
+    def ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("coregraph_idle_since")
+        if idle_since is not None and time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as error:
+            if dialect.is_disconnect(error, dbapi_connection, None):
+                # As pool_pre_ping does: this connection and every older one are stale.
+                raise exc.InvalidatePoolError() from error
+            raise
+
+    event.listen(engine.sync_engine, "connect", mark)
+    event.listen(engine.sync_engine, "checkin", mark)
+    event.listen(engine.sync_engine, "checkout", ping)
 
 
 async def scope_transaction(

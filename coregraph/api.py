@@ -30,6 +30,7 @@ from coregraph.resolvers.identity import IdentityMutation, IdentityQuery
 from coregraph.resolvers.node import NodeQuery
 from coregraph.resolvers.streams import StreamsSubscription
 from coregraph.resolvers.tenancy import TenancyMutation, TenancyQuery
+from coregraph.resolvers.webhooks import WebhooksMutation, WebhooksQuery, WebhooksSubscription
 from coregraph.schema.authorization import enforce_declarations
 from coregraph.schema.errors import error_extension
 from coregraph.schema.execution import CoregraphExecutor, install_fast_resolvers
@@ -42,12 +43,22 @@ from coregraph.settings import Settings
 FEDERATION_VERSION = "2.9"
 
 Query = merge_types(
-    "Query", (IdentityQuery, TenancyQuery, AccessQuery, AuditQuery, EventsQuery, NodeQuery)
+    "Query",
+    (
+        IdentityQuery,
+        TenancyQuery,
+        AccessQuery,
+        AuditQuery,
+        EventsQuery,
+        WebhooksQuery,
+        NodeQuery,
+    ),
 )
 Mutation = merge_types(
-    "Mutation", (IdentityMutation, TenancyMutation, AccessMutation, EventsMutation)
+    "Mutation",
+    (IdentityMutation, TenancyMutation, AccessMutation, EventsMutation, WebhooksMutation),
 )
-Subscription = merge_types("Subscription", (StreamsSubscription,))
+Subscription = merge_types("Subscription", (StreamsSubscription, WebhooksSubscription))
 
 # Every type declared with ``@entity`` (``schema.lookup``); importing the resolvers above
 # imported every domain's types.

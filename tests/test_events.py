@@ -240,8 +240,11 @@ def _assert_no_secret(data: Any, secrets: list[str]) -> None:
 
 
 def test_the_table_covers_every_built_in_event_type() -> None:
-    # audit.pruned is the worker's, not a mutation's: tests/test_audit_retention.py.
+    # audit.pruned is the worker's, not a mutation's: tests/test_audit_retention.py. The
+    # webhook_endpoint.* events: tests/test_webhooks_api.py (each change, its event).
+    webhook_endpoint = {t for t in BUILTIN_EVENT_TYPES if t.startswith("webhook_endpoint.")}
     covered = {kind.event for kind in MUTATION_KINDS} | {"tenant.created", "audit.pruned"}
+    covered |= webhook_endpoint
     assert covered == set(BUILTIN_EVENT_TYPES)
 
 

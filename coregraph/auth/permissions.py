@@ -29,7 +29,12 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("audit:read", "Read the audit trail."),
     Permission("events:read", "Read and subscribe to business events."),
     Permission("events:write", "Publish business events."),
-    Permission("webhooks:manage", "Configure webhook endpoints and replay deliveries."),
+    Permission("webhooks:read", "See webhook endpoints, their deliveries and every attempt."),
+    Permission(
+        "webhooks:manage",
+        "Configure webhook endpoints, rotate their secrets, retry and replay deliveries"
+        " (includes webhooks:read).",
+    ),
     Permission("files:read", "Read files."),
     Permission("files:write", "Upload and delete files."),
     Permission("usage:read", "Read usage records."),
@@ -46,6 +51,7 @@ IMPLIED: dict[str, str] = {
     "tenant:manage": "tenant:read",
     "members:manage": "members:read",
     "billing:manage": "billing:read",
+    "webhooks:manage": "webhooks:read",
 }
 
 

@@ -152,6 +152,40 @@ BUILTIN_EVENT_TYPES: dict[str, BuiltinEventType] = {
                 retentionDays={"type": "integer"},
             ),
         ),
+        BuiltinEventType(
+            "webhook_endpoint.created",
+            "A webhook endpoint was created (never its signing secret).",
+            _payload(
+                endpointId=_ID, url=_TEXT, description=_TEXT, eventTypes=_LIST, environment=_TEXT
+            ),
+        ),
+        BuiltinEventType(
+            "webhook_endpoint.updated",
+            "A webhook endpoint's URL, description or event types changed.",
+            _payload(endpointId=_ID, before=_CHANGES, after=_CHANGES),
+        ),
+        BuiltinEventType(
+            "webhook_endpoint.disabled",
+            "A webhook endpoint was disabled: by hand (reason 'manual') or by the delivery"
+            " worker after failing too long (reason 'failing').",
+            _payload(endpointId=_ID, reason=_TEXT),
+        ),
+        BuiltinEventType(
+            "webhook_endpoint.enabled",
+            "A disabled webhook endpoint was enabled again; its failure count starts afresh.",
+            _payload(endpointId=_ID),
+        ),
+        BuiltinEventType(
+            "webhook_endpoint.deleted",
+            "A webhook endpoint was deleted, with its deliveries.",
+            _payload(endpointId=_ID, url=_TEXT),
+        ),
+        BuiltinEventType(
+            "webhook_endpoint.secret_rotated",
+            "A webhook endpoint's signing secret was replaced; the previous one keeps signing"
+            " beside it until overlapEndsAt (null: not at all).",
+            _payload(endpointId=_ID, overlapEndsAt=_OPTIONAL_TEXT),
+        ),
     )
 }
 # The first segments of built-in types (and coregraph's own): no custom type starts with one.
@@ -165,6 +199,8 @@ RESERVED_NAMESPACES = frozenset({t.split(".", 1)[0] for t in BUILTIN_EVENT_TYPES
     "members",
     "roles",
     "tenants",
+    "webhook",  # webhook.test, the body of sendTestWebhook
+    "webhooks",
 }
 
 

@@ -1,4 +1,5 @@
-"""Replay, then live: what the ``events`` and ``auditLog`` subscriptions share.
+"""Replay, then live: what the ``events`` and ``auditLog`` subscriptions share (and, for a
+topic without positions, live only: ``webhookDeliveries``).
 
 A stream is one broker topic whose messages carry a gap-free position per chain (an event's
 ``sequence`` in its tenant, an audit entry's ``position`` in its chain; DESIGN.md, Streams).
@@ -34,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_check
 
 from coregraph.auth.principal import Principal
 from coregraph.errors import CoregraphError, Forbidden
-from coregraph.streams.broker import BrokerError, Message, SubscriberTooSlow
+from coregraph.streams.broker import BrokerError, Message, SubscriberTooSlow, Subscription
 
 if TYPE_CHECKING:
     from coregraph.context import Context
@@ -118,16 +119,8 @@ async def replay_then_live(
         # releases it after each item sent; this covers a read that yielded nothing).
         await ctx.reset_reads()
         idle = ctx.settings.subscription_idle_recheck_seconds
-        try:
-            while True:
-                try:
-                    message = await asyncio.wait_for(live.__anext__(), idle)
-                except TimeoutError:
-                    # Nothing flows to carry the rights check: run one now, and wait for it.
-                    await rights.check_now()
-                    continue
-                except StopAsyncIteration:
-                    return
+        with _broker_errors(stream.where, live):
+            while (message := await _next_message(live, idle, rights)) is not None:
                 position = int(message[stream.position])
                 if position <= last:
                     continue
@@ -141,16 +134,62 @@ async def replay_then_live(
                 if stream.matches(row):
                     await rights.check_if_due()
                     yield stream.item_of(row)
-        except SubscriberTooSlow as exc:
-            raise SubscriberCutOff(
-                f"{stream.where}: the subscriber fell {live.buffer} items behind and was cut "
-                "off; subscribe again with the last cursor it received"
-            ) from exc
-        except BrokerError as exc:
-            raise StreamInterrupted(
-                f"{stream.where}: the stream was interrupted; subscribe again with the last "
-                "cursor received"
-            ) from exc
+
+
+async def _next_message(live: Subscription, idle: float, rights: _Rights) -> Message | None:
+    """The next live message, or None once the broker subscription ended."""
+    while True:
+        try:
+            return await asyncio.wait_for(live.__anext__(), idle)
+        except TimeoutError:
+            # Nothing flows to carry the rights check: run one now, and wait for it.
+            await rights.check_now()
+        except StopAsyncIteration:
+            return None
+
+
+@contextlib.contextmanager
+def _broker_errors(where: str, live: Subscription) -> Iterator[None]:
+    """A broker subscription's end, as the subscriber's typed error."""
+    try:
+        yield
+    except SubscriberTooSlow as exc:
+        raise SubscriberCutOff(
+            f"{where}: the subscriber fell {live.buffer} items behind and was cut "
+            "off; subscribe again with the last cursor it received"
+        ) from exc
+    except BrokerError as exc:
+        raise StreamInterrupted(
+            f"{where}: the stream was interrupted; subscribe again with the last cursor received"
+        ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class LiveFeed(Generic[Item]):
+    """A live-only subscription (webhook attempts): messages of one topic that carry no
+    position to resume from, filtered on the server, rights checked as a stream's are."""
+
+    topic: str
+    matches: Callable[[Message], bool]
+    item_of: Callable[[Message], Item]
+    tenant_id: str
+    scope: str
+    where: str
+
+
+async def live_only(ctx: Context, feed: LiveFeed[Item]) -> AsyncIterator[Item]:
+    """What ``feed``'s topic carries from now on, as long as the subscriber may read it."""
+    rights = _Rights(ctx, feed)
+    async with contextlib.AsyncExitStack() as cleanup:
+        cleanup.callback(rights.close)
+        live = await cleanup.enter_async_context(ctx.runtime.broker.subscribe(feed.topic))
+        await ctx.reset_reads()
+        idle = ctx.settings.subscription_idle_recheck_seconds
+        with _broker_errors(feed.where, live):
+            while (message := await _next_message(live, idle, rights)) is not None:
+                if feed.matches(message):
+                    await rights.check_if_due()
+                    yield feed.item_of(message)
 
 
 async def _stored(stream: Stream[Any], after: int, before: int | None) -> AsyncIterator[Any]:
@@ -169,7 +208,7 @@ class _Rights:
     stall every subscriber of a process on that round trip), and its answer is applied before
     the next item. Rights are thus never more than a second and one round trip old."""
 
-    def __init__(self, ctx: Context, stream: Stream[Any]) -> None:
+    def __init__(self, ctx: Context, stream: Stream[Any] | LiveFeed[Any]) -> None:
         self.ctx = ctx
         self.stream = stream
         self.checked_at = time.monotonic()

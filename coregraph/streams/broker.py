@@ -20,6 +20,12 @@ nothing committed in between falls through the gap.
 Each subscriber has a bounded queue (``COREGRAPH_SUBSCRIBER_BUFFER``). A subscriber that falls
 that far behind is cut off: its iterator raises ``SubscriberTooSlow``; publishers never wait
 for it and memory never grows for it.
+
+When the Redis connection is lost (Redis down, or the connection dropped: redis-py reconnects
+and resubscribes, but what was published meanwhile never reached this process), every
+subscription ends with ``BrokerDisconnected`` and is forgotten, and the next subscriber listens
+on a new connection; one that cannot listen because Redis is unreachable ends the same way at
+once. Subscribers resume from storage with their last position.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError
 
 from coregraph.models.base import Environment
 from coregraph.settings import Settings
@@ -228,7 +235,13 @@ class Broker:
             first = len(local) == 1
         try:
             if first:
-                await self._listen(topic)
+                try:
+                    await self._listen(topic)
+                except BrokerDisconnected:
+                    # The broker cannot listen now (Redis is unreachable): this subscription,
+                    # and any that joined the topic meanwhile, end at once as if the connection
+                    # had been lost under them, rather than wait for messages that never come.
+                    self._strand(topic)
             yield subscription
         finally:
             subscription._end()
@@ -241,6 +254,19 @@ class Broker:
                     self._subscribers.pop(topic, None)
             if last:
                 await self._unlisten(topic)
+
+    def _strand(self, topic: str | None = None) -> None:
+        """End the subscriptions of ``topic`` (of every topic when None) with
+        ``BrokerDisconnected`` and forget them, so the next subscriber listens anew."""
+        with self._lock:
+            if topic is None:
+                stranded = list(self._subscribers.items())
+                self._subscribers.clear()
+            else:
+                stranded = [(topic, self._subscribers.pop(topic, []))]
+        for name, local in stranded:
+            for subscription in local:
+                subscription.end(BrokerDisconnected(name))
 
     def subscriber_count(self, topic: str) -> int:
         with self._lock:
@@ -343,16 +369,26 @@ class RedisBroker(Broker):
             if self._pubsub is None:
                 self._pubsub = self.redis.pubsub()
             self._confirmations.setdefault(channel, []).append(confirmed)
-            await self._pubsub.subscribe(channel)
+            try:
+                await self._pubsub.subscribe(channel)
+            except RedisError as exc:
+                self._unconfirmed(channel, confirmed)
+                raise BrokerDisconnected(channel) from exc
             if self._reader is None or self._reader.done():
                 self._reader = asyncio.create_task(self._read(), name="coregraph-broker-reader")
         try:
             await asyncio.wait_for(confirmed, timeout=10)
+        except TimeoutError as exc:
+            self._unconfirmed(channel, confirmed)
+            raise BrokerDisconnected(channel) from exc
         except BaseException:
-            waiting = self._confirmations.get(channel, [])
-            if confirmed in waiting:
-                waiting.remove(confirmed)
+            self._unconfirmed(channel, confirmed)
             raise
+
+    def _unconfirmed(self, channel: str, confirmed: asyncio.Future[None]) -> None:
+        waiting = self._confirmations.get(channel, [])
+        if confirmed in waiting:
+            waiting.remove(confirmed)
 
     async def _read(self) -> None:
         pubsub = self._pubsub
@@ -388,11 +424,9 @@ class RedisBroker(Broker):
         except Exception:
             # Messages may have been missed while the connection was down: end every
             # subscription, so subscribers resume from storage rather than run with a gap.
+            # Forgotten too: whoever subscribes next listens on a new connection.
             log.exception("the broker lost its Redis connection")
-            with self._lock:
-                everyone = [(topic, s) for topic, local in self._subscribers.items() for s in local]
-            for topic, subscription in everyone:
-                subscription.end(BrokerDisconnected(topic))
+            self._strand()
             for waiting in self._confirmations.values():
                 for future in waiting:
                     if not future.done():

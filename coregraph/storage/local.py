@@ -56,18 +56,22 @@ class LocalStorage(Storage):
         handle, temp = await asyncio.to_thread(self._open_temp, path)
         sha256 = hashlib.sha256()
         size = 0
-        buffer = bytearray()
+        # Chunks are gathered, not copied: one writelines in a thread per WRITE_BUFFER bytes.
+        pending: list[bytes] = []
+        pending_size = 0
         try:
             async for chunk in chunks:
                 size += len(chunk)
                 if size > max_bytes:
                     raise ObjectTooLarge(key, max_bytes)
                 sha256.update(chunk)
-                buffer += chunk
-                if len(buffer) >= WRITE_BUFFER:
-                    await asyncio.to_thread(handle.write, bytes(buffer))
-                    buffer.clear()
-            await asyncio.to_thread(self._finish, handle, bytes(buffer), temp, path)
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= WRITE_BUFFER:
+                    await asyncio.to_thread(handle.writelines, pending)
+                    pending = []
+                    pending_size = 0
+            await asyncio.to_thread(self._finish, handle, pending, temp, path)
         except BaseException:
             await asyncio.shield(asyncio.to_thread(self._discard, handle, temp))
             raise
@@ -85,9 +89,9 @@ class LocalStorage(Storage):
             return os.fdopen(fd, "wb"), temp
         raise FileNotFoundError(path.parent)
 
-    def _finish(self, handle: BinaryIO, rest: bytes, temp: Path, path: Path) -> None:
+    def _finish(self, handle: BinaryIO, rest: list[bytes], temp: Path, path: Path) -> None:
         with handle:
-            handle.write(rest)
+            handle.writelines(rest)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)

@@ -1,4 +1,5 @@
-"""The ``coregraph`` command: serve, worker, migrate, create-user, create-tenant, export-schema."""
+"""The ``coregraph`` command: serve, worker, migrate, create-user, create-tenant, export-schema,
+generate-webhook-key, rotate-webhook-key."""
 
 from __future__ import annotations
 
@@ -181,6 +182,58 @@ def create_tenant(
         _fail(exc)
         return
     typer.echo(tenant.id)
+
+
+@app.command("generate-webhook-key")
+def generate_webhook_key() -> None:
+    """Print a new key for COREGRAPH_WEBHOOK_SECRET_KEYS (Fernet: 32 random bytes, base64)."""
+    from cryptography.fernet import Fernet
+
+    typer.echo(Fernet.generate_key().decode())
+
+
+async def _reseal_webhook_secrets(settings: Settings) -> int:
+    from coregraph import db
+    from coregraph.auth.principal import system_principal
+    from coregraph.request import system_request
+    from coregraph.services import webhooks
+    from coregraph.services.uow import UnitOfWork
+
+    box = webhooks.SecretBox(settings.webhook_secret_key_list)
+    # The worker role finds every tenant with endpoints; each tenant's secrets are then
+    # rewritten through the API's role inside that tenant's wall, audited per tenant.
+    worker = db.create_engine(settings, role=settings.database_worker_role)
+    engine = worker if settings.is_sqlite else db.create_engine(settings)
+    try:
+        async with worker.connect() as conn:
+            tenants = await webhooks.tenants_with_endpoints(conn)
+        principal = system_principal("cli:rotate-webhook-key")
+        resealed = 0
+        for tenant_id in tenants:
+            async with UnitOfWork(engine, principal, system_request(_os_user())) as uow:
+                resealed += await webhooks.reseal_secrets(uow, tenant_id, box)
+        return resealed
+    finally:
+        await worker.dispose()
+        if engine is not worker:
+            await engine.dispose()
+
+
+@app.command("rotate-webhook-key")
+def rotate_webhook_key() -> None:
+    """Re-encrypt every webhook endpoint's secrets under the first key of
+    COREGRAPH_WEBHOOK_SECRET_KEYS. Rotate a key: put a new one first (keeping the old one
+    after it) everywhere, run this, then drop the old key."""
+    from coregraph.services.webhooks import UnknownSecretKey
+
+    settings = _settings()
+    try:
+        count = asyncio.run(_reseal_webhook_secrets(settings))
+    except UnknownSecretKey as exc:
+        # Tenants done before it keep their new sealing; running again redoes them harmlessly.
+        typer.echo(f"coregraph: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"re-encrypted the secrets of {count} webhook endpoint(s) under the first key")
 
 
 @app.command("export-schema")

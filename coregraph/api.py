@@ -26,6 +26,7 @@ from coregraph.errors import BadUserInput, Forbidden, NotFound, Unauthenticated
 from coregraph.resolvers.access import AccessMutation, AccessQuery
 from coregraph.resolvers.audit import AuditQuery
 from coregraph.resolvers.events import EventsMutation, EventsQuery
+from coregraph.resolvers.files import FilesMutation, FilesQuery
 from coregraph.resolvers.identity import IdentityMutation, IdentityQuery
 from coregraph.resolvers.node import NodeQuery
 from coregraph.resolvers.streams import StreamsSubscription
@@ -50,13 +51,21 @@ Query = merge_types(
         AccessQuery,
         AuditQuery,
         EventsQuery,
+        FilesQuery,
         WebhooksQuery,
         NodeQuery,
     ),
 )
 Mutation = merge_types(
     "Mutation",
-    (IdentityMutation, TenancyMutation, AccessMutation, EventsMutation, WebhooksMutation),
+    (
+        IdentityMutation,
+        TenancyMutation,
+        AccessMutation,
+        EventsMutation,
+        FilesMutation,
+        WebhooksMutation,
+    ),
 )
 Subscription = merge_types("Subscription", (StreamsSubscription, WebhooksSubscription))
 

@@ -31,12 +31,14 @@ from coregraph.audit_export import audit_export
 from coregraph.auth import passwords
 from coregraph.auth.authenticate import Authenticator
 from coregraph.auth.tokens import TokenService
+from coregraph.files_http import download as file_download, upload as file_upload
 from coregraph.http import handle_graphql, method_not_allowed
 from coregraph.invitation_page import invitation_page
 from coregraph.request_log import log_request
 from coregraph.services import identity
 from coregraph.services.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from coregraph.settings import Settings, load_settings
+from coregraph.storage import Storage, create_storage
 from coregraph.streams.broker import Broker, create_broker
 from coregraph.streams.worker import relay_in_process
 from coregraph.ws import WebSocketRouter
@@ -56,6 +58,8 @@ class Runtime:
     limiter: RateLimiter
     # Live streams (coregraph.streams.broker): in-process, or Redis shared by all processes.
     broker: Broker
+    # Files' bytes (coregraph.storage): local disk, or an S3-compatible bucket.
+    storage: Storage
     redis: Any = None
 
     @classmethod
@@ -88,11 +92,13 @@ class Runtime:
             ),
             limiter=limiter,
             broker=broker,
+            storage=create_storage(settings),
             redis=redis,
         )
 
     async def close(self) -> None:
         await self.broker.close()
+        await self.storage.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()
@@ -191,6 +197,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     app.add_api_route("/invitations/accept", invitation_page, include_in_schema=False)
     app.add_api_route("/audit/export", audit_export, include_in_schema=False)
+    app.add_api_route(
+        "/files/download/{token}", file_download, methods=["GET"], include_in_schema=False
+    )
+    app.add_api_route(
+        "/files/upload/{token}", file_upload, methods=["PUT"], include_in_schema=False
+    )
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

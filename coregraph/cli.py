@@ -236,6 +236,49 @@ def rotate_webhook_key() -> None:
     typer.echo(f"re-encrypted the secrets of {count} webhook endpoint(s) under the first key")
 
 
+@app.command("files-cleanup")
+def files_cleanup(
+    orphan_grace_seconds: Annotated[
+        int | None,
+        typer.Option(
+            help="Reclaim unaccounted bytes this old (COREGRAPH_FILES_ORPHAN_GRACE_SECONDS)."
+        ),
+    ] = None,
+) -> None:
+    """Remove the bytes of deleted files past their retention and of upload URLs never
+    completed, then reclaim orphan bytes (stored, but no file row committed). Safe to run
+    at any time and from several places; run it periodically (cron, a scheduled job)."""
+    from coregraph import db
+    from coregraph.services import files
+    from coregraph.storage import create_storage
+
+    settings = _settings()
+    grace = (
+        settings.files_orphan_grace_seconds
+        if orphan_grace_seconds is None
+        else orphan_grace_seconds
+    )
+    if grace < 0:
+        typer.echo("coregraph: --orphan-grace-seconds must not be negative", err=True)
+        raise typer.Exit(2)
+
+    async def run() -> files.Cleanup:
+        # It reads every tenant's files: on PostgreSQL as the worker role (migration 0012).
+        engine = db.create_engine(settings, role=settings.database_worker_role)
+        storage = create_storage(settings)
+        try:
+            return await files.cleanup(engine, storage, grace_seconds=grace)
+        finally:
+            await storage.aclose()
+            await engine.dispose()
+
+    done = asyncio.run(run())
+    typer.echo(
+        f"purged {len(done.purged)} file(s), reclaimed {len(done.orphans)} orphan object(s),"
+        f" discarded {done.incomplete} incomplete upload(s)"
+    )
+
+
 @app.command("export-schema")
 def export_schema() -> None:
     """Print the federation SDL (what a gateway reads from `_service { sdl }`)."""

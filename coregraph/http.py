@@ -26,6 +26,7 @@ from coregraph.context import Context
 from coregraph.errors import CoregraphError
 from coregraph.request import RequestMeta, served_base_url
 from coregraph.schema.errors import present
+from coregraph.uploads import UploadRefused, Uploads, is_multipart
 
 if TYPE_CHECKING:
     from coregraph.app import Runtime
@@ -157,6 +158,17 @@ def method_not_allowed(request: Request) -> Response:
 
 
 async def handle_graphql(request: Request, runtime: Runtime) -> Response:
+    if request.method == "POST" and is_multipart(request):
+        # File uploads (coregraph.uploads): their temporary files go when the request ends.
+        uploads = Uploads()
+        try:
+            return await _handle_graphql(request, runtime, uploads)
+        finally:
+            await uploads.close()
+    return await _handle_graphql(request, runtime, None)
+
+
+async def _handle_graphql(request: Request, runtime: Runtime, uploads: Uploads | None) -> Response:
     state = request.state
     if request.method == "GET" and runtime.settings.graphiql_enabled and wants_ide(request):
         return HTMLResponse(get_graphql_ide_html("graphiql"))
@@ -172,11 +184,21 @@ async def handle_graphql(request: Request, runtime: Runtime) -> Response:
             JSON,
         )
     try:
-        query, variables, operation_name = await read_params(request)
+        if uploads is not None:
+            query, variables, operation_name, _ = await uploads.read(request, runtime.settings)
+        else:
+            query, variables, operation_name = await read_params(request)
     except RequestError as exc:
         state.outcome = "BAD_REQUEST"
         return _response(
             error_payload(exc.message, {"code": "BAD_REQUEST", "requestId": request_id}),
+            exc.status,
+            media_type,
+        )
+    except UploadRefused as exc:
+        state.outcome = exc.code
+        return _response(
+            error_payload(exc.message, {"code": exc.code, "requestId": request_id}),
             exc.status,
             media_type,
         )

@@ -104,6 +104,25 @@ class Settings(BaseSettings):
     s3_region: str | None = None
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
+    # Files (coregraph/services/files.py). Bytes one file may have (createUploadUrl), and one
+    # file sent through GraphQL itself (uploadFile, spooled to a temporary file as it arrives).
+    files_max_file_bytes: int = Field(1024**3, ge=1)
+    files_multipart_max_file_bytes: int = Field(16 * 1024**2, ge=1)
+    # A multipart request's files and parts (operations, map and the files).
+    files_multipart_max_files: int = Field(10, ge=1, le=1000)
+    files_multipart_max_parts: int = Field(12, ge=3, le=1002)
+    # Bytes each tenant may keep (ready files and upload URLs handed out); the plans issue will
+    # set it per tenant.
+    files_quota_bytes: int = Field(10 * 1024**3, ge=0)
+    # How long an upload URL may be used, and the longest downloadUrl(expiresIn) may ask for.
+    files_upload_url_ttl_seconds: int = Field(900, ge=10, le=7 * 86400)
+    files_download_url_max_seconds: int = Field(3600, ge=10, le=7 * 86400)
+    # A deleted file's bytes are kept this long (deleteFile(purge: true) removes them at once).
+    files_retention_seconds: int = Field(30 * 86400, ge=0)
+    # `coregraph files-cleanup` reclaims bytes no file row accounts for once they are this old
+    # (an upload in progress has young bytes), and the bytes of upload URLs this long after they
+    # lapsed.
+    files_orphan_grace_seconds: int = Field(3600, ge=0)
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

@@ -153,6 +153,23 @@ BUILTIN_EVENT_TYPES: dict[str, BuiltinEventType] = {
             ),
         ),
         BuiltinEventType(
+            "file.uploaded",
+            "A file was stored: through uploadFile, or by completeUpload once its bytes matched.",
+            _payload(
+                fileId=_ID,
+                name=_TEXT,
+                contentType=_TEXT,
+                size={"type": "integer", "minimum": 0},
+                sha256=_TEXT,
+                labels={"type": "object", "additionalProperties": {"type": "string"}},
+            ),
+        ),
+        BuiltinEventType(
+            "file.deleted",
+            "A file was deleted; purged: its bytes were removed at once (else after retention).",
+            _payload(fileId=_ID, name=_TEXT, purged={"type": "boolean"}),
+        ),
+        BuiltinEventType(
             "webhook_endpoint.created",
             "A webhook endpoint was created (never its signing secret).",
             _payload(

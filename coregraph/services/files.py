@@ -1,0 +1,680 @@
+"""Files: uploads (through GraphQL or a signed URL), deletion, purge and orphan cleanup.
+
+The row (``models.File``) is the truth; the bytes live in ``coregraph.storage`` under
+``{tenant_id}/{file_id}``. Bytes are stored before their row commits, so a crash in between
+leaves bytes without a row: an *orphan*, invisible to every reader (they all start from the
+row) and reclaimed by ``reclaim_orphans`` once older than a grace period (a running upload's
+bytes are young). Deleted files keep their bytes until ``purge_after``; ``purge_expired`` then
+removes them, and also the bytes of upload URLs that were never completed.
+
+The per-tenant quota counts the bytes of ready files and of the upload URLs handed out
+(their declared size is reserved until they complete or lapse). It is checked, with the
+tenant's quota lock held, before any byte is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import puremagic
+from sqlalchemy import func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from coregraph import ids
+from coregraph.auth.principal import system_principal
+from coregraph.errors import BadUserInput, QuotaExceeded
+from coregraph.models import File, FileStatus
+from coregraph.models.base import utcnow
+from coregraph.request import RequestMeta
+from coregraph.services import validation
+from coregraph.services.uow import UnitOfWork
+from coregraph.settings import Settings
+from coregraph.storage.base import ObjectNotFound, ObjectTooLarge, Storage
+
+log = logging.getLogger("coregraph.files")
+
+MAX_NAME_LENGTH = 255
+MAX_LABELS = 20
+MAX_LABEL_VALUE = 256
+SNIFF_BYTES = 4096
+QUOTA_METER = "storage_bytes"
+_LABEL_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_CONTENT_TYPE_RE = re.compile(
+    r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$"
+)
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+OCTET_STREAM = "application/octet-stream"
+
+NewUnitOfWork = Callable[[], UnitOfWork]
+
+
+# --- input -------------------------------------------------------------------------------
+
+
+def check_filename(value: str, field: str = "filename") -> str:
+    """A file's name, not a path: one segment, printable, at most 255 characters. The name is
+    never echoed back (it may be huge or hold bytes a terminal or log would interpret)."""
+    if not isinstance(value, str) or not value.strip():
+        raise BadUserInput(f"{field}: must not be empty", field=field)
+    if len(value) > MAX_NAME_LENGTH:
+        raise BadUserInput(f"{field}: at most {MAX_NAME_LENGTH} characters", field=field)
+    value = unicodedata.normalize("NFC", value)
+    # Cc: NUL and every other control character; Cf: invisible formatting (bidi overrides
+    # that make "evil\u202egnp.exe" display as "evilexe.png").
+    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in value):
+        raise BadUserInput(f"{field}: must not contain control characters", field=field)
+    if "/" in value or "\\" in value or value in (".", "..") or value != value.strip():
+        raise BadUserInput(
+            f"{field}: a file name, not a path (no '/', '\\', '.' or '..', no surrounding spaces)",
+            field=field,
+        )
+    return value
+
+
+def is_label_key(key: object) -> bool:
+    return isinstance(key, str) and _LABEL_KEY_RE.match(key) is not None
+
+
+def check_labels(value: Any, field: str = "labels") -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadUserInput(f"{field}: a JSON object of string values", field=field)
+    if len(value) > MAX_LABELS:
+        raise BadUserInput(f"{field}: at most {MAX_LABELS} labels", field=field)
+    labels: dict[str, str] = {}
+    for key, item in value.items():
+        if not is_label_key(key):
+            raise BadUserInput(
+                f"{field}: keys are 1-63 lowercase letters, digits, '_', '.' or '-'", field=field
+            )
+        if not isinstance(item, str) or len(item) > MAX_LABEL_VALUE:
+            raise BadUserInput(
+                f"{field}.{key}: a string of at most {MAX_LABEL_VALUE} characters", field=field
+            )
+        labels[key] = validation.text(
+            item, f"{field}.{key}", max_length=MAX_LABEL_VALUE, min_length=0
+        )
+    return labels
+
+
+def check_content_type(value: str | None, field: str = "contentType") -> str | None:
+    """A client's declared media type, kept for reference only (the stored type is sniffed)."""
+    if value is None or value == "":
+        return None
+    essence = value.split(";", 1)[0].strip().lower()
+    if not _CONTENT_TYPE_RE.match(essence):
+        raise BadUserInput(f"{field}: a media type such as 'application/pdf'", field=field)
+    return essence
+
+
+def check_sha256(value: str | None, field: str = "sha256") -> str | None:
+    if value is None:
+        return None
+    digest = value.strip().lower()
+    if not _SHA256_RE.match(digest):
+        raise BadUserInput(f"{field}: 64 hexadecimal characters", field=field)
+    return digest
+
+
+def check_size(value: int, settings: Settings, field: str = "size") -> int:
+    if value < 0:
+        raise BadUserInput(f"{field}: must not be negative", field=field)
+    if value > settings.files_max_file_bytes:
+        raise too_large(settings.files_max_file_bytes, field)
+    return value
+
+
+def too_large(max_bytes: int, field: str) -> BadUserInput:
+    return BadUserInput(
+        f"{field}: larger than the {max_bytes}-byte limit per file",
+        field=field,
+        reason="PAYLOAD_TOO_LARGE",
+        maxBytes=max_bytes,
+    )
+
+
+def sniff(head: bytes) -> str:
+    """The media type the bytes say they are (never the client's claim)."""
+    if not head:
+        return OCTET_STREAM
+    try:
+        found = puremagic.from_string(head, mime=True)
+    except (puremagic.PureError, ValueError):
+        found = ""
+    if found:
+        return str(found)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        # A multi-byte character cut at the end of the sniffed bytes is still text.
+        try:
+            head[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return OCTET_STREAM
+    return "text/plain"
+
+
+def storage_key(tenant_id: str, file_id: str) -> str:
+    return f"{tenant_id}/{file_id}"
+
+
+def file_id_of(key: str) -> str | None:
+    """The file id a storage key names, or None when the key is not a file's."""
+    tenant_id, _, file_id = key.partition("/")
+    if ids.is_valid(tenant_id, "ten") and ids.is_valid(file_id, File.__id_prefix__ or ""):
+        return file_id
+    return None
+
+
+# --- quota -------------------------------------------------------------------------------
+
+
+async def lock_quota(uow: UnitOfWork, tenant_id: str) -> None:
+    """Hold the tenant's quota until the transaction ends, so two uploads cannot both fit in
+    the same free space. (SQLite serialises writing transactions by itself.)"""
+    if uow.engine.dialect.name == "postgresql":
+        await uow.session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+            {"k": f"coregraph:files-quota:{tenant_id}"},
+        )
+
+
+async def used_bytes(session: AsyncSession, tenant_id: str) -> int:
+    """Bytes the tenant holds: ready files and upload URLs still reserving their size."""
+    used = await session.scalar(
+        select(func.coalesce(func.sum(File.size), 0)).where(
+            File.tenant_id == tenant_id,
+            File.status.in_([FileStatus.READY.value, FileStatus.PENDING.value]),
+            File.purged_at.is_(None),
+        )
+    )
+    return int(used or 0)
+
+
+def quota_exceeded(limit: int, current: int, adding: int) -> QuotaExceeded:
+    return QuotaExceeded(
+        f"the tenant's storage quota of {limit} bytes would be exceeded ({current} used,"
+        f" {adding} more asked)",
+        meter=QUOTA_METER,
+        limit=limit,
+        current=current,
+    )
+
+
+async def room_left(uow: UnitOfWork, settings: Settings, tenant_id: str) -> tuple[int, int]:
+    """(bytes used, bytes still free) for ``tenant_id``, with its quota lock held."""
+    await lock_quota(uow, tenant_id)
+    used = await used_bytes(uow.session, tenant_id)
+    return used, max(settings.files_quota_bytes - used, 0)
+
+
+# --- writes ------------------------------------------------------------------------------
+
+
+def snapshot(row: File) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "contentType": row.content_type,
+        "size": row.size,
+        "sha256": row.sha256,
+        "labels": dict(row.labels),
+        "status": row.status,
+        "environment": str(row.environment),
+    }
+
+
+def _record(
+    uow: UnitOfWork,
+    action: str,
+    row: File,
+    *,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> None:
+    """The audit entry of a change to ``row``, in its tenant and environment."""
+    uow.record(
+        action,
+        tenant_id=row.tenant_id,
+        environment=row.environment,
+        target_type="File",
+        target_id=row.id,
+        before=before,
+        after=after,
+    )
+
+
+def _uploaded(uow: UnitOfWork, row: File) -> None:
+    _record(uow, "file.uploaded", row, after=snapshot(row))
+    uow.emit(
+        "file.uploaded",
+        tenant_id=row.tenant_id,
+        environment=row.environment,
+        data={
+            "fileId": row.id,
+            "name": row.name,
+            "contentType": row.content_type,
+            "size": row.size,
+            "sha256": row.sha256,
+            "labels": dict(row.labels),
+        },
+    )
+
+
+@dataclass
+class _Head:
+    """Passes chunks through, keeping the first bytes for sniffing."""
+
+    chunks: AsyncIterable[bytes]
+    head: bytearray = field(default_factory=bytearray)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.chunks:
+            if len(self.head) < SNIFF_BYTES:
+                self.head += chunk[: SNIFF_BYTES - len(self.head)]
+            yield chunk
+
+
+async def upload_file(
+    new_uow: NewUnitOfWork,
+    storage: Storage,
+    settings: Settings,
+    tenant_id: str,
+    *,
+    filename: str,
+    declared_content_type: str | None,
+    chunks: AsyncIterable[bytes],
+    size: int | None,
+    labels: Any,
+) -> File:
+    """Store a whole upload and its row in one unit of work (``uploadFile``).
+
+    ``size``, when known (a spooled multipart part), is checked against the limits before a
+    byte is stored; the stream is cut at the limit either way. If the unit of work fails after
+    the bytes were stored they are removed; if the process dies instead, they are an orphan for
+    ``reclaim_orphans``.
+    """
+    name = check_filename(filename, "file")
+    declared = check_content_type(declared_content_type, "file")
+    checked_labels = check_labels(labels)
+    if size is not None and size > settings.files_max_file_bytes:
+        raise too_large(settings.files_max_file_bytes, "file")
+    file_id = ids.new_id("fil")
+    key = storage_key(tenant_id, file_id)
+    stored = False
+    try:
+        async with new_uow() as uow:
+            used, free = await room_left(uow, settings, tenant_id)
+            if size is not None and size > free:
+                raise quota_exceeded(settings.files_quota_bytes, used, size)
+            sniffed = _Head(chunks)
+            limit = min(settings.files_max_file_bytes, free)
+            try:
+                result = await storage.put(key, sniffed, max_bytes=limit)
+            except ObjectTooLarge:
+                # put kept nothing.
+                if limit < settings.files_max_file_bytes:
+                    raise quota_exceeded(settings.files_quota_bytes, used, limit + 1) from None
+                raise too_large(settings.files_max_file_bytes, "file") from None
+            stored = True
+            principal = uow.principal
+            row = File(
+                id=file_id,
+                tenant_id=tenant_id,
+                environment=principal.environment,
+                name=name,
+                content_type=sniff(bytes(sniffed.head)),
+                declared_content_type=declared,
+                size=result.size,
+                sha256=result.sha256,
+                labels=checked_labels,
+                status=FileStatus.READY.value,
+                storage_key=key,
+                uploaded_by_kind=principal.kind.value,
+                uploaded_by_id=principal.actor_id,
+                completed_at=utcnow(),
+            )
+            uow.session.add(row)
+            await uow.session.flush()
+            _uploaded(uow, row)
+    except BaseException:
+        if stored:
+            await _forget_bytes(storage, key)
+        raise
+    return row
+
+
+async def _forget_bytes(storage: Storage, key: str) -> None:
+    try:
+        await storage.delete(key)
+    except Exception:
+        # Left for reclaim_orphans: the row never committed, so nobody can see them.
+        log.exception("could not remove the bytes of a failed upload", extra={"key": key})
+
+
+async def create_upload(
+    uow: UnitOfWork,
+    settings: Settings,
+    tenant_id: str,
+    *,
+    filename: str,
+    content_type: str | None,
+    size: int,
+    sha256: str | None,
+    labels: Any,
+) -> File:
+    """A pending file whose bytes a signed URL will carry (``createUploadUrl``); its declared
+    size is reserved against the quota until it completes or its URL lapses."""
+    name = check_filename(filename)
+    declared = check_content_type(content_type)
+    size = check_size(size, settings)
+    expected = check_sha256(sha256)
+    checked_labels = check_labels(labels)
+    used, free = await room_left(uow, settings, tenant_id)
+    if size > free:
+        raise quota_exceeded(settings.files_quota_bytes, used, size)
+    now = utcnow()
+    expires_at = now + timedelta(seconds=settings.files_upload_url_ttl_seconds)
+    principal = uow.principal
+    file_id = ids.new_id("fil")
+    row = File(
+        id=file_id,
+        tenant_id=tenant_id,
+        environment=principal.environment,
+        name=name,
+        content_type=declared or OCTET_STREAM,
+        declared_content_type=declared,
+        size=size,
+        sha256=None,
+        expected_sha256=expected,
+        labels=checked_labels,
+        status=FileStatus.PENDING.value,
+        storage_key=storage_key(tenant_id, file_id),
+        uploaded_by_kind=principal.kind.value,
+        uploaded_by_id=principal.actor_id,
+        upload_expires_at=expires_at,
+        # Never completed: its reservation and any bytes go once the URL has lapsed.
+        purge_after=expires_at + timedelta(seconds=settings.files_orphan_grace_seconds),
+    )
+    uow.session.add(row)
+    await uow.session.flush()
+    _record(
+        uow,
+        "file.upload_started",
+        row,
+        after={**snapshot(row), "expectedSha256": expected, "uploadExpiresAt": expires_at},
+    )
+    return row
+
+
+async def claim_upload(engine: AsyncEngine, tenant_id: str, file_id: str) -> File | None:
+    """Mark a pending file's upload URL used, once: the row, or None when the URL was used
+    already, has lapsed or names no pending file. Committed before any byte is received, so
+    two concurrent PUTs cannot both pass."""
+    from coregraph import db
+
+    now = utcnow()
+    async with AsyncSession(engine, expire_on_commit=False) as session, session.begin():
+        await db.scope_transaction(await session.connection(), tenant_ids={tenant_id})
+        claimed = await session.execute(
+            update(File)
+            .where(
+                File.id == file_id,
+                File.tenant_id == tenant_id,
+                File.status == FileStatus.PENDING.value,
+                File.upload_used_at.is_(None),
+                File.upload_expires_at > now,
+            )
+            .values(upload_used_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        return await session.get(File, file_id)
+
+
+async def pending_file(uow: UnitOfWork, tenant_id: str, file_id: str) -> File:
+    row = await get_file(uow, tenant_id, file_id)
+    if row.status != FileStatus.PENDING.value:
+        raise BadUserInput("id: this file's upload is already complete or deleted", field="id")
+    return row
+
+
+async def complete_upload(
+    new_uow: NewUnitOfWork, storage: Storage, tenant_id: str, file_id: str
+) -> File:
+    """Check the bytes an upload URL received against what was declared and make the file
+    ready (``completeUpload``). Bytes that do not match are removed with the pending row, and
+    the call refused: nothing half-recorded stays behind."""
+    validation.object_id(file_id, "fil", "id")
+    async with new_uow() as uow:
+        row = await pending_file(uow, tenant_id, file_id)
+        if row.purge_after is not None and row.purge_after <= utcnow():
+            raise BadUserInput("id: this upload URL has lapsed; ask for a new one", field="id")
+        try:
+            stored = await storage.digest(row.storage_key)
+        except ObjectNotFound:
+            raise BadUserInput(
+                "id: no bytes were uploaded to this file's URL yet", field="id"
+            ) from None
+        problem = None
+        if stored.size != row.size:
+            problem = f"{stored.size} bytes were uploaded, {row.size} were declared"
+        elif row.expected_sha256 is not None and stored.sha256 != row.expected_sha256:
+            problem = "the uploaded bytes do not match the declared SHA-256"
+        if problem is None:
+            row.sha256 = stored.sha256
+            row.content_type = sniff(await _head(storage, row.storage_key))
+            row.status = FileStatus.READY.value
+            row.completed_at = utcnow()
+            row.purge_after = None
+            await uow.session.flush()
+            _uploaded(uow, row)
+            return row
+        _record(uow, "file.upload_rejected", row, before=snapshot(row), after={"reason": problem})
+        await uow.session.delete(row)
+    # Committed: the pending row is gone, so are its bytes; then the caller hears why.
+    await storage.delete(row.storage_key)
+    raise BadUserInput(f"id: {problem}; the upload was discarded", field="id")
+
+
+async def _head(storage: Storage, key: str) -> bytes:
+    stream = await storage.read(key, chunk_size=SNIFF_BYTES)
+    head = bytearray()
+    try:
+        async for chunk in stream:
+            head += chunk
+            if len(head) >= SNIFF_BYTES:
+                break
+    finally:
+        await stream.aclose()
+    return bytes(head[:SNIFF_BYTES])
+
+
+async def get_file(uow: UnitOfWork, tenant_id: str, file_id: str, field: str = "id") -> File:
+    validation.object_id(file_id, "fil", field)
+    row = await uow.session.scalar(
+        select(File)
+        .where(
+            File.tenant_id == tenant_id,
+            File.environment == uow.principal.environment.value,
+            File.id == file_id,
+        )
+        .with_for_update()
+    )
+    if row is None:
+        raise validation.not_found("file", field)
+    return row
+
+
+async def delete_file(
+    new_uow: NewUnitOfWork,
+    storage: Storage,
+    settings: Settings,
+    tenant_id: str,
+    file_id: str,
+    *,
+    purge: bool,
+) -> File:
+    """Soft-delete a file (its bytes stay for ``files_retention_seconds``), or with ``purge``
+    remove its bytes at once, after the deletion commits. Purging an already deleted file
+    removes its bytes now."""
+    async with new_uow() as uow:
+        row = await get_file(uow, tenant_id, file_id)
+        if row.status == FileStatus.DELETED.value:
+            if not purge or row.purged_at is not None:
+                raise validation.not_found("file", "id")
+            row.purge_after = utcnow()
+        else:
+            before = snapshot(row)
+            now = utcnow()
+            row.status = FileStatus.DELETED.value
+            row.deleted_at = now
+            row.purge_after = now + timedelta(
+                seconds=0 if purge else settings.files_retention_seconds
+            )
+            _record(
+                uow,
+                "file.deleted",
+                row,
+                before=before,
+                after={**snapshot(row), "purgeAfter": row.purge_after},
+            )
+            uow.emit(
+                "file.deleted",
+                tenant_id=tenant_id,
+                environment=row.environment,
+                data={"fileId": row.id, "name": row.name, "purged": purge},
+            )
+    if purge:
+        await purge_file(new_uow, storage, row)
+    return row
+
+
+async def purge_file(new_uow: NewUnitOfWork, storage: Storage, row: File) -> bool:
+    """Remove a file's bytes, then record it. The bytes go first: a failure after that leaves a
+    row that says "not purged yet" and the next cleanup deletes nothing twice."""
+    await storage.delete(row.storage_key)
+    async with new_uow() as uow:
+        await uow.allow_tenant(row.tenant_id)
+        now = utcnow()
+        done = await uow.session.execute(
+            update(File)
+            .where(File.id == row.id, File.tenant_id == row.tenant_id, File.purged_at.is_(None))
+            .values(purged_at=now, status=FileStatus.DELETED.value)
+            .execution_options(synchronize_session=False)
+        )
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        _record(
+            uow,
+            "file.purged",
+            row,
+            after={"purgedAt": now, "wasPending": row.status == FileStatus.PENDING.value},
+        )
+    row.purged_at = now
+    return True
+
+
+# --- cleanup (``coregraph files-cleanup``) -------------------------------------------------
+
+
+CLEANUP_ACTOR = "cli:files-cleanup"
+
+
+def cleanup_uow(engine: AsyncEngine, actor: str = CLEANUP_ACTOR) -> NewUnitOfWork:
+    meta = RequestMeta(user_agent="coregraph files cleanup")
+    return lambda: UnitOfWork(engine, system_principal(actor), meta)
+
+
+async def purge_expired(
+    engine: AsyncEngine, storage: Storage, *, now: datetime | None = None, batch: int = 500
+) -> list[str]:
+    """Remove the bytes of every file past its ``purge_after`` (deleted files past retention,
+    upload URLs never completed); the ids of the files purged. Reads every tenant: on
+    PostgreSQL ``engine`` is the worker role's (migration 0012)."""
+    now = now or utcnow()
+    new_uow = cleanup_uow(engine)
+    purged: list[str] = []
+    while True:
+        async with AsyncSession(engine, expire_on_commit=False) as session:
+            due = list(
+                await session.scalars(
+                    select(File)
+                    .where(File.purge_after <= now, File.purged_at.is_(None))
+                    .order_by(File.purge_after, File.id)
+                    .limit(batch)
+                )
+            )
+        for row in due:
+            try:
+                if await purge_file(new_uow, storage, row):
+                    purged.append(row.id)
+            except Exception:
+                # One file's failure must not keep the others' bytes; it is tried again next run.
+                log.exception("purging a file failed", extra={"file_id": row.id})
+        if len(due) < batch:
+            return purged
+
+
+async def reclaim_orphans(
+    engine: AsyncEngine,
+    storage: Storage,
+    *,
+    grace_seconds: float,
+    now: datetime | None = None,
+    batch: int = 500,
+) -> list[str]:
+    """Delete stored objects that no committed row accounts for (a crash between storing the
+    bytes and committing the row) and the bytes of purged files, once older than
+    ``grace_seconds`` (an upload still running has young bytes); the keys deleted. Objects
+    whose key is not a file's are left alone."""
+    cutoff = (now or utcnow()) - timedelta(seconds=grace_seconds)
+    reclaimed: list[str] = []
+    candidates: dict[str, str] = {}  # file id -> key
+
+    async def sweep() -> None:
+        async with AsyncSession(engine) as session:
+            kept = set(
+                await session.scalars(
+                    select(File.id).where(File.id.in_(list(candidates)), File.purged_at.is_(None))
+                )
+            )
+        for file_id, key in candidates.items():
+            if file_id not in kept:
+                await storage.delete(key)
+                reclaimed.append(key)
+        candidates.clear()
+
+    async for key, _size, modified in storage.keys(""):
+        file_id = file_id_of(key)
+        if file_id is None or modified > cutoff:
+            continue
+        candidates[file_id] = key
+        if len(candidates) >= batch:
+            await sweep()
+    if candidates:
+        await sweep()
+    return reclaimed
+
+
+@dataclass(frozen=True, slots=True)
+class Cleanup:
+    purged: list[str]  # file ids whose bytes were removed
+    orphans: list[str]  # keys of bytes no file accounted for
+    incomplete: int  # uploads a killed process left half-written
+
+
+async def cleanup(engine: AsyncEngine, storage: Storage, *, grace_seconds: float) -> Cleanup:
+    """One pass of ``coregraph files-cleanup``: purge what is due, reclaim orphans, and discard
+    what puts killed mid-way left, older than ``grace_seconds``."""
+    purged = await purge_expired(engine, storage)
+    orphans = await reclaim_orphans(engine, storage, grace_seconds=grace_seconds)
+    incomplete = await storage.discard_incomplete(utcnow() - timedelta(seconds=grace_seconds))
+    return Cleanup(purged, orphans, incomplete)

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from coregraph.settings import DEV_JWT_SECRET, Settings
 from tests.auth_support import LoopbackHTTP, assert_unauthenticated, db_rows, loopback_http
-from tests.conftest import make_settings
+from tests.conftest import TEST_WEBHOOK_KEY, make_settings
 from tests.support import PASSWORD, Actor, GraphQLClient, Server, running_server, unique
 
 VIEWER = "{ viewer { id email } }"
@@ -632,7 +632,11 @@ def test_production_builds_when_overridden_or_secure() -> None:
     insecure = Settings(env="production", allow_insecure=True)  # type: ignore[call-arg]
     assert insecure.is_production
     assert insecure.jwt_secret == DEV_JWT_SECRET
-    secure = Settings(env="production", jwt_secret="p" * 16 + uuid.uuid4().hex)  # type: ignore[call-arg]
+    secure = Settings(  # type: ignore[call-arg]
+        env="production",
+        jwt_secret="p" * 16 + uuid.uuid4().hex,
+        webhook_secret_keys=TEST_WEBHOOK_KEY,
+    )
     assert secure.is_production
     assert not secure.introspection_enabled
 

@@ -47,6 +47,7 @@ class Receiver:
         self.changed = asyncio.Condition()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def port(self) -> int:
@@ -71,6 +72,13 @@ class Receiver:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._server.wait_closed()
 
+    async def drop_connections(self) -> None:
+        """Close every open connection, as a server does with idle keep-alive ones (at once:
+        a TLS close would wait for the client's close_notify)."""
+        for writer in list(self._writers):
+            writer.transport.abort()
+        await self.wait_for(lambda: self.open_connections == 0)
+
     async def wait_for(self, predicate: Callable[[], bool], within: float = 10.0) -> None:
         async with asyncio.timeout(within):
             async with self.changed:
@@ -86,6 +94,7 @@ class Receiver:
         self._tasks.add(task)  # type: ignore[arg-type]
         self.connections += 1
         self.open_connections += 1
+        self._writers.add(writer)
         await self._notify()
         try:
             while await self._one_exchange(reader, writer):
@@ -96,6 +105,7 @@ class Receiver:
             pass  # closed by __aexit__; asyncio would log a cancelled callback task otherwise
         finally:
             self._tasks.discard(task)  # type: ignore[arg-type]
+            self._writers.discard(writer)
             self.open_connections -= 1
             writer.close()
             with contextlib.suppress(Exception):

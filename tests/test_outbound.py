@@ -354,6 +354,18 @@ async def test_the_connection_goes_to_the_checked_address_with_one_lookup_per_co
     assert names.lookups["hooks.example"] == receiver.connections
 
 
+async def test_a_kept_alive_connection_the_receiver_closed_is_not_reused(
+    receiver: Receiver,
+) -> None:
+    async with OutboundClient(allow_private=True, timeout=5) as client:
+        first = await client.post(receiver.url("/ok"), content=b"{}", headers={})
+        assert client.idle_connections == 1
+        await receiver.drop_connections()
+        second = await client.post(receiver.url("/ok"), content=b"{}", headers={})
+    assert first.ok and second.ok, (first, second)
+    assert receiver.connections == 2
+
+
 async def test_concurrent_requests_share_a_bounded_set_of_kept_alive_connections(
     receiver: Receiver,
 ) -> None:
@@ -500,11 +512,17 @@ async def test_tls_verifies_the_hostname_while_connecting_to_the_checked_address
             wrong = await client.post(
                 receiver.url("/ok", host="other.example"), content=b"{}", headers={}
             )
-    assert good.ok, good
+            # The server closes the kept-alive TLS connection: noticed, a new one is made.
+            await receiver.drop_connections()
+            again = await client.post(
+                receiver.url("/ok", host="hooks.example"), content=b"{}", headers={}
+            )
+    assert good.ok and again.ok, (good, again)
+    assert receiver.connections == 2  # good, again (wrong's handshake failed: no connection)
     assert sni[0] == "hooks.example"
     assert (wrong.ok, wrong.status_code, wrong.error) == (
         False,
         None,
         "TLS certificate verification failed",
     )
-    assert [r.headers["host"] for r in receiver.requests] == [f"hooks.example:{port}"]
+    assert [r.headers["host"] for r in receiver.requests] == [f"hooks.example:{port}"] * 2

@@ -1,6 +1,7 @@
 """The ingest path's shortcuts decide as the exact checks do: a payload's NUL characters, depth
-and size (``services.events._json_document``: one orjson encoding for the common case), and a
-schema's verdict (``json_schema_precheck`` before jsonschema)."""
+and size (``services.events._json_document``: one orjson encoding for the common case), a
+schema's verdict (``json_schema_precheck`` before jsonschema), and the registered types a
+process remembers."""
 
 from __future__ import annotations
 
@@ -8,8 +9,16 @@ from typing import Any
 
 import pytest
 
-from tests.support import GraphQLClient
+from coregraph import db
+from coregraph.auth.principal import Principal, PrincipalKind
+from coregraph.errors import BadUserInput
+from coregraph.request import RequestMeta
+from coregraph.services import events
+from coregraph.services.uow import UnitOfWork
+from tests.support import GraphQLClient, Server
 from tests.test_events import new_team
+
+META = RequestMeta(user_agent="coregraph-tests")
 
 ANYTHING = {"type": "object"}
 ORDER = {
@@ -86,3 +95,44 @@ async def test_a_batch_names_the_item_and_path_its_schema_refuses(client: GraphQ
     assert extensions["index"] == 1
     assert extensions["path"] == "$.lines[1].sku"
     assert await team.events(after=before) == []
+
+
+class _RolledBack(Exception):
+    pass
+
+
+async def test_a_registration_rolled_back_is_not_remembered_as_registered(
+    client: GraphQLClient, server: Server
+) -> None:
+    """Registered types are remembered per process, but only what a committed unit of work
+    read: a registration that rolled back leaves the type unregistered for the next emit."""
+    team = await new_team(client)
+    principal = Principal(
+        kind=PrincipalKind.USER,
+        user_id=team.owner.user_id,
+        tenant_id=team.tenant_id,
+        tenant_scopes={team.tenant_id: frozenset({"events:write", "events:read"})},
+    )
+    engine = db.create_engine(server.settings)
+    try:
+        with pytest.raises(_RolledBack):
+            async with UnitOfWork(engine, principal, META) as uow:
+                await events.register_event_type(
+                    uow, team.tenant_id, type="ingest.phantom", description="", schema=ANYTHING
+                )
+                [emitted] = await events.emit_events(
+                    uow, team.tenant_id, [events.EventDraft("ingest.phantom", {"n": 1})]
+                )
+                assert emitted.replayed is False
+                raise _RolledBack
+
+        refused = await team.emit("ingest.phantom", {"n": 2})
+        assert refused.codes == ["BAD_USER_INPUT"]
+        assert refused.errors[0]["extensions"]["field"] == "type"
+        with pytest.raises(BadUserInput):
+            async with UnitOfWork(engine, principal, META) as uow:
+                await events.emit_events(
+                    uow, team.tenant_id, [events.EventDraft("ingest.phantom", {"n": 3})]
+                )
+    finally:
+        await engine.dispose()

@@ -24,7 +24,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 from referencing.exceptions import Unresolvable
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from coregraph import ids
@@ -402,7 +402,7 @@ _VALIDATORS: OrderedDict[str, _CompiledSchema] = OrderedDict()
 _VALIDATOR_CACHE_SIZE = 1024
 
 
-def _validator(registered: EventType) -> _CompiledSchema:
+def _validator(registered: _Registered) -> _CompiledSchema:
     compiled = _VALIDATORS.get(registered.id)
     if compiled is None:
         compiled = _CompiledSchema(
@@ -457,12 +457,69 @@ def _item_error(index: int | None, error: BadUserInput) -> BadUserInput:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Registered:
+    id: str
+    schema: dict[str, Any]
+
+
+# Registered types by (tenant id, type), as committed transactions read them. A registration
+# never changes and is never removed (a new shape is a new type), so what was read stays true.
+_REGISTERED: OrderedDict[tuple[str, str], _Registered] = OrderedDict()
+_REGISTERED_CACHE_SIZE = 4096
+_REGISTERED_TYPES = select(EventType.id, EventType.type, EventType.schema).where(
+    EventType.tenant_id == bindparam("tenant_id"),
+    EventType.type.in_(bindparam("types", expanding=True)),
+)
+_USED_KEYS = select(Event).where(
+    Event.tenant_id == bindparam("tenant_id"),
+    Event.environment == bindparam("environment"),
+    Event.idempotency_key.in_(bindparam("keys", expanding=True)),
+)
+
+
+async def _registered_types(
+    uow: UnitOfWork, tenant_id: str, types: set[str]
+) -> dict[str, _Registered]:
+    """The tenant's registrations of ``types`` (those it has)."""
+    found: dict[str, _Registered] = {}
+    missing: list[str] = []
+    for type in types:
+        known = _REGISTERED.get((tenant_id, type))
+        if known is None:
+            missing.append(type)
+        else:
+            _REGISTERED.move_to_end((tenant_id, type))
+            found[type] = known
+    if not missing:
+        return found
+    read = {
+        row.type: _Registered(row.id, row.schema)
+        for row in await uow.session.execute(
+            _REGISTERED_TYPES, {"tenant_id": tenant_id, "types": missing}
+        )
+    }
+    found.update(read)
+
+    def remember() -> None:
+        # Only once committed: a registration this very unit of work made (and might still
+        # roll back) is never remembered before it is certain.
+        for type, registration in read.items():
+            _REGISTERED[(tenant_id, type)] = registration
+        while len(_REGISTERED) > _REGISTERED_CACHE_SIZE:
+            _REGISTERED.popitem(last=False)
+
+    uow.on_commit(remember)
+    return found
+
+
 async def emit_events(
     uow: UnitOfWork,
     tenant_id: str,
     drafts: Sequence[EventDraft],
     *,
     batch: bool = True,
+    look_up_keys: bool = True,
 ) -> list[EmittedEvent]:
     """Emit registered custom events in the principal's environment, in order, all in this
     unit of work: every item is checked before anything is stated, so one bad item refuses
@@ -470,8 +527,10 @@ async def emit_events(
 
     An idempotency key already used answers its first event (``replayed``); a key repeated
     within ``drafts`` answers the first item that carried it. ``batch=False``: a single emit,
-    whose errors name no index. Use ``emit_events_once`` to also settle a concurrent emit
-    with the same key."""
+    whose errors name no index. ``look_up_keys=False`` skips reading the used keys: a key
+    already used then fails the commit on the unique key (IntegrityError). Use
+    ``emit_events_once``, which relies on that, to also settle a concurrent emit with the
+    same key."""
     checked: list[tuple[str, str | None]] = []
     for index, draft in enumerate(drafts):
         try:
@@ -482,20 +541,16 @@ async def emit_events(
             raise _item_error(None if not batch else index, error) from None
     types = {type for type, _key in checked}
     keys = {key for _type, key in checked if key is not None}
-    registered: dict[str, EventType] = {}
-    if types:
-        found = await uow.session.scalars(
-            select(EventType).where(EventType.tenant_id == tenant_id, EventType.type.in_(types))
-        )
-        registered = {row.type: row for row in found}
+    registered = await _registered_types(uow, tenant_id, types)
     replays: dict[str, StatedEvent | Event] = {}
-    if keys:
+    if keys and look_up_keys:
         found_events = await uow.session.scalars(
-            select(Event).where(
-                Event.tenant_id == tenant_id,
-                Event.environment == uow.principal.environment,
-                Event.idempotency_key.in_(keys),
-            )
+            _USED_KEYS,
+            {
+                "tenant_id": tenant_id,
+                "environment": uow.principal.environment,
+                "keys": list(keys),
+            },
         )
         replays = {event.idempotency_key: event for event in found_events if event.idempotency_key}
 
@@ -559,13 +614,19 @@ async def emit_events_once(
     *,
     batch: bool = True,
 ) -> list[EmittedEvent]:
-    """``emit_events`` in a unit of work of its own. Two emits with one key may both find no
-    first event and both write one: the unique key lets only one commit, and the other,
-    refused, runs again and answers the event that won."""
-    for _attempt in range(2):
+    """``emit_events`` in a unit of work of its own.
+
+    The first attempt does not look its keys up: most keys are new, and the unique key on
+    (tenant, environment, key) refuses the commit of one that is not. A refused attempt runs
+    again looking the keys up and answers the first events (so does an emit that raced
+    another with the same key: only one of them commits, the other runs again and answers
+    the event that won)."""
+    for attempt in range(3):
         try:
             async with open_unit_of_work() as uow:
-                return await emit_events(uow, tenant_id, drafts, batch=batch)
+                return await emit_events(
+                    uow, tenant_id, drafts, batch=batch, look_up_keys=attempt > 0
+                )
         except IntegrityError:
             if not any(draft.idempotency_key is not None for draft in drafts):
                 raise

@@ -38,6 +38,7 @@ from tests.streams_support import (
     subscribed,
 )
 from tests.support import Actor, GraphQLClient, Response, Server, running_server
+from tests.test_production_surface import production_settings
 from tests.test_subscriptions import listening
 
 ATTEMPTS_TABLE: Table = WebhookAttempt.__table__  # type: ignore[assignment]
@@ -405,6 +406,29 @@ async def test_private_targets_are_accepted_where_the_settings_allow_them(
         endpoint, _ = await team.create(url="http://127.0.0.1:9/hook")
         assert endpoint["url"] == "http://127.0.0.1:9/hook"
         r = await team.run(CREATE, {"input": {"url": "gopher://127.0.0.1/", "eventTypes": ["*"]}})
+        assert codes(r) == ["BAD_USER_INPUT"]
+
+
+async def test_production_wants_https_for_live_endpoints(
+    hooks_db: str, http: httpx.AsyncClient
+) -> None:
+    settings = production_settings(hooks_db, run_relay="false", run_webhook_worker="false")
+    with running_server(settings, migrate_first=False) as production:
+        team = await new_team(GraphQLClient(http, production.url))
+        plain = PUBLIC_URL.replace("https://", "http://")
+        r = await team.run(CREATE, {"input": {"url": plain, "eventTypes": ["*"]}})
+        assert codes(r) == ["BAD_USER_INPUT"] and "https" in r.errors[0]["message"]
+        live, _ = await team.create()
+        # Test endpoints may be plain http (a partner's staging receiver); private targets
+        # stay refused in production whatever the environment.
+        test, _ = await team.create(url=plain, environment="TEST")
+        assert (live["url"], test["url"]) == (PUBLIC_URL, plain)
+        r = await team.run(UPDATE, {"input": {"id": live["id"], "url": plain}})
+        assert codes(r) == ["BAD_USER_INPUT"]
+        r = await team.run(
+            CREATE,
+            {"input": {"url": "http://10.0.0.1/", "eventTypes": ["*"], "environment": "TEST"}},
+        )
         assert codes(r) == ["BAD_USER_INPUT"]
 
 

@@ -14,9 +14,9 @@ with no gap and no duplicate, even while commits land during the switch:
    back, a Redis hiccup, or simply the tenant's other environment sharing the sequence) is
    first filled from the database.
 
-Without ``after`` the stream starts live: after the last position committed once the broker
-subscription is in place (read then), so nothing committed earlier arrives late, nothing later
-is missed.
+Without ``after`` the stream starts at the last position committed when it starts (read
+before subscribing, then replayed from like a given ``after``), so nothing committed earlier
+arrives, and nothing committed once the subscriber is registered with the broker is missed.
 
 Filters run here, on the server, before anything is sent; positions are tracked on every
 message of the topic, matching or not, so a narrow filter costs no extra database reads.
@@ -107,14 +107,18 @@ async def replay_then_live(
     rights = _Rights(ctx, stream)
     async with contextlib.AsyncExitStack() as cleanup:
         cleanup.callback(rights.close)
+        if after is None:
+            # Read before subscribing: what commits between the two is replayed below, so a
+            # subscriber is never in place with a commit it will not get (a client that saw
+            # the subscription registered and then committed must receive its change).
+            after = await stream.head()
         live = await cleanup.enter_async_context(ctx.runtime.broker.subscribe(stream.topic))
-        # Subscribed first: whatever commits from here on reaches ``live``.
-        last = after if after is not None else await stream.head()
-        if after is not None:
-            async for row in _stored(stream, after, None):
-                last = getattr(row, stream.position)
-                await rights.check_if_due()
-                yield stream.item_of(row)
+        # Subscribed, then read: whatever commits from here on reaches ``live``.
+        last = after
+        async for row in _stored(stream, after, None):
+            last = getattr(row, stream.position)
+            await rights.check_if_due()
+            yield stream.item_of(row)
         # No pooled connection is held while waiting for live messages (the transport
         # releases it after each item sent; this covers a read that yielded nothing).
         await ctx.reset_reads()

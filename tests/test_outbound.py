@@ -274,7 +274,13 @@ async def test_the_development_mode_delivers_to_a_loopback_receiver(receiver: Re
         result = await client.post(
             receiver.url("/ok"),
             content=b'{"type":"member.added"}',
-            headers={"Content-Type": "application/json", "webhook-id": "msg_1"},
+            # The request's framing is ours: a caller cannot redirect it by Host or resize it.
+            headers={
+                "Content-Type": "application/json",
+                "webhook-id": "msg_1",
+                "Host": "internal.example",
+                "Content-Length": "1",
+            },
         )
     assert result.ok, result
     assert (result.status_code, result.body, result.error) == (200, b"ok", None)
@@ -434,6 +440,40 @@ async def test_the_deadline_covers_the_whole_answer_not_each_read(receiver: Rece
         elapsed = time.monotonic() - started
     assert (result.ok, result.status_code, result.error) == (False, 200, "timeout")
     assert 0.55 <= elapsed < 3, elapsed
+
+
+@pytest.fixture
+def unaccepting_port() -> Iterator[int]:
+    """A port on 127.0.0.1 whose accept queue is full: new connections' SYNs are dropped, so
+    connecting hangs, as to a host that has gone away."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = int(listener.getsockname()[1])
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        yield port
+    finally:
+        for sock in [*fillers, listener]:
+            sock.close()
+
+
+async def test_a_connection_that_never_completes_is_a_timeout_within_the_deadline(
+    unaccepting_port: int,
+) -> None:
+    async with OutboundClient(allow_private=True, timeout=0.5) as client:
+        started = time.monotonic()
+        result = await client.post(
+            f"http://127.0.0.1:{unaccepting_port}/", content=b"{}", headers={}
+        )
+        elapsed = time.monotonic() - started
+    assert (result.ok, result.status_code, result.error) == (False, None, "timeout")
+    assert 0.45 <= elapsed < 3, elapsed
 
 
 async def test_a_closed_port_is_reported_as_connection_refused() -> None:

@@ -268,18 +268,33 @@ async def test_local_keys_resolve_inside_the_root(tmp_path: Path) -> None:
     with pytest.raises(InvalidKey):
         await storage.delete("ten_a1/secret")
     assert sorted(path.name for path in outside.iterdir()) == ["secret"]
+    assert [key async for key, _, _ in storage.keys("ten_a1/")] == []
+    assert [key async for key, _, _ in storage.keys()] == []
+
+
+async def test_local_keys_are_read_in_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("coregraph.storage.local.KEYS_BATCH", 2)
+    storage = LocalStorage(tmp_path / "files")
+    stored_keys = [f"ten_{tenant}/fil_{number}" for tenant in "ab" for number in range(3)]
+    for key in stored_keys:
+        await storage.put(key, chunked(key.encode()), max_bytes=100)
+    listed = [(key, size) async for key, size, _ in storage.keys()]
+    assert sorted(listed) == [(key, len(key)) for key in stored_keys]
+    assert sorted([key async for key, _, _ in storage.keys("ten_b/")]) == stored_keys[3:]
 
 
 async def test_keys_lists_by_prefix_with_size_and_time(backend: Backend) -> None:
     before = datetime.now(UTC) - timedelta(seconds=5)
     for key, data in [("ten_a/fil_1", b"1"), ("ten_a/fil_22", b"22"), ("ten_b/fil_1", b"333")]:
         await backend.storage.put(key, chunked(data), max_bytes=10)
-    listed = [item async for item in backend.storage.keys("ten_a/")]
+    listed = sorted([item async for item in backend.storage.keys("ten_a/")])
     assert [(key, size) for key, size, _ in listed] == [("ten_a/fil_1", 1), ("ten_a/fil_22", 2)]
     after = datetime.now(UTC) + timedelta(seconds=5)
     assert all(before <= modified <= after for _, _, modified in listed)
     assert all(modified.tzinfo is not None for _, _, modified in listed)
-    everything = [key async for key, _, _ in backend.storage.keys()]
+    everything = sorted([key async for key, _, _ in backend.storage.keys()])
     assert everything == ["ten_a/fil_1", "ten_a/fil_22", "ten_b/fil_1"]
     assert [key async for key, _, _ in backend.storage.keys("ten_a/fil_2")] == ["ten_a/fil_22"]
     assert [key async for key, _, _ in backend.storage.keys("ten_c/")] == []

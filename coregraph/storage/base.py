@@ -154,7 +154,8 @@ class Storage(ABC):
 
     @abstractmethod
     def keys(self, prefix: str = "") -> AsyncIterator[tuple[str, int, datetime]]:
-        """``(key, size, last modified in UTC)`` of every object whose key starts with ``prefix``.
+        """``(key, size, last modified in UTC)`` of every object whose key starts with ``prefix``,
+        in no particular order (S3 lists in key order, local disk in directory order).
 
         An async generator: ``async for key, size, modified in storage.keys("ten_1/")``.
         """

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import os
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from stat import S_ISREG
@@ -36,6 +37,8 @@ from coregraph.storage.base import (
 # Bytes gathered before one write in a thread: fewer thread hops than one per received chunk.
 WRITE_BUFFER = 1024 * 1024
 TEMP_PREFIX = ".tmp-"
+# Keys listed per thread hop.
+KEYS_BATCH = 1000
 
 
 class LocalStorage(Storage):
@@ -148,26 +151,35 @@ class LocalStorage(Storage):
 
     async def keys(self, prefix: str = "") -> AsyncIterator[tuple[str, int, datetime]]:
         check_prefix(prefix)
-        # Walk only the directory the prefix names in full; filter the rest by name.
-        start = self.root.joinpath(*prefix.split("/")[:-1])
-        found = await asyncio.to_thread(self._walk, start)
-        for key, size, mtime in sorted(found):
-            if key.startswith(prefix):
+        # Walk only the directory the prefix names in full; filter the rest by name. Read in
+        # batches in a thread: memory stays bounded however many files there are.
+        entries = self._entries(self.root.joinpath(*prefix.split("/")[:-1]), prefix)
+        while batch := await asyncio.to_thread(list, itertools.islice(entries, KEYS_BATCH)):
+            for key, size, mtime in batch:
                 yield key, size, datetime.fromtimestamp(mtime, UTC)
 
-    def _walk(self, start: Path) -> list[tuple[str, int, float]]:
-        found = []
-        for directory, subdirectories, files in os.walk(start):
-            subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
-            for name in files:
-                if name.startswith("."):
-                    continue
-                path = Path(directory, name)
-                with contextlib.suppress(FileNotFoundError):
-                    stat = path.stat()
-                    key = path.relative_to(self.root).as_posix()
-                    found.append((key, stat.st_size, stat.st_mtime))
-        return found
+    def _entries(self, start: Path, prefix: str) -> Iterator[tuple[str, int, float]]:
+        if not start.resolve().is_relative_to(self.root):
+            return  # a symlink out of the root: nothing of ours
+        pending = [start]
+        while pending:
+            try:
+                listing = os.scandir(pending.pop())
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            with listing:
+                for entry in listing:
+                    if entry.name.startswith("."):  # temporary files
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(Path(entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        key = Path(entry.path).relative_to(self.root).as_posix()
+                        if not key.startswith(prefix):
+                            continue
+                        with contextlib.suppress(FileNotFoundError):
+                            stat = entry.stat(follow_symlinks=False)
+                            yield key, stat.st_size, stat.st_mtime
 
     async def discard_incomplete(self, older_than: datetime) -> int:
         return await asyncio.to_thread(self._discard_incomplete, older_than.timestamp())

@@ -831,3 +831,47 @@ async def test_read_only_and_write_only_credentials(b: FilesBackend) -> None:
     assert r.codes == ["FORBIDDEN"]  # it may not read the file it wrote
     listed = await b.client.execute(LIST, {}, actor=viewer, tenant_id=tenant_id)
     assert len(listed.ok()["files"]["nodes"]) == 1
+
+
+async def test_concurrent_reservations_never_exceed_the_quota(b: FilesBackend) -> None:
+    owner, tenant_id = await owner_and_tenant(b)
+    # Each fits alone; two of them do not.
+    size = QUOTA // 2 + 1
+    answers = await asyncio.gather(
+        *(create_url(b, owner, tenant_id, b"x" * size) for _ in range(4))
+    )
+    assert sorted(str(r.codes) for r in answers) == sorted(["[]"] + ["['QUOTA_EXCEEDED']"] * 3), [
+        r.body for r in answers
+    ]
+
+
+async def test_an_upload_url_never_completed_gives_its_space_and_bytes_back(
+    b: FilesBackend,
+) -> None:
+    owner, tenant_id = await owner_and_tenant(b)
+    content = b"x" * MAX_FILE
+    created = (await create_url(b, owner, tenant_id, content)).ok()["createUploadUrl"]
+    assert (await put(b, created, content)).status_code == 200
+    assert len(tenant_objects(b, tenant_id)) == 1
+    full = await create_url(b, owner, tenant_id, content)
+    assert full.codes == ["QUOTA_EXCEEDED"]
+    engine, storage = worker_engine(b.settings), create_storage(b.settings)
+    try:
+        assert await files_service.purge_expired(engine, storage) == []
+        lapsed = datetime.now(UTC) + timedelta(
+            seconds=b.settings.files_upload_url_ttl_seconds
+            + b.settings.files_orphan_grace_seconds
+            + 1
+        )
+        assert created["file"]["id"] in await files_service.purge_expired(
+            engine, storage, now=lapsed
+        )
+    finally:
+        await storage.aclose()
+        await engine.dispose()
+    assert tenant_objects(b, tenant_id) == []
+    late = await b.client.execute(
+        COMPLETE, {"id": created["file"]["id"]}, actor=owner, tenant_id=tenant_id
+    )
+    assert late.codes == ["BAD_USER_INPUT"]
+    (await create_url(b, owner, tenant_id, content)).ok()

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import puremagic
-from sqlalchemy import func, select, text, update
+from sqlalchemy import false, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from coregraph import ids
@@ -178,11 +178,18 @@ def file_id_of(key: str) -> str | None:
 
 async def lock_quota(uow: UnitOfWork, tenant_id: str) -> None:
     """Hold the tenant's quota until the transaction ends, so two uploads cannot both fit in
-    the same free space. (SQLite serialises writing transactions by itself.)"""
+    the same free space."""
     if uow.engine.dialect.name == "postgresql":
         await uow.session.execute(
             text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
             {"k": f"coregraph:files-quota:{tenant_id}"},
+        )
+    else:
+        # SQLite has one writer at a time, but Python's driver opens a transaction only at
+        # the first write, so the usage read would run before it, outside any lock. A write
+        # that changes nothing takes the database's write lock first.
+        await uow.session.execute(
+            update(File).where(File.tenant_id == tenant_id, false()).values(status=File.status)
         )
 
 

@@ -1,5 +1,5 @@
 """The ``coregraph`` command: serve, worker, migrate, create-user, create-tenant, export-schema,
-generate-webhook-key, rotate-webhook-key."""
+generate-webhook-key, rotate-webhook-key, files-cleanup."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import subprocess
 import sys
 import time
@@ -17,6 +18,10 @@ import boto3
 import httpx
 
 from tests.support import free_port
+
+# Without credentials boto3 ends its search at the instance metadata service, a link-local
+# address: tests always give credentials, and this keeps one that forgets on loopback.
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 S3_ACCESS_KEY_ID = "testing"
 S3_SECRET_ACCESS_KEY = "testing"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from coregraph.settings import Settings
 from coregraph.storage import (
@@ -21,6 +22,7 @@ from coregraph.storage import (
     ObjectNotFound,
     ObjectTooLarge,
     Storage,
+    StorageError,
     StoredObject,
     create_storage,
 )
@@ -353,3 +355,45 @@ async def test_large_objects_stream_in_bounded_memory(backend: Backend) -> None:
     # Local disk buffers 1 MiB; S3 holds one 8 MiB part (and botocore a copy while signing it).
     assert put_peak < total / 2, f"put peaked at {put_peak / MiB:.1f} MiB"
     assert read_peak < 4 * MiB, f"read peaked at {read_peak / MiB:.1f} MiB"
+
+
+@pytest.mark.parametrize(
+    "url", ["s3://", "s3://B/x", "file:///var/files", "s3://bucket/../x y", "http://bucket"]
+)
+def test_a_bad_storage_url_stops_the_process(url: str) -> None:
+    with pytest.raises(ValidationError, match="storage_url"):
+        Settings(storage_url=url)  # type: ignore[call-arg]
+
+
+def test_storage_url_picks_the_backend(tmp_path: Path) -> None:
+    local = create_storage(Settings(storage_url="", storage_dir=str(tmp_path)))  # type: ignore[call-arg]
+    assert isinstance(local, LocalStorage) and local.root == tmp_path.resolve()
+    remote = create_storage(
+        Settings(  # type: ignore[call-arg]
+            storage_url="s3://files.example/deploy/eu/",
+            s3_endpoint_url="http://127.0.0.1:9",
+            s3_region="eu-west-1",
+            # Given, so boto3 never looks further (its chain ends at the instance metadata).
+            s3_access_key_id="AKIDEXAMPLE",
+            s3_secret_access_key="example-secret",
+        )
+    )
+    assert isinstance(remote, S3Storage)
+    assert (remote.bucket, remote.prefix) == ("files.example", "deploy/eu/")
+    url = remote.presigned_get("ten_a1/fil_b2", expires_in=60, filename="a", content_type="a/b")
+    assert url is not None
+    assert url.startswith("http://127.0.0.1:9/files.example/deploy/eu/ten_a1/fil_b2?")
+
+
+def test_signing_without_credentials_is_a_storage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask a link-local address
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    storage = S3Storage("bucket", endpoint_url="http://127.0.0.1:9", region="us-east-1")
+    with pytest.raises(StorageError, match="cannot sign"):
+        storage.presigned_get(KEY, expires_in=60, filename="a", content_type="a/b")

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from coregraph.storage.base import (
     DEFAULT_CHUNK_SIZE,
@@ -232,7 +232,7 @@ class S3Storage(Storage):
         self, key: str, *, size: int, content_type: str, expires_in: int
     ) -> str | None:
         # Content-Type and Content-Length are signed: the client must PUT exactly those.
-        url: str = self._client.generate_presigned_url(
+        url: str = self._presign(
             "put_object",
             Params={
                 "Bucket": self.bucket,
@@ -248,7 +248,7 @@ class S3Storage(Storage):
     def presigned_get(
         self, key: str, *, expires_in: int, filename: str, content_type: str
     ) -> str | None:
-        url: str = self._client.generate_presigned_url(
+        url: str = self._presign(
             "get_object",
             Params={
                 "Bucket": self.bucket,
@@ -258,6 +258,13 @@ class S3Storage(Storage):
             },
             ExpiresIn=expires_in,
         )
+        return url
+
+    def _presign(self, method: str, **kwargs: Any) -> str:
+        try:
+            url: str = self._client.generate_presigned_url(method, **kwargs)
+        except BotoCoreError as error:  # no credentials found, most likely
+            raise StorageError(f"cannot sign a URL for S3: {error}") from error
         return url
 
     async def aclose(self) -> None:

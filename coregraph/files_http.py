@@ -91,15 +91,16 @@ async def upload(request: Request, token: str) -> Response:
     grant = file_urls.read_token(runtime.settings, token, file_urls.PUT)
     if grant is None:
         return _not_found()
+    # Checked before the URL is spent: a client that got the length wrong may try again.
+    declared = request.headers.get("content-length")
+    if declared is not None and grant.size is not None and declared != str(grant.size):
+        return _refuse(
+            400, "BAD_USER_INPUT", f"Content-Length must be the declared size, {grant.size}"
+        )
     row = await files.claim_upload(runtime.engine, grant.tenant_id, grant.file_id)
     if row is None:
         return _refuse(
             409, "CONFLICT", "this upload URL was used already, has lapsed, or its file is gone"
-        )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared != str(row.size):
-        return _refuse(
-            400, "BAD_USER_INPUT", f"Content-Length must be the declared size, {row.size}"
         )
     try:
         stored = await runtime.storage.put(row.storage_key, request.stream(), max_bytes=row.size)

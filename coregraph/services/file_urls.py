@@ -11,6 +11,7 @@ a few minutes, as S3's presigned URLs are.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from coregraph import ids
 from coregraph.request import RequestMeta
@@ -24,19 +25,24 @@ PUT = "put"
 
 @dataclass(frozen=True, slots=True)
 class FileGrant:
-    """What a verified token allows: ``purpose`` on ``file_id`` of ``tenant_id``."""
+    """What a verified token allows: ``purpose`` on ``file_id`` of ``tenant_id`` (an upload:
+    of exactly ``size`` bytes)."""
 
     purpose: str
     tenant_id: str
     file_id: str
+    size: int | None = None
 
 
 def _base_url(settings: Settings, meta: RequestMeta) -> str:
     return (settings.public_url or meta.base_url or "").rstrip("/")
 
 
-def _token(settings: Settings, purpose: str, tenant_id: str, file_id: str, seconds: int) -> str:
-    return signing.sign(settings, {"p": purpose, "t": tenant_id, "f": file_id}, expires_in=seconds)
+def _token(
+    settings: Settings, purpose: str, tenant_id: str, file_id: str, seconds: int, **more: Any
+) -> str:
+    claims = {"p": purpose, "t": tenant_id, "f": file_id, **more}
+    return signing.sign(settings, claims, expires_in=seconds)
 
 
 def read_token(settings: Settings, token: str, purpose: str) -> FileGrant | None:
@@ -50,7 +56,10 @@ def read_token(settings: Settings, token: str, purpose: str) -> FileGrant | None
         return None
     if not isinstance(file_id, str) or not ids.is_valid(file_id, "fil"):
         return None
-    return FileGrant(purpose, tenant_id, file_id)
+    size = claims.get("s")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        return None
+    return FileGrant(purpose, tenant_id, file_id, size)
 
 
 def download_url(
@@ -91,5 +100,5 @@ def upload_url(
     )
     if presigned is not None:
         return presigned
-    token = _token(settings, PUT, tenant_id, file_id, expires_in)
+    token = _token(settings, PUT, tenant_id, file_id, expires_in, s=size)
     return f"{_base_url(settings, meta)}/files/upload/{token}"

@@ -40,7 +40,7 @@ from coregraph.services.ratelimit import MemoryRateLimiter, RateLimiter, RedisRa
 from coregraph.settings import Settings, load_settings
 from coregraph.storage import Storage, create_storage
 from coregraph.streams.broker import Broker, create_broker
-from coregraph.streams.worker import relay_in_process
+from coregraph.streams.worker import relay_in_process, webhooks_in_process
 from coregraph.ws import WebSocketRouter
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -171,6 +171,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                 # The embedded defaults: no worker process hears this one's commits.
                 await background.enter_async_context(
                     relay_in_process(runtime.settings, runtime.broker)
+                )
+            if runtime.settings.webhook_worker_in_process:
+                await background.enter_async_context(
+                    webhooks_in_process(runtime.settings, runtime.broker)
                 )
             yield
         if owned:

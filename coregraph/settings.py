@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     # Seconds to wait before each retry, as a JSON list (the first attempt is immediate): a
     # delivery is attempted len(schedule) + 1 times in all, then marked failed.
     webhook_retry_schedule: list[float] = Field(
-        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000]
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
     )
     # An endpoint is disabled (and `webhook_endpoint.disabled` emitted) once it has failed at
     # least this many times in a row over at least this long.
@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     # A claimed delivery belongs to its worker this long; a worker that died is retried after.
     webhook_claim_seconds: float = Field(60.0, gt=0, le=3600)
     webhook_poll_seconds: float = Field(1.0, gt=0, le=3600)
+    # On SIGTERM a worker stops claiming and gives requests in flight this long to finish;
+    # the claims of those still unfinished are then released for another worker.
+    webhook_shutdown_seconds: float = Field(10.0, ge=0, le=300)
     # Whether `coregraph serve` delivers webhooks itself ("auto": when it runs the relay).
     run_webhook_worker: Literal["auto", "true", "false"] = "auto"
 

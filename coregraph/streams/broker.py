@@ -211,6 +211,7 @@ class Broker:
         self._subscribers: dict[str, list[Subscription]] = {}
         self._lock = threading.Lock()
         self._relay_wakeup = _Signal()
+        self._webhook_wakeup = _Signal()
 
     async def publish(self, topic: str, message: bytes | Message) -> None:
         raise NotImplementedError
@@ -292,6 +293,16 @@ class Broker:
         """The relay waits here between passes: True when woken, False after ``at_most`` seconds."""
         return await self._relay_wakeup.wait(at_most)
 
+    async def wake_webhooks(self) -> None:
+        """Deliveries became due (scheduled by the relay, retried or replayed through the API):
+        wake the webhook workers now rather than at their next poll."""
+        self._webhook_wakeup.set()
+
+    async def wait_for_webhook_work(self, at_most: float) -> bool:
+        """A webhook worker waits here when it has nothing to claim: True when woken, False
+        after ``at_most`` seconds."""
+        return await self._webhook_wakeup.wait(at_most)
+
     async def close(self) -> None:
         with self._lock:
             everyone = [s for local in self._subscribers.values() for s in local]
@@ -333,11 +344,13 @@ class RedisBroker(Broker):
         self.redis = redis
         self.prefix = prefix
         self._wake_channel = f"{prefix}:relay-wakeup"
+        self._webhook_wake_channel = f"{prefix}:webhook-wakeup"
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._confirmations: dict[str, list[asyncio.Future[None]]] = {}
         self._commands = asyncio.Lock()
         self._wake_listening = False
+        self._webhook_wake_listening = False
 
     def _channel(self, topic: str) -> str:
         return f"{self.prefix}:{topic}"
@@ -411,6 +424,9 @@ class RedisBroker(Broker):
                     if channel == self._wake_channel:
                         self._relay_wakeup.set()
                         continue
+                    if channel == self._webhook_wake_channel:
+                        self._webhook_wakeup.set()
+                        continue
                     try:
                         message = _decoded(item["data"])
                     except orjson.JSONDecodeError:
@@ -433,6 +449,7 @@ class RedisBroker(Broker):
                         future.set_exception(BrokerDisconnected("(subscribing)"))
             self._confirmations.clear()
             self._pubsub, self._wake_listening = None, False
+            self._webhook_wake_listening = False
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
 
@@ -449,6 +466,20 @@ class RedisBroker(Broker):
                 self._wake_listening = False
                 log.exception("could not listen for relay wake-ups; polling only")
         return await super().wait_for_relay_work(at_most)
+
+    async def wake_webhooks(self) -> None:
+        await super().wake_webhooks()
+        await self.redis.publish(self._webhook_wake_channel, b"1")
+
+    async def wait_for_webhook_work(self, at_most: float) -> bool:
+        if not self._webhook_wake_listening:
+            self._webhook_wake_listening = True
+            try:
+                await self._subscribe_channel(self._webhook_wake_channel)
+            except Exception:
+                self._webhook_wake_listening = False
+                log.exception("could not listen for webhook wake-ups; polling only")
+        return await super().wait_for_webhook_work(at_most)
 
     async def close(self) -> None:
         await super().close()

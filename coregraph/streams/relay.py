@@ -19,6 +19,10 @@ On SQLite run a single relay (``coregraph serve`` does, in-process).
 It wakes after every commit that appended to a stream (``wake_after_commit``: in-process, and
 over Redis from other processes) and polls every ``COREGRAPH_RELAY_POLL_SECONDS`` for commits
 nothing announced.
+
+The events it publishes are also where webhooks start: the transaction that records a batch
+as published schedules its deliveries (``coregraph.services.webhooks.schedule``), and once it
+has committed the webhook workers are woken (``coregraph.streams.webhooks``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coregraph.models import AuditEntry, Event, RelayPosition, StreamHead
+from coregraph.services import webhooks
 from coregraph.services.uow import UnitOfWork
 from coregraph.streams.broker import Broker, Message, audit_topic, events_topic
 from coregraph.streams.messages import audit_message, event_message
@@ -189,6 +194,10 @@ class Relay:
             ]
             messages += [(audit_topic(chain_id), audit_message(row)) for row in entries]
             await self.broker.publish_many(messages)
+            # Webhook deliveries of these events, in the transaction that records them as
+            # published: a crash before the commit schedules them again with the rows, and the
+            # unique endpoint + event pair keeps a second pass from scheduling any twice.
+            scheduled = await webhooks.schedule(conn, events)
             # Recorded in the same transaction that holds the claim: a crash before this
             # commit publishes these rows again (at least once), never skips them.
             await conn.execute(
@@ -199,6 +208,12 @@ class Relay:
                     audit_published=entries[-1].position if entries else position.audit_published,
                 )
             )
+        if scheduled:
+            try:
+                await self.broker.wake_webhooks()
+            except Exception:
+                # Committed: the webhook workers find the deliveries at their next poll.
+                log.exception("could not wake the webhook workers")
         return len(messages)
 
 

@@ -1,11 +1,13 @@
-"""The worker process (``coregraph worker``): the outbox relay, and audit retention every
+"""The worker process (``coregraph worker``): the outbox relay, webhook delivery
+(``coregraph.streams.webhooks``) and audit retention every
 ``COREGRAPH_AUDIT_PRUNE_INTERVAL_SECONDS``, until SIGTERM or SIGINT.
 
 Production runs it next to the API processes, as many as wanted (they share the chains, see
 ``coregraph.streams.relay``; two prunes of one chain wait for each other on its head row);
 ``coregraph serve`` on the embedded defaults runs the same tasks in-process instead
-(``relay_in_process``). On PostgreSQL they connect as ``COREGRAPH_DATABASE_WORKER_ROLE``, which
-reads across tenants through its own policies and alone may delete expired audit entries.
+(``relay_in_process``, ``webhooks_in_process``). On PostgreSQL they connect as
+``COREGRAPH_DATABASE_WORKER_ROLE``, which reads across tenants through its own policies and
+alone may delete expired audit entries; never as a superuser or the tables' owner.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from coregraph.services import audit_retention
 from coregraph.settings import Settings
 from coregraph.streams.broker import Broker, create_broker
 from coregraph.streams.relay import Relay, running
+from coregraph.streams.webhooks import WebhookWorker, running as delivering
 
 log = logging.getLogger("coregraph.worker")
 
@@ -43,6 +46,19 @@ async def relay_in_process(settings: Settings, broker: Broker) -> AsyncIterator[
     finally:
         pruning.cancel()
         await asyncio.gather(pruning, return_exceptions=True)
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def webhooks_in_process(settings: Settings, broker: Broker) -> AsyncIterator[WebhookWorker]:
+    """A webhook worker with an engine of its own (the worker role), running for the block; on
+    exit it finishes or releases its requests in flight (``COREGRAPH_WEBHOOK_SHUTDOWN_SECONDS``)."""
+    engine = db.create_engine(settings, role=settings.database_worker_role)
+    worker = WebhookWorker(engine, broker, settings)
+    try:
+        async with delivering(worker):
+            yield worker
+    finally:
         await engine.dispose()
 
 
@@ -84,7 +100,7 @@ async def run(settings: Settings) -> None:
             "process (coregraph serve runs the relay itself on the embedded defaults)"
         )
     try:
-        async with relay_in_process(settings, broker):
+        async with relay_in_process(settings, broker), webhooks_in_process(settings, broker):
             log.info("worker running", extra={"broker": type(broker).__name__})
             await stop.wait()
             log.info("worker stopping")

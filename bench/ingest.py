@@ -302,6 +302,7 @@ async def _main(args: argparse.Namespace, tmp: str) -> int:
             env="production",
             database_url=env["COREGRAPH_DATABASE_URL"],
             jwt_secret=env["COREGRAPH_JWT_SECRET"],
+            webhook_secret_keys=env["COREGRAPH_WEBHOOK_SECRET_KEYS"],
             access_token_ttl_seconds=86400,
         )
         migrate_database(env)

@@ -14,13 +14,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
+from cryptography.fernet import Fernet
 
 HOST = "127.0.0.1"
 
 
 def bench_env(tmp: str) -> dict[str, str]:
     """The ``COREGRAPH_*`` environment both servers run with: the embedded defaults (a SQLite
-    file in ``tmp``, no Redis) in production mode, with a random secret and tokens that
+    file in ``tmp``, no Redis) in production mode, with random secrets and tokens that
     outlive any run."""
     return {
         "COREGRAPH_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/coregraph-bench.sqlite3",
@@ -29,6 +30,8 @@ def bench_env(tmp: str) -> dict[str, str]:
         "COREGRAPH_ACCESS_TOKEN_TTL_SECONDS": "86400",
         "COREGRAPH_LOG_LEVEL": "WARNING",
         "COREGRAPH_REDIS_URL": "",
+        # Production refuses the development key that encrypts webhook secrets.
+        "COREGRAPH_WEBHOOK_SECRET_KEYS": Fernet.generate_key().decode(),
     }
 
 

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 
 import httpx
 import orjson
-from cryptography.fernet import Fernet
 
 from bench import seed
 from bench.__main__ import GRAPHQL_HEADERS, machine, migrate_database
@@ -281,12 +280,7 @@ async def main(args: argparse.Namespace) -> int:
     )
     size = args.megabytes * MB
     with tempfile.TemporaryDirectory(prefix="coregraph-bench-files-") as tmp:
-        env = {
-            **bench_env(tmp),
-            "COREGRAPH_STORAGE_DIR": os.path.join(tmp, "files"),
-            # Production refuses the development key.
-            "COREGRAPH_WEBHOOK_SECRET_KEYS": Fernet.generate_key().decode(),
-        }
+        env = {**bench_env(tmp), "COREGRAPH_STORAGE_DIR": os.path.join(tmp, "files")}
         settings = Settings(
             env="production",
             database_url=env["COREGRAPH_DATABASE_URL"],

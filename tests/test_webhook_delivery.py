@@ -22,12 +22,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks import Webhook
 
 from coregraph import db
-from coregraph.models import AuditEntry, Event
+from coregraph.models import AuditEntry, Event, RelayPosition
 from coregraph.models.base import Environment, utcnow
 from coregraph.services.webhooks import new_secret
 from coregraph.settings import Settings
@@ -273,6 +273,31 @@ async def test_a_delivery_fails_for_good_once_the_schedule_is_spent(
     row = await read_endpoint(app_engine, endpoint)
     assert row.consecutive_failures == 3 and row.failing_since is not None
     assert row.enabled, "20 failures in a row are needed to disable it"
+
+
+async def test_a_batch_the_relay_publishes_again_schedules_no_delivery_twice(
+    hooks_db: str, tenant: str, app_engine: AsyncEngine, worker_engine: AsyncEngine, broker: Broker
+) -> None:
+    """The crash between publishing and recording, replayed: the relay's position goes back and
+    it publishes the same events again; each still has one delivery per endpoint."""
+    settings = settings_for(hooks_db)
+    endpoint = await add_endpoint(app_engine, settings, tenant, "http://127.0.0.1:9/unused")
+    await emit(app_engine, tenant, 3, per_commit=3)
+    relay = Relay(worker_engine, broker)
+    await relay.publish_pending()
+    first = await deliveries(app_engine, endpoint)
+    async with worker_engine.begin() as conn:
+        await conn.execute(
+            update(RelayPosition)
+            .where(RelayPosition.chain_id == tenant)
+            .values(events_published=0, audit_published=0)
+        )
+    assert await relay.publish_pending() > 0, "published again"
+    again = await deliveries(app_engine, endpoint)
+    # No worker runs here; nothing later sends to this endpoint either.
+    await set_enabled(app_engine, endpoint, False)
+    assert len(first) == 3 and [d.id for d in again] == [d.id for d in first]
+    assert sorted(d.payload["data"]["n"] for d in again) == [0, 1, 2]
 
 
 def test_the_retry_delays_follow_the_schedule_within_the_jitter() -> None:

@@ -195,6 +195,7 @@ async def test_a_committed_event_reaches_its_endpoint_signed_as_standard_webhook
     [attempt] = await attempts(app_engine, endpoint, delivery.id)
     assert attempt.status_code == 200 and attempt.succeeded and attempt.error is None
     assert attempt.response_body == "thanks" and attempt.duration_ms > 0
+    assert delivery.last_attempt_at == attempt.started_at <= delivery.succeeded_at
     assert message["deliveryId"] == delivery.id and message["attempt"] == 1
     assert message["statusCode"] == 200 and message["deliveryStatus"] == "succeeded"
     assert message["endpointId"] == endpoint.id and message["eventType"] == "test.pinged"
@@ -240,6 +241,7 @@ async def test_a_failing_receiver_gets_retries_on_the_schedule_with_the_same_web
     assert [a.attempt for a in recorded] == [1, 2, 3, 4]
     assert [a.status_code for a in recorded] == [500, 500, 500, 204]
     assert [a.succeeded for a in recorded] == [False, False, False, True]
+    assert delivery.last_attempt_at == recorded[-1].started_at
     assert recorded[0].response_body == "down for maintenance"
     # Each retry waited its delay of the schedule, less at most the jitter.
     starts = [a.started_at for a in recorded]

@@ -556,6 +556,34 @@ async def test_serve_on_the_embedded_defaults_delivers_webhooks_itself(
     assert handler.payloads[0]["data"]["after"]["name"] == "Renamed for webhooks"
 
 
+async def test_a_test_send_through_the_api_wakes_the_worker_instead_of_waiting_for_its_poll(
+    hooks_db: str, app_engine: AsyncEngine, client: GraphQLClient, http: Any
+) -> None:
+    """A delivery made due by a mutation (here sendTestWebhook; retries, replays and an
+    endpoint enabled again do the same) reaches the receiver well before the worker's poll."""
+    settings = settings_for(
+        hooks_db, run_relay="true", run_webhook_worker="true", webhook_poll_seconds=60
+    )
+    owner = await client.sign_up()
+    tenant_id = await client.create_tenant(owner)
+    handler = Verifying(secrets=[])
+    async with Receiver(handler) as receiver:
+        endpoint = await add_endpoint(app_engine, settings, tenant_id, receiver.url())
+        handler.secrets.append(endpoint.secret)
+        with running_server(settings, migrate_first=False) as server:
+            r = await GraphQLClient(http, server.url).execute(
+                "mutation($id: ID!) { sendTestWebhook(endpointId: $id) {"
+                " webhookDelivery { id } } }",
+                {"id": endpoint.id},
+                actor=owner,
+                tenant_id=tenant_id,
+            )
+            sent = r.ok()["sendTestWebhook"]["webhookDelivery"]["id"]
+            await receiver.wait_for(lambda: len(handler.verified) == 1, WAIT)
+    assert handler.ids() == [sent]
+    assert handler.payloads[0]["type"] == "webhook.test"
+
+
 # --- `coregraph worker` processes -----------------------------------------------------------
 
 

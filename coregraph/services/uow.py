@@ -155,6 +155,10 @@ class UnitOfWork:
         self.events: list[StatedEvent] = []
         self._after_commit: list[AfterCommit] = []
         self._keep_on_failure = False
+        # Set by a change that makes webhook deliveries due now (a retry, a replay, a test
+        # send, an endpoint enabled again): the workers are woken after the commit instead of
+        # finding them at their next poll. Deliveries of new events are the relay's to wake.
+        self.webhooks_due = False
 
     async def __aenter__(self) -> UnitOfWork:
         await self.session.begin()

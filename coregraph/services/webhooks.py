@@ -434,6 +434,7 @@ async def enable_endpoint(uow: UnitOfWork, tenant_id: str, endpoint_id: str) -> 
         before = endpoint_snapshot(endpoint)
         endpoint.enabled, endpoint.disabled_reason = True, None
         endpoint.consecutive_failures, endpoint.failing_since = 0, None
+        uow.webhooks_due = True  # what waited while it was disabled flows again
         _record_and_emit(
             uow,
             "webhook_endpoint.enabled",
@@ -529,6 +530,7 @@ async def retry_delivery(uow: UnitOfWork, tenant_id: str, delivery_id: str) -> W
     delivery.status = DeliveryStatus.PENDING.value
     delivery.next_attempt_at = now
     delivery.claimed_until, delivery.claimed_by = None, None
+    uow.webhooks_due = True
     _record(
         uow,
         "webhook_delivery.retried",
@@ -617,6 +619,7 @@ async def replay_events(
         reset = result.rowcount  # type: ignore[attr-defined]
     added = await schedule(uow.session, events, endpoint_id=endpoint.id)
     if reset + added:
+        uow.webhooks_due = True
         _record(
             uow,
             "webhook_endpoint.events_replayed",
@@ -651,6 +654,7 @@ async def send_test(uow: UnitOfWork, tenant_id: str, endpoint_id: str) -> Webhoo
     )
     uow.session.add(delivery)
     await uow.session.flush()
+    uow.webhooks_due = True
     _record(uow, "webhook_endpoint.test_sent", endpoint, after={"deliveryId": delivery.id})
     return delivery
 

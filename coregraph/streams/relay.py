@@ -52,9 +52,12 @@ _AUDIT: Table = AuditEntry.__table__  # type: ignore[assignment]
 
 
 async def wake_after_commit(broker: Broker, uow: UnitOfWork) -> None:
-    """An ``on_commit`` hook: wake the relay if the unit of work appended to a stream."""
+    """An ``on_commit`` hook: wake the relay if the unit of work appended to a stream, and the
+    webhook workers if it made deliveries due (``UnitOfWork.webhooks_due``)."""
     if uow.events or uow.audit_entries:
         await broker.wake_relay()
+    if uow.webhooks_due:
+        await broker.wake_webhooks()
 
 
 class Relay:

@@ -103,7 +103,9 @@ async def upload(request: Request, token: str) -> Response:
             409, "CONFLICT", "this upload URL was used already, has lapsed, or its file is gone"
         )
     try:
-        stored = await runtime.storage.put(row.storage_key, request.stream(), max_bytes=row.size)
+        stored = await runtime.storage.put(
+            files.upload_key(row), request.stream(), max_bytes=row.size
+        )
     except ObjectTooLarge:
         return _refuse(413, "PAYLOAD_TOO_LARGE", f"more than the declared {row.size} bytes")
     problem = None
@@ -112,7 +114,7 @@ async def upload(request: Request, token: str) -> Response:
     elif row.expected_sha256 is not None and stored.sha256 != row.expected_sha256:
         problem = "the bytes do not match the declared SHA-256"
     if problem is not None:
-        await runtime.storage.delete(row.storage_key)
+        await runtime.storage.delete(files.upload_key(row))
         return _refuse(400, "BAD_USER_INPUT", f"{problem}; nothing was kept")
     return Response(
         orjson.dumps({"size": stored.size, "sha256": stored.sha256}),

@@ -30,6 +30,7 @@ from coregraph.services import files as files_service
 from coregraph.services.events import BUILTIN_EVENT_TYPES
 from coregraph.settings import Settings
 from coregraph.storage import create_storage, signing
+from coregraph.storage.base import StoredObject
 from tests.conftest import make_settings
 from tests.storage_support import S3Server, running_s3_server
 from tests.support import Actor, GraphQLClient, Response, Server, running_server
@@ -492,6 +493,40 @@ async def test_upload_url_then_complete(b: FilesBackend) -> None:
         COMPLETE, {"id": created["file"]["id"]}, actor=owner, tenant_id=tenant_id
     )
     assert again.codes == ["BAD_USER_INPUT"]
+
+
+async def test_an_upload_url_used_again_after_complete_cannot_replace_the_bytes(
+    b: FilesBackend,
+) -> None:
+    owner, tenant_id = await owner_and_tenant(b)
+    content = b"the bytes that were checked"
+    forged = b"bytes nobody ever checked!!"
+    assert len(forged) == len(content)
+    created = (await create_url(b, owner, tenant_id, content)).ok()["createUploadUrl"]
+    assert (await put(b, created, content)).status_code == 200
+    file_id = created["file"]["id"]
+    (await b.client.execute(COMPLETE, {"id": file_id}, actor=owner, tenant_id=tenant_id)).ok()
+    again = await put(b, created, forged)
+    # coregraph's own URL is spent; S3's presigned PUT is taken until it lapses, but it writes
+    # beside the file's bytes, never over them.
+    assert again.status_code == (200 if b.name == "s3" else 409)
+    got = await b.http.get(await download_url(b, owner, tenant_id, file_id))
+    assert got.content == content
+    engine, storage = worker_engine(b.settings), create_storage(b.settings)
+    try:
+        assert await storage.digest(f"{tenant_id}/{file_id}") == StoredObject(
+            f"{tenant_id}/{file_id}", len(content), hashlib.sha256(content).hexdigest()
+        )
+        # What the reused URL wrote is no file's bytes: the cleanup reclaims it.
+        reclaimed = await files_service.reclaim_orphans(engine, storage, grace_seconds=0)
+    finally:
+        await storage.aclose()
+        await engine.dispose()
+    assert reclaimed == ([f"{tenant_id}/{file_id}.upload"] if b.name == "s3" else [])
+    assert tenant_objects(b, tenant_id) == [f"coregraph/{tenant_id}/{file_id}"] or b.name == "local"
+    assert len(tenant_objects(b, tenant_id)) == 1
+    got = await b.http.get(await download_url(b, owner, tenant_id, file_id))
+    assert got.content == content
 
 
 async def test_bytes_that_do_not_match_the_declaration_are_discarded(b: FilesBackend) -> None:

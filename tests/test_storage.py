@@ -202,6 +202,22 @@ async def test_discard_incomplete_removes_what_a_killed_put_left(backend: Backen
     assert await read_all(backend.storage, "ten_a1/fil_kept") == b"kept"
 
 
+async def test_move_replaces_the_destination_and_removes_the_source(backend: Backend) -> None:
+    source, data = "ten_a1/fil_b2.upload", os.urandom(100_000)
+    await backend.storage.put(source, chunked(data), max_bytes=len(data))
+    await backend.storage.put(KEY, chunked(b"older bytes"), max_bytes=100)
+    await backend.storage.move(source, KEY)
+    assert await read_all(backend.storage, KEY) == data
+    assert await backend.storage.head(source) is None
+    # A later write to the source lands there, not over what was moved.
+    await backend.storage.put(source, chunked(b"later"), max_bytes=100)
+    assert await read_all(backend.storage, KEY) == data
+    await backend.storage.delete(source)
+    with pytest.raises(ObjectNotFound):
+        await backend.storage.move(source, KEY)
+    assert await read_all(backend.storage, KEY) == data
+
+
 async def test_delete_is_idempotent(backend: Backend) -> None:
     await backend.storage.put(KEY, chunked(b"bytes"), max_bytes=100)
     await backend.storage.delete(KEY)

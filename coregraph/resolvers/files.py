@@ -146,7 +146,7 @@ class FilesMutation:
             ctx.meta,
             tenant_id=tenant_id,
             file_id=row.id,
-            key=row.storage_key,
+            key=files.upload_key(row),
             size=row.size,
             content_type=content_type,
             expires_in=ctx.settings.files_upload_url_ttl_seconds,

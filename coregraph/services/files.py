@@ -50,6 +50,7 @@ _CONTENT_TYPE_RE = re.compile(
 )
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 OCTET_STREAM = "application/octet-stream"
+UPLOAD_SUFFIX = ".upload"
 
 NewUnitOfWork = Callable[[], UnitOfWork]
 
@@ -165,11 +166,20 @@ def storage_key(tenant_id: str, file_id: str) -> str:
     return f"{tenant_id}/{file_id}"
 
 
-def file_id_of(key: str) -> str | None:
-    """The file id a storage key names, or None when the key is not a file's."""
-    tenant_id, _, file_id = key.partition("/")
+def upload_key(row: File) -> str:
+    """Where a file's upload URL puts its bytes: never its own key, so once ``completeUpload``
+    has moved them there, a URL still valid (an S3 presigned PUT can be used until it lapses)
+    can only write beside it, bytes no reader sees and the cleanup reclaims."""
+    return row.storage_key + UPLOAD_SUFFIX
+
+
+def file_id_of(key: str) -> tuple[str, bool] | None:
+    """The file id a storage key names and whether it is the file's upload key, or None when
+    the key is not a file's."""
+    tenant_id, _, name = key.partition("/")
+    file_id = name.removesuffix(UPLOAD_SUFFIX)
     if ids.is_valid(tenant_id, "ten") and ids.is_valid(file_id, File.__id_prefix__ or ""):
-        return file_id
+        return file_id, file_id != name
     return None
 
 
@@ -458,12 +468,24 @@ async def complete_upload(
 ) -> File:
     """Check the bytes an upload URL received against what was declared and make the file
     ready (``completeUpload``). Bytes that do not match are removed with the pending row, and
-    the call refused: nothing half-recorded stays behind."""
+    the call refused: nothing half-recorded stays behind.
+
+    The bytes are moved from the upload key to the file's own before they are checked, so what
+    is checked is what stays: a PUT to the upload URL during or after this call cannot replace
+    them. If the unit of work then fails, the row stays pending and its purge removes both."""
     validation.object_id(file_id, "fil", "id")
     async with new_uow() as uow:
         row = await pending_file(uow, tenant_id, file_id)
         if row.purge_after is not None and row.purge_after <= utcnow():
             raise BadUserInput("id: this upload URL has lapsed; ask for a new one", field="id")
+        try:
+            await storage.move(upload_key(row), row.storage_key)
+        except ObjectNotFound:
+            # Moved by an earlier call whose commit failed: its bytes are where they go.
+            if await storage.head(row.storage_key) is None:
+                raise BadUserInput(
+                    "id: no bytes were uploaded to this file's URL yet", field="id"
+                ) from None
         try:
             stored = await storage.digest(row.storage_key)
         except ObjectNotFound:
@@ -568,6 +590,8 @@ async def purge_file(new_uow: NewUnitOfWork, storage: Storage, row: File) -> boo
     """Remove a file's bytes, then record it. The bytes go first: a failure after that leaves a
     row that says "not purged yet" and the next cleanup deletes nothing twice."""
     await storage.delete(row.storage_key)
+    if row.status == FileStatus.PENDING.value:
+        await storage.delete(upload_key(row))
     async with new_uow() as uow:
         await uow.allow_tenant(row.tenant_id)
         now = utcnow()
@@ -639,31 +663,33 @@ async def reclaim_orphans(
     batch: int = 500,
 ) -> list[str]:
     """Delete stored objects that no committed row accounts for (a crash between storing the
-    bytes and committing the row) and the bytes of purged files, once older than
-    ``grace_seconds`` (an upload still running has young bytes); the keys deleted. Objects
-    whose key is not a file's are left alone."""
+    bytes and committing the row), the bytes of purged files, and what an upload URL received
+    once its file was no longer pending (a presigned PUT used again after ``completeUpload``),
+    once older than ``grace_seconds`` (an upload still running has young bytes); the keys
+    deleted. Objects whose key is not a file's are left alone."""
     cutoff = (now or utcnow()) - timedelta(seconds=grace_seconds)
     reclaimed: list[str] = []
-    candidates: dict[str, str] = {}  # file id -> key
+    candidates: dict[str, tuple[str, bool]] = {}  # key -> (file id, is its upload key)
 
     async def sweep() -> None:
+        wanted = list({file_id for file_id, _ in candidates.values()})
         async with AsyncSession(engine) as session:
-            kept = set(
-                await session.scalars(
-                    select(File.id).where(File.id.in_(list(candidates)), File.purged_at.is_(None))
-                )
+            rows = await session.execute(
+                select(File.id, File.status).where(File.id.in_(wanted), File.purged_at.is_(None))
             )
-        for file_id, key in candidates.items():
-            if file_id not in kept:
+            statuses: dict[str, str] = {file_id: status for file_id, status in rows}
+        for key, (file_id, uploading) in candidates.items():
+            status = statuses.get(file_id)
+            if status is None or (uploading and status != FileStatus.PENDING.value):
                 await storage.delete(key)
                 reclaimed.append(key)
         candidates.clear()
 
     async for key, _size, modified in storage.keys(""):
-        file_id = file_id_of(key)
-        if file_id is None or modified > cutoff:
+        named = file_id_of(key)
+        if named is None or modified > cutoff:
             continue
-        candidates[file_id] = key
+        candidates[key] = named
         if len(candidates) >= batch:
             await sweep()
     if candidates:

@@ -149,6 +149,14 @@ class Storage(ABC):
         return StoredObject(key=key, size=size, sha256=sha256.hexdigest())
 
     @abstractmethod
+    async def move(self, source: str, destination: str) -> None:
+        """Put what ``source`` holds at ``destination`` (replacing it) and remove ``source``,
+        without the bytes passing through this process (a rename on disk, a server-side copy
+        and delete in S3). ``ObjectNotFound`` when ``source`` holds nothing. A later write to
+        ``source`` never reaches ``destination``.
+        """
+
+    @abstractmethod
     async def delete(self, key: str) -> None:
         """Remove ``key``; nothing to remove is not an error."""
 

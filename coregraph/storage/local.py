@@ -140,6 +140,20 @@ class LocalStorage(Storage):
             return None
         return stat.st_size if S_ISREG(stat.st_mode) else None
 
+    async def move(self, source: str, destination: str) -> None:
+        await asyncio.to_thread(self._move, self.path(source), self.path(destination), source)
+
+    def _move(self, source: Path, destination: Path, key: str) -> None:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source, destination)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFound(key) from None
+        self._fsync_dir(destination.parent)
+        if source.parent != destination.parent:
+            self._fsync_dir(source.parent)
+            self._prune(source.parent)
+
     async def delete(self, key: str) -> None:
         path = self.path(key)
         await asyncio.to_thread(self._delete, path)

@@ -42,6 +42,17 @@ def relay_settings(url: str, **overrides: object) -> Settings:
 
 
 @asynccontextmanager
+async def engine_for(url: str, *, worker: bool = False) -> AsyncIterator[AsyncEngine]:
+    """An engine on ``url`` as the API connects, or as the worker role (``worker=True``)."""
+    settings = relay_settings(url)
+    engine = db.create_engine(settings, role=settings.database_worker_role if worker else None)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
 async def migrated_database(tmp_dir: str) -> AsyncIterator[str]:
     """A migrated database of its own (a SQLite file in ``tmp_dir``, or a new PostgreSQL
     database), for tests whose relay must be the only one publishing it."""

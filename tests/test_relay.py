@@ -40,6 +40,7 @@ from tests.streams_support import (
     WAIT,
     broker_for_this_process,
     emit,
+    engine_for,
     migrated_database,
     relay_settings,
     sequences,
@@ -69,17 +70,14 @@ def api(relay_db: str) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 async def app_engine(relay_db: str) -> AsyncIterator[AsyncEngine]:
-    engine = db.create_engine(relay_settings(relay_db))
-    yield engine
-    await engine.dispose()
+    async with engine_for(relay_db) as engine:
+        yield engine
 
 
 @pytest.fixture
 async def worker_engine(relay_db: str) -> AsyncIterator[AsyncEngine]:
-    settings = relay_settings(relay_db)
-    engine = db.create_engine(settings, role=settings.database_worker_role)
-    yield engine
-    await engine.dispose()
+    async with engine_for(relay_db, worker=True) as engine:
+        yield engine
 
 
 @pytest.fixture

@@ -46,6 +46,7 @@ from tests.streams_support import (
     WAIT,
     broker_for_this_process,
     emit,
+    engine_for,
     migrated_database,
     relay_settings,
     worker_env,
@@ -95,17 +96,14 @@ def client(api: Server, http: Any) -> GraphQLClient:
 
 @pytest.fixture(scope="module")
 async def app_engine(hooks_db: str) -> AsyncIterator[AsyncEngine]:
-    engine = db.create_engine(relay_settings(hooks_db))
-    yield engine
-    await engine.dispose()
+    async with engine_for(hooks_db) as engine:
+        yield engine
 
 
 @pytest.fixture
 async def worker_engine(hooks_db: str) -> AsyncIterator[AsyncEngine]:
-    settings = relay_settings(hooks_db)
-    engine = db.create_engine(settings, role=settings.database_worker_role)
-    yield engine
-    await engine.dispose()
+    async with engine_for(hooks_db, worker=True) as engine:
+        yield engine
 
 
 @pytest.fixture

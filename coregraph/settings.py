@@ -126,6 +126,8 @@ class Settings(BaseSettings):
     # (an upload in progress has young bytes), and the bytes of upload URLs this long after they
     # lapsed.
     files_orphan_grace_seconds: int = Field(3600, ge=0)
+    # How often the worker (or serve, where it runs the relay) does what files-cleanup does.
+    files_cleanup_interval_seconds: float = Field(3600, gt=0, le=7 * 86400)
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

@@ -697,6 +697,44 @@ async def test_delete_soft_then_purge_after_retention(b: FilesBackend) -> None:
     }
 
 
+async def test_the_running_worker_purges_deleted_files_past_their_retention(
+    b: FilesBackend,
+) -> None:
+    """serve's in-process worker (the same tasks as ``coregraph worker``) cleans up every
+    files_cleanup_interval_seconds, as files-cleanup would."""
+    settings = b.settings.model_copy(
+        update={
+            "run_relay": "true",
+            "files_retention_seconds": 2,
+            "files_cleanup_interval_seconds": 0.2,
+        }
+    )
+    with running_server(settings) as server:
+        client = GraphQLClient(b.http, server.url)
+        owner = await client.sign_up()
+        tenant_id = await client.create_tenant(owner)
+        file = await uploaded(b, owner, tenant_id, b"deleted, then purged by the worker")
+        kept = await uploaded(b, owner, tenant_id, b"never deleted")
+        deleted = await client.execute(DELETE, {"id": file["id"]}, actor=owner, tenant_id=tenant_id)
+        deleted.ok()
+        # Within its retention: the worker's passes keep the bytes.
+        assert len(tenant_objects(b, tenant_id)) == 2
+        async with asyncio.timeout(30):
+            while True:
+                if len(tenant_objects(b, tenant_id)) == 1:
+                    break
+                await asyncio.sleep(0.1)
+        audit = await client.execute(
+            AUDIT, {"action": "file.purged"}, actor=owner, tenant_id=tenant_id
+        )
+    assert [e["targetId"] for e in audit.ok()["tenant"]["auditLog"]["nodes"]] == [file["id"]]
+    assert [k for k in tenant_objects(b, tenant_id) if kept["id"] in k] == tenant_objects(
+        b, tenant_id
+    )
+    got = await b.http.get(await download_url(b, owner, tenant_id, kept["id"]))
+    assert got.content == b"never deleted"
+
+
 async def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
     return await asyncio.to_thread(
         subprocess.run, args, env=env, capture_output=True, timeout=60, check=False

@@ -14,6 +14,7 @@ tenant's quota lock held, before any byte is kept.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import unicodedata
@@ -711,3 +712,33 @@ async def cleanup(engine: AsyncEngine, storage: Storage, *, grace_seconds: float
     orphans = await reclaim_orphans(engine, storage, grace_seconds=grace_seconds)
     incomplete = await storage.discard_incomplete(utcnow() - timedelta(seconds=grace_seconds))
     return Cleanup(purged, orphans, incomplete)
+
+
+async def clean_periodically(engine: AsyncEngine, settings: Settings) -> None:
+    """``cleanup`` now and then every ``files_cleanup_interval_seconds``, until cancelled (the
+    worker's, and serve's where it runs the relay). Safe beside other workers and the CLI: a
+    file's bytes are deleted before its row says purged, and deleting twice is harmless."""
+    from coregraph.storage import create_storage
+
+    storage = create_storage(settings)
+    try:
+        while True:
+            try:
+                done = await cleanup(
+                    engine, storage, grace_seconds=settings.files_orphan_grace_seconds
+                )
+                if done.purged or done.orphans or done.incomplete:
+                    log.info(
+                        "files cleaned up",
+                        extra={
+                            "purged": len(done.purged),
+                            "orphans": len(done.orphans),
+                            "incomplete": done.incomplete,
+                        },
+                    )
+            except Exception:
+                # The database or the bucket is away: try again next interval.
+                log.exception("files cleanup failed; retrying")
+            await asyncio.sleep(settings.files_cleanup_interval_seconds)
+    finally:
+        await storage.aclose()

@@ -1,6 +1,7 @@
 """The worker process (``coregraph worker``): the outbox relay, webhook delivery
-(``coregraph.streams.webhooks``) and audit retention every
-``COREGRAPH_AUDIT_PRUNE_INTERVAL_SECONDS``, until SIGTERM or SIGINT.
+(``coregraph.streams.webhooks``), audit retention every
+``COREGRAPH_AUDIT_PRUNE_INTERVAL_SECONDS`` and the files' cleanup (``coregraph files-cleanup``)
+every ``COREGRAPH_FILES_CLEANUP_INTERVAL_SECONDS``, until SIGTERM or SIGINT.
 
 Production runs it next to the API processes, as many as wanted (they share the chains, see
 ``coregraph.streams.relay``; two prunes of one chain wait for each other on its head row);
@@ -21,7 +22,7 @@ from collections.abc import AsyncIterator
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coregraph import db
-from coregraph.services import audit_retention
+from coregraph.services import audit_retention, files
 from coregraph.settings import Settings
 from coregraph.streams.broker import Broker, create_broker
 from coregraph.streams.relay import Relay, running
@@ -32,20 +33,24 @@ log = logging.getLogger("coregraph.worker")
 
 @contextlib.asynccontextmanager
 async def relay_in_process(settings: Settings, broker: Broker) -> AsyncIterator[Relay]:
-    """A relay and the audit pruning with an engine of their own (the worker role), running
-    for the block."""
+    """A relay, the audit pruning and the files' cleanup with an engine of their own (the
+    worker role), running for the block."""
     engine = db.create_engine(settings, role=settings.database_worker_role)
     relay = Relay(engine, broker, poll_seconds=settings.relay_poll_seconds)
     pruning = asyncio.create_task(
         prune_periodically(engine, settings.audit_prune_interval_seconds),
         name="coregraph-audit-pruning",
     )
+    cleaning = asyncio.create_task(
+        files.clean_periodically(engine, settings), name="coregraph-files-cleanup"
+    )
     try:
         async with running(relay):
             yield relay
     finally:
         pruning.cancel()
-        await asyncio.gather(pruning, return_exceptions=True)
+        cleaning.cancel()
+        await asyncio.gather(pruning, cleaning, return_exceptions=True)
         await engine.dispose()
 
 

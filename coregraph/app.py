@@ -19,7 +19,6 @@ from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,7 +30,11 @@ from coregraph.audit_export import audit_export
 from coregraph.auth import passwords
 from coregraph.auth.authenticate import Authenticator
 from coregraph.auth.tokens import TokenService
-from coregraph.files_http import download as file_download, upload as file_upload
+from coregraph.files_http import (
+    CORSWithUploads,
+    download as file_download,
+    upload as file_upload,
+)
 from coregraph.http import handle_graphql, method_not_allowed
 from coregraph.invitation_page import invitation_page
 from coregraph.request_log import log_request
@@ -241,7 +244,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(ws_router, prefix="/graphql")
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            # CORSMiddleware, and PUT on upload URLs for the same origins.
+            CORSWithUploads,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=[

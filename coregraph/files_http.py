@@ -19,6 +19,8 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from coregraph import db
 from coregraph.errors import CoregraphError
@@ -29,6 +31,8 @@ from coregraph.storage import ObjectNotFound, ObjectTooLarge, attachment_disposi
 
 if TYPE_CHECKING:
     from coregraph.app import Runtime
+
+UPLOAD_PATH = "/files/upload/"
 
 SAFE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -121,3 +125,26 @@ async def upload(request: Request, token: str) -> Response:
         media_type="application/json",
         headers=SAFE_HEADERS,
     )
+
+
+class CORSWithUploads(CORSMiddleware):
+    """The API's CORS (its arguments), except on upload URLs (``PUT /files/upload/{token}``),
+    which browsers on the same allowed origins may PUT to with the ``Content-Type`` that
+    ``createUploadUrl``'s ``uploadHeaders`` name, and nothing else. No other path allows PUT,
+    and no origin outside ``allow_origins`` is allowed anywhere."""
+
+    def __init__(self, app: ASGIApp, /, *, allow_origins: list[str], **api: Any) -> None:
+        super().__init__(app, allow_origins=allow_origins, **api)
+        self.uploads = CORSMiddleware(
+            app,
+            allow_origins=allow_origins,
+            allow_methods=["PUT"],
+            allow_headers=["Content-Type"],
+            max_age=api.get("max_age", 600),
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(UPLOAD_PATH):
+            await self.uploads(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)

@@ -529,6 +529,58 @@ async def test_an_upload_url_used_again_after_complete_cannot_replace_the_bytes(
     assert got.content == content
 
 
+async def test_browsers_of_allowed_origins_may_put_to_upload_urls(
+    database_url: str, http: httpx.AsyncClient, tmp_path: Any
+) -> None:
+    portal, evil = "https://portal.example.com", "https://evil.example"
+    settings = make_settings(
+        database_url, **LIMITS, storage_dir=str(tmp_path), cors_origins=[portal]
+    )
+    with running_server(settings) as server:
+        client = GraphQLClient(http, server.url)
+        owner = await client.sign_up()
+        tenant_id = await client.create_tenant(owner)
+        content = b"sent by a browser on the portal"
+        created = (
+            await client.execute(
+                CREATE_URL,
+                {"input": {"filename": "a.txt", "size": len(content), "contentType": "text/plain"}},
+                actor=owner,
+                tenant_id=tenant_id,
+            )
+        ).ok()["createUploadUrl"]
+        url = created["uploadUrl"]
+        assert "/files/upload/" in url
+        preflight = {
+            "Access-Control-Request-Method": "PUT",
+            "Access-Control-Request-Headers": "content-type",
+        }
+        allowed = await http.options(url, headers={"Origin": portal, **preflight})
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == portal
+        assert "PUT" in allowed.headers["access-control-allow-methods"]
+        assert "content-type" in allowed.headers["access-control-allow-headers"].lower()
+        refused = await http.options(url, headers={"Origin": evil, **preflight})
+        assert refused.status_code == 400
+        assert "access-control-allow-origin" not in refused.headers
+        # Only what an upload needs: no credential header, and PUT nowhere else.
+        with_auth = {**preflight, "Access-Control-Request-Headers": "authorization"}
+        assert (await http.options(url, headers={"Origin": portal, **with_auth})).status_code == 400
+        graphql_put = await http.options(server.url, headers={"Origin": portal, **preflight})
+        assert graphql_put.status_code == 400
+        assert "PUT" not in graphql_put.headers.get("access-control-allow-methods", "")
+        # The PUT itself, as the browser sends it after the preflight.
+        sent = await http.put(
+            url, content=content, headers={"Origin": portal, **created["uploadHeaders"]}
+        )
+        assert sent.status_code == 200, sent.text
+        assert sent.headers["access-control-allow-origin"] == portal
+        done = await client.execute(
+            COMPLETE, {"id": created["file"]["id"]}, actor=owner, tenant_id=tenant_id
+        )
+        assert done.ok()["completeUpload"]["file"]["size"] == len(content)
+
+
 async def test_bytes_that_do_not_match_the_declaration_are_discarded(b: FilesBackend) -> None:
     owner, tenant_id = await owner_and_tenant(b)
     content = b"the declared bytes, exactly"

@@ -39,11 +39,17 @@ import ssl
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpcore
-import httpx
 
 from coregraph.errors import BadUserInput
+
+# httpx is imported where a URL is parsed or a client made, not with this module: httpx's
+# package imports its command-line client, and with it rich and Pygments (~7 MiB of every
+# server's resident set, webhooks used or not). httpcore, which sends, is light.
+if TYPE_CHECKING:
+    import httpx
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +202,8 @@ def _parse(url: str, *, allow_private: bool, require_https: bool) -> httpx.URL:
         raise UnsafeDestination("webhook URL contains whitespace or control characters")
     if "#" in url:
         raise UnsafeDestination("webhook URL must not have a fragment")
+    import httpx
+
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, ValueError):
@@ -481,7 +489,11 @@ class OutboundClient:
         self.user_agent = user_agent
         self.keepalive_expiry = keepalive_expiry
         # certifi's roots as httpx uses them; no proxy, whatever the environment says.
-        self._ssl_context = ssl_context or httpx.create_ssl_context()
+        if ssl_context is None:
+            import httpx
+
+            ssl_context = httpx.create_ssl_context()
+        self._ssl_context = ssl_context
         self._backend = CheckedNetworkBackend(allow_private=allow_private)
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: dict[Origin, list[httpcore.AsyncHTTPConnection]] = {}

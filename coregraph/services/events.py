@@ -18,12 +18,9 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, best_match
-from referencing.exceptions import Unresolvable
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
@@ -33,6 +30,12 @@ from coregraph.models import Event, EventType
 from coregraph.services import validation
 from coregraph.services.json_schema_precheck import Check, compile_precheck
 from coregraph.services.uow import StatedEvent, UnitOfWork
+
+# jsonschema (with referencing, rpds and attrs) is imported by the functions that use it, when a
+# schema is first checked or compiled, not by every process that imports this module (~2.5 MiB
+# of a server's resident set; bench/RESULTS.md, "Files").
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 MAX_TYPE_LENGTH = 120
 MAX_DOCUMENT_BYTES = 64 * 1024
@@ -304,6 +307,9 @@ def _external_refs(schema: Any) -> Iterator[str]:
 
 
 def _check_schema(schema: Any) -> dict[str, Any]:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
     document = _json_document(schema, "schema")
     try:
         Draft202012Validator.check_schema(document)
@@ -405,6 +411,8 @@ _VALIDATOR_CACHE_SIZE = 1024
 def _validator(registered: _Registered) -> _CompiledSchema:
     compiled = _VALIDATORS.get(registered.id)
     if compiled is None:
+        from jsonschema import Draft202012Validator
+
         compiled = _CompiledSchema(
             Draft202012Validator(registered.schema), compile_precheck(registered.schema)
         )
@@ -421,6 +429,9 @@ def _schema_violation(compiled: _CompiledSchema, data: dict[str, Any]) -> BadUse
     an error naming its JSON path; a missing required property is named as that property."""
     if compiled.precheck is not None and compiled.precheck(data):
         return None
+    from jsonschema.exceptions import best_match
+    from referencing.exceptions import Unresolvable
+
     try:
         error = best_match(compiled.validator.iter_errors(data))
     except Unresolvable as unresolvable:

@@ -39,7 +39,6 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError
 
 from coregraph.models.base import Environment
 from coregraph.settings import Settings
@@ -382,6 +381,10 @@ class RedisBroker(Broker):
             if self._pubsub is None:
                 self._pubsub = self.redis.pubsub()
             self._confirmations.setdefault(channel, []).append(confirmed)
+            # redis-py is imported only by processes that use it (its commands' modules are
+            # ~5 MiB of a server's resident set): this one does.
+            from redis.exceptions import RedisError
+
             try:
                 await self._pubsub.subscribe(channel)
             except RedisError as exc:

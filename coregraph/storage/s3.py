@@ -4,8 +4,10 @@ boto3 blocks, so its calls run in a thread pool of this backend's own (the event
 waits on the network, and a burst of downloads cannot starve the default executor that DNS
 lookups and the local backend use). Its calls are few and large: a put sends one request for an
 object smaller than a part, else a multipart upload of ``part_size`` parts, so memory stays
-bounded by one part whatever the object's size. Past ``max_bytes`` (or on any failure) the
-multipart upload is aborted: no object, no pending parts billed in the bucket.
+bounded by one part whatever the object's size: the part's buffer (BytesIO over-allocates up to
+1/8) plus the chunk that filled it, plus botocore's 1 MiB reads of it while signing and sending.
+Past ``max_bytes`` (or on any failure) the multipart upload is aborted: no object, no pending
+parts billed in the bucket.
 
 Keys live under the URL's prefix (``s3://bucket/prefix`` stores ``ten_1/fil_2`` as
 ``prefix/ten_1/fil_2``).
@@ -117,6 +119,10 @@ class S3Storage(Storage):
                         )
                         upload_id = created["UploadId"]
                     parts.append(await self._upload_part(name, upload_id, len(parts) + 1, part))
+                    # Free the part now: the executor's work item still refers to it until its
+                    # thread next holds the GIL, and on a busy machine the next part would
+                    # fill meanwhile (two parts in memory, tests/test_storage.py).
+                    part.close()
                     part = io.BytesIO()
             if upload_id is None:
                 part.seek(0)
@@ -144,6 +150,8 @@ class S3Storage(Storage):
             if isinstance(error, ClientError):
                 raise StorageError(f"storing {key!r} failed: {_code(error)}") from error
             raise
+        finally:
+            part.close()
         return StoredObject(key=key, size=size, sha256=sha256.hexdigest())
 
     async def _upload_part(

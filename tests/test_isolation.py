@@ -623,3 +623,38 @@ async def test_tenant_b_is_unchanged_after_every_attempt(
     # B's key still works: nobody in A revoked it or changed its creator's rights.
     r = await client.execute("{ tenant { id members { totalCount } } }", actor=b.api_key)
     assert r.ok()["tenant"] == {"id": b.tenant_id, "members": {"totalCount": 2}}
+
+
+async def test_a_test_key_finds_no_live_row_by_id(client: GraphQLClient) -> None:
+    """Environments never mix: a test-environment key that may read events does not reach a
+    live event through ``node(id:)`` or ``_entities`` (nor a file's or a webhook's, which are
+    scoped the same way: ``TenantOwned.__environment_scoped__``)."""
+    owner = await client.sign_up()
+    tenant_id = await client.create_tenant(owner)
+    r = await client.execute(
+        "{ events(first: 1) { edges { node { id environment } } } }",
+        actor=owner,
+        tenant_id=tenant_id,
+    )
+    [edge] = r.ok()["events"]["edges"]
+    live_id = edge["node"]["id"]
+    assert edge["node"]["environment"] == "LIVE"
+    r = await client.execute(
+        """mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) { secret } }""",
+        {"input": {"name": "test key", "scopes": ["events:read"], "environment": "TEST"}},
+        actor=owner,
+        tenant_id=tenant_id,
+    )
+    test_key = Actor(token=r.ok()["createApiKey"]["secret"])
+    r = await client.execute(
+        """query($id: ID!, $r: [_Any!]!) { node(id: $id) { id }
+            _entities(representations: $r) { ... on Event { id } } }""",
+        {"id": live_id, "r": [{"__typename": "Event", "id": live_id}]},
+        actor=test_key,
+    )
+    assert r.data == {"node": None, "_entities": [None]}, r.body
+    # The same lookups with a live credential find it: the refusal is the environment's.
+    r = await client.execute(
+        """query($id: ID!) { node(id: $id) { id } }""", {"id": live_id}, actor=owner
+    )
+    assert r.ok()["node"] == {"id": live_id}

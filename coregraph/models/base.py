@@ -85,6 +85,11 @@ class TenantOwned:
     """
 
     __row_security__: ClassVar[RowSecurity] = RowSecurity()
+    # True for data of one environment (events, files, webhooks): a principal reads only rows
+    # of its own environment, live or test, by every path — lists filter on it, and lookups by
+    # id (``node``, ``_entities``) refuse the other environment's rows as not found. The model
+    # then has an ``environment`` column.
+    __environment_scoped__: ClassVar[bool] = False
 
 
 def tenant_owned_models() -> list[type[Any]]:

@@ -29,6 +29,7 @@ from coregraph.models.base import (
 class Event(TenantOwned, Base):
     __tablename__ = "events"
     __id_prefix__ = "evt"
+    __environment_scoped__ = True
     __table_args__ = (
         UniqueConstraint("tenant_id", "sequence"),
         # A repeated idempotency key finds the first event instead of making a second one.

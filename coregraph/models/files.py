@@ -38,6 +38,7 @@ class FileStatus(enum.StrEnum):
 class File(TenantOwned, Timestamped, Base):
     __tablename__ = "files"
     __id_prefix__ = "fil"
+    __environment_scoped__ = True
     __table_args__ = (
         Index("ix_files_tenant_id_environment_id", "tenant_id", "environment", "id"),
         Index("ix_files_purge_after", "purge_after"),

@@ -53,6 +53,7 @@ class DeliveryStatus(enum.StrEnum):
 class WebhookEndpoint(TenantOwned, Timestamped, Base):
     __tablename__ = "webhook_endpoints"
     __id_prefix__ = "whe"
+    __environment_scoped__ = True
     __table_args__ = (Index("ix_webhook_endpoints_tenant_id", "tenant_id"),)
 
     id: Mapped[str] = id_column()
@@ -80,6 +81,7 @@ class WebhookEndpoint(TenantOwned, Timestamped, Base):
 class WebhookDelivery(TenantOwned, Base):
     __tablename__ = "webhook_deliveries"
     __id_prefix__ = "msg"
+    __environment_scoped__ = True
     __table_args__ = (
         # One delivery per event and endpoint: a retry or a replay is another attempt of it.
         UniqueConstraint("endpoint_id", "event_id"),

@@ -8,8 +8,9 @@ its type, with ``@entity(Model)``; from that one declaration follow:
 - its place in the schema (``coregraph.api`` builds with ``ENTITIES``).
 
 A lookup returns the object only when it belongs to a tenant the principal is a member of
-(``Loaders.rows_of``, which starts from ``schema.readable``); anything else is ``None``, so "does
-not exist" and "not yours" look the same.
+(``Loaders.rows_of``, which starts from ``schema.readable``) and, for environment-scoped models,
+to the principal's environment; anything else is ``None``, so "does not exist" and "not yours"
+look the same.
 """
 
 from __future__ import annotations
@@ -61,12 +62,16 @@ def entity(model: Any, *, find: Finder | None = None) -> Callable[[type[T]], typ
 
 def _tenant_row(model: Any, convert: Callable[[Any], Any]) -> Finder:
     prefix = model.__id_prefix__
+    # Another environment's row is not found, as another tenant's is (``TenantOwned``).
+    scoped = getattr(model, "__environment_scoped__", False)
 
     async def find_row(ctx: Context, id_: str) -> Any | None:
         if not ids.is_valid(id_, prefix):
             return None
         row = await ctx.loaders.rows_of(model).load(id_)
-        return convert(row) if row is not None else None
+        if row is None or (scoped and row.environment != ctx.principal.environment):
+            return None
+        return convert(row)
 
     return find_row
 

@@ -31,6 +31,7 @@ from coregraph.resolvers.identity import IdentityMutation, IdentityQuery
 from coregraph.resolvers.node import NodeQuery
 from coregraph.resolvers.streams import StreamsSubscription
 from coregraph.resolvers.tenancy import TenancyMutation, TenancyQuery
+from coregraph.resolvers.usage import UsageMutation, UsageQuery
 from coregraph.resolvers.webhooks import WebhooksMutation, WebhooksQuery, WebhooksSubscription
 from coregraph.schema.authorization import enforce_declarations
 from coregraph.schema.errors import error_extension
@@ -53,6 +54,7 @@ Query = merge_types(
         EventsQuery,
         FilesQuery,
         WebhooksQuery,
+        UsageQuery,
         NodeQuery,
     ),
 )
@@ -65,6 +67,7 @@ Mutation = merge_types(
         EventsMutation,
         FilesMutation,
         WebhooksMutation,
+        UsageMutation,
     ),
 )
 Subscription = merge_types("Subscription", (StreamsSubscription, WebhooksSubscription))

@@ -182,6 +182,12 @@ class Settings(BaseSettings):
     max_page_size: int = Field(200, ge=1, le=1000)
     # Events one emitEvents call may carry (all written in one transaction).
     max_event_batch: int = Field(500, ge=1, le=5000)
+    # Usage records one recordUsageBatch call may carry (all written in one transaction).
+    max_usage_batch: int = Field(1000, ge=1, le=10_000)
+    # How late a usage record may arrive (its occurredAt this far back lands in its period;
+    # older is refused), and how far ahead of the server's clock it may be.
+    usage_late_window_seconds: int = Field(7 * 86400, ge=0)
+    usage_future_skew_seconds: int = Field(300, ge=0, le=86400)
     graphiql: bool | None = None  # default: on, except in production
     # Who may read `_service { sdl }` when introspection is off: requests carrying this shared
     # secret in X-Coregraph-Schema-Secret (a federation gateway). Unset: nobody; the gateway

@@ -247,6 +247,8 @@ def test_the_table_covers_every_built_in_event_type() -> None:
     covered |= webhook_endpoint
     # file.uploaded and file.deleted: tests/test_files.py (they need a storage backend).
     covered |= {"file.uploaded", "file.deleted"}
+    # meter.created and usage.recorded: tests/test_usage.py.
+    covered |= {"meter.created", "usage.recorded"}
     assert covered == set(BUILTIN_EVENT_TYPES)
 
 

@@ -39,6 +39,7 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("files:write", "Upload and delete files."),
     Permission("usage:read", "Read usage records."),
     Permission("usage:write", "Record usage."),
+    Permission("meters:manage", "Define the tenant's own usage meters."),
     Permission("billing:read", "See plans, entitlements and invoices."),
     Permission("billing:manage", "Change the plan and billing details (includes billing:read)."),
     Permission("approvals:review", "Approve or reject sensitive actions."),

@@ -8,6 +8,7 @@ from coregraph.models.files import File, FileStatus
 from coregraph.models.identity import ExternalIdentity, RetiredRefreshToken, Session, User
 from coregraph.models.streams import RelayPosition
 from coregraph.models.tenancy import Invitation, Membership, Tenant
+from coregraph.models.usage import Meter, UsageRecord
 from coregraph.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
@@ -22,12 +23,14 @@ __all__ = [
     "FileStatus",
     "Invitation",
     "Membership",
+    "Meter",
     "RelayPosition",
     "RetiredRefreshToken",
     "Role",
     "Session",
     "StreamHead",
     "Tenant",
+    "UsageRecord",
     "User",
     "WebhookAttempt",
     "WebhookDelivery",

@@ -206,6 +206,20 @@ BUILTIN_EVENT_TYPES: dict[str, BuiltinEventType] = {
             " beside it until overlapEndsAt (null: not at all).",
             _payload(endpointId=_ID, overlapEndsAt=_OPTIONAL_TEXT),
         ),
+        BuiltinEventType(
+            "meter.created",
+            "A tenant's own meter was created (createMeter).",
+            _payload(meterId=_ID, key=_TEXT, aggregation=_TEXT, dimensions=_LIST),
+        ),
+        BuiltinEventType(
+            "usage.recorded",
+            "One recordUsage or recordUsageBatch call recorded usage: records new records in"
+            " all, meters their count per meter key; replays of used keys are not counted.",
+            _payload(
+                records={"type": "integer", "minimum": 1},
+                meters={"type": "object", "additionalProperties": {"type": "integer"}},
+            ),
+        ),
     )
 }
 # The first segments of built-in types (and coregraph's own): no custom type starts with one.
@@ -374,15 +388,7 @@ class EmittedEvent:
     replayed: bool
 
 
-def _idempotency_key(value: str | None) -> str | None:
-    if value is None:
-        return None
-    if not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY_LENGTH or not value.isprintable():
-        raise BadUserInput(
-            f"idempotencyKey: 1-{MAX_IDEMPOTENCY_KEY_LENGTH} printable characters",
-            field="idempotencyKey",
-        )
-    return value
+_idempotency_key = validation.idempotency_key
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,6 +82,20 @@ def key(value: str, field: str = "key") -> str:
     return value
 
 
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+
+
+def idempotency_key(value: str | None, field: str = "idempotencyKey") -> str | None:
+    """An idempotency key (events, usage): 1-200 printable characters, or none."""
+    if value is None:
+        return None
+    if not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY_LENGTH or not value.isprintable():
+        raise BadUserInput(
+            f"{field}: 1-{MAX_IDEMPOTENCY_KEY_LENGTH} printable characters", field=field
+        )
+    return value
+
+
 def object_id(value: str, prefix: str, field: str) -> str:
     """A malformed id is bad input; a well-formed one that is not visible is NOT_FOUND later."""
     if not ids.is_valid(value, prefix):

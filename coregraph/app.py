@@ -44,6 +44,7 @@ from coregraph.settings import Settings, load_settings
 from coregraph.storage import Storage, create_storage
 from coregraph.streams.broker import Broker, create_broker
 from coregraph.streams.worker import relay_in_process, webhooks_in_process
+from coregraph.usage_bulk import usage_bulk
 from coregraph.ws import WebSocketRouter
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -204,6 +205,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     app.add_api_route("/invitations/accept", invitation_page, include_in_schema=False)
     app.add_api_route("/audit/export", audit_export, include_in_schema=False)
+    app.add_api_route("/usage/bulk", usage_bulk, methods=["POST"], include_in_schema=False)
     app.add_api_route(
         "/files/download/{token}", file_download, methods=["GET"], include_in_schema=False
     )

@@ -11,12 +11,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
 from coregraph.services.events import BUILTIN_EVENT_TYPES
 from tests.conftest import make_settings
-from tests.support import Actor, GraphQLClient, Response, running_server, unique
+from tests.support import Actor, GraphQLClient, Response, Server, running_server, unique
 
 CREATE_METER = """mutation($input: CreateMeterInput!) { createMeter(input: $input) {
     meter { id key name unit aggregation dimensions uniqueDimension } } }"""
@@ -527,3 +528,59 @@ async def test_a_late_record_lands_in_its_closed_month(
     assert (await team.summary(closed.strftime("%Y-%m")))[meter] == "3"
     assert (await team.summary(this_month.strftime("%Y-%m")))[meter] == "0"
     assert refused.codes == ["BAD_USER_INPUT"]
+
+
+# --- POST /usage/bulk: JSON Lines ---
+
+
+def _jsonl(records: list[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(record) + b"\n" for record in records)
+
+
+async def _bulk(
+    http: httpx.AsyncClient, server: Server, body: bytes, actor: Actor | None, tenant_id: str
+) -> httpx.Response:
+    headers = {"Content-Type": "application/x-ndjson", "X-Tenant-Id": tenant_id}
+    if actor is not None:
+        headers["Authorization"] = f"Bearer {actor.token}"
+    return await http.post(f"{server.base_url}/usage/bulk", content=body, headers=headers)
+
+
+async def test_bulk_json_lines_record_like_a_batch(
+    client: GraphQLClient, server: Server, http: httpx.AsyncClient
+) -> None:
+    team = await new_team(client)
+    meter = await team.meter("SUM")
+    writer = await client.api_key(team.owner, team.tenant_id, ["usage:write"])
+    reader = await client.add_member(team.owner, team.tenant_id, role="viewer")
+    at = _iso(_day(0) + timedelta(hours=3))
+    records: list[dict[str, Any]] = [
+        {"meter": meter, "quantity": "0.1", "occurredAt": at, "idempotencyKey": "a"},
+        {"meter": meter, "quantity": "0.2", "occurredAt": at, "dimensions": {"model": "m"}},
+        {"meter": meter, "quantity": 3, "idempotencyKey": "a"},
+    ]
+
+    first = await _bulk(http, server, _jsonl(records), writer, team.tenant_id)
+    again = await _bulk(http, server, _jsonl(records[:1]), writer, team.tenant_id)
+    bad = await _bulk(
+        http,
+        server,
+        _jsonl([records[1], {**records[1], "dimensions": {"x": "y"}}]),
+        writer,
+        team.tenant_id,
+    )
+    not_json = await _bulk(http, server, b'{"meter": "x"}\nnot json\n', writer, team.tenant_id)
+    forbidden = await _bulk(http, server, _jsonl(records), reader, team.tenant_id)
+    anonymous = await _bulk(http, server, _jsonl(records), None, team.tenant_id)
+
+    assert (first.status_code, first.json()) == (200, {"recorded": 2, "replayed": 1})
+    assert again.json() == {"recorded": 0, "replayed": 1}
+    assert bad.status_code == 400
+    assert bad.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert bad.json()["errors"][0]["extensions"]["index"] == 1
+    assert not_json.status_code == 400
+    assert not_json.json()["errors"][0]["extensions"]["index"] == 1
+    assert forbidden.status_code == 403
+    assert anonymous.status_code == 401
+    series = await team.usage(meter, _day(0), _day(1))
+    assert _points(series) == [(_day(0), {}, "0.3")]

@@ -203,8 +203,10 @@ async def test_discard_incomplete_removes_what_a_killed_put_left(backend: Backen
 
 
 async def test_move_replaces_the_destination_and_removes_the_source(backend: Backend) -> None:
-    source, data = "ten_a1/fil_b2.upload", os.urandom(100_000)
-    await backend.storage.put(source, chunked(data), max_bytes=len(data))
+    # Past boto3's 8 MiB copy threshold: S3 copies it in parts (UploadPartCopy), as CopyObject
+    # alone stops at 5 GB.
+    source, data = "ten_a1/fil_b2.upload", os.urandom(9 * MiB)
+    await backend.storage.put(source, chunked(data, MiB), max_bytes=len(data))
     await backend.storage.put(KEY, chunked(b"older bytes"), max_bytes=100)
     await backend.storage.move(source, KEY)
     assert await read_all(backend.storage, KEY) == data

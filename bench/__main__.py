@@ -36,8 +36,7 @@ import httpx
 import orjson
 
 from bench import load, seed
-from bench.servers import bench_env, uvicorn_server
-from coregraph.settings import Settings
+from bench.servers import bench_env, bench_settings, uvicorn_server
 
 MEMBERS_QUERY = (
     "{ tenant { id name members(first: 200) { edges { node { id createdAt "
@@ -234,12 +233,7 @@ async def main(args: argparse.Namespace) -> int:
 
 async def _main(args: argparse.Namespace, tmp: str) -> int:
     env = bench_env(tmp)
-    settings = Settings(
-        env="production",
-        database_url=env["COREGRAPH_DATABASE_URL"],
-        jwt_secret=env["COREGRAPH_JWT_SECRET"],
-        access_token_ttl_seconds=86400,
-    )
+    settings = bench_settings(env)
     migrate_database(env)
 
     info = machine()

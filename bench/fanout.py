@@ -34,8 +34,7 @@ from websockets.typing import Subprotocol
 
 from bench.__main__ import GRAPHQL_HEADERS, machine, migrate_database
 from bench.seed import load_tenant
-from bench.servers import bench_env, uvicorn_server
-from coregraph.settings import Settings
+from bench.servers import bench_env, bench_settings, uvicorn_server
 
 EVENT_TYPE = "bench.fanout"
 SUBSCRIPTION = """subscription($types: [String!]) {
@@ -124,12 +123,7 @@ async def run(args: argparse.Namespace, tmp: str) -> int:
         flush=True,
     )
     env = bench_env(tmp)
-    settings = Settings(
-        env="production",
-        database_url=env["COREGRAPH_DATABASE_URL"],
-        jwt_secret=env["COREGRAPH_JWT_SECRET"],
-        access_token_ttl_seconds=86400,
-    )
+    settings = bench_settings(env)
     migrate_database(env)
     with uvicorn_server("coregraph", "coregraph.app:create_app", env, tmp, "/healthz") as cg:
         url = cg.base_url + "/graphql"

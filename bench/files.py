@@ -39,8 +39,7 @@ import orjson
 from bench import seed
 from bench.__main__ import GRAPHQL_HEADERS, machine, migrate_database
 from bench.load import process_cpu_seconds
-from bench.servers import bench_env, uvicorn_server
-from coregraph.settings import Settings
+from bench.servers import bench_env, bench_settings, uvicorn_server
 
 MB = 1_000_000
 MiB = 1024 * 1024
@@ -281,13 +280,7 @@ async def main(args: argparse.Namespace) -> int:
     size = args.megabytes * MB
     with tempfile.TemporaryDirectory(prefix="coregraph-bench-files-") as tmp:
         env = {**bench_env(tmp), "COREGRAPH_STORAGE_DIR": os.path.join(tmp, "files")}
-        settings = Settings(
-            env="production",
-            database_url=env["COREGRAPH_DATABASE_URL"],
-            jwt_secret=env["COREGRAPH_JWT_SECRET"],
-            webhook_secret_keys=env["COREGRAPH_WEBHOOK_SECRET_KEYS"],
-            access_token_ttl_seconds=86400,
-        )
+        settings = bench_settings(env)
         source = os.path.join(tmp, "source.bin")
         digest = make_file(source, size)
         migrate_database(env)

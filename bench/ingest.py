@@ -43,7 +43,7 @@ import orjson
 
 from bench import load, seed
 from bench.__main__ import GRAPHQL_HEADERS, machine, migrate_database
-from bench.servers import bench_env, uvicorn_server
+from bench.servers import bench_env, bench_settings, uvicorn_server
 from coregraph import ids
 from coregraph.settings import Settings
 
@@ -298,13 +298,7 @@ async def _main(args: argparse.Namespace, tmp: str) -> int:
             **bench_env(tmp),
             "COREGRAPH_DATABASE_URL": dsn.replace("postgresql://", "postgresql+asyncpg://", 1),
         }
-        settings = Settings(
-            env="production",
-            database_url=env["COREGRAPH_DATABASE_URL"],
-            jwt_secret=env["COREGRAPH_JWT_SECRET"],
-            webhook_secret_keys=env["COREGRAPH_WEBHOOK_SECRET_KEYS"],
-            access_token_ttl_seconds=86400,
-        )
+        settings = bench_settings(env)
         migrate_database(env)
         with uvicorn_server("coregraph", "coregraph.app:create_app", env, tmp, "/healthz") as cg:
             url = cg.base_url + "/graphql"

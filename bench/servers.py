@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import httpx
 from cryptography.fernet import Fernet
 
+from coregraph.settings import Settings
+
 HOST = "127.0.0.1"
 
 
@@ -33,6 +35,20 @@ def bench_env(tmp: str) -> dict[str, str]:
         # Production refuses the development key that encrypts webhook secrets.
         "COREGRAPH_WEBHOOK_SECRET_KEYS": Fernet.generate_key().decode(),
     }
+
+
+def bench_settings(environ: dict[str, str], **overrides: object) -> Settings:
+    """The settings the bench itself uses to reach the servers' database (seeding, migrating),
+    read from ``bench_env``'s environment."""
+    values: dict[str, object] = {
+        "env": environ["COREGRAPH_ENV"],
+        "database_url": environ["COREGRAPH_DATABASE_URL"],
+        "jwt_secret": environ["COREGRAPH_JWT_SECRET"],
+        "webhook_secret_keys": environ["COREGRAPH_WEBHOOK_SECRET_KEYS"],
+        "access_token_ttl_seconds": 86400,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
 
 
 def free_port() -> int:

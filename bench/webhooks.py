@@ -43,7 +43,7 @@ from bench import seed
 from bench.__main__ import machine, migrate_database
 from bench.ingest import DEFAULT_ADMIN_DSN, bench_database, reachable
 from bench.load import process_cpu_seconds
-from bench.servers import HOST, bench_env, stop, uvicorn_server
+from bench.servers import HOST, bench_env, bench_settings, stop, uvicorn_server
 from coregraph import db, ids
 from coregraph.auth.principal import system_principal
 from coregraph.request import RequestMeta
@@ -225,13 +225,7 @@ async def run(
         "COREGRAPH_REDIS_PREFIX": prefix or "coregraph",
         "COREGRAPH_RELAY_POLL_SECONDS": "0.5" if with_redis else "0.05",
     }
-    settings = Settings(
-        env="development",
-        database_url=url,
-        jwt_secret=env["COREGRAPH_JWT_SECRET"],
-        access_token_ttl_seconds=86400,
-        webhook_secret_keys=env["COREGRAPH_WEBHOOK_SECRET_KEYS"],
-    )
+    settings = bench_settings(env, env="development", database_url=url)
     migrate_database(env)
     with uvicorn_server("coregraph", "coregraph.app:create_app", env, tmp, "/healthz") as cg:
         tenant = await seed.load_tenant(settings, cg.base_url + "/graphql", members=1)

@@ -29,6 +29,7 @@ everything else still apply.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import ipaddress
 import logging
@@ -39,7 +40,7 @@ import ssl
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpcore
 
@@ -102,6 +103,9 @@ _REFUSED_V6: tuple[tuple[ipaddress.IPv6Network, str], ...] = tuple(
     for net, reason in (
         ("::/128", "an unspecified"),
         ("::1/128", "a loopback"),
+        # RFC 2765's IPv4-translated addresses (::ffff:0:a.b.c.d): SIIT translators carry
+        # them to an IPv4 destination; no public host has one.
+        ("::ffff:0:0:0/96", "an IPv4-translated"),
         ("64:ff9b:1::/48", "a private (local NAT64)"),
         ("100::/64", "a reserved (discard)"),
         ("2001:db8::/32", "a documentation"),
@@ -146,7 +150,13 @@ def refusal_reason(address: IPAddress) -> str | None:
 def _check_address(address: IPAddress, *, verb: str) -> None:
     reason = refusal_reason(address)
     if reason is not None:
-        raise UnsafeDestination(f"webhook URL {verb} {reason} address ({address})")
+        # The tenant learns the category, never the address: what a name resolves to inside
+        # our network is ours to know (it is logged here for the operator).
+        logger.info(
+            "outbound destination refused",
+            extra={"address": str(address), "reason": reason},
+        )
+        raise UnsafeDestination(f"webhook URL {verb} {reason} address")
 
 
 _HOST_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?$")
@@ -245,15 +255,36 @@ def check_url(url: str, *, allow_private: bool, require_https: bool) -> str:
     return str(_parse(url, allow_private=allow_private, require_https=require_https))
 
 
+# Name lookups of tenants' hosts run in threads of their own (getaddrinfo blocks). Not in the
+# event loop's default executor: argon2 hashing and local file storage run there, and a tenant
+# whose DNS zone never answers would tie its threads up for the resolver's whole timeout per
+# lookup, starving sign-ins and downloads. Here such lookups only queue behind each other
+# (each send's deadline still bounds its wait), at most RESOLVER_THREADS at a time.
+RESOLVER_THREADS = 8
+_resolver: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _resolver_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _resolver
+    if _resolver is None:
+        _resolver = concurrent.futures.ThreadPoolExecutor(
+            max_workers=RESOLVER_THREADS, thread_name_prefix="coregraph-resolve"
+        )
+    return _resolver
+
+
+def _lookup(host: str, port: int) -> list[Any]:
+    """The blocking lookup, in a resolver thread (a seam for tests that pick the answers)."""
+    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+
+
 async def resolve_checked(host: str, port: int, *, allow_private: bool) -> list[str]:
     """Resolve ``host`` and return its addresses, refusing the destination if *any* of them
     is disallowed (a name with one public and one private address is refused: the connection
     could be steered to either). Connect only to the addresses returned."""
     loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-        )
+        infos = await loop.run_in_executor(_resolver_pool(), _lookup, host, port)
     except (socket.gaierror, UnicodeError):
         raise UnresolvableHost(host) from None
     addresses: list[str] = []

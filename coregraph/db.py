@@ -91,19 +91,39 @@ async def scope_transaction(
     if conn.dialect.name != "postgresql":
         return
     await conn.execute(
-        text(
-            "SELECT set_config('app.tenant_ids', :tenant_ids, true),"
-            " set_config('app.user_id', :user_id, true),"
-            " set_config('app.api_key_hash', :api_key_hash, true),"
-            " set_config('app.invitation_token_hash', :invitation_token_hash, true)"
+        SCOPE_STATEMENT,
+        scope_parameters(
+            tenant_ids=tenant_ids,
+            user_id=user_id,
+            api_key_hash=api_key_hash,
+            invitation_token_hash=invitation_token_hash,
         ),
-        {
-            "tenant_ids": ",".join(sorted(tenant_ids)),
-            "user_id": user_id or "",
-            "api_key_hash": api_key_hash or "",
-            "invitation_token_hash": invitation_token_hash or "",
-        },
     )
+
+
+SCOPE_STATEMENT = text(
+    "SELECT set_config('app.tenant_ids', :tenant_ids, true),"
+    " set_config('app.user_id', :user_id, true),"
+    " set_config('app.api_key_hash', :api_key_hash, true),"
+    " set_config('app.invitation_token_hash', :invitation_token_hash, true)"
+)
+
+
+def scope_parameters(
+    *,
+    tenant_ids: Iterable[str],
+    user_id: str | None = None,
+    api_key_hash: str | None = None,
+    invitation_token_hash: str | None = None,
+) -> dict[str, str]:
+    """The settings ``scope_transaction`` gives a transaction, for ``SCOPE_STATEMENT`` or a
+    function that scopes its own transaction (migration 0013's ``append_events``)."""
+    return {
+        "tenant_ids": ",".join(sorted(tenant_ids)),
+        "user_id": user_id or "",
+        "api_key_hash": api_key_hash or "",
+        "invitation_token_hash": invitation_token_hash or "",
+    }
 
 
 def row_security_statements(table: str, security: RowSecurity) -> list[str]:

@@ -22,8 +22,11 @@ from typing import Any
 import orjson
 from sqlalchemy import Table, insert, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.event import listens_for
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
 
 from coregraph import db, ids
 from coregraph.auth.principal import Principal, PrincipalKind
@@ -136,6 +139,29 @@ _ADVANCE_AND_INSERT = text(
 )
 
 
+# Migration 0013: scopes its own (autocommitted) transaction, advances the chain's head and
+# inserts its events; the same columns as _ADVANCE_AND_INSERT.
+_APPEND_EVENTS = text(
+    "SELECT append_events(:tenant_ids, :user_id, :api_key_hash, :invitation_token_hash,"
+    " :chain_id, "
+    + ", ".join(f"CAST(:{name} AS {kind})" for name, kind in _FUSED_COLUMNS.items())
+    + ")"
+)
+_SCOPE = "coregraph_scope"
+
+
+class _ScopedSession(Session):
+    """A unit of work's session: the transaction it begins (at its first statement, not
+    before) is scoped for row-level security by its first statement on the connection."""
+
+
+@listens_for(_ScopedSession, "after_begin")
+def _scope_on_begin(session: Session, _transaction: SessionTransaction, conn: Connection) -> None:
+    scope = session.info.get(_SCOPE)
+    if scope is not None and conn.dialect.name == "postgresql":
+        conn.execute(db.SCOPE_STATEMENT, scope)
+
+
 def _json_text(data: Any) -> str:
     try:
         return orjson.dumps(data).decode()
@@ -150,7 +176,9 @@ class UnitOfWork:
         self.engine = engine
         self.principal = principal
         self.meta = meta
-        self.session: AsyncSession = AsyncSession(engine, expire_on_commit=False)
+        self.session: AsyncSession = AsyncSession(
+            engine, expire_on_commit=False, sync_session_class=_ScopedSession
+        )
         self.audit_entries: list[AuditEntry] = []
         self.events: list[StatedEvent] = []
         self._after_commit: list[AfterCommit] = []
@@ -161,7 +189,9 @@ class UnitOfWork:
         self.webhooks_due = False
 
     async def __aenter__(self) -> UnitOfWork:
-        await self.session.begin()
+        # The transaction begins with the first statement (scoped then, _scope_on_begin): a
+        # unit of work that only states events sends none before its commit, which is then
+        # one autocommitted call on PostgreSQL (_append_events).
         self._tenant_ids = set(self.principal.tenant_scopes)
         self._invitation_token_hash: str | None = None
         self._user_id = self.principal.user_id
@@ -169,12 +199,14 @@ class UnitOfWork:
         return self
 
     async def _scope(self) -> None:
-        await db.scope_transaction(
-            await self.session.connection(),
+        """Scope this transaction as the unit of work now stands, once it has begun."""
+        self.session.info[_SCOPE] = db.scope_parameters(
             tenant_ids=self._tenant_ids,
             user_id=self._user_id,
             invitation_token_hash=self._invitation_token_hash,
         )
+        if self.session.in_transaction() and self.engine.dialect.name == "postgresql":
+            await self.session.execute(db.SCOPE_STATEMENT, self.session.info[_SCOPE])
 
     async def allow_tenant(self, tenant_id: str) -> None:
         """This transaction creates or joins ``tenant_id``: let row-level security admit it."""
@@ -262,6 +294,8 @@ class UnitOfWork:
         """
         if not self.audit_entries and not self.events:
             return
+        if await self._append_events():
+            return
         entries: dict[str, list[AuditEntry]] = {}
         for entry in self.audit_entries:
             entries.setdefault(entry.chain_id, []).append(entry)
@@ -307,18 +341,46 @@ class UnitOfWork:
         if inserted:
             await self.session.execute(insert(_EVENTS), [event.row() for event in inserted])
 
+    async def _append_events(self) -> bool:
+        """PostgreSQL, a unit of work that only states events of one of its tenants and has
+        sent no statement: scope, advance the head and insert them in one autocommitted call
+        (migration 0013), so the head row is locked for that statement and its commit on the
+        server, with no round trip to the client in between. False where it does not apply."""
+        chain_id = self.events[0].tenant_id if self.events else None
+        if (
+            chain_id is None
+            or self.audit_entries
+            or self.engine.dialect.name != "postgresql"
+            # (a row added, even unflushed, begins the session's transaction)
+            or self.session.in_transaction()
+            or chain_id not in self._tenant_ids
+            or any(event.tenant_id != chain_id for event in self.events)
+        ):
+            return False
+        parameters = {**self.session.info[_SCOPE], **self._event_columns(chain_id, self.events)}
+        async with self.engine.connect() as conn:
+            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            base = (await autocommit.execute(_APPEND_EVENTS, parameters)).scalar_one()
+        for number, stated in enumerate(self.events, start=int(base) + 1):
+            stated.sequence = number
+        return True
+
+    @staticmethod
+    def _event_columns(chain_id: str, sequenced: list[StatedEvent]) -> dict[str, Any]:
+        columns: dict[str, Any] = {name: [] for name in _FUSED_COLUMNS}
+        for stated in sequenced:
+            for name, values in columns.items():
+                values.append(getattr(stated, name))
+        columns["data"] = [_json_text(data) for data in columns["data"]]
+        return {"chain_id": chain_id, "count": len(sequenced), **columns}
+
     async def _advance_and_insert(
         self, heads: Table, chain_id: str, sequenced: list[StatedEvent]
     ) -> None:
         """PostgreSQL: move ``chain_id``'s event sequence forward by ``len(sequenced)`` and
         insert them, numbered from where it stood, in one statement (the head row stays
         locked until the commit, as with ``_advance``)."""
-        columns: dict[str, list[Any]] = {name: [] for name in _FUSED_COLUMNS}
-        for event in sequenced:
-            for name, values in columns.items():
-                values.append(getattr(event, name))
-        columns["data"] = [_json_text(data) for data in columns["data"]]
-        parameters = {"chain_id": chain_id, "count": len(sequenced), **columns}
+        parameters = self._event_columns(chain_id, sequenced)
         base = (await self.session.execute(_ADVANCE_AND_INSERT, parameters)).scalar()
         if base is None:
             # The chain's first event: make its head (as _advance does), then go again.

@@ -1,0 +1,126 @@
+"""A unit of work that only states events: on PostgreSQL its commit is one autocommitted call
+(migration 0013's ``append_events``); what it writes and numbers must not change with that."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Select, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coregraph import db, ids
+from coregraph.auth.principal import ANONYMOUS, Principal, PrincipalKind
+from coregraph.models import Event, EventType
+from coregraph.request import RequestMeta
+from coregraph.services import identity, tenancy
+from coregraph.services.uow import UnitOfWork
+from tests.streams_support import engine_for
+from tests.support import PASSWORD, Server, unique
+
+META = RequestMeta(user_agent="coregraph-tests")
+
+
+@pytest.fixture
+async def engine(server: Server) -> AsyncIterator[AsyncEngine]:
+    async with engine_for(server.settings.database_url) as engine:
+        yield engine
+
+
+async def _owner_and_tenant(engine: AsyncEngine, server: Server) -> tuple[Principal, str]:
+    async with UnitOfWork(engine, ANONYMOUS, META) as uow:
+        user = await identity.create_user(
+            uow,
+            server.settings,
+            email=f"{unique('append')}@example.com",
+            password=PASSWORD,
+            display_name=None,
+        )
+        tenant = await tenancy.create_tenant(
+            uow, name="Append", slug=unique("append-"), owner_id=user.id
+        )
+    # create_tenant emitted tenant.created: the tenant's stream stands at 1.
+    principal = Principal(
+        kind=PrincipalKind.USER,
+        user_id=user.id,
+        tenant_id=tenant.id,
+        tenant_scopes={tenant.id: frozenset({"events:write"})},
+    )
+    return principal, tenant.id
+
+
+async def _as_owner(server: Server, statement: Select[Any]) -> list[tuple[Any, ...]]:
+    """What the tables' owner (no row-level security) reads."""
+    owner = db.create_engine(server.settings, as_owner=True)
+    try:
+        async with owner.connect() as conn:
+            return [tuple(row) for row in await conn.execute(statement)]
+    finally:
+        await owner.dispose()
+
+
+async def _stored(server: Server, tenant_id: str) -> list[tuple[Any, ...]]:
+    return await _as_owner(
+        server,
+        select(Event.type, Event.sequence, Event.data)
+        .where(Event.tenant_id == tenant_id)
+        .order_by(Event.sequence),
+    )
+
+
+async def test_events_stated_alone_follow_the_tenants_stream_without_a_gap(
+    engine: AsyncEngine, server: Server
+) -> None:
+    principal, tenant_id = await _owner_and_tenant(engine, server)
+    for batch in (["a.one"], ["b.one", "b.two", "b.three"]):
+        async with UnitOfWork(engine, principal, META) as uow:
+            for type in batch:
+                uow.emit(type, tenant_id=tenant_id, data={"type": type})
+    assert [event.sequence for event in uow.events] == [3, 4, 5]
+    stored = await _stored(server, tenant_id)
+    assert [(type, sequence) for type, sequence, _data in stored] == [
+        ("tenant.created", 1),
+        ("a.one", 2),
+        ("b.one", 3),
+        ("b.two", 4),
+        ("b.three", 5),
+    ]
+    assert stored[-1][2] == {"type": "b.three"}
+
+
+async def test_a_row_added_but_not_flushed_commits_with_the_events(
+    engine: AsyncEngine, server: Server
+) -> None:
+    principal, tenant_id = await _owner_and_tenant(engine, server)
+    async with UnitOfWork(engine, principal, META) as uow:
+        uow.session.add(
+            EventType(id=ids.new_id("etp"), tenant_id=tenant_id, type="c.added", schema={})
+        )
+        uow.emit("c.added", tenant_id=tenant_id)
+    registered = select(EventType.type).where(EventType.tenant_id == tenant_id)
+    assert await _as_owner(server, registered) == [("c.added",)]
+    assert [type for type, _sequence, _data in await _stored(server, tenant_id)] == [
+        "tenant.created",
+        "c.added",
+    ]
+
+
+async def test_a_refused_append_writes_nothing_and_leaves_the_stream_where_it_was(
+    engine: AsyncEngine, server: Server
+) -> None:
+    principal, tenant_id = await _owner_and_tenant(engine, server)
+    async with UnitOfWork(engine, principal, META) as uow:
+        uow.emit("d.first", tenant_id=tenant_id, idempotency_key="same")
+    with pytest.raises(IntegrityError):
+        async with UnitOfWork(engine, principal, META) as uow:
+            uow.emit("d.second", tenant_id=tenant_id)
+            uow.emit("d.third", tenant_id=tenant_id, idempotency_key="same")
+    async with UnitOfWork(engine, principal, META) as uow:
+        uow.emit("d.fourth", tenant_id=tenant_id)
+    assert [(type, sequence) for type, sequence, _data in await _stored(server, tenant_id)] == [
+        ("tenant.created", 1),
+        ("d.first", 2),
+        ("d.fourth", 3),
+    ]

@@ -72,7 +72,9 @@ class LocalStorage(Storage):
                 pending_size += len(chunk)
                 if pending_size >= WRITE_BUFFER:
                     await asyncio.to_thread(handle.writelines, pending)
-                    pending = []
+                    # Emptied, not replaced: the thread's work item still refers to this list
+                    # until that thread next holds the GIL, and the next chunks arrive meanwhile.
+                    pending.clear()
                     pending_size = 0
             await asyncio.to_thread(self._finish, handle, pending, temp, path)
         except BaseException:

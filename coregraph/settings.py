@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     webhook_disable_after_seconds: float = Field(5 * 86400, ge=0)
     # How long a rotated secret keeps signing beside the new one.
     webhook_secret_overlap_seconds: float = Field(86400, ge=0, le=30 * 86400)
+    # Endpoints a tenant may have per environment (createWebhookEndpoint: QUOTA_EXCEEDED).
+    webhook_max_endpoints: int = Field(50, ge=1, le=10_000)
     # Requests in flight per endpoint (across the workers of one process) and per worker process.
     webhook_endpoint_concurrency: int = Field(4, ge=1, le=1000)
     webhook_worker_concurrency: int = Field(32, ge=1, le=10_000)

@@ -1,7 +1,8 @@
 """Webhooks through the API: a tenant's admin sets up endpoints, gets each signing secret once,
 rotates it, retries and replays deliveries and sends test messages, and watches attempts live;
-nobody without webhooks:manage changes anything, nobody of another tenant sees anything, and
-no endpoint can point inside coregraph's network.
+nobody without webhooks:manage changes anything, nobody steers events to a URL without
+events:read, nobody of another tenant or environment sees anything, events and audit entries
+show no more of a URL than its origin, and no endpoint can point inside coregraph's network.
 
 The module's server runs on a database of its own, with no relay and no delivery worker, so
 the rows the API writes (pending deliveries, due now) stay as it wrote them; where a test
@@ -11,6 +12,7 @@ the worker does and publishes the attempt on the broker as the worker does.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -37,7 +39,7 @@ from tests.streams_support import (
     relay_settings,
     subscribed,
 )
-from tests.support import Actor, GraphQLClient, Response, Server, running_server
+from tests.support import Actor, GraphQLClient, Response, Server, running_server, unique
 from tests.test_production_surface import production_settings
 from tests.test_subscriptions import listening
 
@@ -118,10 +120,14 @@ class Team:
         self.gql, self.owner, self.tenant_id = gql, owner, tenant_id
 
     async def run(
-        self, query: str, variables: dict[str, Any] | None = None, actor: Actor | None = None
+        self,
+        query: str,
+        variables: dict[str, Any] | None = None,
+        actor: Actor | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Response:
         return await self.gql.execute(
-            query, variables, actor=actor or self.owner, tenant_id=self.tenant_id
+            query, variables, actor=actor or self.owner, tenant_id=self.tenant_id, headers=headers
         )
 
     async def create(
@@ -129,10 +135,11 @@ class Team:
         url: str = PUBLIC_URL,
         types: list[str] | None = None,
         actor: Actor | None = None,
+        headers: dict[str, str] | None = None,
         **extra: Any,
     ) -> tuple[dict[str, Any], str]:
         r = await self.run(
-            CREATE, {"input": {"url": url, "eventTypes": types or ["*"], **extra}}, actor
+            CREATE, {"input": {"url": url, "eventTypes": types or ["*"], **extra}}, actor, headers
         )
         made = r.ok()["createWebhookEndpoint"]
         return made["webhookEndpoint"], made["secret"]
@@ -284,25 +291,33 @@ async def test_an_admin_creates_an_endpoint_and_sees_its_secret_once(
     assert webhooks.SecretBox([TEST_WEBHOOK_KEY]).open(row.secret) == secret
 
 
+TEST_ENV = {"X-Environment": "test"}
+
+
 async def test_an_endpoint_of_the_test_environment(gql: GraphQLClient) -> None:
+    """An endpoint belongs to the request's environment; each environment sees its own."""
     team = await new_team(gql)
     live, _ = await team.create()
-    test, _ = await team.create(environment="TEST")
-    assert test["environment"] == "TEST"
-    r = await team.run(ENDPOINTS, {"environment": "TEST"})
-    assert [e["id"] for e in r.ok()["webhookEndpoints"]["nodes"]] == [test["id"]]
-    r = await team.run(ENDPOINTS)
-    assert r.ok()["webhookEndpoints"]["totalCount"] == 2
-    # The request's environment is the default.
-    r = await gql.execute(
-        CREATE,
-        {"input": {"url": PUBLIC_URL, "eventTypes": ["*"]}},
-        actor=team.owner,
-        tenant_id=team.tenant_id,
-        headers={"X-Environment": "test"},
+    test, _ = await team.create(headers=TEST_ENV)
+    named, _ = await team.create(headers=TEST_ENV, environment="TEST")
+    assert (live["environment"], test["environment"], named["environment"]) == (
+        "LIVE",
+        "TEST",
+        "TEST",
     )
-    assert r.ok()["createWebhookEndpoint"]["webhookEndpoint"]["environment"] == "TEST"
-    assert live["environment"] == "LIVE"
+    r = await team.run(ENDPOINTS, {"environment": "TEST"}, headers=TEST_ENV)
+    assert [e["id"] for e in r.ok()["webhookEndpoints"]["nodes"]] == [test["id"], named["id"]]
+    r = await team.run(ENDPOINTS)
+    assert [e["id"] for e in r.ok()["webhookEndpoints"]["nodes"]] == [live["id"]]
+    # Naming the other environment is refused, for the list and for a new endpoint.
+    r = await team.run(ENDPOINTS, {"environment": "TEST"})
+    assert codes(r) == ["BAD_USER_INPUT"] and r.errors[0]["extensions"]["field"] == "environment"
+    r = await team.run(
+        CREATE, {"input": {"url": PUBLIC_URL, "eventTypes": ["*"], "environment": "TEST"}}
+    )
+    assert codes(r) == ["BAD_USER_INPUT"] and r.data == {"createWebhookEndpoint": None}
+    r = await team.run(ENDPOINTS, headers=TEST_ENV)
+    assert r.ok()["webhookEndpoints"]["totalCount"] == 2
 
 
 async def test_event_types_must_be_known_types_prefixes_or_everything(gql: GraphQLClient) -> None:
@@ -421,13 +436,12 @@ async def test_production_wants_https_for_live_endpoints(
         live, _ = await team.create()
         # Test endpoints may be plain http (a partner's staging receiver); private targets
         # stay refused in production whatever the environment.
-        test, _ = await team.create(url=plain, environment="TEST")
+        test, _ = await team.create(url=plain, headers=TEST_ENV)
         assert (live["url"], test["url"]) == (PUBLIC_URL, plain)
         r = await team.run(UPDATE, {"input": {"id": live["id"], "url": plain}})
         assert codes(r) == ["BAD_USER_INPUT"]
         r = await team.run(
-            CREATE,
-            {"input": {"url": "http://10.0.0.1/", "eventTypes": ["*"], "environment": "TEST"}},
+            CREATE, {"input": {"url": "http://10.0.0.1/", "eventTypes": ["*"]}}, headers=TEST_ENV
         )
         assert codes(r) == ["BAD_USER_INPUT"]
 
@@ -443,7 +457,7 @@ async def test_only_webhooks_manage_changes_endpoints_and_webhooks_read_reads_th
     member = await gql.add_member(team.owner, team.tenant_id, "member")
     viewer = await gql.add_member(team.owner, team.tenant_id, "viewer")
     reader = await gql.api_key(team.owner, team.tenant_id, ["webhooks:read"])
-    manager = await gql.api_key(team.owner, team.tenant_id, ["webhooks:manage"])
+    manager = await gql.api_key(team.owner, team.tenant_id, ["webhooks:manage", "events:read"])
     id_ = endpoint["id"]
     changes: list[tuple[str, dict[str, Any]]] = [
         (CREATE, {"input": {"url": PUBLIC_URL, "eventTypes": ["*"]}}),
@@ -494,6 +508,56 @@ async def test_a_delivery_payload_needs_events_read_too(gql: GraphQLClient) -> N
         reader,
     )
     assert r.ok()["webhookDeliveries"]["nodes"][0]["eventType"] == "webhook.test"
+
+
+async def test_steering_events_to_a_url_needs_events_read_beside_webhooks_manage(
+    gql: GraphQLClient,
+) -> None:
+    """With webhooks:manage alone, a key would read every event through an endpoint of its
+    own: creating one, changing an endpoint's URL or types, enabling it and replaying events
+    to it need events:read as well."""
+    team = await new_team(gql)
+    endpoint, _ = await team.create(types=["member.*"])
+    id_ = endpoint["id"]
+    (await team.run(DISABLE, {"id": id_})).ok()
+    manage_only = await gql.api_key(team.owner, team.tenant_id, ["webhooks:manage"])
+    elsewhere = "https://93.184.215.15/collect"
+    window = {"from": "2020-01-01T00:00:00Z", "to": "2030-01-01T00:00:00Z"}
+    for query, variables in (
+        (CREATE, {"input": {"url": elsewhere, "eventTypes": ["*"]}}),
+        (UPDATE, {"input": {"id": id_, "url": elsewhere}}),
+        (UPDATE, {"input": {"id": id_, "eventTypes": ["*"]}}),
+        (ENABLE, {"id": id_}),
+        (REPLAY, {"id": id_, **window}),
+    ):
+        r = await team.run(query, variables, manage_only)
+        assert codes(r) == ["FORBIDDEN"], (query, r.body)
+        assert "events:read" in r.errors[0]["message"]
+    listed = (await team.run(ENDPOINTS)).ok()["webhookEndpoints"]["nodes"]
+    assert [(e["id"], e["url"], e["eventTypes"], e["enabled"]) for e in listed] == [
+        (id_, PUBLIC_URL, ["member.*"], False)
+    ]
+    # What sends no event anywhere new stays with webhooks:manage.
+    (await team.run(ENABLE, {"id": id_})).ok()
+    sent = """mutation($id: ID!) { sendTestWebhook(endpointId: $id) { webhookDelivery { id } } }"""
+    (await team.run(sent, {"id": id_}, manage_only)).ok()
+    (await team.run(ROTATE, {"id": id_}, manage_only)).ok()
+    (await team.run(DISABLE, {"id": id_}, manage_only)).ok()
+    # With events:read too, the key may.
+    both = await gql.api_key(team.owner, team.tenant_id, ["webhooks:manage", "events:read"])
+    (await team.run(ENABLE, {"id": id_}, both)).ok()
+    r = await team.run(UPDATE, {"input": {"id": id_, "url": elsewhere}}, both)
+    assert r.ok()["updateWebhookEndpoint"]["webhookEndpoint"]["url"] == elsewhere
+    assert [a["action"] for a in await team.audit()] == [
+        "webhook_endpoint.created",
+        "webhook_endpoint.disabled",
+        "webhook_endpoint.enabled",
+        "webhook_endpoint.test_sent",
+        "webhook_endpoint.secret_rotated",
+        "webhook_endpoint.disabled",
+        "webhook_endpoint.enabled",
+        "webhook_endpoint.updated",
+    ]
 
 
 # --- every change audited and evented, never with a secret -------------------------------------
@@ -550,6 +614,61 @@ async def test_each_change_is_audited_and_evented_without_secrets(gql: GraphQLCl
     assert codes(r) == ["NOT_FOUND"]
     r = await team.run(DISABLE, {"id": id_})
     assert codes(r) == ["NOT_FOUND"]
+
+
+async def test_events_and_audit_show_a_url_by_its_origin_only(gql: GraphQLClient) -> None:
+    """A receiver's URL is often its credential (a Slack hook path): events, which every
+    holder of events:read reads and other endpoints receive, and audit entries show its origin,
+    the audit trail a hash of the whole to tell changes apart."""
+    team = await new_team(gql)
+    hook = f"https://93.184.215.14:8443/services/T0/{unique('hook')}?token={unique('tok')}"
+    endpoint, _ = await team.create(url=hook, description="chat")
+    id_, first_url = endpoint["id"], endpoint["url"]
+    second_url = f"https://93.184.215.14:8443/services/T0/{unique('hook')}"
+    third_url = f"https://8.8.4.4/{unique('hook')}"
+    for url in (second_url, third_url):
+        (await team.run(UPDATE, {"input": {"id": id_, "url": url}})).ok()
+    (await team.run(DELETE, {"id": id_})).ok()
+
+    events, audit = await team.events(), await team.audit()
+    everything = json.dumps([events, audit])
+    for url in (first_url, second_url, third_url):
+        path = url.split("/", 3)[3]
+        assert path not in everything, path
+    assert "token" not in everything
+    origin, moved = "https://93.184.215.14:8443", "https://8.8.4.4"
+    assert [e["data"] for e in events] == [
+        {
+            "endpointId": id_,
+            "urlOrigin": origin,
+            "description": "chat",
+            "eventTypes": ["*"],
+            "environment": "live",
+            "enabled": True,
+        },
+        {"endpointId": id_, "before": {}, "after": {}, "urlChanged": True},
+        {
+            "endpointId": id_,
+            "before": {"urlOrigin": origin},
+            "after": {"urlOrigin": moved},
+            "urlChanged": True,
+        },
+        {"endpointId": id_, "urlOrigin": moved},
+    ]
+    for event in events:
+        Draft202012Validator(BUILTIN_EVENT_TYPES[event["type"]].schema).validate(event["data"])
+
+    def sha(url: str) -> str:
+        return hashlib.sha256(url.encode()).hexdigest()
+
+    assert [a["changes"] for a in audit[1:3]] == [
+        {"before": {"urlSha256": sha(first_url)}, "after": {"urlSha256": sha(second_url)}},
+        {
+            "before": {"urlOrigin": origin, "urlSha256": sha(second_url)},
+            "after": {"urlOrigin": moved, "urlSha256": sha(third_url)},
+        },
+    ]
+    assert audit[0]["changes"]["after"]["urlSha256"] == sha(first_url)
 
 
 async def test_enabling_starts_the_failure_count_afresh(
@@ -844,6 +963,125 @@ async def test_another_tenant_can_neither_see_nor_touch_an_endpoint_or_its_deliv
     # The same reads through the API, by the owner of A, do find them.
     r = await a.run("query($id: ID!) { node(id: $id) { id } }", {"id": attempt.id})
     assert r.ok()["node"] == {"id": attempt.id}
+
+
+async def test_a_test_key_neither_sees_nor_touches_live_endpoints_or_deliveries(
+    api: Server, gql: GraphQLClient, engine: AsyncEngine
+) -> None:
+    team = await new_team(gql)
+    live, _ = await team.create()
+    delivery = (await team.run(SEND_TEST, {"id": live["id"]})).ok()["sendTestWebhook"][
+        "webhookDelivery"
+    ]
+    attempt, _ = await worker_attempted(engine, team.tenant_id, delivery["id"], succeeded=False)
+    test_key = await gql.api_key(
+        team.owner,
+        team.tenant_id,
+        ["webhooks:manage", "events:read"],
+        environment="TEST",
+    )
+    window = {"from": "2020-01-01T00:00:00Z", "to": "2030-01-01T00:00:00Z"}
+    live_id = live["id"]
+    for query, variables in (
+        (ONE_ENDPOINT, {"id": live_id}),
+        (DELIVERIES, {"id": live_id}),
+        (UPDATE, {"input": {"id": live_id, "url": "https://93.184.215.15/test"}}),
+        (DISABLE, {"id": live_id}),
+        (ENABLE, {"id": live_id}),
+        (ROTATE, {"id": live_id}),
+        (DELETE, {"id": live_id}),
+        (SEND_TEST, {"id": live_id}),
+        (REPLAY, {"id": live_id, **window}),
+        (RETRY, {"id": delivery["id"]}),
+    ):
+        r = await team.run(query, variables, test_key)
+        assert codes(r) == ["NOT_FOUND"], (query, r.body)
+        assert PUBLIC_URL not in json.dumps(r.body)
+    for typename, id_ in (
+        ("WebhookEndpoint", live_id),
+        ("WebhookDelivery", delivery["id"]),
+        ("WebhookAttempt", attempt.id),
+    ):
+        r = await team.run(
+            """query($id: ID!, $r: [_Any!]!) { node(id: $id) { id }
+                _entities(representations: $r) { __typename } }""",
+            {"id": id_, "r": [{"__typename": typename, "id": id_}]},
+            test_key,
+        )
+        assert r.data == {"node": None, "_entities": [None]}, (typename, r.body)
+    async with subscribed(
+        api, test_key.headers(team.tenant_id), ATTEMPTS, {"id": live_id}, field="webhookDeliveries"
+    ) as sub:
+        errors = await sub.ended()
+    assert [e["extensions"]["code"] for e in errors] == ["NOT_FOUND"], errors
+    # Its own endpoints are of its environment; naming the other one is refused.
+    r = await team.run(
+        CREATE, {"input": {"url": PUBLIC_URL, "eventTypes": ["*"], "environment": "LIVE"}}, test_key
+    )
+    assert codes(r) == ["BAD_USER_INPUT"], r.body
+    own, _ = await team.create(actor=test_key)
+    assert own["environment"] == "TEST"
+    r = await team.run(ENDPOINTS, actor=test_key)
+    assert [e["id"] for e in r.ok()["webhookEndpoints"]["nodes"]] == [own["id"]]
+    # The live endpoint and its delivery are as they were; the live side sees only its own.
+    r = await team.run(ENDPOINTS)
+    assert [(e["id"], e["url"], e["enabled"]) for e in r.ok()["webhookEndpoints"]["nodes"]] == [
+        (live_id, PUBLIC_URL, True)
+    ]
+    [still] = await team.deliveries(live_id)
+    assert still["status"] == "FAILED" and still["id"] == delivery["id"]
+    r = await team.run(ONE_ENDPOINT, {"id": own["id"]})
+    assert codes(r) == ["NOT_FOUND"]
+
+
+async def test_a_live_endpoint_is_never_sent_a_test_event(gql: GraphQLClient) -> None:
+    team = await new_team(gql)
+    await team.register("shop.order_paid")
+    emit = """mutation($input: EmitEventInput!) { emitEvent(input: $input) { eventId } }"""
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    sent: dict[str, str] = {}
+    for name, headers in (("live", None), ("test", TEST_ENV)):
+        payload = {"input": {"type": "shop.order_paid", "data": {"in": name}}}
+        r = await team.run(emit, payload, headers=headers)
+        sent[name] = r.ok()["emitEvent"]["eventId"]
+    after = datetime.now(UTC) + timedelta(seconds=1)
+    for name, headers in (("live", None), ("test", TEST_ENV)):
+        endpoint, _ = await team.create(types=["shop.*"], headers=headers)
+        window = {"id": endpoint["id"], "from": iso(before), "to": iso(after)}
+        r = await team.run(REPLAY, window, headers=headers)
+        assert r.ok()["replayWebhookEvents"]["scheduled"] == 1
+        r = await team.run(DELIVERIES, {"id": endpoint["id"]}, headers=headers)
+        [delivery] = r.ok()["webhookDeliveries"]["nodes"]
+        assert delivery["eventId"] == sent[name] and delivery["payload"]["data"] == {"in": name}
+
+
+async def test_endpoints_per_tenant_and_environment_are_capped(
+    hooks_db: str, http: httpx.AsyncClient
+) -> None:
+    settings = relay_settings(
+        hooks_db,
+        webhook_max_endpoints=2,
+        webhook_allow_private=False,
+        run_relay="false",
+        run_webhook_worker="false",
+    )
+    with running_server(settings, migrate_first=False) as capped:
+        client = GraphQLClient(http, capped.url)
+        team = await new_team(client)
+        first, _ = await team.create()
+        await team.create()
+        r = await team.run(CREATE, {"input": {"url": PUBLIC_URL, "eventTypes": ["*"]}})
+        assert codes(r) == ["QUOTA_EXCEEDED"] and r.data == {"createWebhookEndpoint": None}
+        extensions = r.errors[0]["extensions"]
+        assert (extensions["limit"], extensions["current"]) == (2, 2)
+        # The other environment, and another tenant, count their own.
+        await team.create(headers=TEST_ENV)
+        await (await new_team(client)).create()
+        # Deleting one makes room again.
+        (await team.run(DELETE, {"id": first["id"]})).ok()
+        await team.create()
+        r = await team.run(ENDPOINTS)
+        assert r.ok()["webhookEndpoints"]["totalCount"] == 2
 
 
 # --- live attempts -----------------------------------------------------------------------------

@@ -1,18 +1,24 @@
 """Webhook endpoints, their deliveries and attempts: queries, mutations, and the live
 ``webhookDeliveries`` subscription. Resolvers only write rows the delivery worker picks up
-(``coregraph.services.webhooks``); nothing here sends a request."""
+(``coregraph.services.webhooks``); nothing here sends a request.
+
+Every read and write is limited to the request's tenant and environment: a test key neither
+sees nor changes a live endpoint or delivery. What decides where events go (creating an
+endpoint, changing its URL or types, enabling it, replaying events to it) needs events:read
+beside webhooks:manage, since it amounts to reading those events."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import strawberry
 from strawberry.federation import field
 
 from coregraph import models
 from coregraph.context import Context
+from coregraph.errors import BadUserInput
 from coregraph.models.base import Environment as EnvironmentValue
 from coregraph.models.webhooks import DeliveryStatus
 from coregraph.schema.access import Environment
@@ -43,7 +49,9 @@ class CreateWebhookEndpointInput:
     )
     description: str = ""
     environment: Environment | None = strawberry.field(  # type: ignore[valid-type]
-        default=None, description="Whose events it receives; the request's environment if unset."
+        default=None,
+        description="Whose events it receives: the request's environment, the only one"
+        " accepted (another is BAD_USER_INPUT).",
     )
 
 
@@ -93,15 +101,37 @@ class ReplayWebhookEventsPayload:
     )
 
 
+# What decides where the tenant's events go: as much as reading them.
+STEERS_EVENTS = [["webhooks:manage", "events:read"]]
+
+
+def _request_environment(info: Info, given: Environment | None) -> None:  # type: ignore[valid-type]
+    """BAD_USER_INPUT unless ``given`` is unset or the request's own environment."""
+    if given is not None and EnvironmentValue(given) != info.context.principal.environment:
+        raise BadUserInput(
+            "environment: only the request's environment (an API key's own, X-Environment for"
+            " a user)",
+            field="environment",
+        )
+
+
+def _endpoints(info: Info, tenant_id: str) -> Any:
+    """The tenant's endpoints in the request's environment."""
+    ctx = info.context
+    endpoint = models.WebhookEndpoint
+    return readable(ctx.principal, endpoint, tenant_id=tenant_id).where(
+        endpoint.environment == ctx.principal.environment.value
+    )
+
+
 async def _endpoint(info: Info, endpoint_id: strawberry.ID, field: str) -> WebhookEndpoint:
-    """The addressed tenant's endpoint, or NOT_FOUND (also for another tenant's)."""
+    """The addressed tenant's endpoint in the request's environment, or NOT_FOUND (also for
+    another tenant's or another environment's)."""
     ctx = info.context
     validation.object_id(str(endpoint_id), "whe", field)
     endpoint = models.WebhookEndpoint
     rows = await ctx.read(
-        readable(ctx.principal, endpoint, tenant_id=ctx.require_tenant()).where(
-            endpoint.id == str(endpoint_id)
-        )
+        _endpoints(info, ctx.require_tenant()).where(endpoint.id == str(endpoint_id))
     )
     if not rows:
         raise validation.not_found("webhook endpoint", field)
@@ -123,7 +153,8 @@ async def _changed(
 class WebhooksQuery:
     @field(
         requires_scopes=[["webhooks:read"]],
-        description="This tenant's webhook endpoints, oldest first.",
+        description="This tenant's webhook endpoints in the request's environment, oldest"
+        " first (environment, if given, must be that one).",
     )
     async def webhook_endpoints(
         self,
@@ -133,10 +164,9 @@ class WebhooksQuery:
         after: str | None = None,
     ) -> Connection[WebhookEndpoint] | None:
         ctx = info.context
+        _request_environment(info, environment)
+        stmt = _endpoints(info, ctx.require_tenant())
         endpoint = models.WebhookEndpoint
-        stmt = readable(ctx.principal, endpoint, tenant_id=ctx.require_tenant())
-        if environment is not None:
-            stmt = stmt.where(endpoint.environment == EnvironmentValue(environment).value)
         return await paginate(ctx, stmt, endpoint.id, first, after, WebhookEndpoint.from_row)
 
     @field(requires_scopes=[["webhooks:read"]], description="One of this tenant's endpoints.")
@@ -159,7 +189,8 @@ class WebhooksQuery:
         found = await _endpoint(info, endpoint_id, "endpointId")
         delivery = models.WebhookDelivery
         stmt = readable(ctx.principal, delivery, tenant_id=found.tenant_id).where(
-            delivery.endpoint_id == str(found.id)
+            delivery.environment == ctx.principal.environment.value,
+            delivery.endpoint_id == str(found.id),
         )
         if status is not None:
             stmt = stmt.where(delivery.status == DeliveryStatus(status).value)
@@ -183,20 +214,17 @@ class WebhooksQuery:
 @strawberry.type
 class WebhooksMutation:
     @field(
-        requires_scopes=[["webhooks:manage"]],
-        description="A new endpoint, enabled, and its signing secret (shown this once). The"
-        " URL must not lead to loopback, private, link-local or metadata addresses (unless"
-        " COREGRAPH_WEBHOOK_ALLOW_PRIVATE): BAD_USER_INPUT.",
+        requires_scopes=STEERS_EVENTS,
+        description="A new endpoint of the request's environment, enabled, and its signing"
+        " secret (shown this once). The URL must not lead to loopback, private, link-local or"
+        " metadata addresses (unless COREGRAPH_WEBHOOK_ALLOW_PRIVATE): BAD_USER_INPUT. At most"
+        " COREGRAPH_WEBHOOK_MAX_ENDPOINTS (50) per tenant and environment: QUOTA_EXCEEDED.",
     )
     async def create_webhook_endpoint(
         self, info: Info, input: CreateWebhookEndpointInput
     ) -> CreateWebhookEndpointPayload | None:
         ctx = info.context
-        environment = (
-            EnvironmentValue(input.environment)
-            if input.environment is not None
-            else ctx.principal.environment
-        )
+        _request_environment(info, input.environment)
         async with ctx.unit_of_work() as uow:
             row, secret = await webhooks.create_endpoint(
                 uow,
@@ -205,14 +233,13 @@ class WebhooksMutation:
                 url=input.url,
                 event_types=input.event_types,
                 description=input.description,
-                environment=environment,
             )
         return CreateWebhookEndpointPayload(
             webhook_endpoint=WebhookEndpoint.from_row(row), secret=secret
         )
 
     @field(
-        requires_scopes=[["webhooks:manage"]],
+        requires_scopes=STEERS_EVENTS,
         description="Change an endpoint's URL, event types or description (what is given).",
     )
     async def update_webhook_endpoint(
@@ -233,7 +260,9 @@ class WebhooksMutation:
 
     @field(
         requires_scopes=[["webhooks:manage"]],
-        description="Stop delivering to an endpoint; its deliveries wait until it is enabled.",
+        description="Stop delivering to an endpoint: deliveries already scheduled wait until"
+        " it is enabled; events committed while it is disabled are not scheduled for it"
+        " (replayWebhookEvents sends them afterwards).",
     )
     async def disable_webhook_endpoint(
         self, info: Info, id: strawberry.ID
@@ -241,8 +270,10 @@ class WebhooksMutation:
         return await _changed(info, webhooks.disable_endpoint, id)
 
     @field(
-        requires_scopes=[["webhooks:manage"]],
-        description="Deliver to a disabled endpoint again; its failure count starts afresh.",
+        requires_scopes=STEERS_EVENTS,
+        description="Deliver to a disabled endpoint again: the deliveries scheduled before it"
+        " was disabled flow again (events committed meanwhile were not scheduled: replay"
+        " them); its failure count starts afresh.",
     )
     async def enable_webhook_endpoint(
         self, info: Info, id: strawberry.ID
@@ -293,7 +324,7 @@ class WebhooksMutation:
         return WebhookDeliveryPayload(webhook_delivery=WebhookDelivery.from_row(row))
 
     @field(
-        requires_scopes=[["webhooks:manage"]],
+        requires_scopes=STEERS_EVENTS,
         description="Send the endpoint again every event of its environment that occurred in"
         f" [from, to) and matches its types (recovery after an outage), at most"
         f" {webhooks.REPLAY_LIMIT} a call, oldest first: existing deliveries keep their"
@@ -347,9 +378,14 @@ class WebhooksSubscription:
         ctx = info.context
         found = await _endpoint(info, endpoint_id, "endpointId")
         tenant_id, wanted = found.tenant_id, str(found.id)
+        environment = ctx.principal.environment.value
         feed = LiveFeed(
             topic=webhook_attempts_topic(tenant_id),
-            matches=lambda m: m.get("endpointId") == wanted and m.get("tenant") == tenant_id,
+            matches=lambda m: (
+                m.get("endpointId") == wanted
+                and m.get("tenant") == tenant_id
+                and m.get("environment") == environment
+            ),
             item_of=WebhookAttemptUpdate.from_message,
             tenant_id=tenant_id,
             scope="webhooks:read",

@@ -11,8 +11,9 @@ import strawberry
 from strawberry.federation import field, type as ftype
 from strawberry.scalars import JSON
 
-from coregraph import models
+from coregraph import ids, models
 from coregraph.auth.principal import Principal
+from coregraph.context import Context
 from coregraph.models.base import Environment as EnvironmentValue
 from coregraph.models.webhooks import DeliveryStatus
 from coregraph.schema.access import Environment
@@ -82,7 +83,21 @@ class WebhookEndpoint(Node):
         )
 
 
-@entity(models.WebhookAttempt)
+async def find_attempt(ctx: Context, id_: str) -> WebhookAttempt | None:
+    """An attempt by id (``node``, ``_entities``) when its delivery is in the principal's
+    tenants and environment: attempts carry no environment of their own."""
+    if not ids.is_valid(id_, models.WebhookAttempt.__id_prefix__):
+        return None
+    row = await ctx.loaders.rows_of(models.WebhookAttempt).load(id_)
+    if row is None:
+        return None
+    delivery = await ctx.loaders.rows_of(models.WebhookDelivery).load(row.delivery_id)
+    if delivery is None or delivery.environment != ctx.principal.environment:
+        return None
+    return WebhookAttempt.from_row(row)
+
+
+@entity(models.WebhookAttempt, find=find_attempt)
 @ftype(
     keys=["id"],
     requires_scopes=[["webhooks:read"]],

@@ -174,15 +174,24 @@ BUILTIN_EVENT_TYPES: dict[str, BuiltinEventType] = {
         ),
         BuiltinEventType(
             "webhook_endpoint.created",
-            "A webhook endpoint was created (never its signing secret).",
+            "A webhook endpoint was created (never its signing secret; of its URL only the"
+            " origin, scheme://host[:port]).",
             _payload(
-                endpointId=_ID, url=_TEXT, description=_TEXT, eventTypes=_LIST, environment=_TEXT
+                endpointId=_ID,
+                urlOrigin=_TEXT,
+                description=_TEXT,
+                eventTypes=_LIST,
+                environment=_TEXT,
+                enabled={"type": "boolean"},
             ),
         ),
         BuiltinEventType(
             "webhook_endpoint.updated",
-            "A webhook endpoint's URL, description or event types changed.",
-            _payload(endpointId=_ID, before=_CHANGES, after=_CHANGES),
+            "A webhook endpoint's URL, description or event types changed (urlChanged: the"
+            " URL did; before/after show its origin only).",
+            _payload(
+                endpointId=_ID, before=_CHANGES, after=_CHANGES, urlChanged={"type": "boolean"}
+            ),
         ),
         BuiltinEventType(
             "webhook_endpoint.disabled",
@@ -197,8 +206,8 @@ BUILTIN_EVENT_TYPES: dict[str, BuiltinEventType] = {
         ),
         BuiltinEventType(
             "webhook_endpoint.deleted",
-            "A webhook endpoint was deleted, with its deliveries.",
-            _payload(endpointId=_ID, url=_TEXT),
+            "A webhook endpoint was deleted, with its deliveries (of its URL, the origin).",
+            _payload(endpointId=_ID, urlOrigin=_TEXT),
         ),
         BuiltinEventType(
             "webhook_endpoint.secret_rotated",

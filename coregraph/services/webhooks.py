@@ -15,27 +15,34 @@ and sends) and the API (endpoints, retries, replays):
 Below them, what the API does (``coregraph.resolvers.webhooks``): endpoints created, changed,
 disabled, enabled, deleted and their secrets rotated, each audited and evented
 (``webhook_endpoint.*``); deliveries retried, events replayed, test messages sent. These
-only write rows the worker picks up (pending, due now); nothing here sends a request.
+only write rows the worker picks up (pending, due now); nothing here sends a request. Each acts
+in the principal's tenant and environment only (``uow.principal.environment``): a test key
+never reaches a live endpoint or delivery. What they record about an endpoint's URL is its
+origin (scheme://host[:port]) and, in the audit trail, a SHA-256 of the whole URL: its path
+and query are often the receiver's credential (a Slack hook path) and stay out of events and
+audit entries alike.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from sqlalchemy import Table, false, func, or_, select, true, update
+from sqlalchemy import Table, false, func, or_, select, text, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from coregraph import ids, outbound
-from coregraph.errors import BadUserInput, Conflict
+from coregraph.errors import BadUserInput, Conflict, QuotaExceeded
 from coregraph.models import Event, EventType, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from coregraph.models.base import Environment, utcnow
 from coregraph.models.webhooks import DeliveryStatus
@@ -222,16 +229,31 @@ def secret_box(settings: Settings) -> SecretBox:
     return _box(tuple(settings.webhook_secret_key_list))
 
 
+def url_origin(url: str) -> str:
+    """``scheme://host[:port]`` of an endpoint URL: what events and audit entries may show of
+    it (the path and query are often the receiver's credential)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
 def endpoint_snapshot(endpoint: WebhookEndpoint) -> dict[str, Any]:
-    """What audit entries and events say about an endpoint: never its secrets."""
+    """What audit entries say about an endpoint: never its secrets, of its URL only the origin
+    and a SHA-256 of the whole (so a changed path shows as a change)."""
     return {
-        "url": endpoint.url,
+        "urlOrigin": url_origin(endpoint.url),
+        "urlSha256": hashlib.sha256(endpoint.url.encode()).hexdigest(),
         "description": endpoint.description,
         "eventTypes": list(endpoint.event_types),
         "environment": str(endpoint.environment),
         "enabled": endpoint.enabled,
         "disabledReason": endpoint.disabled_reason,
     }
+
+
+def _event_view(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """What an event says about an endpoint: the audit snapshot without the URL's hash (events
+    reach every reader with events:read and every endpoint subscribed to them)."""
+    return {k: v for k, v in snapshot.items() if k != "urlSha256"}
 
 
 async def check_event_types(
@@ -291,9 +313,13 @@ async def checked_url(settings: Settings, url: str, environment: Environment) ->
 async def get_endpoint(
     uow: UnitOfWork, tenant_id: str, endpoint_id: str, field: str = "id", *, lock: bool = False
 ) -> WebhookEndpoint:
+    """The tenant's endpoint in the principal's environment, or NOT_FOUND (as for another
+    tenant's)."""
     validation.object_id(endpoint_id, "whe", field)
     statement = select(WebhookEndpoint).where(
-        WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.id == endpoint_id
+        WebhookEndpoint.tenant_id == tenant_id,
+        WebhookEndpoint.environment == uow.principal.environment.value,
+        WebhookEndpoint.id == endpoint_id,
     )
     endpoint = await uow.session.scalar(statement.with_for_update() if lock else statement)
     if endpoint is None:
@@ -348,13 +374,15 @@ async def create_endpoint(
     url: str,
     event_types: Sequence[str],
     description: str,
-    environment: Environment,
 ) -> tuple[WebhookEndpoint, str]:
-    """A new enabled endpoint and its signing secret, which is shown this once: only its
-    encrypted form is stored."""
+    """A new enabled endpoint of the principal's environment and its signing secret, which is
+    shown this once: only its encrypted form is stored. At most
+    ``COREGRAPH_WEBHOOK_MAX_ENDPOINTS`` per tenant and environment (QUOTA_EXCEEDED)."""
+    environment = uow.principal.environment
     description = validation.text(description, "description", max_length=500, min_length=0)
     patterns = await check_event_types(uow, tenant_id, event_types)
     url = await checked_url(settings, url, environment)
+    await _ensure_room(uow, settings, tenant_id, environment)
     secret = new_secret()
     endpoint = WebhookEndpoint(
         id=ids.new_id("whe"),
@@ -374,10 +402,52 @@ async def create_endpoint(
         uow,
         "webhook_endpoint.created",
         endpoint,
-        {k: snapshot[k] for k in ("url", "description", "eventTypes", "environment")},
+        {
+            k: snapshot[k]
+            for k in ("urlOrigin", "description", "eventTypes", "environment", "enabled")
+        },
         after=snapshot,
     )
     return endpoint, secret
+
+
+MAX_ENDPOINTS_METER = "webhook_endpoints"
+
+
+async def _ensure_room(
+    uow: UnitOfWork, settings: Settings, tenant_id: str, environment: Environment
+) -> None:
+    """QUOTA_EXCEEDED when the tenant has its most endpoints in ``environment``; otherwise
+    holds the count until the transaction ends, so two creations cannot both take the last
+    place."""
+    if uow.engine.dialect.name == "postgresql":
+        await uow.session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+            {"k": f"coregraph:webhook-endpoints:{tenant_id}:{environment.value}"},
+        )
+    else:
+        # SQLite's driver begins the transaction at the first write: a write that changes
+        # nothing takes the database's write lock before the count.
+        await uow.session.execute(
+            update(WebhookEndpoint)
+            .where(WebhookEndpoint.tenant_id == tenant_id, false())
+            .values(enabled=WebhookEndpoint.enabled)
+        )
+    count = await uow.session.scalar(
+        select(func.count()).where(
+            WebhookEndpoint.tenant_id == tenant_id,
+            WebhookEndpoint.environment == environment.value,
+        )
+    )
+    limit = settings.webhook_max_endpoints
+    if (count or 0) >= limit:
+        raise QuotaExceeded(
+            f"the tenant has {limit} webhook endpoints in this environment, the most allowed"
+            " (COREGRAPH_WEBHOOK_MAX_ENDPOINTS): delete one first",
+            meter=MAX_ENDPOINTS_METER,
+            limit=limit,
+            current=count,
+        )
 
 
 async def update_endpoint(
@@ -402,7 +472,10 @@ async def update_endpoint(
         endpoint.url = await checked_url(settings, url, Environment(endpoint.environment))
     after = endpoint_snapshot(endpoint)
     if after != before:
-        changes = diff(before, after)
+        # The event says that the URL changed, and shows its origin if that changed; the
+        # audit entry's diff also carries the whole URL's hash.
+        changes = diff(_event_view(before), _event_view(after))
+        changes["urlChanged"] = after["urlSha256"] != before["urlSha256"]
         _record_and_emit(
             uow, "webhook_endpoint.updated", endpoint, changes, before=before, after=after
         )
@@ -410,7 +483,9 @@ async def update_endpoint(
 
 
 async def disable_endpoint(uow: UnitOfWork, tenant_id: str, endpoint_id: str) -> WebhookEndpoint:
-    """Stop delivering to the endpoint (deliveries wait; enabling it resumes them)."""
+    """Stop delivering to the endpoint. Deliveries already scheduled wait (enabling it
+    resumes them); events committed while it is disabled are not scheduled for it at all (the
+    relay schedules for enabled endpoints only): replayWebhookEvents sends them afterwards."""
     endpoint = await get_endpoint(uow, tenant_id, endpoint_id, lock=True)
     if endpoint.enabled:
         before = endpoint_snapshot(endpoint)
@@ -427,14 +502,16 @@ async def disable_endpoint(uow: UnitOfWork, tenant_id: str, endpoint_id: str) ->
 
 
 async def enable_endpoint(uow: UnitOfWork, tenant_id: str, endpoint_id: str) -> WebhookEndpoint:
-    """Deliver to the endpoint again; its run of failures starts afresh, so an endpoint the
-    worker disabled is not disabled again by its next failure."""
+    """Deliver to the endpoint again: the deliveries scheduled before it was disabled flow
+    again, events committed meanwhile were never scheduled for it (replay them). Its run of
+    failures starts afresh, so an endpoint the worker disabled is not disabled again by its
+    next failure."""
     endpoint = await get_endpoint(uow, tenant_id, endpoint_id, lock=True)
     if not endpoint.enabled:
         before = endpoint_snapshot(endpoint)
         endpoint.enabled, endpoint.disabled_reason = True, None
         endpoint.consecutive_failures, endpoint.failing_since = 0, None
-        uow.webhooks_due = True  # what waited while it was disabled flows again
+        uow.webhooks_due = True  # deliveries scheduled before it was disabled flow again
         _record_and_emit(
             uow,
             "webhook_endpoint.enabled",
@@ -453,7 +530,7 @@ async def delete_endpoint(uow: UnitOfWork, tenant_id: str, endpoint_id: str) -> 
         uow,
         "webhook_endpoint.deleted",
         endpoint,
-        {"url": endpoint.url},
+        {"urlOrigin": url_origin(endpoint.url)},
         before=endpoint_snapshot(endpoint),
     )
     await uow.session.delete(endpoint)
@@ -514,7 +591,11 @@ async def retry_delivery(uow: UnitOfWork, tenant_id: str, delivery_id: str) -> W
     validation.object_id(delivery_id, "msg", "id")
     delivery = await uow.session.scalar(
         select(WebhookDelivery)
-        .where(WebhookDelivery.tenant_id == tenant_id, WebhookDelivery.id == delivery_id)
+        .where(
+            WebhookDelivery.tenant_id == tenant_id,
+            WebhookDelivery.environment == uow.principal.environment.value,
+            WebhookDelivery.id == delivery_id,
+        )
         .with_for_update()
     )
     if delivery is None:

@@ -48,6 +48,12 @@ from coregraph.usage_bulk import usage_bulk
 from coregraph.ws import WebSocketRouter
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# A signed file URL's token is its credential: the request log names the route, not the token.
+_FILE_TOKEN = re.compile(r"^(/files/(?:download|upload)/)[^/]+")
+
+
+def loggable_path(path: str) -> str:
+    return _FILE_TOKEN.sub(r"\1<redacted>", path)
 
 
 @dataclass
@@ -152,7 +158,7 @@ class RequestLog:
                     outcome=state.get("outcome", "OK" if status < 400 else "ERROR"),
                     started=started,
                     method=scope["method"],
-                    path=scope["path"],
+                    path=loggable_path(scope["path"]),
                     status=status,
                 )
 
@@ -256,6 +262,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                 "X-Tenant-Id",
                 "X-Environment",
                 "X-Request-Id",
+                # uploadFile's multipart POST must carry one of these (http.py's CSRF guard).
+                "Apollo-Require-Preflight",
+                "X-Apollo-Operation-Name",
             ],
             expose_headers=["X-Request-Id"],
             max_age=600,

@@ -492,7 +492,7 @@ async def test_upload_url_then_complete(b: FilesBackend) -> None:
     again = await b.client.execute(
         COMPLETE, {"id": created["file"]["id"]}, actor=owner, tenant_id=tenant_id
     )
-    assert again.codes == ["BAD_USER_INPUT"]
+    assert again.codes == ["CONFLICT"]
 
 
 async def test_an_upload_url_used_again_after_complete_cannot_replace_the_bytes(
@@ -687,9 +687,9 @@ async def test_uploads_past_the_quota_are_refused_before_keeping_bytes(b: FilesB
     assert over.codes == ["QUOTA_EXCEEDED"]
     assert over.errors[0]["extensions"]["current"] == QUOTA - 10
     assert tenant_objects(b, tenant_id) == [f"{tenant_id}/{fits['id']}"] or b.name == "s3"
-    # Deleting frees the space.
+    # Deleting and purging frees the space (a soft-deleted file's bytes still count).
     deleted = await b.client.execute(
-        DELETE, {"id": reserved["file"]["id"]}, actor=owner, tenant_id=tenant_id
+        DELETE, {"id": reserved["file"]["id"], "purge": True}, actor=owner, tenant_id=tenant_id
     )
     deleted.ok()
     (await upload(b, owner, tenant_id, b"z" * 11)).ok()

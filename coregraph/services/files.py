@@ -7,9 +7,10 @@ row) and reclaimed by ``reclaim_orphans`` once older than a grace period (a runn
 bytes are young). Deleted files keep their bytes until ``purge_after``; ``purge_expired`` then
 removes them, and also the bytes of upload URLs that were never completed.
 
-The per-tenant quota counts the bytes of ready files and of the upload URLs handed out
-(their declared size is reserved until they complete or lapse). It is checked, with the
-tenant's quota lock held, before any byte is kept.
+The per-tenant quota counts the bytes of ready files, of the upload URLs handed out
+(their declared size is reserved until they complete or lapse) and of deleted files not purged
+yet (their bytes are still kept). It is checked, with the tenant's quota lock held, before any
+byte is kept.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import puremagic
-from sqlalchemy import false, func, select, text, update
+from sqlalchemy import and_, false, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from coregraph import ids
 from coregraph.auth.principal import system_principal
-from coregraph.errors import BadUserInput, QuotaExceeded
+from coregraph.errors import BadUserInput, Conflict, QuotaExceeded
 from coregraph.models import File, FileStatus
 from coregraph.models.base import utcnow
 from coregraph.request import RequestMeta
@@ -64,9 +65,10 @@ def check_filename(value: str, field: str = "filename") -> str:
     never echoed back (it may be huge or hold bytes a terminal or log would interpret)."""
     if not isinstance(value, str) or not value.strip():
         raise BadUserInput(f"{field}: must not be empty", field=field)
+    # Measured as stored: NFC may change the length (and grows a few scripts' names).
+    value = unicodedata.normalize("NFC", value)
     if len(value) > MAX_NAME_LENGTH:
         raise BadUserInput(f"{field}: at most {MAX_NAME_LENGTH} characters", field=field)
-    value = unicodedata.normalize("NFC", value)
     # Cc: NUL and every other control character; Cf: invisible formatting (bidi overrides
     # that make "evil\u202egnp.exe" display as "evilexe.png").
     if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in value):
@@ -196,21 +198,24 @@ async def lock_quota(uow: UnitOfWork, tenant_id: str) -> None:
             {"k": f"coregraph:files-quota:{tenant_id}"},
         )
     else:
-        # SQLite has one writer at a time, but Python's driver opens a transaction only at
-        # the first write, so the usage read would run before it, outside any lock. A write
-        # that changes nothing takes the database's write lock first.
-        await uow.session.execute(
-            update(File).where(File.tenant_id == tenant_id, false()).values(status=File.status)
-        )
+        await sqlite_write_lock(uow, tenant_id)
+
+
+async def sqlite_write_lock(uow: UnitOfWork, tenant_id: str) -> None:
+    """SQLite has one writer at a time, but Python's driver opens a transaction only at the
+    first write, so a read before it runs outside any lock (and ``with_for_update`` is a no-op
+    there). A write that changes nothing takes the database's write lock first."""
+    await uow.session.execute(
+        update(File).where(File.tenant_id == tenant_id, false()).values(status=File.status)
+    )
 
 
 async def used_bytes(session: AsyncSession, tenant_id: str) -> int:
-    """Bytes the tenant holds: ready files and upload URLs still reserving their size."""
+    """Bytes the tenant holds: ready files, upload URLs still reserving their size, and deleted
+    files whose bytes are kept until their purge (every row not purged yet)."""
     used = await session.scalar(
         select(func.coalesce(func.sum(File.size), 0)).where(
-            File.tenant_id == tenant_id,
-            File.status.in_([FileStatus.READY.value, FileStatus.PENDING.value]),
-            File.purged_at.is_(None),
+            File.tenant_id == tenant_id, File.purged_at.is_(None)
         )
     )
     return int(used or 0)
@@ -458,7 +463,14 @@ async def claim_upload(engine: AsyncEngine, tenant_id: str, file_id: str) -> Fil
 
 
 async def pending_file(uow: UnitOfWork, tenant_id: str, file_id: str) -> File:
+    """The pending file, locked until the transaction ends (on SQLite, the database's write
+    lock), so two concurrent ``completeUpload`` calls make it ready once: the later one finds
+    it ready and is refused with ``CONFLICT``."""
+    if uow.engine.dialect.name != "postgresql":
+        await sqlite_write_lock(uow, tenant_id)
     row = await get_file(uow, tenant_id, file_id)
+    if row.status == FileStatus.READY.value:
+        raise Conflict("id: this file's upload is already complete", field="id")
     if row.status != FileStatus.PENDING.value:
         raise BadUserInput("id: this file's upload is already complete or deleted", field="id")
     return row
@@ -489,7 +501,9 @@ async def complete_upload(
                 ) from None
         try:
             stored = await storage.digest(row.storage_key)
+            head = await _head(storage, row.storage_key)
         except ObjectNotFound:
+            # Never uploaded, or removed meanwhile (a purge of the lapsed upload).
             raise BadUserInput(
                 "id: no bytes were uploaded to this file's URL yet", field="id"
             ) from None
@@ -500,7 +514,7 @@ async def complete_upload(
             problem = "the uploaded bytes do not match the declared SHA-256"
         if problem is None:
             row.sha256 = stored.sha256
-            row.content_type = sniff(await _head(storage, row.storage_key))
+            row.content_type = sniff(head)
             row.status = FileStatus.READY.value
             row.completed_at = utcnow()
             row.purge_after = None
@@ -587,28 +601,43 @@ async def delete_file(
     return row
 
 
-async def purge_file(new_uow: NewUnitOfWork, storage: Storage, row: File) -> bool:
-    """Remove a file's bytes, then record it. The bytes go first: a failure after that leaves a
-    row that says "not purged yet" and the next cleanup deletes nothing twice."""
-    await storage.delete(row.storage_key)
-    if row.status == FileStatus.PENDING.value:
-        await storage.delete(upload_key(row))
+async def purge_file(
+    new_uow: NewUnitOfWork, storage: Storage, row: File, *, now: datetime | None = None
+) -> bool:
+    """Remove a file's bytes, then record it; False when the row, locked and read again, is no
+    longer due (completed, purged or given a later ``purge_after`` since ``row`` was read).
+    The bytes go first, with the row locked, so a ``completeUpload`` cannot make the file ready
+    meanwhile; a failure after that leaves a row that says "not purged yet" and the next
+    cleanup deletes nothing twice."""
+    now = now or utcnow()
     async with new_uow() as uow:
         await uow.allow_tenant(row.tenant_id)
-        now = utcnow()
-        done = await uow.session.execute(
-            update(File)
-            .where(File.id == row.id, File.tenant_id == row.tenant_id, File.purged_at.is_(None))
-            .values(purged_at=now, status=FileStatus.DELETED.value)
-            .execution_options(synchronize_session=False)
+        if uow.engine.dialect.name != "postgresql":
+            await sqlite_write_lock(uow, row.tenant_id)
+        current = await uow.session.scalar(
+            select(File).where(File.id == row.id, File.tenant_id == row.tenant_id).with_for_update()
         )
-        if done.rowcount != 1:  # type: ignore[attr-defined]
+        if (
+            current is None
+            or current.purged_at is not None
+            or current.purge_after is None
+            or current.purge_after > now
+        ):
             return False
+        was_pending = current.status == FileStatus.PENDING.value
+        # Both keys, whatever the status says: a pending file deleted before its purge has its
+        # bytes at the upload key, and deleting a missing key is harmless.
+        await storage.delete(current.storage_key)
+        await storage.delete(upload_key(current))
+        now = utcnow()
+        current.purged_at = now
+        current.status = FileStatus.DELETED.value
+        await uow.session.flush()
         _record(
             uow,
             "file.purged",
             row,
-            after={"purgedAt": now, "wasPending": row.status == FileStatus.PENDING.value},
+            after={"purgedAt": now, "wasPending": was_pending},
         )
     row.purged_at = now
     return True
@@ -634,25 +663,34 @@ async def purge_expired(
     now = now or utcnow()
     new_uow = cleanup_uow(engine)
     purged: list[str] = []
+    after: tuple[datetime, str] | None = None
     while True:
+        # One sweep in (purge_after, id) order, each batch after the last row seen: a file
+        # whose purge fails is not selected again (it is tried again next pass).
+        query = select(File).where(File.purge_after <= now, File.purged_at.is_(None))
+        if after is not None:
+            query = query.where(
+                or_(
+                    File.purge_after > after[0],
+                    and_(File.purge_after == after[0], File.id > after[1]),
+                )
+            )
         async with AsyncSession(engine, expire_on_commit=False) as session:
             due = list(
-                await session.scalars(
-                    select(File)
-                    .where(File.purge_after <= now, File.purged_at.is_(None))
-                    .order_by(File.purge_after, File.id)
-                    .limit(batch)
-                )
+                await session.scalars(query.order_by(File.purge_after, File.id).limit(batch))
             )
         for row in due:
             try:
-                if await purge_file(new_uow, storage, row):
+                if await purge_file(new_uow, storage, row, now=now):
                     purged.append(row.id)
             except Exception:
                 # One file's failure must not keep the others' bytes; it is tried again next run.
                 log.exception("purging a file failed", extra={"file_id": row.id})
         if len(due) < batch:
             return purged
+        last = due[-1]
+        assert last.purge_after is not None
+        after = (last.purge_after, last.id)
 
 
 async def reclaim_orphans(

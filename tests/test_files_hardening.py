@@ -1,0 +1,236 @@
+"""Files, after the security review of issue 9: quota of deleted bytes, purge of pending
+uploads, tokens kept out of the request log, cleanup that ends when deletes fail, one winner
+among concurrent completeUpload calls, CORS for uploadFile, names measured after NFC.
+
+Runs on the behaviour suite's two backends (local disk and S3 through moto), reusing its
+servers and helpers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from coregraph.models import File
+from coregraph.services import files as files_service
+from coregraph.storage import create_storage
+from coregraph.storage.local import LocalStorage
+from tests.conftest import make_settings
+from tests.support import GraphQLClient, LogCapture, running_server
+from tests.test_files import (  # noqa: F401  (the module's fixtures: b and s3_server)
+    COMPLETE,
+    DELETE,
+    EVENTS,
+    LIMITS,
+    MAX_FILE,
+    QUOTA,
+    FilesBackend,
+    backend,
+    create_url,
+    download_url,
+    owner_and_tenant,
+    put,
+    s3_server,
+    tenant_objects,
+    upload,
+    worker_engine,
+)
+
+
+async def test_soft_deleted_files_count_against_the_quota_until_purged(b: FilesBackend) -> None:
+    owner, tenant_id = await owner_and_tenant(b)
+    content = b"x" * MAX_FILE
+    created = (await create_url(b, owner, tenant_id, content)).ok()["createUploadUrl"]
+    file_id = created["file"]["id"]
+    assert (await put(b, created, content)).status_code == 200
+    (await b.client.execute(COMPLETE, {"id": file_id}, actor=owner, tenant_id=tenant_id)).ok()
+    rest = QUOTA - MAX_FILE + 1
+    (await b.client.execute(DELETE, {"id": file_id}, actor=owner, tenant_id=tenant_id)).ok()
+    # Its bytes are kept for the retention period: they still take the tenant's space.
+    assert len(tenant_objects(b, tenant_id)) == 1
+    refused = await create_url(b, owner, tenant_id, b"y" * rest)
+    assert refused.codes == ["QUOTA_EXCEEDED"]
+    assert refused.errors[0]["extensions"]["current"] == MAX_FILE
+    purged = await b.client.execute(
+        DELETE, {"id": file_id, "purge": True}, actor=owner, tenant_id=tenant_id
+    )
+    purged.ok()
+    assert tenant_objects(b, tenant_id) == []
+    (await create_url(b, owner, tenant_id, b"y" * rest)).ok()
+
+
+async def test_purging_a_pending_file_removes_its_uploaded_bytes(b: FilesBackend) -> None:
+    owner, tenant_id = await owner_and_tenant(b)
+    content = b"bytes sent to an upload URL, never completed"
+    created = (await create_url(b, owner, tenant_id, content)).ok()["createUploadUrl"]
+    assert (await put(b, created, content)).status_code == 200
+    assert len(tenant_objects(b, tenant_id)) == 1
+    r = await b.client.execute(
+        DELETE, {"id": created["file"]["id"], "purge": True}, actor=owner, tenant_id=tenant_id
+    )
+    r.ok()
+    assert tenant_objects(b, tenant_id) == []
+
+
+async def test_signed_url_tokens_stay_out_of_the_request_log(b: FilesBackend) -> None:
+    token = "secret-token-value.abc123"
+    base = b.server.url.removesuffix("/graphql")
+    with LogCapture("coregraph.request") as logs:
+        await b.http.get(f"{base}/files/download/{token}")
+        await b.http.put(f"{base}/files/upload/{token}", content=b"x")
+        lines = await logs.wait_for(2, lambda line: "/files/" in str(line.get("path")))
+    assert sorted(line["path"] for line in lines) == [
+        "/files/download/<redacted>",
+        "/files/upload/<redacted>",
+    ]
+    assert token not in "".join(logs.raw)
+
+
+class FailingDeletes(LocalStorage):
+    """Local disk whose deletes fail, as a bucket refusing them would (fault injection)."""
+
+    deletes = 0
+
+    async def delete(self, key: str) -> None:
+        self.deletes += 1
+        raise OSError("delete refused")
+
+
+async def test_a_cleanup_pass_ends_when_deletes_keep_failing(
+    b: FilesBackend, tmp_path: Any
+) -> None:
+    owner, tenant_id = await owner_and_tenant(b)
+    ids = []
+    for _ in range(3):
+        created = (await create_url(b, owner, tenant_id, b"z")).ok()["createUploadUrl"]
+        ids.append(created["file"]["id"])
+    engine, storage = worker_engine(b.settings), FailingDeletes(str(tmp_path))
+    lapsed = datetime.now(UTC) + timedelta(
+        seconds=b.settings.files_upload_url_ttl_seconds + b.settings.files_orphan_grace_seconds + 1
+    )
+    try:
+        # A batch of 2 over (at least) these 3 due rows: the pass must end, having tried each.
+        purged = await asyncio.wait_for(
+            files_service.purge_expired(engine, storage, now=lapsed, batch=2), timeout=30
+        )
+    finally:
+        await storage.aclose()
+        await engine.dispose()
+    assert purged == []
+    assert storage.deletes >= len(ids)
+    # Nothing was recorded purged: the next pass tries them again (the real storage now).
+    engine, real = worker_engine(b.settings), create_storage(b.settings)
+    try:
+        again = await files_service.purge_expired(engine, real, now=lapsed)
+    finally:
+        await real.aclose()
+        await engine.dispose()
+    assert set(ids) <= set(again)
+
+
+async def test_concurrent_completes_make_one_file_ready_once(b: FilesBackend) -> None:
+    owner, tenant_id = await owner_and_tenant(b)
+    content = b"completed by four callers at once"
+    created = (await create_url(b, owner, tenant_id, content)).ok()["createUploadUrl"]
+    file_id = created["file"]["id"]
+    assert (await put(b, created, content)).status_code == 200
+    answers = await asyncio.gather(
+        *(
+            b.client.execute(COMPLETE, {"id": file_id}, actor=owner, tenant_id=tenant_id)
+            for _ in range(4)
+        )
+    )
+    codes = sorted(str(r.codes) for r in answers)
+    assert codes == sorted(["[]"] + ["['CONFLICT']"] * 3), [r.body for r in answers]
+    events = await b.client.execute(
+        EVENTS, {"types": ["file.uploaded"]}, actor=owner, tenant_id=tenant_id
+    )
+    uploaded = [e for e in events.ok()["events"]["nodes"] if e["data"]["fileId"] == file_id]
+    assert len(uploaded) == 1
+    assert len(tenant_objects(b, tenant_id)) == 1
+
+
+async def test_a_browser_may_send_uploadfile_cross_origin(
+    database_url: str, http: httpx.AsyncClient, tmp_path: Any
+) -> None:
+    portal = "https://portal.example.com"
+    settings = make_settings(
+        database_url, **LIMITS, storage_dir=str(tmp_path), cors_origins=[portal]
+    )
+    with running_server(settings) as server:
+        preflight = {
+            "Origin": portal,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": (
+                "apollo-require-preflight,authorization,x-apollo-operation-name,x-tenant-id"
+            ),
+        }
+        allowed = await http.options(server.url, headers=preflight)
+        assert allowed.status_code == 200, allowed.text
+        assert allowed.headers["access-control-allow-origin"] == portal
+        granted = allowed.headers["access-control-allow-headers"].lower()
+        assert "apollo-require-preflight" in granted
+        assert "x-apollo-operation-name" in granted
+        client = GraphQLClient(http, server.url)
+        owner = await client.sign_up()
+        tenant_id = await client.create_tenant(owner)
+        from tests.test_files import FilesBackend as Backend
+
+        b = Backend("local", server, client, http, lambda: [])
+        sent = await upload(
+            b,
+            owner,
+            tenant_id,
+            b"from the portal",
+            headers={
+                "Origin": portal,
+                "Apollo-Require-Preflight": "true",
+            },
+        )
+        sent.ok()
+        assert sent.headers["access-control-allow-origin"] == portal
+
+
+async def test_names_are_measured_after_normalisation(b: FilesBackend) -> None:
+    owner, tenant_id = await owner_and_tenant(b)
+    # U+2ADC is one character that NFC turns into two: 200 of them are stored as 400.
+    grows = "\u2adc" * 200
+    r = await upload(b, owner, tenant_id, b"named", grows)
+    assert r.codes == ["BAD_USER_INPUT"], r.body
+    assert tenant_objects(b, tenant_id) == []
+    # 300 decomposed characters (e + combining acute) are 150 once composed: a fine name.
+    shrinks = "e\u0301" * 150
+    ok = await upload(b, owner, tenant_id, b"named", shrinks)
+    assert ok.ok()["uploadFile"]["file"]["name"] == "\u00e9" * 150
+
+
+async def test_a_purge_never_removes_the_bytes_of_a_file_completed_since_it_was_read(
+    b: FilesBackend,
+) -> None:
+    owner, tenant_id = await owner_and_tenant(b)
+    content = b"completed just before the cleanup got to it"
+    created = (await create_url(b, owner, tenant_id, content)).ok()["createUploadUrl"]
+    file_id = created["file"]["id"]
+    assert (await put(b, created, content)).status_code == 200
+    engine, storage = worker_engine(b.settings), create_storage(b.settings)
+    lapsed = datetime.now(UTC) + timedelta(
+        seconds=b.settings.files_upload_url_ttl_seconds + b.settings.files_orphan_grace_seconds + 1
+    )
+    try:
+        async with AsyncSession(engine, expire_on_commit=False) as session:
+            stale = await session.get(File, file_id)  # what a cleanup pass selected as due
+        assert stale is not None and stale.status == "pending"
+        (await b.client.execute(COMPLETE, {"id": file_id}, actor=owner, tenant_id=tenant_id)).ok()
+        purged = await files_service.purge_file(
+            files_service.cleanup_uow(engine), storage, stale, now=lapsed
+        )
+    finally:
+        await storage.aclose()
+        await engine.dispose()
+    assert purged is False
+    got = await b.http.get(await download_url(b, owner, tenant_id, file_id))
+    assert got.content == content

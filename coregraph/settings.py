@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEV_JWT_SECRET = "coregraph-development-secret-change-me-0123456789"
 # A Fernet key (32 url-safe base64 bytes) for the embedded defaults only: production refuses it.
 DEV_WEBHOOK_SECRET_KEY = "Y29yZWdyYXBoLWRldmVsb3BtZW50LWtleS0wMTIzNDU="
+# What a webhook claim must outlast its request's deadline by: the time to sign before the
+# request and to record its attempt after it.
+WEBHOOK_CLAIM_MARGIN_SECONDS = 5.0
 
 
 class Settings(BaseSettings):
@@ -90,6 +93,8 @@ class Settings(BaseSettings):
     webhook_endpoint_concurrency: int = Field(4, ge=1, le=1000)
     webhook_worker_concurrency: int = Field(32, ge=1, le=10_000)
     # A claimed delivery belongs to its worker this long; a worker that died is retried after.
+    # At least webhook_timeout_seconds + WEBHOOK_CLAIM_MARGIN_SECONDS (a shorter claim lets
+    # another worker send a delivery whose request is still in flight).
     webhook_claim_seconds: float = Field(60.0, gt=0, le=3600)
     webhook_poll_seconds: float = Field(1.0, gt=0, le=3600)
     # On SIGTERM a worker stops claiming and gives requests in flight this long to finish;
@@ -265,6 +270,18 @@ class Settings(BaseSettings):
         if any(value < 0 for value in values) or len(values) > 50:
             raise ValueError("at most 50 delays, none negative")
         return values
+
+    @model_validator(mode="after")
+    def _claims_outlast_requests(self) -> Settings:
+        least = self.webhook_timeout_seconds + WEBHOOK_CLAIM_MARGIN_SECONDS
+        if self.webhook_claim_seconds < least:
+            raise ValueError(
+                f"COREGRAPH_WEBHOOK_CLAIM_SECONDS ({self.webhook_claim_seconds:g}) must be at "
+                f"least COREGRAPH_WEBHOOK_TIMEOUT_SECONDS ({self.webhook_timeout_seconds:g}) + "
+                f"{WEBHOOK_CLAIM_MARGIN_SECONDS:g}: a claim that ends before its request does "
+                "lets another worker send the same delivery again"
+            )
+        return self
 
     @model_validator(mode="after")
     def _production_is_safe(self) -> Settings:

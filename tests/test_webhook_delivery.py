@@ -19,19 +19,25 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
+from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks import Webhook
 
 from coregraph import db
-from coregraph.models import AuditEntry, Event, RelayPosition
+from coregraph.auth.principal import system_principal
+from coregraph.models import AuditEntry, Event, RelayPosition, WebhookDelivery, WebhookEndpoint
 from coregraph.models.base import Environment, utcnow
+from coregraph.request import system_request
+from coregraph.services.uow import UnitOfWork
 from coregraph.services.webhooks import new_secret
 from coregraph.settings import Settings
-from coregraph.streams.broker import Broker, webhook_attempts_topic
+from coregraph.streams.broker import Broker, events_topic, webhook_attempts_topic
 from coregraph.streams.relay import Relay, running as relaying
 from coregraph.streams.webhooks import (
     JITTER,
@@ -404,7 +410,8 @@ async def test_an_endpoint_that_keeps_failing_is_disabled_with_an_event_and_an_a
             what="the requests in flight to finish",
         )
         failed_requests = len(handler.verified)
-        assert await worker.claim(10) == ([], False)
+        claimed, _token, more = await worker.claim(10)
+        assert (claimed, more) == ([], False)
         # Enabled again (and healthy): both flow.
         healthy.set()
         await set_enabled(app_engine, endpoint, True)
@@ -512,7 +519,7 @@ async def test_a_stopped_worker_releases_the_claims_of_requests_it_could_not_fin
             await emit(app_engine, tenant, 1)
             await receiver.wait_for(lambda: len(handler.verified) == 1, WAIT)
             [claimed] = await deliveries(app_engine, endpoint)
-            assert claimed.status == "sending" and claimed.claimed_by == first.name
+            assert claimed.status == "sending" and claimed.claimed_by.startswith(f"{first.name}:")
         # Stopped: the request it held was cut short and its claim handed back at once.
         [released] = await deliveries(app_engine, endpoint)
         assert released.status == "pending" and released.claimed_by is None
@@ -580,6 +587,159 @@ async def test_a_test_send_through_the_api_wakes_the_worker_instead_of_waiting_f
             await receiver.wait_for(lambda: len(handler.verified) == 1, WAIT)
     assert handler.ids() == [sent]
     assert handler.payloads[0]["type"] == "webhook.test"
+
+
+# --- what the security review found -----------------------------------------------------------
+
+WIDE = 2**64  # one past what orjson encodes
+
+
+async def test_emit_event_refuses_an_integer_beyond_64_bits_naming_its_path(
+    client: GraphQLClient,
+) -> None:
+    owner = await client.sign_up()
+    tenant_id = await client.create_tenant(owner)
+    registered = await client.execute(
+        "mutation($input: RegisterEventTypeInput!) { registerEventType(input: $input) {"
+        " eventType { id } } }",
+        {"input": {"type": "order.placed", "description": "x", "schema": {"type": "object"}}},
+        actor=owner,
+        tenant_id=tenant_id,
+    )
+    registered.ok()
+    # In the document: variables are read by orjson, which has no integers that wide.
+    r = await client.execute(
+        'mutation { emitEvent(input: {type: "order.placed",'
+        f" data: {{lines: [{{qty: 1}}, {{qty: {WIDE}}}]}}}}) {{ eventId }} }}",
+        {},
+        actor=owner,
+        tenant_id=tenant_id,
+    )
+    assert r.codes == ["BAD_USER_INPUT"]
+    assert "$.lines[1].qty" in r.errors[0]["message"]
+    assert r.errors[0]["extensions"]["path"] == "$.lines[1].qty"
+
+
+async def test_an_event_with_an_integer_beyond_64_bits_blocks_nothing_after_it(
+    hooks_db: str, tenant: str, app_engine: AsyncEngine, worker_engine: AsyncEngine, broker: Broker
+) -> None:
+    """Such an event (stored before emitEvent refused them) is published with the integer as a
+    string, delivered with the number itself, and the next event follows it."""
+    settings = settings_for(hooks_db)
+    handler = Verifying(secrets=[])
+    async with Receiver(handler) as receiver, AsyncExitStack() as stack:
+        endpoint = await add_endpoint(app_engine, settings, tenant, receiver.url())
+        handler.secrets.append(endpoint.secret)
+        published = await stack.enter_async_context(
+            broker.subscribe(events_topic(tenant, Environment.LIVE))
+        )
+        async with UnitOfWork(app_engine, system_principal("test"), system_request("test")) as uow:
+            await uow.allow_tenant(tenant)
+            uow.emit("test.pinged", tenant_id=tenant, data={"n": WIDE})
+        await emit(app_engine, tenant, 1)
+        await start_delivering(stack, worker_engine, broker, settings)
+        await receiver.wait_for(lambda: len(handler.verified) == 2, WAIT)
+        pings: list[Any] = []
+        while len(pings) < 2:  # the tenant's own creation events come first
+            message = await asyncio.wait_for(anext(aiter(published)), WAIT)
+            if message["type"] == "test.pinged":
+                pings.append(message)
+    assert [m["data"] for m in pings] == [{"n": str(WIDE)}, {"n": 0}]
+    # Sent side by side, in either order.
+    assert sorted(p["data"]["n"] for p in handler.payloads) == [0, WIDE]
+    assert any(b'"n":18446744073709551616' in request.body for request in handler.verified)
+
+
+async def test_a_claim_is_tied_to_its_request(
+    hooks_db: str, tenant: str, app_engine: AsyncEngine, worker_engine: AsyncEngine, broker: Broker
+) -> None:
+    """A claim that expires while its request is in flight (a database clock that jumped, a
+    request slower than it should be): its worker does not claim that delivery again, and once
+    another worker has claimed it, the first one's answer is not recorded over the new claim."""
+    settings = settings_for(hooks_db)
+    answering = Holding()
+    handler = Verifying(secrets=[], answer=answering.answer)
+    async with Receiver(handler) as receiver:
+        endpoint = await add_endpoint(app_engine, settings, tenant, receiver.url())
+        handler.secrets.append(endpoint.secret)
+        async with AsyncExitStack() as stack:
+            first = await start_delivering(stack, worker_engine, broker, settings)
+            await emit(app_engine, tenant, 1)
+            await receiver.wait_for(lambda: len(handler.verified) == 1, WAIT)
+            [held] = await deliveries(app_engine, endpoint)
+            await _expire_claims(app_engine, endpoint)
+            claimed, _, _ = await first.claim(10)
+            assert claimed == [], "its own request is still in flight"
+            # Another worker (not running: only its claim is used) takes the expired claim.
+            second = WebhookWorker(worker_engine, broker, settings)
+            [taken], token, _ = await second.claim(10)
+            assert taken.id == held.id and token.startswith(f"{second.name}:")
+            answering.release()
+            await wait_until(lambda: first.in_flight == 0, what="the first request to end")
+            [after] = await deliveries(app_engine, endpoint)
+            assert (after.status, after.claimed_by, after.attempts) == ("sending", token, 0)
+            assert await attempts(app_engine, endpoint, held.id) == []
+    assert handler.ids() == [held.id], "one send for the one claim that made it"
+
+
+async def _expire_claims(engine: AsyncEngine, endpoint: Endpoint) -> None:
+    async with engine.begin() as conn:
+        await db.scope_transaction(conn, tenant_ids=[endpoint.tenant_id])
+        await conn.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.endpoint_id == endpoint.id)
+            .values(claimed_until=utcnow() - timedelta(seconds=3600))
+        )
+
+
+def test_settings_refuse_a_claim_that_does_not_outlast_the_request_by_the_margin() -> None:
+    with pytest.raises(ValidationError, match="COREGRAPH_WEBHOOK_CLAIM_SECONDS"):
+        Settings(webhook_timeout_seconds=15, webhook_claim_seconds=15 + 4.9)
+    ok = Settings(webhook_timeout_seconds=15, webhook_claim_seconds=15 + 5)
+    assert ok.webhook_claim_seconds == 20
+
+
+async def test_a_delivery_whose_secret_cannot_be_opened_fails_on_the_schedule(
+    hooks_db: str, tenant: str, app_engine: AsyncEngine, worker_engine: AsyncEngine, broker: Broker
+) -> None:
+    """Sealed with a key the worker does not hold: each attempt is recorded as failed, with the
+    reason, and retried on the schedule until it is spent (not every claim's expiry, forever)."""
+    settings = settings_for(hooks_db, webhook_retry_schedule=[0.05, 0.05])
+    stranger = settings_for(hooks_db, webhook_secret_keys=Fernet.generate_key().decode())
+    async with AsyncExitStack() as stack:
+        endpoint = await add_endpoint(app_engine, stranger, tenant, "http://127.0.0.1:9/never")
+        await start_delivering(stack, worker_engine, broker, settings)
+        await emit(app_engine, tenant, 1)
+        await wait_until(lambda: _statuses_are(app_engine, endpoint, ["failed"]), what="failed")
+    [delivery] = await deliveries(app_engine, endpoint)
+    made = await attempts(app_engine, endpoint, delivery.id)
+    assert [a.attempt for a in made] == [1, 2, 3] and delivery.attempts == 3
+    assert {a.error for a in made} == {
+        "not sent: the endpoint's signing secret could not be decrypted"
+    }
+    assert {a.status_code for a in made} == {None}
+
+
+async def test_a_person_who_enabled_a_failing_endpoint_again_is_not_overruled(
+    hooks_db: str, tenant: str, app_engine: AsyncEngine, worker_engine: AsyncEngine, broker: Broker
+) -> None:
+    """The worker decided to disable the endpoint, then a person enabled it (resetting its
+    failures) before the disable ran: the disable finds the thresholds no longer hold."""
+    settings = settings_for(hooks_db, webhook_disable_after_failures=3)
+    endpoint = await add_endpoint(app_engine, settings, tenant, "http://127.0.0.1:9/never")
+    seen = SimpleNamespace(consecutive_failures=3, failing_since=utcnow() - timedelta(days=6))
+    worker = WebhookWorker(worker_engine, broker, settings)
+    assert await worker.disable_failing(tenant, endpoint.id, seen) is False
+    assert (await read_endpoint(app_engine, endpoint)).enabled
+    async with app_engine.begin() as conn:
+        await db.scope_transaction(conn, tenant_ids=[tenant])
+        await conn.execute(
+            update(WebhookEndpoint)
+            .where(WebhookEndpoint.id == endpoint.id)
+            .values(consecutive_failures=3, failing_since=seen.failing_since)
+        )
+    assert await worker.disable_failing(tenant, endpoint.id, seen) is True
+    assert not (await read_endpoint(app_engine, endpoint)).enabled
 
 
 # --- `coregraph worker` processes -----------------------------------------------------------
@@ -659,7 +819,9 @@ async def test_a_worker_killed_mid_delivery_is_replaced_once_its_claim_expires(
     async with Receiver(handler) as receiver:
         endpoint = await add_endpoint(app_engine, settings, tenant, receiver.url())
         handler.secrets.append(endpoint.secret)
-        with worker_process(process_env(hooks_db, webhook_claim_seconds="2")) as doomed:
+        # The shortest claim the settings allow for a 1 s request timeout.
+        short = process_env(hooks_db, webhook_timeout_seconds="1", webhook_claim_seconds="6")
+        with worker_process(short) as doomed:
             await emit(app_engine, tenant, 3, per_commit=3)
             await receiver.wait_for(lambda: len(handler.verified) == 3, WAIT)
             doomed.send_signal(signal.SIGKILL)

@@ -284,6 +284,21 @@ def _walk_strings(value: Any, depth: int = 0) -> Iterator[str]:
             yield from _walk_strings(item, depth + 1)
 
 
+def _wide_integer_path(value: Any, path: str = "$", depth: int = 0) -> str | None:
+    """The JSON path of the first integer orjson cannot encode (beyond 64 bits), or None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return path if not -(2**63) <= value < 2**64 else None
+    if depth > 64 or not isinstance(value, dict | list):
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        inner = f"{path}[{key}]" if isinstance(value, list) else f"{path}.{key}"
+        found = _wide_integer_path(item, inner, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
 def _json_document(value: Any, field: str) -> dict[str, Any]:
     """A JSON object of bounded size that the database stores as given (PostgreSQL refuses a
     NUL character in JSON text)."""
@@ -293,6 +308,14 @@ def _json_document(value: Any, field: str) -> dict[str, Any]:
         encoded = orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError):
         encoded = None
+        # The relay, the broker and webhooks encode with orjson: refuse what it cannot encode.
+        path = _wide_integer_path(value)
+        if path is not None:
+            raise BadUserInput(
+                f"{field}: {path}: integers must fit in 64 bits (send larger ones as strings)",
+                field=field,
+                path=path,
+            ) from None
     # The common case from one encoding, with what the exact checks below would find: orjson
     # writes a NUL as \u0000, so without that text there is none; no more opening brackets
     # than the depth limit (64) means no deeper nesting; and json.dumps's ASCII-escaped size

@@ -33,6 +33,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy import Row, Table, and_, exists, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -193,9 +194,10 @@ class Relay:
             if not events and not entries:
                 return 0
             messages: list[tuple[str, bytes | Message]] = [
-                (events_topic(row.tenant_id, row.environment), event_message(row)) for row in events
+                (events_topic(row.tenant_id, row.environment), encoded(event_message(row)))
+                for row in events
             ]
-            messages += [(audit_topic(chain_id), audit_message(row)) for row in entries]
+            messages += [(audit_topic(chain_id), encoded(audit_message(row))) for row in entries]
             await self.broker.publish_many(messages)
             # Webhook deliveries of these events, in the transaction that records them as
             # published: a crash before the commit schedules them again with the rows, and the
@@ -218,6 +220,29 @@ class Relay:
                 # Committed: the webhook workers find the deliveries at their next poll.
                 log.exception("could not wake the webhook workers")
         return len(messages)
+
+
+def encoded(message: Message) -> bytes:
+    """``message`` as the broker carries it (orjson). A row orjson cannot encode must not stall
+    its chain for good (it would be tried again at every pass, and every later row wait
+    behind it): integers beyond 64 bits, which events stored before emitEvent refused them
+    may hold, are published as their decimal strings (orjson would read them back as lossy
+    floats); the database row and the webhook body keep the number itself."""
+    try:
+        return orjson.dumps(message)
+    except orjson.JSONEncodeError:
+        log.warning("relay message with integers beyond 64 bits: published as strings")
+        return orjson.dumps(_wide_integers_as_strings(message))
+
+
+def _wide_integers_as_strings(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, dict):
+        return {key: _wide_integers_as_strings(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_wide_integers_as_strings(item) for item in value]
+    return value
 
 
 def _contiguous(rows: Sequence[Row[Any]], column: str, published: int) -> list[Row[Any]]:

@@ -6,12 +6,17 @@ worker then:
 
 1. **Claims** due deliveries in a short transaction: ``pending`` ones whose ``next_attempt_at``
    has come, and ``sending`` ones whose ``claimed_until`` has passed (their worker died
-   mid-delivery). On PostgreSQL the rows are locked ``FOR UPDATE SKIP LOCKED``, so any number
-   of workers share the work and no delivery is claimed by two of them at once; on SQLite run
-   a single worker (``coregraph serve`` does, in-process). A claim marks the delivery
-   ``sending`` with ``claimed_by`` and ``claimed_until`` (``COREGRAPH_WEBHOOK_CLAIM_SECONDS``,
-   which must outlast ``COREGRAPH_WEBHOOK_TIMEOUT_SECONDS``, or a slow request is sent again by
-   another worker). It never claims more than it can send at once: at most
+   mid-delivery), never one whose request this worker still has in flight. On PostgreSQL the
+   rows are locked ``FOR UPDATE SKIP LOCKED``, so any number of workers share the work and no
+   delivery is claimed by two of them at once, and the times compared are the database's
+   (``now()``), so hosts whose clocks differ agree on when a claim ends; on SQLite run a single
+   worker (``coregraph serve`` does, in-process; its clock is the only one). A claim marks the
+   delivery ``sending`` with ``claimed_by`` (the worker's name and a random part per claim: an
+   attempt is recorded only while that very claim still holds) and ``claimed_until``
+   (``COREGRAPH_WEBHOOK_CLAIM_SECONDS``, which settings refuse below
+   ``COREGRAPH_WEBHOOK_TIMEOUT_SECONDS`` plus a margin: a shorter claim would let another
+   worker send a delivery whose request is still in flight). It never claims more than it can
+   send at once: at most
    ``COREGRAPH_WEBHOOK_WORKER_CONCURRENCY`` requests in flight, and at most
    ``COREGRAPH_WEBHOOK_ENDPOINT_CONCURRENCY`` to one endpoint (per process).
 2. **Sends** each one (``coregraph.outbound.OutboundClient``: checked destinations, no
@@ -23,7 +28,8 @@ worker then:
    space-separated (the current secret and, while a rotation's overlap lasts, the previous
    one, so the receiver verifies with whichever it holds).
 3. **Records** the attempt (status code, latency, the first KiB of the answer, or why there was
-   none) and moves the delivery on, in one transaction: a 2xx answer makes it ``succeeded``;
+   none: also when no request could be made, its secret not decrypting or its payload not
+   encoding) and moves the delivery on, in one transaction: a 2xx answer makes it ``succeeded``;
    anything else makes it ``pending`` again, due after the next delay of
    ``COREGRAPH_WEBHOOK_RETRY_SCHEDULE`` (the n-th retry waits ``schedule[n - 1]`` seconds,
    times a random factor between 0.9 and 1.1 so retries of many deliveries do not arrive in
@@ -34,8 +40,10 @@ Endpoints: any success resets an endpoint's ``consecutive_failures`` and ``faili
 An endpoint that has failed ``COREGRAPH_WEBHOOK_DISABLE_AFTER_FAILURES`` times in a row over at
 least ``COREGRAPH_WEBHOOK_DISABLE_AFTER_SECONDS`` is disabled (``disabled_reason = "failing"``)
 through a unit of work scoped to its tenant, with a ``webhook_endpoint.disabled`` event and an
-audit entry. Deliveries of a disabled endpoint are not claimed: they stay as they are and flow
-again once it is enabled (as Svix does); those of a deleted endpoint are deleted with it.
+audit entry; beside the recorder, not in its way, and only if those thresholds still hold as it
+commits (a person who re-enabled the endpoint meanwhile reset its failures). Deliveries of a
+disabled endpoint are not claimed: they stay as they are and flow again once it is enabled (as
+Svix does); those of a deleted endpoint are deleted with it.
 
 Delivery is at least once: a worker killed mid-request leaves its claim to expire, and the
 request is made again (same ``webhook-id``). On ``stop()`` a worker claims nothing more, gives
@@ -48,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
@@ -61,7 +70,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
-from sqlalchemy import Row, Table, and_, case, func, insert, literal, or_, select, update
+from sqlalchemy import Interval, Row, Table, and_, case, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from standardwebhooks import Webhook
 
@@ -105,8 +114,16 @@ def retry_delay(schedule: Sequence[float], attempts_made: int) -> float | None:
 
 def request_body(payload: Mapping[str, Any]) -> bytes:
     """The bytes sent: the same for every attempt of a delivery, whichever backend stored it
-    (PostgreSQL's JSONB does not keep key order)."""
-    return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+    (PostgreSQL's JSONB does not keep key order). A payload orjson cannot encode (an integer
+    beyond 64 bits, stored before emitEvent refused them) is encoded losslessly by ``json``
+    instead, with the same sorted keys and compact separators: the receiver gets the number
+    as it was emitted."""
+    try:
+        return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        return json.dumps(
+            payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
 
 
 def signed_headers(
@@ -133,8 +150,12 @@ def _kept_body(body: bytes) -> str | None:
 
 
 def worker_name() -> str:
-    """Who holds a claim (``claimed_by``): host, process and a random part."""
+    """Who claims (the start of ``claimed_by``): host, process and a random part."""
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+# ``claimed_by`` is the worker's name, ":" and a random part per claim (String(64)).
+_NAME_LENGTH = 56
 
 
 class WebhookWorker:
@@ -150,7 +171,7 @@ class WebhookWorker:
         self.engine = engine
         self.broker = broker
         self.settings = settings
-        self.name = name or worker_name()
+        self.name = (name or worker_name())[:_NAME_LENGTH]
         self.box = SecretBox(settings.webhook_secret_key_list)
         self.schedule = list(settings.webhook_retry_schedule)
         self.concurrency = settings.webhook_worker_concurrency
@@ -163,17 +184,17 @@ class WebhookWorker:
         self._slot_freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: dict[str, int] = {}
+        # Deliveries whose request this worker has not finished recording: never claimed
+        # again by it, whatever their claim's expiry says.
+        self._sending: set[str] = set()
+        # Auto-disables run beside the recorder, one per endpoint at a time.
+        self._disabling: dict[str, asyncio.Task[None]] = {}
         # The earliest retry this worker scheduled itself: it wakes for it before the next poll.
         self._next_due: datetime | None = None
         # Attempts made and not yet recorded, for the recorder (None stops it).
         self._outcomes: asyncio.Queue[_Outcome | None] = asyncio.Queue()
         self.sent = 0
         self.succeeded = 0
-        if settings.webhook_claim_seconds <= settings.webhook_timeout_seconds:
-            log.warning(
-                "COREGRAPH_WEBHOOK_CLAIM_SECONDS is not longer than the request timeout: a slow "
-                "request's delivery may be claimed and sent again by another worker"
-            )
 
     @property
     def client(self) -> OutboundClient:
@@ -206,13 +227,13 @@ class WebhookWorker:
                 more = False
                 if free > 0:
                     try:
-                        claimed, more = await self.claim(free)
+                        claimed, token, more = await self.claim(free)
                     except Exception:
                         # The database is away: nothing was claimed. Wait the poll interval.
                         log.exception("webhook claim failed; retrying")
-                        claimed = []
+                        claimed, token = [], ""
                     for row in claimed:
-                        self._start(row)
+                        self._start(row, token)
                 await self._idle(more or free <= 0)
         finally:
             await self._shut_down(recorder)
@@ -240,24 +261,34 @@ class WebhookWorker:
                 task.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
 
-    async def claim(self, free: int) -> tuple[list[Row[Any]], bool]:
+    async def claim(self, free: int) -> tuple[list[Row[Any]], str, bool]:
         """Claim up to ``free`` due deliveries of enabled endpoints, at most as many per
         endpoint as its concurrency leaves room for. Returns them (joined with their
-        endpoint's url and secrets) and whether more may be due than were taken."""
+        endpoint's url and secrets), the claim's token (``claimed_by``: recording an attempt
+        requires it) and whether more may be due than were taken. Deliveries this worker is
+        still sending are never claimed again by it, even once their claim has expired."""
         now = utcnow()
         if self._next_due is not None and self._next_due <= now:
             self._next_due = None
+        # Claims are made and judged by several hosts: on PostgreSQL by the database's clock,
+        # so a worker whose clock runs ahead cannot take another's live claim. SQLite has one
+        # worker on one host: its own clock is the only one.
+        db_now: Any = func.now() if self.locks else literal(now, UTCDateTime())
         due = or_(
             and_(
                 _DELIVERIES.c.status == DeliveryStatus.PENDING.value,
-                _DELIVERIES.c.next_attempt_at <= now,
+                _DELIVERIES.c.next_attempt_at <= db_now,
             ),
             and_(
                 _DELIVERIES.c.status == DeliveryStatus.SENDING.value,
-                _DELIVERIES.c.claimed_until < now,
+                _DELIVERIES.c.claimed_until < db_now,
             ),
         )
+        token = f"{self.name}:{secrets.token_hex(3)}"
+        sending = sorted(self._sending)
         full = {ep for ep, n in self._in_flight.items() if n >= self.endpoint_concurrency}
+        # An endpoint being disabled gets no new request meanwhile.
+        full.update(self._disabling)
         taken: dict[str, int] = {}
         kept: list[Any] = []
         # Endpoints at their limit are left out of the query: they may have due deliveries that
@@ -287,14 +318,19 @@ class WebhookWorker:
                     .select_from(
                         _DELIVERIES.join(_ENDPOINTS, _ENDPOINTS.c.id == _DELIVERIES.c.endpoint_id)
                     )
+                    # A disabled endpoint's due deliveries stay first in the (status,
+                    # next_attempt_at) index, and each claim scans past them. Not yet done:
+                    # parking them when the endpoint is disabled (next_attempt_at NULL) and
+                    # making them due when it is enabled (services/webhooks.py, the API's).
                     .where(due, _ENDPOINTS.c.enabled.is_(True))
                     .order_by(_DELIVERIES.c.next_attempt_at)
                     .limit(want)
                 )
                 if full:
                     query = query.where(_DELIVERIES.c.endpoint_id.not_in(sorted(full)))
-                if kept:
-                    query = query.where(_DELIVERIES.c.id.not_in([row.id for row in kept]))
+                skipped = sending + [row.id for row in kept]
+                if skipped:
+                    query = query.where(_DELIVERIES.c.id.not_in(skipped))
                 if self.locks:
                     query = query.with_for_update(skip_locked=True, of=_DELIVERIES)
                 rows = (await conn.execute(query)).all()
@@ -317,26 +353,32 @@ class WebhookWorker:
                 more = more or len(rows) == want
                 break
             if kept:
+                lasting = timedelta(seconds=self.settings.webhook_claim_seconds)
+                until: Any = (
+                    func.now() + literal(lasting, Interval())
+                    if self.locks
+                    else literal(now + lasting, UTCDateTime())
+                )
                 await conn.execute(
                     update(_DELIVERIES)
                     .where(_DELIVERIES.c.id.in_([row.id for row in kept]))
                     .values(
-                        status=DeliveryStatus.SENDING.value,
-                        claimed_by=self.name,
-                        claimed_until=now + timedelta(seconds=self.settings.webhook_claim_seconds),
+                        status=DeliveryStatus.SENDING.value, claimed_by=token, claimed_until=until
                     )
                 )
-        return kept, more
+        return kept, token, more
 
-    def _start(self, row: Row[Any]) -> None:
+    def _start(self, row: Row[Any], token: str) -> None:
         endpoint = row.endpoint_id
         self._in_flight[endpoint] = self._in_flight.get(endpoint, 0) + 1
-        task = asyncio.create_task(self._deliver(row), name=f"coregraph-webhook-{row.id}")
+        self._sending.add(row.id)
+        task = asyncio.create_task(self._deliver(row, token), name=f"coregraph-webhook-{row.id}")
         self._tasks.add(task)
-        task.add_done_callback(lambda done: self._finished(done, endpoint))
+        task.add_done_callback(lambda done: self._finished(done, endpoint, row.id))
 
-    def _finished(self, task: asyncio.Task[None], endpoint: str) -> None:
+    def _finished(self, task: asyncio.Task[None], endpoint: str, delivery_id: str) -> None:
         self._tasks.discard(task)
+        self._sending.discard(delivery_id)
         left = self._in_flight.get(endpoint, 0) - 1
         if left > 0:
             self._in_flight[endpoint] = left
@@ -344,16 +386,17 @@ class WebhookWorker:
             self._in_flight.pop(endpoint, None)
         self._slot_freed.set()
 
-    async def _deliver(self, row: Row[Any]) -> None:
+    async def _deliver(self, row: Row[Any], token: str) -> None:
         try:
-            signing = signing_secrets(self.box, row)
-            body = request_body(row.payload)
-            timestamp = int(time.time())
-            headers = signed_headers(row.id, body, signing, timestamp)
             started_at = utcnow()
-            result = await self.client.post(row.url, content=body, headers=headers)
-            self.sent += 1
-            outcome = _Outcome(row, _attempt(row, started_at, result), asyncio.Future())
+            prepared = self._prepare(row)
+            if isinstance(prepared, OutboundResult):
+                result = prepared
+            else:
+                body, headers = prepared
+                result = await self.client.post(row.url, content=body, headers=headers)
+                self.sent += 1
+            outcome = _Outcome(row, _attempt(row, started_at, result), token, asyncio.Future())
             # Written by the recorder with whatever else finished meanwhile, in one
             # transaction; the slot stays taken until then.
             self._outcomes.put_nowait(outcome)
@@ -361,11 +404,32 @@ class WebhookWorker:
         except asyncio.CancelledError:
             raise
         except Exception:
-            # A secret that no configured key opens, or the database is away: the claim
-            # expires and the delivery is tried again, by this worker or another.
+            # The database is away: the claim expires and the delivery is tried again, by this
+            # worker (once this task has ended) or another.
             log.exception(
                 "webhook delivery failed before its attempt was recorded",
                 extra={"delivery_id": row.id, "endpoint_id": row.endpoint_id},
+            )
+
+    def _prepare(self, row: Row[Any]) -> tuple[bytes, dict[str, str]] | OutboundResult:
+        """The body and signed headers of this attempt; or, when the secret cannot be opened
+        or the payload not encoded, the failed attempt to record instead (the reason, not the
+        details, for the tenant to see), so it is retried on the schedule like any other
+        failure rather than at every claim's expiry, forever."""
+        step = "the endpoint's signing secret could not be decrypted"
+        try:
+            signing = signing_secrets(self.box, row)
+            step = "the payload could not be encoded"
+            body = request_body(row.payload)
+            step = "the request could not be signed"
+            return body, signed_headers(row.id, body, signing, int(time.time()))
+        except Exception:
+            log.exception(
+                "webhook delivery could not be prepared",
+                extra={"delivery_id": row.id, "endpoint_id": row.endpoint_id},
+            )
+            return OutboundResult(
+                status_code=None, body=b"", duration_ms=0.0, error=f"not sent: {step}"
             )
 
     async def _record_outcomes(self) -> None:
@@ -409,19 +473,21 @@ class WebhookWorker:
                 plans.append((outcome, DeliveryStatus.FAILED, None))
             else:
                 plans.append((outcome, DeliveryStatus.PENDING, now + timedelta(seconds=delay)))
-        mine = _claim_held(self.name)
         failing: dict[str, Any] = {}
         async with self.engine.begin() as conn:
             recorded: set[str] = set()
-            succeeded = [outcome for outcome, status, _ in plans if status is _SUCCEEDED]
-            if succeeded:
-                # The common case in one statement, whatever the batch's size.
+            by_claim: dict[str, list[_Outcome]] = {}
+            for outcome, status, _ in plans:
+                if status is _SUCCEEDED:
+                    by_claim.setdefault(outcome.token, []).append(outcome)
+            for token, succeeded in by_claim.items():
+                # The common case in one statement per claim, whatever the batch's size.
                 started = {
                     o.row.id: literal(o.attempt.started_at, UTCDateTime()) for o in succeeded
                 }
                 moved = await conn.execute(
                     update(_DELIVERIES)
-                    .where(_DELIVERIES.c.id.in_(list(started)), mine)
+                    .where(_DELIVERIES.c.id.in_(list(started)), _claim_held(token))
                     .values(
                         status=_SUCCEEDED.value,
                         attempts=_DELIVERIES.c.attempts + 1,
@@ -439,7 +505,7 @@ class WebhookWorker:
                     continue
                 moved = await conn.execute(
                     update(_DELIVERIES)
-                    .where(_DELIVERIES.c.id == outcome.row.id, mine)
+                    .where(_DELIVERIES.c.id == outcome.row.id, _claim_held(outcome.token))
                     .values(
                         status=status.value,
                         attempts=_DELIVERIES.c.attempts + 1,
@@ -472,8 +538,25 @@ class WebhookWorker:
                 self._next_due = next_attempt_at
         await self._publish(plans)
         for endpoint_id, row in failing.items():
-            if self._should_disable(row, now):
-                await self.disable_failing(row.tenant_id, endpoint_id, row)
+            if self._should_disable(row, now) and endpoint_id not in self._disabling:
+                # Beside the recorder, not in its way: a slow disable (the tenant's head-row
+                # lock, a busy database) must not hold up every other attempt's record.
+                task = asyncio.create_task(
+                    self._disable_quietly(row.tenant_id, endpoint_id, row),
+                    name=f"coregraph-webhook-disable-{endpoint_id}",
+                )
+                self._disabling[endpoint_id] = task
+
+    async def _disable_quietly(self, tenant_id: str, endpoint_id: str, failing: Any) -> None:
+        try:
+            await self.disable_failing(tenant_id, endpoint_id, failing)
+        except Exception:
+            # Its failures are still counted: the next failed attempt tries again.
+            log.exception(
+                "could not disable a failing webhook endpoint", extra={"endpoint_id": endpoint_id}
+            )
+        finally:
+            self._disabling.pop(endpoint_id, None)
 
     async def _count_failures(
         self, conn: AsyncConnection, outcomes: Sequence[_Outcome]
@@ -559,16 +642,24 @@ class WebhookWorker:
             # Recorded: a subscriber that missed them reads them from the delivery log.
             log.exception("could not publish webhook attempts", extra={"count": len(messages)})
 
-    async def disable_failing(self, tenant_id: str, endpoint_id: str, failing: Row[Any]) -> bool:
+    async def disable_failing(self, tenant_id: str, endpoint_id: str, failing: Any) -> bool:
         """Disable an endpoint that keeps failing, with its event and audit entry, unless it is
-        disabled already (by a person, or by another worker a moment ago)."""
+        disabled already (by a person, or by another worker a moment ago) or no longer failing
+        enough: a person who re-enabled it meanwhile reset its failures, and that stands."""
         meta = RequestMeta(user_agent="coregraph worker (webhook delivery)")
+        since = utcnow() - timedelta(seconds=self.settings.webhook_disable_after_seconds)
         async with UnitOfWork(self.engine, system_principal(ACTOR), meta) as uow:
             await uow.allow_tenant(tenant_id)
             disabled = (
                 await uow.session.execute(
                     update(_ENDPOINTS)
-                    .where(_ENDPOINTS.c.id == endpoint_id, _ENDPOINTS.c.enabled.is_(True))
+                    .where(
+                        _ENDPOINTS.c.id == endpoint_id,
+                        _ENDPOINTS.c.enabled.is_(True),
+                        _ENDPOINTS.c.consecutive_failures
+                        >= self.settings.webhook_disable_after_failures,
+                        _ENDPOINTS.c.failing_since <= since,
+                    )
                     .values(enabled=False, disabled_reason="failing")
                     .returning(_ENDPOINTS.c.url, _ENDPOINTS.c.environment)
                 )
@@ -614,7 +705,7 @@ class WebhookWorker:
             released = await conn.execute(
                 update(_DELIVERIES)
                 .where(
-                    _DELIVERIES.c.claimed_by == self.name,
+                    _DELIVERIES.c.claimed_by.startswith(f"{self.name}:", autoescape=True),
                     _DELIVERIES.c.status == DeliveryStatus.SENDING.value,
                 )
                 .values(
@@ -644,6 +735,13 @@ class WebhookWorker:
         except Exception:
             recorder.cancel()
             log.exception("could not record the last webhook attempts", extra={"worker": self.name})
+        disabling = list(self._disabling.values())
+        if disabling:
+            # Not finished in time: the endpoint's next failed attempt disables it.
+            _done, unfinished = await asyncio.wait(disabling, timeout=5)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*disabling, return_exceptions=True)
         try:
             released = await self.release_claims()
             if released:
@@ -663,15 +761,16 @@ class WebhookWorker:
 class _Outcome:
     row: Any  # the claimed delivery, with its endpoint's url and secrets
     attempt: WebhookAttempt
+    token: str  # the claim's claimed_by: the attempt is recorded only while it still holds
     recorded: asyncio.Future[None]
 
 
 _SUCCEEDED = DeliveryStatus.SUCCEEDED
 
 
-def _claim_held(worker: str) -> Any:
+def _claim_held(token: str) -> Any:
     return and_(
-        _DELIVERIES.c.claimed_by == worker,
+        _DELIVERIES.c.claimed_by == token,
         _DELIVERIES.c.status == DeliveryStatus.SENDING.value,
     )
 

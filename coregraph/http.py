@@ -20,16 +20,17 @@ from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOpe
 from strawberry.types.execution import PreExecutionError
 from strawberry.types.graphql import OperationType
 
-from coregraph.auth.principal import Principal
+from coregraph.auth.principal import Principal, PrincipalKind
 from coregraph.auth.schema_reader import SCHEMA_SECRET_HEADER, carries_schema_secret
 from coregraph.context import Context
-from coregraph.errors import CoregraphError
+from coregraph.errors import CoregraphError, Unauthenticated
 from coregraph.request import RequestMeta, served_base_url
 from coregraph.schema.errors import present
-from coregraph.uploads import UploadRefused, Uploads, is_multipart
+from coregraph.uploads import UploadRefused, Uploads, forces_preflight, is_multipart
 
 if TYPE_CHECKING:
     from coregraph.app import Runtime
+    from coregraph.settings import Settings
 
 log = logging.getLogger("coregraph.http")
 
@@ -157,6 +158,35 @@ def method_not_allowed(request: Request) -> Response:
     )
 
 
+# Room for the operations and map parts and every part's headers, beside the files' bytes.
+MULTIPART_OVERHEAD = 1024 * 1024
+
+
+def multipart_max_bytes(settings: Settings) -> int:
+    return (
+        settings.files_multipart_max_files * settings.files_multipart_max_file_bytes
+        + MULTIPART_OVERHEAD
+    )
+
+
+def _declared_length(request: Request) -> int:
+    """The body's declared Content-Length, or 0 when absent (a chunked body is still cut at
+    the per-part limits as it is parsed)."""
+    value = request.headers.get("content-length", "")
+    return int(value) if value.isdigit() else 0
+
+
+def _refused(state: Any, exc: CoregraphError, request_id: str, media_type: str) -> Response:
+    state.outcome = exc.code
+    extra = {"WWW-Authenticate": "Bearer"} if exc.code == "UNAUTHENTICATED" else {}
+    return _response(
+        error_payload(exc.message, {**exc.extensions, "requestId": request_id}),
+        _STATUS_FOR_CODE.get(exc.code, 400),
+        media_type,
+        **extra,
+    )
+
+
 async def handle_graphql(request: Request, runtime: Runtime) -> Response:
     if request.method == "POST" and is_multipart(request):
         # File uploads (coregraph.uploads): their temporary files go when the request ends.
@@ -183,6 +213,29 @@ async def _handle_graphql(request: Request, runtime: Runtime, uploads: Uploads |
             406,
             JSON,
         )
+    meta = request_meta(request)
+    principal: Principal | None = None
+    if uploads is not None and forces_preflight(request):
+        # (Without the CSRF header uploads.read refuses it, unread, as a bad request.)
+        # From the headers alone, before a byte of the body is read or spooled to disk: an
+        # anonymous or oversized multipart POST costs no disk and no parsing.
+        try:
+            principal = await authenticate(request, runtime, meta)
+            if principal.kind is PrincipalKind.ANONYMOUS:
+                # Every upload needs files:write: an anonymous one would only be refused later.
+                raise Unauthenticated("uploading a file needs a credential")
+        except CoregraphError as exc:
+            return _refused(state, exc, request_id, media_type)
+        if _declared_length(request) > multipart_max_bytes(runtime.settings):
+            state.outcome = "PAYLOAD_TOO_LARGE"
+            return _response(
+                error_payload(
+                    "the multipart request is larger than its files' limits allow",
+                    {"code": "PAYLOAD_TOO_LARGE", "requestId": request_id},
+                ),
+                413,
+                media_type,
+            )
     try:
         if uploads is not None:
             query, variables, operation_name, _ = await uploads.read(request, runtime.settings)
@@ -203,18 +256,11 @@ async def _handle_graphql(request: Request, runtime: Runtime, uploads: Uploads |
             media_type,
         )
     state.operation_name = operation_name
-    meta = request_meta(request)
-    try:
-        principal = await authenticate(request, runtime, meta)
-    except CoregraphError as exc:
-        state.outcome = exc.code
-        extra = {"WWW-Authenticate": "Bearer"} if exc.code == "UNAUTHENTICATED" else {}
-        return _response(
-            error_payload(exc.message, {**exc.extensions, "requestId": request_id}),
-            _STATUS_FOR_CODE.get(exc.code, 400),
-            media_type,
-            **extra,
-        )
+    if principal is None:
+        try:
+            principal = await authenticate(request, runtime, meta)
+        except CoregraphError as exc:
+            return _refused(state, exc, request_id, media_type)
     state.principal_kind = principal.kind.value
     state.tenant_id = principal.tenant_id
     context = Context(runtime, principal, meta)

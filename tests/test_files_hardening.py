@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from coregraph.http import multipart_max_bytes
 from coregraph.models import File
 from coregraph.services import files as files_service
 from coregraph.storage import create_storage
@@ -27,8 +28,10 @@ from tests.test_files import (  # noqa: F401  (the module's fixtures: b and s3_s
     EVENTS,
     LIMITS,
     MAX_FILE,
+    PREFLIGHT,
     QUOTA,
     FilesBackend,
+    KiB,
     backend,
     create_url,
     download_url,
@@ -234,3 +237,30 @@ async def test_a_purge_never_removes_the_bytes_of_a_file_completed_since_it_was_
     assert purged is False
     got = await b.http.get(await download_url(b, owner, tenant_id, file_id))
     assert got.content == content
+
+
+async def test_a_multipart_post_is_authenticated_before_its_body_is_read(b: FilesBackend) -> None:
+    owner, tenant_id = await owner_and_tenant(b)
+    url, headers = b.server.url, {"Accept": "application/json", **PREFLIGHT}
+    # A body that is not even multipart: refused for its missing credential, not parsed.
+    anonymous = await b.http.post(
+        url,
+        content=b"x" * 64 * KiB,
+        headers={**headers, "Content-Type": "multipart/form-data; boundary=b"},
+    )
+    assert anonymous.status_code == 401
+    assert anonymous.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    # Declared larger than 3 files at the per-file limit and the overhead: refused unread.
+    declared = multipart_max_bytes(b.settings) + 1
+    oversized = await b.http.post(
+        url,
+        content=b"x" * declared,
+        headers={
+            **headers,
+            **owner.headers(tenant_id),
+            "Content-Type": "multipart/form-data; boundary=b",
+        },
+    )
+    assert oversized.status_code == 413
+    assert oversized.json()["errors"][0]["extensions"]["code"] == "PAYLOAD_TOO_LARGE"
+    (await upload(b, owner, tenant_id, b"still fine")).ok()

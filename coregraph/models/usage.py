@@ -89,6 +89,7 @@ class UsageRecord(TenantOwned, Base):
 
     __tablename__ = "usage_records"
     __id_prefix__ = "usg"
+    __environment_scoped__ = True
     __table_args__ = (
         # A repeated idempotency key is counted once (services.usage).
         UniqueConstraint("tenant_id", "environment", "meter", "idempotency_key"),

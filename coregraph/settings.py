@@ -132,7 +132,8 @@ class Settings(BaseSettings):
     # `coregraph files-cleanup` reclaims bytes no file row accounts for once they are this old
     # (an upload in progress has young bytes), and the bytes of upload URLs this long after they
     # lapsed.
-    files_orphan_grace_seconds: int = Field(3600, ge=0)
+    # At least a minute: a running upload's bytes (or its URL's) must never look orphaned.
+    files_orphan_grace_seconds: int = Field(3600, ge=60)
     # How often the worker (or serve, where it runs the relay) does what files-cleanup does.
     files_cleanup_interval_seconds: float = Field(3600, gt=0, le=7 * 86400)
 

@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from coregraph.http import multipart_max_bytes
@@ -264,3 +266,11 @@ async def test_a_multipart_post_is_authenticated_before_its_body_is_read(b: File
     assert oversized.status_code == 413
     assert oversized.json()["errors"][0]["extensions"]["code"] == "PAYLOAD_TOO_LARGE"
     (await upload(b, owner, tenant_id, b"still fine")).ok()
+
+
+def test_the_orphan_grace_setting_has_a_floor(database_url: str) -> None:
+    with pytest.raises(ValidationError):
+        make_settings(database_url, files_orphan_grace_seconds=0)
+    assert (
+        make_settings(database_url, files_orphan_grace_seconds=60).files_orphan_grace_seconds == 60
+    )

@@ -389,6 +389,12 @@ class RedisBroker(Broker):
                 await self._pubsub.subscribe(channel)
             except RedisError as exc:
                 self._unconfirmed(channel, confirmed)
+                if self._reader is None or self._reader.done():
+                    # Nothing reads this connection: forget it, so the next subscriber (once
+                    # Redis is back) starts on a new one rather than on what this failure left.
+                    failed, self._pubsub = self._pubsub, None
+                    with contextlib.suppress(Exception):
+                        await failed.aclose()
                 raise BrokerDisconnected(channel) from exc
             if self._reader is None or self._reader.done():
                 self._reader = asyncio.create_task(self._read(), name="coregraph-broker-reader")
@@ -445,6 +451,10 @@ class RedisBroker(Broker):
             # subscription, so subscribers resume from storage rather than run with a gap.
             # Forgotten too: whoever subscribes next listens on a new connection.
             log.exception("the broker lost its Redis connection")
+            # This reader is finished from here on, although closing the connection below
+            # still awaits: whoever subscribes meanwhile must start a reader of its own.
+            if self._reader is asyncio.current_task():
+                self._reader = None
             self._strand()
             for waiting in self._confirmations.values():
                 for future in waiting:

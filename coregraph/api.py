@@ -25,6 +25,7 @@ from coregraph.auth.schema_reader import SCHEMA_SECRET_HEADER, may_read_schema
 from coregraph.errors import BadUserInput, Forbidden, NotFound, Unauthenticated
 from coregraph.resolvers.access import AccessMutation, AccessQuery
 from coregraph.resolvers.audit import AuditQuery
+from coregraph.resolvers.billing import BillingMutation, BillingQuery
 from coregraph.resolvers.events import EventsMutation, EventsQuery
 from coregraph.resolvers.files import FilesMutation, FilesQuery
 from coregraph.resolvers.identity import IdentityMutation, IdentityQuery
@@ -55,6 +56,7 @@ Query = merge_types(
         FilesQuery,
         WebhooksQuery,
         UsageQuery,
+        BillingQuery,
         NodeQuery,
     ),
 )
@@ -68,6 +70,7 @@ Mutation = merge_types(
         FilesMutation,
         WebhooksMutation,
         UsageMutation,
+        BillingMutation,
     ),
 )
 Subscription = merge_types("Subscription", (StreamsSubscription, WebhooksSubscription))

@@ -176,6 +176,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             # walking it again and again under load (bench/RESULTS.md).
             gc.collect()
             gc.freeze()
+        if runtime.settings.plans_file is not None:
+            # The plan catalog of the config file, upserted by key before the first request.
+            from coregraph.services import billing
+
+            await billing.load_plans(
+                runtime.engine, billing.read_plans_file(runtime.settings.plans_file)
+            )
         async with contextlib.AsyncExitStack() as background:
             if runtime.settings.relay_in_process:
                 # The embedded defaults: no worker process hears this one's commits.

@@ -8,6 +8,7 @@ Nothing is required on the embedded defaults (SQLite, in-process broker, local d
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -196,6 +197,14 @@ class Settings(BaseSettings):
     # older is refused), and how far ahead of the server's clock it may be.
     usage_late_window_seconds: int = Field(7 * 86400, ge=0)
     usage_future_skew_seconds: int = Field(300, ge=0, le=86400)
+    # Billing (coregraph.services.billing). The plan catalog may be loaded at start from a file
+    # (JSON, or TOML by its .toml extension: {"plans": [...]}, each plan upserted by key); the
+    # tenant whose billing managers define plans and assign any plan through the API (others
+    # may only choose self-serve plans for their own tenant); the plan of tenants without one
+    # (unset: unlimited, no features).
+    plans_file: Path | None = None
+    billing_operator_tenant: str | None = None
+    default_plan: str | None = None
     graphiql: bool | None = None  # default: on, except in production
     # Who may read `_service { sdl }` when introspection is off: requests carrying this shared
     # secret in X-Coregraph-Schema-Secret (a federation gateway). Unset: nobody; the gateway

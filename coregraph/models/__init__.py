@@ -3,6 +3,7 @@
 from coregraph.models.access import ApiKey, Role
 from coregraph.models.audit import AuditEntry, StreamHead
 from coregraph.models.base import Base, Environment
+from coregraph.models.billing import Plan, TenantPlan, UsageThreshold
 from coregraph.models.events import Event, EventType
 from coregraph.models.files import File, FileStatus
 from coregraph.models.identity import ExternalIdentity, RetiredRefreshToken, Session, User
@@ -24,13 +25,16 @@ __all__ = [
     "Invitation",
     "Membership",
     "Meter",
+    "Plan",
     "RelayPosition",
     "RetiredRefreshToken",
     "Role",
     "Session",
     "StreamHead",
     "Tenant",
+    "TenantPlan",
     "UsageRecord",
+    "UsageThreshold",
     "User",
     "WebhookAttempt",
     "WebhookDelivery",

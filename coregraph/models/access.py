@@ -65,3 +65,6 @@ class ApiKey(TenantOwned, Timestamped, Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Overrides of the tenant plan's operation rate limits for this key (issue 10):
+    # {"perSecond": ..., "perMinute": ..., "costPerMinute": ...}, each optional; None = the plan's.
+    rate_limits: Mapped[dict[str, int] | None] = mapped_column(JSONDocument)

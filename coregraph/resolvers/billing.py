@@ -1,0 +1,156 @@
+"""plans, currentPlan, entitlement, definePlan, archivePlan and assignPlan.
+
+Who may do what: the plan catalog belongs to the operator, the tenant named by
+``COREGRAPH_BILLING_OPERATOR_TENANT``; its billing managers define and archive plans and assign
+any plan to any tenant. A tenant's own billing managers may move their tenant to a self-serve
+plan (the customer picks a plan and is billed for it) and read the self-serve catalog; nobody
+else changes a tenant's plan.
+"""
+
+from __future__ import annotations
+
+import strawberry
+from sqlalchemy import select
+from strawberry.federation import field
+
+from coregraph.context import Context
+from coregraph.errors import Forbidden, NotFound
+from coregraph.models import Plan as PlanRow, Tenant
+from coregraph.schema.billing import DefinePlanInput, Entitlement, Plan
+from coregraph.services import billing
+
+Info = strawberry.Info[Context, None]
+
+
+def _is_operator(ctx: Context) -> bool:
+    operator = ctx.settings.billing_operator_tenant
+    return operator is not None and ctx.principal.tenant_id == operator
+
+
+def _operator(ctx: Context) -> str:
+    if not _is_operator(ctx):
+        raise Forbidden(
+            "only the billing operator's tenant (COREGRAPH_BILLING_OPERATOR_TENANT) manages the"
+            " plan catalog"
+        )
+    return ctx.require_tenant()
+
+
+async def current_plan(ctx: Context, tenant_id: str) -> billing.CurrentPlan:
+    async with ctx.unit_of_work() as uow:
+        return await billing.current_plan(uow.session, tenant_id, ctx.settings.default_plan)
+
+
+@strawberry.type
+class DefinePlanPayload:
+    plan: Plan | None
+
+
+@strawberry.type
+class AssignPlanPayload:
+    tenant_id: strawberry.ID
+    plan: Plan
+    previous_plan: str | None = strawberry.field(description="The key of the plan it replaced.")
+
+
+@strawberry.type
+class BillingQuery:
+    @field(
+        requires_scopes=[["billing:read"]],
+        description="The plan catalog: for the operator every plan (archived ones with"
+        " includeArchived), for a tenant the self-serve plans and its own.",
+    )
+    async def plans(self, info: Info, include_archived: bool = False) -> list[Plan] | None:
+        ctx = info.context
+        tenant_id = ctx.require_tenant()
+        async with ctx.unit_of_work() as uow:
+            rows = list(await uow.session.scalars(select(PlanRow).order_by(PlanRow.key)))
+            own = await billing.current_plan(uow.session, tenant_id, ctx.settings.default_plan)
+        operator = _is_operator(ctx)
+        return [
+            Plan.from_row(row)
+            for row in rows
+            if (include_archived and operator) or row.archived_at is None or row.id == own.plan_id
+            if operator or row.self_serve or row.id == own.plan_id
+        ]
+
+    @field(
+        requires_scopes=[["billing:read"]],
+        description="This tenant's plan (its own, or the default plan); null: none, unlimited.",
+    )
+    async def current_plan(self, info: Info) -> Plan | None:
+        ctx = info.context
+        async with ctx.unit_of_work() as uow:
+            own = await billing.current_plan(
+                uow.session, ctx.require_tenant(), ctx.settings.default_plan
+            )
+            row = await uow.session.get(PlanRow, own.plan_id) if own.plan_id else None
+        return Plan.from_row(row) if row is not None else None
+
+    @field(
+        requires_scopes=[["billing:read"], ["tenant:read"]],
+        description="Whether this tenant's plan includes a feature (false without a plan).",
+    )
+    async def entitlement(self, info: Info, feature: str) -> Entitlement | None:
+        ctx = info.context
+        own = await current_plan(ctx, ctx.require_tenant())
+        return Entitlement(
+            feature=feature,
+            enabled=own.feature(feature),
+            plan=own.spec.key if own.spec else None,
+        )
+
+
+@strawberry.type
+class BillingMutation:
+    @field(
+        requires_scopes=[["billing:manage"]],
+        description="Define a plan, or replace the plan with this key (its version grows);"
+        " the operator's billing managers only. Audited and evented in the operator's tenant.",
+    )
+    async def define_plan(self, info: Info, input: DefinePlanInput) -> DefinePlanPayload | None:
+        ctx = info.context
+        operator = _operator(ctx)
+        spec = billing.plan_spec(input.document(), field="input")
+        async with ctx.unit_of_work() as uow:
+            row = await billing.define_plan(uow, operator, spec)
+        return DefinePlanPayload(plan=Plan.from_row(row))
+
+    @field(
+        requires_scopes=[["billing:manage"]],
+        description="Archive a plan: no longer assignable; tenants on it keep it until moved.",
+    )
+    async def archive_plan(self, info: Info, key: str) -> DefinePlanPayload | None:
+        ctx = info.context
+        operator = _operator(ctx)
+        async with ctx.unit_of_work() as uow:
+            row = await billing.archive_plan(uow, operator, key)
+        return DefinePlanPayload(plan=Plan.from_row(row))
+
+    @field(
+        requires_scopes=[["billing:manage"]],
+        description="Move a tenant to a plan, audited and evented (plan.assigned) in that"
+        " tenant. A tenant's own billing managers may choose a self-serve plan for it; the"
+        " operator's may assign any plan to any tenant.",
+    )
+    async def assign_plan(
+        self, info: Info, tenant_id: strawberry.ID, plan: str
+    ) -> AssignPlanPayload | None:
+        ctx = info.context
+        own_tenant = ctx.require_tenant()
+        operator = _is_operator(ctx)
+        async with ctx.unit_of_work() as uow:
+            if str(tenant_id) != own_tenant:
+                if not operator:
+                    raise NotFound("tenantId: no such tenant", field="tenantId")
+                await uow.allow_tenant(str(tenant_id))
+                if await uow.session.get(Tenant, str(tenant_id)) is None:
+                    raise NotFound("tenantId: no such tenant", field="tenantId")
+            if not operator:
+                wanted = await billing.plan_by_key(uow.session, plan)
+                if wanted is None or not wanted.self_serve or wanted.archived_at is not None:
+                    raise NotFound(f"plan: no self-serve plan '{plan[:64]}'", field="plan")
+            row, previous = await billing.assign_plan(uow, str(tenant_id), plan)
+        return AssignPlanPayload(
+            tenant_id=tenant_id, plan=Plan.from_row(row), previous_plan=previous
+        )

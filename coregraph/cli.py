@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 from pydantic import ValidationError
 
-from coregraph.settings import Settings, load_settings
+from coregraph.settings import FILES_MIN_ORPHAN_GRACE_SECONDS, Settings, load_settings
 
 if TYPE_CHECKING:
     from coregraph.models import Tenant, User
@@ -284,8 +284,12 @@ def files_cleanup(
         if orphan_grace_seconds is None
         else orphan_grace_seconds
     )
-    if grace < 0:
-        typer.echo("coregraph: --orphan-grace-seconds must not be negative", err=True)
+    if grace < FILES_MIN_ORPHAN_GRACE_SECONDS:
+        # The setting's floor: younger bytes may be a running upload's.
+        typer.echo(
+            f"coregraph: --orphan-grace-seconds must be at least {FILES_MIN_ORPHAN_GRACE_SECONDS}",
+            err=True,
+        )
         raise typer.Exit(2)
 
     async def run() -> files.Cleanup:

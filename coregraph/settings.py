@@ -20,6 +20,9 @@ DEV_WEBHOOK_SECRET_KEY = "Y29yZWdyYXBoLWRldmVsb3BtZW50LWtleS0wMTIzNDU="
 # What a webhook claim must outlast its request's deadline by: the time to sign before the
 # request and to record its attempt after it.
 WEBHOOK_CLAIM_MARGIN_SECONDS = 5.0
+# The least age at which stored bytes no file accounts for may be reclaimed as orphans (the
+# setting's floor and files-cleanup's): a running upload's bytes must never look orphaned.
+FILES_MIN_ORPHAN_GRACE_SECONDS = 60
 
 
 class Settings(BaseSettings):
@@ -134,7 +137,7 @@ class Settings(BaseSettings):
     # (an upload in progress has young bytes), and the bytes of upload URLs this long after they
     # lapsed.
     # At least a minute: a running upload's bytes (or its URL's) must never look orphaned.
-    files_orphan_grace_seconds: int = Field(3600, ge=60)
+    files_orphan_grace_seconds: int = Field(3600, ge=FILES_MIN_ORPHAN_GRACE_SECONDS)
     # How often the worker (or serve, where it runs the relay) does what files-cleanup does.
     files_cleanup_interval_seconds: float = Field(3600, gt=0, le=7 * 86400)
 

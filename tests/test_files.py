@@ -842,6 +842,21 @@ CRASH = textwrap.dedent(
 )
 
 
+# The CLI as if run ``argv[1]`` seconds from now: the files service's clock moved forward.
+LATER = textwrap.dedent(
+    """
+    import sys
+    from datetime import timedelta
+    from coregraph.services import files
+    from coregraph.cli import app
+
+    shift, real = timedelta(seconds=float(sys.argv[1])), files.utcnow
+    files.utcnow = lambda: real() + shift
+    app(sys.argv[2:], prog_name="coregraph")
+    """
+)
+
+
 async def test_a_crash_between_storing_and_committing_leaves_orphans_the_cleanup_reclaims(
     b: FilesBackend,
 ) -> None:
@@ -858,7 +873,12 @@ async def test_a_crash_between_storing_and_committing_leaves_orphans_the_cleanup
     young = await run(cleanup, env)
     assert young.returncode == 0, young.stderr.decode()[-2000:]
     assert b"reclaimed 0 orphan" in young.stdout  # within the grace period: could be running
-    done = await run([*cleanup, "--orphan-grace-seconds", "0"], env)
+    # No grace below the floor, from the CLI either.
+    lowered = await run([*cleanup, "--orphan-grace-seconds", "59"], env)
+    assert lowered.returncode == 2 and b"at least 60" in lowered.stderr
+    # The same command once the orphan is older than the grace (its clock moved past it).
+    later = b.settings.files_orphan_grace_seconds + 1
+    done = await run([sys.executable, "-c", LATER, str(later), "files-cleanup"], env)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert b"reclaimed 1 orphan" in done.stdout
     survivor_keys = [k for k in tenant_objects(b, tenant_id) if survivor["id"] in k]

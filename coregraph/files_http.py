@@ -5,8 +5,9 @@ The token (``services.file_urls``) is the credential: it names one file of one t
 purpose and a lapse. An upload URL takes one request: it is marked used before the first byte
 is read, so a second PUT, even a concurrent one, is refused; bytes that do not match the
 declared size or SHA-256 are removed at once. A download is always an attachment with
-``nosniff`` and a CSP that runs nothing, so an uploaded HTML or SVG file is never rendered as a
-page of this origin. A download request that carries a credential as well is also judged as
+``nosniff`` and a CSP that runs nothing, and active content (HTML, SVG...) is served as
+``application/octet-stream`` (``storage.download_content_type``, as S3's presigned GETs do), so
+an uploaded HTML or SVG file is never rendered as a page of this origin. A download request that carries a credential as well is also judged as
 that credential: it must be a member of the file's tenant allowed ``files:read``.
 """
 
@@ -27,7 +28,12 @@ from coregraph.errors import CoregraphError
 from coregraph.http import authenticate, request_meta
 from coregraph.models import File, FileStatus
 from coregraph.services import file_urls, files
-from coregraph.storage import ObjectNotFound, ObjectTooLarge, attachment_disposition
+from coregraph.storage import (
+    ObjectNotFound,
+    ObjectTooLarge,
+    attachment_disposition,
+    download_content_type,
+)
 
 if TYPE_CHECKING:
     from coregraph.app import Runtime
@@ -87,7 +93,9 @@ async def download(request: Request, token: str) -> Response:
         "Content-Disposition": attachment_disposition(row.name),
         "Content-Length": str(stream.size),
     }
-    return StreamingResponse(stream, media_type=row.content_type, headers=headers)
+    # Active content (HTML, SVG...) as bytes to save, as S3's presigned GETs serve it.
+    media_type = download_content_type(row.content_type)
+    return StreamingResponse(stream, media_type=media_type, headers=headers)
 
 
 async def upload(request: Request, token: str) -> Response:

@@ -41,6 +41,7 @@ MAX_FILE = 256 * KiB
 QUOTA = 400 * KiB
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(document.domain)</script></svg>'
+HTML = b"<!DOCTYPE html><html><body><script>alert(document.cookie)</script></body></html>"
 PREFLIGHT = {"Apollo-Require-Preflight": "true"}
 
 UPLOAD = """mutation($file: Upload!, $labels: JSON) { uploadFile(file: $file, labels: $labels) {
@@ -249,6 +250,18 @@ async def test_active_content_is_never_rendered(b: FilesBackend) -> None:
     got = await b.http.get(await download_url(b, owner, tenant_id, file["id"]))
     assert got.status_code == 200
     assert got.headers["content-disposition"].startswith("attachment;")
+    # Served as bytes to save, by coregraph's route and by S3's presigned GET alike.
+    assert got.headers["content-type"] == "application/octet-stream"
+    assert got.content == SVG
+    page = await uploaded(b, owner, tenant_id, HTML, filename="page.txt")
+    assert page["contentType"] == "text/html"
+    got = await b.http.get(await download_url(b, owner, tenant_id, page["id"]))
+    assert got.headers["content-type"] == "application/octet-stream"
+    assert got.headers["content-disposition"].startswith("attachment;")
+    # What a browser only displays keeps its type.
+    image = await uploaded(b, owner, tenant_id, PNG, filename="a.png")
+    got = await b.http.get(await download_url(b, owner, tenant_id, image["id"]))
+    assert got.headers["content-type"] == "image/png"
     if b.name == "local":
         assert got.headers["x-content-type-options"] == "nosniff"
         assert "sandbox" in got.headers["content-security-policy"]

@@ -37,7 +37,7 @@ from coregraph.request import RequestMeta
 from coregraph.services import validation
 from coregraph.services.uow import UnitOfWork
 from coregraph.settings import Settings
-from coregraph.storage.base import ObjectNotFound, ObjectTooLarge, Storage
+from coregraph.storage.base import OCTET_STREAM, ObjectNotFound, ObjectTooLarge, Storage
 
 log = logging.getLogger("coregraph.files")
 
@@ -51,7 +51,6 @@ _CONTENT_TYPE_RE = re.compile(
     r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$"
 )
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-OCTET_STREAM = "application/octet-stream"
 UPLOAD_SUFFIX = ".upload"
 
 NewUnitOfWork = Callable[[], UnitOfWork]

@@ -18,6 +18,7 @@ from coregraph.storage.base import (
     StorageError,
     StoredObject,
     attachment_disposition,
+    download_content_type,
 )
 from coregraph.storage.local import LocalStorage
 
@@ -35,6 +36,7 @@ __all__ = [
     "StoredObject",
     "attachment_disposition",
     "create_storage",
+    "download_content_type",
 ]
 
 

@@ -69,6 +69,39 @@ def attachment_disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
 
 
+OCTET_STREAM = "application/octet-stream"
+# Types a browser only displays, never runs: a download keeps its own Content-Type when it is
+# one of these. Anything else (HTML, SVG and every other XML, JavaScript, PDF, types nobody
+# listed yet) is served as application/octet-stream, beside the attachment disposition: a
+# list of what is safe fails closed where a list of what is active would miss a type.
+_PASSIVE_TYPES = frozenset(
+    {
+        "text/plain",
+        "text/csv",
+        "application/json",
+        "application/zip",
+        "application/gzip",
+        OCTET_STREAM,
+    }
+)
+_PASSIVE_FAMILIES = ("image/", "audio/", "video/", "font/")
+
+
+def download_content_type(content_type: str) -> str:
+    """The Content-Type a download is served with: the stored type when a browser could only
+    display it, else ``application/octet-stream`` (a browser saves it, never renders it)."""
+    essence = content_type.split(";", 1)[0].strip().lower()
+    if essence in _PASSIVE_TYPES:
+        return essence
+    if (
+        essence.startswith(_PASSIVE_FAMILIES)
+        and "xml" not in essence  # image/svg+xml and its kin run scripts
+        and "html" not in essence
+    ):
+        return essence
+    return OCTET_STREAM
+
+
 def check_key(key: str) -> str:
     if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH or not _KEY.fullmatch(key):
         raise InvalidKey(str(key))

@@ -39,6 +39,7 @@ from coregraph.storage.base import (
     check_key,
     check_prefix,
     chunks_in_threads,
+    download_content_type,
 )
 
 T = TypeVar("T")
@@ -279,8 +280,10 @@ class S3Storage(Storage):
             Params={
                 "Bucket": self.bucket,
                 "Key": self._name(key),
+                # Both overridden: S3 serves what the object was stored with otherwise, and
+                # cannot add nosniff or a CSP as coregraph's own route does.
                 "ResponseContentDisposition": attachment_disposition(filename),
-                "ResponseContentType": content_type,
+                "ResponseContentType": download_content_type(content_type),
             },
             ExpiresIn=expires_in,
         )

@@ -29,6 +29,7 @@ from coregraph.resolvers.billing import BillingMutation, BillingQuery
 from coregraph.resolvers.events import EventsMutation, EventsQuery
 from coregraph.resolvers.files import FilesMutation, FilesQuery
 from coregraph.resolvers.identity import IdentityMutation, IdentityQuery
+from coregraph.resolvers.invoices import InvoicesQuery
 from coregraph.resolvers.node import NodeQuery
 from coregraph.resolvers.streams import StreamsSubscription
 from coregraph.resolvers.tenancy import TenancyMutation, TenancyQuery
@@ -57,6 +58,7 @@ Query = merge_types(
         WebhooksQuery,
         UsageQuery,
         BillingQuery,
+        InvoicesQuery,
         NodeQuery,
     ),
 )

@@ -1,13 +1,15 @@
 """The ``coregraph`` command: serve, worker, migrate, create-user, create-tenant, export-schema,
-generate-webhook-key, rotate-webhook-key, files-cleanup."""
+generate-webhook-key, rotate-webhook-key, files-cleanup, load-plans, billing-export."""
 
 from __future__ import annotations
 
 import asyncio
 import getpass
+import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
@@ -307,6 +309,90 @@ def files_cleanup(
         f"purged {len(done.purged)} file(s), reclaimed {len(done.orphans)} orphan object(s),"
         f" discarded {done.incomplete} incomplete upload(s)"
     )
+
+
+@app.command("load-plans")
+def load_plans(
+    file: Annotated[Path, typer.Argument(help='JSON, or TOML by its suffix: {"plans": [...]}.')],
+) -> None:
+    """Define or replace the plans of a file in one transaction, all or none (what
+    COREGRAPH_PLANS_FILE does at start). Unchanged plans keep their version."""
+    from coregraph import db
+    from coregraph.services import billing
+
+    settings = _settings()
+
+    async def run() -> list[str]:
+        engine = db.create_engine(settings)
+        try:
+            return [row.key for row in await billing.load_plans(engine, specs)]
+        finally:
+            await engine.dispose()
+
+    try:
+        specs = billing.read_plans_file(file)
+        keys = asyncio.run(run())
+    except OSError as exc:
+        typer.echo(f"coregraph: {file}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
+    except Exception as exc:
+        _fail(exc)
+        return
+    typer.echo(f"loaded {len(keys)} plan(s): {', '.join(keys)}")
+
+
+@app.command("billing-export")
+def billing_export(
+    period: Annotated[str, typer.Option(help="The calendar month (UTC), 'YYYY-MM'.")],
+    output: Annotated[
+        Path | None, typer.Option(help="Write the JSON document here (default: stdout).")
+    ] = None,
+) -> None:
+    """The JSON document of a month's billable usage per tenant (LIVE environment only),
+    priced by each tenant's plan, for an external billing system: every tenant with a plan or
+    usage. Amounts in minor units of each tenant's currency, lines rounded half-up."""
+    from coregraph import db
+    from coregraph.auth.principal import system_principal
+    from coregraph.models.base import utcnow
+    from coregraph.request import system_request
+    from coregraph.services import invoices
+
+    settings = _settings()
+
+    async def run() -> dict[str, object]:
+        # The worker role finds every billable tenant; each is then read through the API's
+        # role inside that tenant's wall (as rotate-webhook-key does).
+        worker = db.create_engine(settings, role=settings.database_worker_role)
+        engine = worker if settings.is_sqlite else db.create_engine(settings)
+        try:
+            return await invoices.billing_export(
+                engine,
+                worker,
+                system_principal("cli:billing-export"),
+                system_request(_os_user()),
+                period=period,
+                default_plan=settings.default_plan,
+                generated_at=utcnow(),
+            )
+        finally:
+            await worker.dispose()
+            if engine is not worker:
+                await engine.dispose()
+
+    try:
+        document = asyncio.run(run())
+    except Exception as exc:
+        _fail(exc)
+        return
+    text = json.dumps(document, indent=2) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+        return
+    # Whole or not at all: a reader of the file never sees half a document.
+    partial = output.with_name(f".{output.name}.partial")
+    partial.write_text(text)
+    partial.replace(output)
+    typer.echo(f"wrote the {document['period']} export to {output}", err=True)
 
 
 @app.command("export-schema")

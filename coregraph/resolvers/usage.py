@@ -202,16 +202,11 @@ class UsageQuery:
         name, start, end = usage.month_range(period)
         dialect = ctx.runtime.engine.dialect.name
         records = usage_records(ctx.principal, ctx.require_tenant())
-        meters: list[MeterUsage] = []
-        for spec in await _catalog(ctx):
-            statement = usage.usage_statement(
-                records, spec, start=start, end=end, granularity=None, group_by=(), dialect=dialect
-            )
-            points = usage.usage_points(
-                await ctx.read(statement), spec, granularity=None, group_by=(), dialect=dialect
-            )
-            value = points[0].value if points else usage.empty_value(spec)
-            meters.append(MeterUsage(meter=MeterDefinition.of(spec), value=value))
+        specs = await _catalog(ctx)
+        values = await usage.period_values(
+            ctx.read, records, specs, start=start, end=end, dialect=dialect
+        )
+        meters = [MeterUsage(meter=MeterDefinition.of(s), value=values[s.key]) for s in specs]
         return UsageSummary(period=name, from_=start, to=end, meters=meters)
 
 

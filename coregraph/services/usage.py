@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -625,6 +625,70 @@ def usage_points(
         for row in rows
         if row[width] is not None
     ]
+
+
+# Kinds whose period aggregates one grouped query answers for every meter at once.
+_GROUPED = {
+    kind: MeterSpec(kind.value, "", "", kind)
+    for kind in (Aggregation.SUM, Aggregation.COUNT, Aggregation.MAX)
+}
+
+
+def period_statement(
+    records: Select[Any], keys: Sequence[str], *, start: datetime, end: datetime, dialect: str
+) -> Select[Any]:
+    """One row per meter of ``keys`` with records in [start, end): its key, then the SUM
+    column(s), the COUNT and the MAX of its records (``_values`` of each kind)."""
+    columns = [c for spec in _GROUPED.values() for c in _values(spec, dialect)]
+    return (
+        records.where(
+            UsageRecord.meter.in_(sorted(keys)),
+            UsageRecord.occurred_at >= start,
+            UsageRecord.occurred_at < end,
+        )
+        .with_only_columns(UsageRecord.meter, *columns)
+        .group_by(UsageRecord.meter)
+    )
+
+
+async def period_values(
+    read: Callable[[Select[Any]], Awaitable[Sequence[Any]]],
+    records: Select[Any],
+    specs: Sequence[MeterSpec],
+    *,
+    start: datetime,
+    end: datetime,
+    dialect: str,
+) -> dict[str, Decimal | None]:
+    """Each meter's aggregate over [start, end) (``empty_value`` without records), by key:
+    what ``usageSummary`` shows and invoices bill. SUM, COUNT and MAX meters in one query;
+    a UNIQUE_COUNT or LATEST meter, whose SQL is its own, in one query each."""
+    values = {spec.key: empty_value(spec) for spec in specs}
+    grouped = {spec.key: spec for spec in specs if spec.aggregation in _GROUPED}
+    if grouped:
+        widths = [len(_values(kind, dialect)) for kind in _GROUPED.values()]
+        rows = await read(
+            period_statement(records, list(grouped), start=start, end=end, dialect=dialect)
+        )
+        for row in rows:
+            spec = grouped[row[0]]
+            offset = 1
+            for kind, width in zip(_GROUPED, widths, strict=True):
+                if kind is spec.aggregation:
+                    values[spec.key] = _value(spec, dialect, row[offset : offset + width])
+                offset += width
+    for spec in specs:
+        if spec.key in grouped:
+            continue
+        statement = usage_statement(
+            records, spec, start=start, end=end, granularity=None, group_by=(), dialect=dialect
+        )
+        points = usage_points(
+            await read(statement), spec, granularity=None, group_by=(), dialect=dialect
+        )
+        if points:
+            values[spec.key] = points[0].value
+    return values
 
 
 def find_meter(specs: Sequence[MeterSpec], key: str, field: str = "meter") -> MeterSpec:

@@ -1,0 +1,399 @@
+"""Invoice previews and the billing export: a month's usage priced by the tenant's plan (flat
+fee, per unit with fractions of a minor unit, graduated tiers) against worked examples written
+out here, quantities equal to usageSummary's, test-environment usage never billed, and the
+CLI's export and plan loading, on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from coregraph.services.invoices import round_minor
+from tests.conftest import make_settings
+from tests.support import GraphQLClient, Server, running_server, unique
+from tests.test_cli_and_deploy import cli_env_for
+from tests.test_usage import CREATE_METER, RECORD_BATCH, SUMMARY, Team, new_team
+
+PREVIEW = """query($period: String) { invoicePreview(period: $period) {
+    period from to environment plan currency total
+    lines { kind description meter quantity unitAmount amount
+            tiers { from upTo quantity unitAmount flatAmount amount } } } }"""
+ASSIGN = """mutation($tenantId: ID!, $plan: String!) {
+    assignPlan(tenantId: $tenantId, plan: $plan) { plan { key } } }"""
+
+# The worked example's tiers: units 1-1,000 at 1.00, 1,001-5,000 at 0.80 plus a flat 500 once
+# reached, 5,001 and up at 0.50 (minor units).
+TIERS = [
+    {"upTo": "1000", "unitAmount": "1.00"},
+    {"upTo": "5000", "unitAmount": "0.80", "flatAmount": "500"},
+    {"unitAmount": "0.50"},
+]
+# Graduated meters and the quantity each one records: at the boundaries and inside.
+GRADUATED = {
+    "app.g_at_1000": "1000",
+    "app.g_at_1001": "1001",
+    "app.g_at_5000": "5000",
+    "app.g_at_5001": "5001",
+    "app.g_inside": "2500.5",
+    "app.g_none": None,
+}
+PRICED = {
+    "key": "inv-priced",
+    "name": "Priced",
+    "currency": "EUR",
+    "selfServe": True,
+    "prices": [
+        {"kind": "FLAT", "amount": "4900", "description": "Platform fee"},
+        {"kind": "PER_UNIT", "meter": "app.calls", "unitAmount": "0.05"},
+        {"kind": "PER_UNIT", "meter": "app.tokens", "unitAmount": "0.0125"},
+        {"kind": "PER_UNIT", "meter": "app.peak", "unitAmount": "100"},
+        {"kind": "PER_UNIT", "meter": "app.users", "unitAmount": "250"},
+        *({"kind": "GRADUATED", "meter": meter, "tiers": TIERS} for meter in GRADUATED),
+    ],
+}
+BASIC = {
+    "key": "inv-basic",
+    "name": "Basic",
+    "currency": "USD",
+    "selfServe": True,
+    "prices": [
+        {"kind": "FLAT", "amount": "1000"},
+        {"kind": "PER_UNIT", "meter": "app.calls", "unitAmount": "2"},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def invoice_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    plans_file = tmp_path_factory.mktemp("plans") / "plans.json"
+    plans_file.write_text(json.dumps({"plans": [PRICED, BASIC]}))
+    settings = make_settings(database_url, plans_file=str(plans_file))
+    with running_server(settings) as server:
+        yield server
+
+
+@pytest.fixture
+def billing_client(invoice_server: Server, http: httpx.AsyncClient) -> GraphQLClient:
+    return GraphQLClient(http, invoice_server.url)
+
+
+async def _create_meters(team: Team, meters: dict[str, str]) -> None:
+    for key, aggregation in meters.items():
+        definition = {"key": key, "name": key, "unit": "unit", "aggregation": aggregation}
+        if aggregation == "UNIQUE_COUNT":
+            definition |= {"dimensions": ["user"], "uniqueDimension": "user"}
+        await team.run(CREATE_METER, {"input": definition})
+
+
+async def _on_plan(client: GraphQLClient, plan: str, meters: dict[str, str]) -> Team:
+    team = await new_team(client)
+    await team.run(ASSIGN, {"tenantId": team.tenant_id, "plan": plan})
+    await _create_meters(team, meters)
+    return team
+
+
+def _this_month() -> str:
+    return datetime.now(UTC).strftime("%Y-%m")
+
+
+async def _preview(team: Team, period: str | None = None) -> dict[str, Any]:
+    preview: dict[str, Any] = (await team.run(PREVIEW, {"period": period}))["invoicePreview"]
+    return preview
+
+
+def _amounts(preview: dict[str, Any]) -> dict[str | None, tuple[str, str]]:
+    return {line["meter"]: (line["quantity"], line["amount"]) for line in preview["lines"]}
+
+
+async def test_graduated_per_unit_and_flat_prices_match_the_worked_examples(
+    billing_client: GraphQLClient,
+) -> None:
+    meters = {
+        "app.calls": "SUM",
+        "app.tokens": "SUM",
+        "app.peak": "MAX",
+        "app.users": "UNIQUE_COUNT",
+        **dict.fromkeys(GRADUATED, "SUM"),
+    }
+    team = await _on_plan(billing_client, "inv-priced", meters)
+    records = [
+        {"meter": "app.calls", "quantity": "12"},
+        {"meter": "app.calls", "quantity": "18"},
+        {"meter": "app.tokens", "quantity": "1234.5"},
+        *({"meter": "app.peak", "quantity": q} for q in ("3", "7", "5")),
+        *({"meter": "app.users", "dimensions": {"user": u}} for u in ("u1", "u2", "u1")),
+        *({"meter": m, "quantity": q} for m, q in GRADUATED.items() if q is not None),
+    ]
+    await team.run(RECORD_BATCH, {"records": records})
+
+    preview = await _preview(team)
+    summary = await team.summary()
+
+    assert (preview["plan"], preview["currency"], preview["environment"]) == (
+        "inv-priced",
+        "EUR",
+        "live",
+    )
+    assert preview["period"] == _this_month()
+    assert _amounts(preview) == {
+        None: ("1", "4900"),  # the flat fee
+        "app.calls": ("30", "2"),  # 30 x 0.05 = 1.50, half-up to 2
+        "app.tokens": ("1234.5", "15"),  # 1234.5 x 0.0125 = 15.43125
+        "app.peak": ("7", "700"),  # MAX of 3, 7, 5
+        "app.users": ("2", "500"),  # u1 and u2
+        # 1000 x 1.00
+        "app.g_at_1000": ("1000", "1000"),
+        # 1000 x 1.00 + (1 x 0.80 + 500) = 1500.80
+        "app.g_at_1001": ("1001", "1501"),
+        # 1000 x 1.00 + (4000 x 0.80 + 500)
+        "app.g_at_5000": ("5000", "4700"),
+        # 4700 + 1 x 0.50 = 4700.50, half-up (banker's rounding would say 4700)
+        "app.g_at_5001": ("5001", "4701"),
+        # 1000 x 1.00 + (1500.5 x 0.80 + 500) = 2700.40
+        "app.g_inside": ("2500.5", "2700"),
+        # No usage reaches no tier: not even the second tier's flat amount.
+        "app.g_none": ("0", "0"),
+    }
+    assert preview["total"] == "20719"  # the sum of the rounded lines
+    # Every line's quantity is usageSummary's value for its meter.
+    for line in preview["lines"]:
+        if line["meter"] is not None:
+            assert line["quantity"] == (summary[line["meter"]] or "0"), line["meter"]
+    by_meter = {line["meter"]: line for line in preview["lines"]}
+    assert by_meter[None]["description"] == "Platform fee"
+    assert by_meter["app.calls"]["unitAmount"] == "0.05"
+    assert by_meter["app.g_at_1001"]["unitAmount"] is None
+    assert by_meter["app.g_at_1001"]["tiers"] == [
+        {
+            "from": "0",
+            "upTo": "1000",
+            "quantity": "1000",
+            "unitAmount": "1.00",
+            "flatAmount": "0",
+            "amount": "1000",
+        },
+        {
+            "from": "1000",
+            "upTo": "5000",
+            "quantity": "1",
+            "unitAmount": "0.80",
+            "flatAmount": "500",
+            "amount": "500.8",
+        },
+        {
+            "from": "5000",
+            "upTo": None,
+            "quantity": "0",
+            "unitAmount": "0.50",
+            "flatAmount": "0",
+            "amount": "0",
+        },
+    ]
+    assert [t["amount"] for t in by_meter["app.g_at_5001"]["tiers"]] == ["1000", "3700", "0.5"]
+    # A month without usage bills the flat fee alone.
+    empty = await _preview(team, "2020-01")
+    assert (empty["total"], empty["from"]) == ("4900", "2020-01-01T00:00:00+00:00")
+
+
+@pytest.mark.parametrize(
+    ("amount", "rounded"),
+    [("1.5", "2"), ("2.5", "3"), ("0.5", "1"), ("1.4999", "1"), ("4700.50", "4701"), ("7", "7")],
+)
+def test_line_amounts_round_half_up_to_whole_minor_units(amount: str, rounded: str) -> None:
+    assert str(round_minor(Decimal(amount))) == rounded
+
+
+async def test_test_environment_usage_is_not_billed(billing_client: GraphQLClient) -> None:
+    team = await _on_plan(billing_client, "inv-basic", {"app.calls": "SUM"})
+    tester = await billing_client.api_key(
+        team.owner, team.tenant_id, ["usage:write", "usage:read", "billing:read"], "TEST"
+    )
+    await team.run(RECORD_BATCH, {"records": [{"meter": "app.calls", "quantity": "10"}]})
+    in_test = await team.execute(
+        RECORD_BATCH, {"records": [{"meter": "app.calls", "quantity": "500"}]}, tester
+    )
+    in_test.ok()
+
+    live = await _preview(team)
+    test_preview = (await team.execute(PREVIEW, {"period": None}, tester)).ok()["invoicePreview"]
+
+    assert (live["currency"], live["environment"]) == ("USD", "live")
+    assert _amounts(live) == {None: ("1", "1000"), "app.calls": ("10", "20")}
+    assert live["total"] == "1020"
+    assert (await team.summary())["app.calls"] == "10"
+    # A test key previews its own environment's usage, never live data.
+    assert test_preview["environment"] == "test"
+    assert _amounts(test_preview)["app.calls"] == ("500", "1000")
+
+
+async def test_without_a_plan_the_preview_is_empty_and_billing_read_is_needed(
+    billing_client: GraphQLClient,
+) -> None:
+    team = await new_team(billing_client)
+    await _create_meters(team, {"app.calls": "SUM"})
+    await team.run(RECORD_BATCH, {"records": [{"meter": "app.calls", "quantity": "3"}]})
+    viewer = await billing_client.add_member(team.owner, team.tenant_id, role="viewer")
+
+    preview = await _preview(team)
+    denied = await team.execute(PREVIEW, {"period": None}, viewer)
+    bad_period = await team.execute(PREVIEW, {"period": "2026-13"})
+
+    assert (preview["plan"], preview["currency"], preview["lines"], preview["total"]) == (
+        None,
+        None,
+        [],
+        "0",
+    )
+    assert denied.codes == ["FORBIDDEN"]
+    assert bad_period.codes == ["BAD_USER_INPUT"]
+
+
+# --- the CLI: billing-export and load-plans ----------------------------------------------
+
+
+async def _coregraph(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "coregraph.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_the_billing_export_lists_each_billable_tenants_live_invoice(
+    billing_client: GraphQLClient, database_url: str, tmp_path: Path
+) -> None:
+    planned = await _on_plan(billing_client, "inv-basic", {"app.calls": "SUM"})
+    unplanned = await new_team(billing_client)
+    await _create_meters(unplanned, {"app.calls": "SUM"})
+    test_only = await new_team(billing_client)
+    await _create_meters(test_only, {"app.calls": "SUM"})
+    await planned.run(RECORD_BATCH, {"records": [{"meter": "app.calls", "quantity": "7.25"}]})
+    await unplanned.run(RECORD_BATCH, {"records": [{"meter": "app.calls", "quantity": "1"}]})
+    tester = await billing_client.api_key(
+        test_only.owner, test_only.tenant_id, ["usage:write"], "TEST"
+    )
+    (
+        await test_only.execute(
+            RECORD_BATCH, {"records": [{"meter": "app.calls", "quantity": "9"}]}, tester
+        )
+    ).ok()
+    slugs = {
+        t.tenant_id: (await t.run("{ tenant { slug } }"))["tenant"]["slug"]
+        for t in (planned, unplanned)
+    }
+    output = tmp_path / "export.json"
+
+    done = await _coregraph(
+        "billing-export",
+        "--period",
+        _this_month(),
+        "--output",
+        str(output),
+        env=cli_env_for(database_url),
+    )
+    bad = await _coregraph("billing-export", "--period", "2026-1", env=cli_env_for(database_url))
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    document = json.loads(output.read_text())
+    assert (document["period"], document["environment"]) == (_this_month(), "live")
+    tenants = {t["tenantId"]: t for t in document["tenants"]}
+    assert tenants[planned.tenant_id] == {
+        "tenantId": planned.tenant_id,
+        "slug": slugs[planned.tenant_id],
+        "plan": "inv-basic",
+        "currency": "USD",
+        "lines": [
+            {
+                "kind": "FLAT",
+                "description": "Flat fee",
+                "meter": None,
+                "quantity": "1",
+                "unitAmount": "1000",
+                "tiers": [],
+                "amount": "1000",
+            },
+            {
+                "kind": "PER_UNIT",
+                "description": "app.calls",
+                "meter": "app.calls",
+                "quantity": "7.25",
+                "unitAmount": "2",
+                "tiers": [],
+                "amount": "15",  # 14.50 half-up
+            },
+        ],
+        "total": "1015",
+    }
+    # Live usage without a plan is listed (nothing to charge); test usage alone is not billable.
+    assert tenants[unplanned.tenant_id] == {
+        "tenantId": unplanned.tenant_id,
+        "slug": slugs[unplanned.tenant_id],
+        "plan": None,
+        "currency": None,
+        "lines": [],
+        "total": "0",
+    }
+    assert test_only.tenant_id not in tenants
+    # The export's lines are the preview's.
+    preview = await _preview(planned)
+    assert [(x["meter"], x["quantity"], x["amount"]) for x in preview["lines"]] == [
+        (x["meter"], x["quantity"], x["amount"]) for x in tenants[planned.tenant_id]["lines"]
+    ]
+    assert bad.returncode == 1 and "BAD_USER_INPUT" in bad.stderr
+
+
+async def test_load_plans_defines_the_plans_of_a_file_all_or_none(
+    billing_client: GraphQLClient, database_url: str, tmp_path: Path
+) -> None:
+    key = unique("filed").lower()
+    good = tmp_path / "plans.toml"
+    good.write_text(
+        f'[[plans]]\nkey = "{key}"\nname = "Filed"\nselfServe = true\ncurrency = "GBP"\n'
+        '[[plans.prices]]\nkind = "FLAT"\namount = "250"\n'
+    )
+    bad_key = unique("never").lower()
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        json.dumps({"plans": [{"key": bad_key, "name": "x"}, {"key": "Bad Key", "name": "y"}]})
+    )
+
+    loaded = await _coregraph("load-plans", str(good), env=cli_env_for(database_url))
+    refused = await _coregraph("load-plans", str(bad), env=cli_env_for(database_url))
+    missing = await _coregraph(
+        "load-plans", str(tmp_path / "none.json"), env=cli_env_for(database_url)
+    )
+
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert key in loaded.stdout
+    assert refused.returncode == 1 and "plans.1.key" in refused.stderr
+    assert missing.returncode == 1
+    team = await _on_plan(billing_client, key, {})
+    plans = {p["key"] for p in (await team.run("{ plans { key } }"))["plans"]}
+    assert key in plans and bad_key not in plans
+    preview = await _preview(team)
+    assert (preview["currency"], preview["total"]) == ("GBP", "250")
+
+
+async def test_usage_summary_and_invoice_agree_on_an_empty_month(
+    billing_client: GraphQLClient,
+) -> None:
+    team = await _on_plan(billing_client, "inv-basic", {"app.calls": "SUM"})
+    summary = (await team.run(SUMMARY, {"period": "2021-02"}))["usageSummary"]
+    preview = await _preview(team, "2021-02")
+    calls = {m["meter"]["key"]: m["value"] for m in summary["meters"]}["app.calls"]
+    assert _amounts(preview) == {None: ("1", "1000"), "app.calls": (calls, "0")}
+    assert (preview["from"], preview["to"]) == (summary["from"], summary["to"])

@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import Response
 from strawberry.exceptions import MissingQueryError
-from strawberry.http.ides import get_graphql_ide_html
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types.execution import PreExecutionError
 from strawberry.types.graphql import OperationType
@@ -24,6 +23,7 @@ from coregraph.auth.principal import Principal, PrincipalKind
 from coregraph.auth.schema_reader import SCHEMA_SECRET_HEADER, carries_schema_secret
 from coregraph.context import Context
 from coregraph.errors import CoregraphError, Unauthenticated
+from coregraph.graphiql import graphiql_page
 from coregraph.request import RequestMeta, served_base_url
 from coregraph.schema.errors import present
 from coregraph.uploads import UploadRefused, Uploads, forces_preflight, is_multipart
@@ -201,7 +201,7 @@ async def handle_graphql(request: Request, runtime: Runtime) -> Response:
 async def _handle_graphql(request: Request, runtime: Runtime, uploads: Uploads | None) -> Response:
     state = request.state
     if request.method == "GET" and runtime.settings.graphiql_enabled and wants_ide(request):
-        return HTMLResponse(get_graphql_ide_html("graphiql"))
+        return await graphiql_page()
     media_type = negotiate(request.headers.get("accept"))
     request_id = state.request_id
     if media_type is None:
@@ -330,7 +330,4 @@ async def _handle_graphql(request: Request, runtime: Runtime, uploads: Uploads |
         payload["errors"] = [error.formatted for error in errors]
         state.outcome = (errors[0].extensions or {}).get("code", "ERROR")
     status = 400 if request_error and media_type == GRAPHQL_RESPONSE else 200
-    if context.refused_status is not None and media_type == GRAPHQL_RESPONSE:
-        status = context.refused_status  # 429: the plan's rate limits or monthly cap
-    # RateLimit-Policy, and RateLimit + Retry-After on a refusal (schema.rate_limiting).
-    return _response(payload, status, media_type, **context.response_headers)
+    return _response(payload, status, media_type)

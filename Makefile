@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 NODE_DEPS := tests/node/node_modules/.package-lock.json
 
-.PHONY: run test lint typecheck pytest bench bench-ingest schema migrate lock clean
+.PHONY: run test lint typecheck pytest bench bench-ingest bench-usage schema migrate lock clean
 
 # Installs take exactly what the lock files name, each download checked against its hash; the
 # package itself goes on top without resolving anything (`make lock` writes the locks).
@@ -50,6 +50,10 @@ bench: $(VENV)/.dev-installed
 # Event ingest on the local PostgreSQL (a database it creates and drops); skipped without one.
 bench-ingest: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.ingest
+
+# Usage ingest (recordUsageBatch, /usage/bulk vs COPY) and the usage query over 1M records.
+bench-usage: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.usage
 
 # Resolve pyproject.toml's ranges for every platform and Python 3.11+, keeping the versions the
 # locks already name where they still fit; `make lock LOCK_FLAGS=--upgrade` takes the newest.

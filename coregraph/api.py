@@ -40,6 +40,7 @@ from coregraph.schema.errors import error_extension
 from coregraph.schema.execution import CoregraphExecutor, install_fast_resolvers
 from coregraph.schema.lookup import ENTITIES
 from coregraph.schema.operation_limits import create_rule
+from coregraph.schema.rate_limiting import PlanLimitsExtension
 from coregraph.settings import Settings
 
 # The highest Federation version that both Apollo's and The Guild's composition accept (2.9);
@@ -195,6 +196,8 @@ def build_schema(settings: Settings) -> CoregraphSchema:
         partial(ValidationCache, maxsize=1024),
         partial(AddValidationRules, limits),
         partial(MaxTokensLimiter, max_token_count=settings.max_tokens),
+        # After validation, before execution: the plan's rate limits, api.requests and its cap.
+        PlanLimitsExtension,
     ]
     schema = CoregraphSchema(
         query=Query,

@@ -40,7 +40,9 @@ from coregraph.http import handle_graphql, method_not_allowed
 from coregraph.invitation_page import invitation_page
 from coregraph.request_log import log_request
 from coregraph.services import identity
-from coregraph.services.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from coregraph.services.api_requests import ApiRequestMeter
+from coregraph.services.plan_limits import PlanLimits
+from coregraph.services.ratelimit import Limiter
 from coregraph.settings import Settings, load_settings
 from coregraph.storage import Storage, create_storage
 from coregraph.streams.broker import Broker, create_broker
@@ -66,7 +68,10 @@ class Runtime:
     schema: CoregraphSchema
     tokens: TokenService
     authenticator: Authenticator
-    limiter: RateLimiter
+    limiter: Limiter
+    # The plans' operation rate limits, and the api.requests meter with its monthly cap.
+    plan_limits: PlanLimits
+    api_requests: ApiRequestMeter
     # Live streams (coregraph.streams.broker): in-process, or Redis shared by all processes.
     broker: Broker
     # Files' bytes (coregraph.storage): local disk, or an S3-compatible bucket.
@@ -83,12 +88,11 @@ class Runtime:
         engine = db.create_engine(settings)
         tokens = TokenService(settings)
         redis = None
-        limiter: RateLimiter = MemoryRateLimiter()
         if settings.redis_url:
             from redis.asyncio import Redis
 
             redis = Redis.from_url(settings.redis_url)
-            limiter = RedisRateLimiter(redis, settings.redis_prefix)
+        limiter = Limiter.create(redis, settings.redis_url, settings.redis_prefix)
         broker = create_broker(settings, redis)
         return cls(
             settings=settings,
@@ -102,6 +106,19 @@ class Runtime:
                 partial(identity.provision_external_user, engine, settings),
             ),
             limiter=limiter,
+            plan_limits=PlanLimits(
+                engine,
+                limiter,
+                default_plan=settings.default_plan,
+                cache_seconds=settings.plan_limits_cache_seconds,
+            ),
+            api_requests=ApiRequestMeter(
+                engine,
+                flush_seconds=settings.api_requests_flush_seconds,
+                cache_seconds=settings.plan_limits_cache_seconds,
+                redis=redis,
+                prefix=settings.redis_prefix,
+            ),
             broker=broker,
             storage=create_storage(settings),
             redis=redis,
@@ -185,6 +202,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                 runtime.engine, billing.read_plans_file(runtime.settings.plans_file)
             )
         async with contextlib.AsyncExitStack() as background:
+            # api.requests counts flushed every interval and once more at shutdown.
+            await background.enter_async_context(runtime.api_requests.running())
             if runtime.settings.relay_in_process:
                 # The embedded defaults: no worker process hears this one's commits.
                 await background.enter_async_context(

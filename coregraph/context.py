@@ -46,6 +46,10 @@ class Context(BaseContext):
         self.operation_name: str | None = None
         # The request carried the schema reader secret (coregraph.auth.schema_reader).
         self.schema_reader = False
+        # Set by the plan limits (schema.rate_limiting): the RateLimit headers of an HTTP
+        # answer, and its status when they refused the operation (429).
+        self.response_headers: dict[str, str] = {}
+        self.refused_status: int | None = None
         self._connection: AsyncConnection | None = None
         self._scoped_for: Principal | None = None
         # Resolvers run concurrently (asyncio.gather); one connection serves them in turn.

@@ -330,4 +330,7 @@ async def _handle_graphql(request: Request, runtime: Runtime, uploads: Uploads |
         payload["errors"] = [error.formatted for error in errors]
         state.outcome = (errors[0].extensions or {}).get("code", "ERROR")
     status = 400 if request_error and media_type == GRAPHQL_RESPONSE else 200
-    return _response(payload, status, media_type)
+    if context.refused_status is not None and media_type == GRAPHQL_RESPONSE:
+        status = context.refused_status  # 429: the plan's rate limits or monthly cap
+    # RateLimit-Policy, and RateLimit + Retry-After on a refusal (schema.rate_limiting).
+    return _response(payload, status, media_type, **context.response_headers)

@@ -219,6 +219,12 @@ class Settings(BaseSettings):
     auth_rate_limit_per_account: int = Field(10, ge=1)
     auth_rate_limit_per_ip: int = Field(100, ge=1)
     auth_rate_limit_window_seconds: int = Field(60, ge=1, le=86400)
+    # Plans' operation rate limits and api.requests cap (services.plan_limits, api_requests):
+    # how long a process keeps a tenant's plan limits and its month's recorded api.requests
+    # before reading them again, and how often it flushes its api.requests counts (a crash
+    # loses at most that much in memory; shutdown flushes).
+    plan_limits_cache_seconds: float = Field(5.0, ge=0, le=300)
+    api_requests_flush_seconds: float = Field(10.0, gt=0, le=3600)
 
     password_min_length: int = Field(10, ge=8, le=128)
     # argon2id cost for new hashes (argon2-cffi's defaults, RFC 9106's second recommendation).

@@ -44,6 +44,7 @@ _API_KEY_WITH_PERMISSIONS = (
         ApiKey.revoked_at,
         ApiKey.last_used_at,
         ApiKey.created_by_user_id,
+        ApiKey.rate_limits,
         Role.permissions.label("creator_permissions"),
     )
     .outerjoin(
@@ -226,6 +227,7 @@ class Authenticator:
                     frozenset(row.creator_permissions or ()), frozenset(row.scopes)
                 )
             },
+            rate_limits=row.rate_limits or None,
         )
 
     async def _api_key_row(self, digest: str) -> Any:

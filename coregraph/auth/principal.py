@@ -45,6 +45,9 @@ class Principal:
     scope_limit: frozenset[str] | None = None
     # What a SYSTEM principal is, as audit entries name it: ``cli:create-tenant``.
     system_name: str | None = None
+    # An API key's own operation rate limits (``perSecond``, ``perMinute``, ``costPerMinute``),
+    # replacing its tenant plan's values of the kinds it names (services.plan_limits).
+    rate_limits: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.kind is PrincipalKind.SYSTEM and (self.tenant_scopes or self.user_id):

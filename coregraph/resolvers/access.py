@@ -11,6 +11,7 @@ from coregraph.auth.permissions import PERMISSIONS
 from coregraph.context import Context
 from coregraph.models.base import Environment as EnvironmentValue
 from coregraph.schema.access import ApiKey, Environment, Permission, Role
+from coregraph.schema.billing import RateLimitsInput
 from coregraph.services import access
 
 Info = strawberry.Info[Context, None]
@@ -38,6 +39,10 @@ class CreateApiKeyInput:
     scopes: list[str] = strawberry.field(description="At most the scopes you hold yourself.")
     environment: Environment = EnvironmentValue.LIVE  # type: ignore[valid-type]
     expires_at: datetime | None = None
+    rate_limits: RateLimitsInput | None = strawberry.field(
+        default=None,
+        description="The key's own operation rate limits; each kind named replaces the plan's.",
+    )
 
 
 @strawberry.type
@@ -120,6 +125,7 @@ class AccessMutation:
                 scopes=input.scopes,
                 environment=EnvironmentValue(input.environment),
                 expires_at=input.expires_at,
+                rate_limits=input.rate_limits.document() if input.rate_limits else None,
             )
         return CreateApiKeyPayload(api_key=ApiKey.from_row(row), secret=secret)
 
@@ -128,4 +134,21 @@ class AccessMutation:
         ctx = info.context
         async with ctx.unit_of_work() as uow:
             row = await access.revoke_api_key(uow, ctx.require_tenant(), str(id))
+        return ApiKeyPayload(api_key=ApiKey.from_row(row))
+
+    @field(
+        requires_scopes=[["apikeys:manage"]],
+        description="Set an API key's own operation rate limits (null: its plan's apply).",
+    )
+    async def set_api_key_rate_limits(
+        self, info: Info, id: strawberry.ID, rate_limits: RateLimitsInput | None
+    ) -> ApiKeyPayload | None:
+        ctx = info.context
+        async with ctx.unit_of_work() as uow:
+            row = await access.set_api_key_rate_limits(
+                uow,
+                ctx.require_tenant(),
+                str(id),
+                rate_limits.document() if rate_limits else None,
+            )
         return ApiKeyPayload(api_key=ApiKey.from_row(row))

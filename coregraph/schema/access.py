@@ -11,6 +11,7 @@ from strawberry.federation import field, type as ftype
 
 from coregraph import models
 from coregraph.models.base import Environment as EnvironmentValue
+from coregraph.schema.billing import PlanRateLimits
 from coregraph.schema.lookup import entity
 from coregraph.schema.node import Node
 
@@ -79,6 +80,10 @@ class ApiKey(Node):
     revoked_at: datetime | None
     last_used_at: datetime | None
     created_at: datetime
+    rate_limits: PlanRateLimits | None = strawberry.field(
+        description="The key's own operation rate limits, each replacing the tenant plan's"
+        " value of its kind (null: the plan's limits apply unchanged)."
+    )
     tenant_id: strawberry.Private[str]
     created_by_user_id: strawberry.Private[str | None]
 
@@ -113,6 +118,13 @@ class ApiKey(Node):
             revoked_at=row.revoked_at,
             last_used_at=row.last_used_at,
             created_at=row.created_at,
+            rate_limits=PlanRateLimits(
+                per_second=row.rate_limits.get("perSecond"),
+                per_minute=row.rate_limits.get("perMinute"),
+                cost_per_minute=row.rate_limits.get("costPerMinute"),
+            )
+            if row.rate_limits
+            else None,
             tenant_id=row.tenant_id,
             created_by_user_id=row.created_by_user_id,
         )

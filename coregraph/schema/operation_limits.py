@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from graphql import (
+    DocumentNode,
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
@@ -129,3 +130,42 @@ def create_rule(max_depth: int, max_aliases: int, max_fields: int) -> type[Valid
 
 def _count(fields: int) -> str:
     return f"more than {_SATURATED}" if fields >= _SATURATED else str(fields)
+
+
+def _root_fields(measure: _Measure, node: SelectionSetNode, seen: frozenset[str]) -> int:
+    count = 0
+    for selection in node.selections:
+        if isinstance(selection, FieldNode):
+            count += 1
+        elif isinstance(selection, InlineFragmentNode):
+            count += _root_fields(measure, selection.selection_set, seen)
+        else:
+            assert isinstance(selection, FragmentSpreadNode)
+            definition = measure.fragments.get(selection.name.value)
+            if definition is not None and definition.name.value not in seen:
+                count += _root_fields(
+                    measure, definition.selection_set, seen | {definition.name.value}
+                )
+    return count
+
+
+def measure_operation(document: DocumentNode, operation_name: str | None) -> tuple[int, int]:
+    """The operation to run's root fields (each alias, and each root field a fragment spreads,
+    counts) and all its fields counted as the limits above count them: what the plans' rate
+    limits take per operation (``schema.rate_limiting``). (0, 0) when there is no such
+    operation (execution reports that)."""
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if operation_name is not None:
+        operations = [o for o in operations if o.name and o.name.value == operation_name]
+    if len(operations) != 1:
+        return 0, 0
+    operation = operations[0]
+    measure = _Measure(
+        {
+            definition.name.value: definition
+            for definition in document.definitions
+            if isinstance(definition, FragmentDefinitionNode)
+        }
+    )
+    shape = measure.selection_set(operation.selection_set)
+    return _root_fields(measure, operation.selection_set, frozenset()), shape.fields

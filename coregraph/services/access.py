@@ -8,8 +8,9 @@ role change, an invitation, a key) and every removal is checked against who make
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import delete, func, select
 
@@ -19,7 +20,7 @@ from coregraph.auth.permissions import BUILTIN_ROLES, PERMISSION_KEYS
 from coregraph.errors import BadUserInput, Conflict, Forbidden
 from coregraph.models import ApiKey, Invitation, Membership, Role
 from coregraph.models.base import Environment
-from coregraph.services import validation
+from coregraph.services import billing, validation
 from coregraph.services.uow import UnitOfWork, diff
 
 
@@ -252,6 +253,7 @@ def api_key_snapshot(key: ApiKey) -> dict[str, object]:
         "scopes": list(key.scopes),
         "expiresAt": key.expires_at,
         "revokedAt": key.revoked_at,
+        "rateLimits": key.rate_limits,
         "secret_hash": key.secret_hash,
     }
 
@@ -264,8 +266,10 @@ async def create_api_key(
     scopes: list[str],
     environment: Environment,
     expires_at: datetime | None,
+    rate_limits: Mapping[str, int] | None = None,
 ) -> tuple[ApiKey, str]:
-    """Issue a key; returns the row and the secret, which is never retrievable again."""
+    """Issue a key; returns the row and the secret, which is never retrievable again.
+    ``rate_limits``: the key's own operation rate limits (``services.plan_limits``)."""
     principal = uow.principal
     name = validation.text(name, "name", max_length=120)
     wanted = set(check_permissions(scopes, "scopes"))
@@ -277,6 +281,7 @@ async def create_api_key(
             raise BadUserInput("expiresAt: must carry a timezone offset", field="expiresAt")
         if expires_at <= datetime.now(UTC):
             raise BadUserInput("expiresAt: must be in the future", field="expiresAt")
+    own_limits = billing.rate_limit_spec(rate_limits, "rateLimits").document() or None
     secret = secrets.generate(secrets.API_KEY_PREFIX[str(environment)])
     key = ApiKey(
         id=ids.new_id("key"),
@@ -288,6 +293,7 @@ async def create_api_key(
         scopes=sorted(wanted),
         created_by_user_id=principal.user_id or principal.acting_for_user_id,
         expires_at=expires_at,
+        rate_limits=own_limits,
     )
     uow.session.add(key)
     await uow.session.flush()
@@ -315,29 +321,63 @@ async def create_api_key(
     return key, secret
 
 
-async def revoke_api_key(uow: UnitOfWork, tenant_id: str, key_id: str) -> ApiKey:
+async def _api_key(uow: UnitOfWork, tenant_id: str, key_id: str) -> ApiKey:
     validation.object_id(key_id, "key", "id")
     key = await uow.session.scalar(
         select(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.id == key_id)
     )
     if key is None:
         raise validation.not_found("API key", "id")
+    return key
+
+
+def _key_changed(
+    uow: UnitOfWork, key: ApiKey, before: dict[str, object], change: str, data: dict[str, Any]
+) -> None:
+    """The audit entry (``api_key.<change>``) and the event (``apikey.<change>``) of a change
+    to a key."""
+    uow.record(
+        f"api_key.{change}",
+        tenant_id=key.tenant_id,
+        environment=key.environment,
+        target_type="ApiKey",
+        target_id=key.id,
+        before=before,
+        after=api_key_snapshot(key),
+    )
+    uow.emit(f"apikey.{change}", tenant_id=key.tenant_id, environment=key.environment, data=data)
+
+
+async def revoke_api_key(uow: UnitOfWork, tenant_id: str, key_id: str) -> ApiKey:
+    key = await _api_key(uow, tenant_id, key_id)
     if key.revoked_at is None:
         before = api_key_snapshot(key)
         key.revoked_at = datetime.now(UTC)
-        uow.record(
-            "api_key.revoked",
-            tenant_id=tenant_id,
-            environment=key.environment,
-            target_type="ApiKey",
-            target_id=key.id,
-            before=before,
-            after=api_key_snapshot(key),
+        _key_changed(
+            uow,
+            key,
+            before,
+            "revoked",
+            {"apiKeyId": key.id, "name": key.name, "environment": str(key.environment)},
         )
-        uow.emit(
-            "apikey.revoked",
-            tenant_id=tenant_id,
-            environment=key.environment,
-            data={"apiKeyId": key.id, "name": key.name, "environment": str(key.environment)},
+    return key
+
+
+async def set_api_key_rate_limits(
+    uow: UnitOfWork, tenant_id: str, key_id: str, rate_limits: Mapping[str, int] | None
+) -> ApiKey:
+    """Replace a key's own operation rate limits (None or empty: the plan's apply again).
+    They apply from the key's next request (they are read with it)."""
+    own_limits = billing.rate_limit_spec(rate_limits, "rateLimits").document() or None
+    key = await _api_key(uow, tenant_id, key_id)
+    if key.rate_limits != own_limits:
+        before = api_key_snapshot(key)
+        key.rate_limits = own_limits
+        _key_changed(
+            uow,
+            key,
+            before,
+            "rate_limits_changed",
+            {"apiKeyId": key.id, "name": key.name, "rateLimits": own_limits},
         )
     return key

@@ -138,6 +138,11 @@ BUILTIN_EVENT_TYPES: dict[str, BuiltinEventType] = {
             _payload(apiKeyId=_ID, name=_TEXT, environment=_TEXT),
         ),
         BuiltinEventType(
+            "apikey.rate_limits_changed",
+            "An API key's own operation rate limits were set (null: its plan's apply).",
+            _payload(apiKeyId=_ID, name=_TEXT, rateLimits={"type": ["object", "null"]}),
+        ),
+        BuiltinEventType(
             "event_type.registered",
             "A custom event type was registered with its JSON Schema.",
             _payload(eventTypeId=_ID, type=_TEXT, description=_TEXT),

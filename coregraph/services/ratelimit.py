@@ -1,84 +1,91 @@
-"""Rate limits for the operations attackers repeat: sign-up, login, token refresh, logout by
-refresh token, invitation acceptance.
+"""Rate limiting on the maintained ``limits`` library: one storage per process (in memory, or
+Redis shared by every API process) and its sliding-window-counter strategy.
 
-They count operations, not HTTP requests: each resolver call is one hit, so aliasing ``login``
-twenty times in one request costs twenty. Per client address (each operation its own count),
-and per account where there is one: a canonical email (``coregraph.services.emails``), a user
-id, or a token's digest. The address is the TCP peer's unless a trusted proxy names the client
-(``COREGRAPH_TRUSTED_PROXIES``).
+Two users:
 
-Sliding windows, approximated as Cloudflare's limiter does: the count is this window's hits plus
-the previous window's, weighted by how much of it the sliding window still covers. A fixed
-window let a burst straddle the boundary (``limit`` hits at the end of one window and ``limit``
-more at the start of the next); this one does not, with two counters per key.
-Two implementations behind one interface: in-process (embedded default, one process) and Redis
-(shared by every API process).
+- the login limiter (``enforce``): sign-up, login, token refresh, logout by refresh token and
+  invitation acceptance, per client address and per account where there is one (a canonical
+  email, a user id, or a token's digest). They count operations, not HTTP requests: each
+  resolver call is one hit, so aliasing ``login`` twenty times in one request costs twenty.
+  The address is the TCP peer's unless a trusted proxy names the client
+  (``COREGRAPH_TRUSTED_PROXIES``);
+- the plans' operation rate limits (``coregraph.services.plan_limits``).
+
+Sliding window counter, as Cloudflare's limiter approximates one: the count is this window's
+hits plus the previous window's, weighted by how much of it the sliding window still covers,
+so a burst cannot straddle a window boundary (a fixed window let ``limit`` hits at the end of
+one window and ``limit`` more at the start of the next through). Two counters per key, one
+atomic Lua script per hit on Redis. A refused hit is not counted (``limits`` checks before it
+increments): a client hammering a closed limit is let through again at the limit's rate, never
+faster.
+
+Redis: ``limits``' asyncio storage through redis-py (``implementation="redispy"``, on the
+connection pool the process already holds), not its default ``coredis``, which is not a
+dependency of ours; redis-py 5.2+ is what it needs, and the installed one is used everywhere
+else.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
+
+from limits import RateLimitItem, RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.limits import safe_string
 
 from coregraph.errors import RateLimited
 
 
-class RateLimiter(Protocol):
-    async def hit(self, key: str, window_seconds: int) -> float:
-        """Count one hit; returns the hits in the sliding window ending now, this one included
-        (an estimate: the previous fixed window's count is weighted by its remaining share)."""
-        ...
+def _limits_uri(redis_url: str) -> str:
+    """``limits``' name for a redis-py URL: ``redis://`` → ``async+redis://``."""
+    if redis_url.startswith("unix://"):
+        return "async+redis+unix://" + redis_url.removeprefix("unix://")
+    return "async+" + redis_url
 
 
-def _sliding(previous: int, current: int, now: float, window_seconds: int) -> float:
-    elapsed = (now % window_seconds) / window_seconds
-    return current + previous * (1.0 - elapsed)
+class Window(RateLimitItemPerSecond):
+    """``amount`` hits per ``multiples`` seconds, counted under a key without the amount
+    (``limits`` puts it in the key): a limit raised or lowered (a plan changed, a key's own
+    limits set) keeps counting what was already spent in the window instead of starting
+    afresh."""
+
+    def key_for(self, *identifiers: bytes | str | int | float) -> str:
+        parts = [safe_string(k) for k in identifiers]
+        return f"{self.namespace}/{'/'.join(parts)}/{self.multiples}s"
 
 
-class MemoryRateLimiter:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        # (key, window length, window) -> hits. No lock: ``hit`` never awaits.
-        self._counts: dict[tuple[str, int, int], int] = {}
-        self._pruned: dict[int, int] = {}  # window length -> the window last pruned at
-        self._clock = clock
+class Limiter:
+    """A sliding-window-counter limiter over one ``limits`` storage."""
 
-    async def hit(self, key: str, window_seconds: int) -> float:
-        now = self._clock()
-        window = int(now // window_seconds)
-        if self._pruned.get(window_seconds) != window:
-            # Bounded memory, paid once per window (keys are attacker-chosen: never per hit):
-            # of each length, only this window and the previous one still count.
-            self._counts = {
-                k: v
-                for k, v in self._counts.items()
-                if k[1] != window_seconds or k[2] >= window - 1
-            }
-            self._pruned[window_seconds] = window
-        current = self._counts.get((key, window_seconds, window), 0) + 1
-        self._counts[(key, window_seconds, window)] = current
-        previous = self._counts.get((key, window_seconds, window - 1), 0)
-        return _sliding(previous, current, now, window_seconds)
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._strategy = SlidingWindowCounterRateLimiter(storage)
 
+    @classmethod
+    def create(cls, redis: Any = None, redis_url: str | None = None, prefix: str = "") -> Limiter:
+        """In memory, or in Redis (sharing ``redis``' connection pool) when one is given."""
+        if redis is None or redis_url is None:
+            return cls(MemoryStorage())
+        storage = RedisStorage(
+            _limits_uri(redis_url),
+            implementation="redispy",
+            key_prefix=f"{prefix}:limits",
+            connection_pool=redis.connection_pool,
+        )
+        return cls(storage)
 
-class RedisRateLimiter:
-    def __init__(self, redis: Any, prefix: str, clock: Callable[[], float] = time.time) -> None:
-        self._redis = redis
-        self._prefix = prefix
-        self._clock = clock
+    async def hit(self, item: RateLimitItem, *identifiers: str, cost: int = 1) -> bool:
+        """Take ``cost`` from the limit; False (and nothing taken) when it does not fit."""
+        return await self._strategy.hit(item, *identifiers, cost=cost)
 
-    async def hit(self, key: str, window_seconds: int) -> float:
-        now = self._clock()
-        window = int(now // window_seconds)
-        current_key = f"{self._prefix}:ratelimit:{key}:{window}"
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(current_key)
-            # Kept through the next window, where it is the "previous" count.
-            pipe.expire(current_key, 2 * window_seconds + 1)
-            pipe.get(f"{self._prefix}:ratelimit:{key}:{window - 1}")
-            current, _, previous = await pipe.execute()
-        return _sliding(int(previous or 0), int(current), now, window_seconds)
+    async def retry_after(self, item: RateLimitItem, *identifiers: str) -> int:
+        """Whole seconds until the limit lets a hit through again (at least 1)."""
+        stats = await self._strategy.get_window_stats(item, *identifiers)
+        return max(1, math.ceil(stats.reset_time - time.time()))
 
 
 def _subject(value: str) -> str:
@@ -88,7 +95,7 @@ def _subject(value: str) -> str:
 
 
 async def enforce(
-    limiter: RateLimiter,
+    limiter: Limiter,
     action: str,
     *,
     account: str | None,
@@ -101,12 +108,15 @@ async def enforce(
     an account, only the address counts."""
     checks = []
     if account:
-        checks.append((f"{action}:account:{_subject(account)}", per_account))
+        checks.append(("account", _subject(account), per_account))
     if ip:
-        checks.append((f"{action}:ip:{_subject(ip)}", per_ip))
-    for key, limit in checks:
-        if await limiter.hit(key, window_seconds) > limit:
+        checks.append(("ip", _subject(ip), per_ip))
+    for kind, subject, limit in checks:
+        item = Window(limit, window_seconds)
+        if not await limiter.hit(item, "auth", action, kind, subject):
+            retry = await limiter.retry_after(item, "auth", action, kind, subject)
             raise RateLimited(
-                f"too many {action} attempts; try again in up to {window_seconds} seconds",
-                retryAfterSeconds=window_seconds,
+                f"too many {action} attempts; try again in {retry} seconds",
+                retryAfter=retry,
+                retryAfterSeconds=retry,
             )

@@ -363,6 +363,7 @@ async def record_usage(
     window: LateWindow,
     batch: bool = True,
     look_up_keys: bool = True,
+    builtin: bool = False,
 ) -> list[RecordedUsage]:
     """Record usage in the principal's environment, in this unit of work: every record is
     checked before anything is written, so one bad record refuses the call (BAD_USER_INPUT
@@ -372,6 +373,11 @@ async def record_usage(
     now = utcnow()
     environment = uow.principal.environment
     meters = await _recordable_meters(uow, tenant_id, {d.meter for d in drafts})
+    if builtin:
+        # coregraph feeding its own meters (services.api_requests), never a client's call.
+        meters.update(
+            {d.meter: BUILTIN_METERS[d.meter] for d in drafts if d.meter in BUILTIN_METERS}
+        )
     planned: list[_Planned] = []
     for index, draft in enumerate(drafts):
         try:
@@ -468,6 +474,7 @@ async def record_usage_once(
     *,
     window: LateWindow,
     batch: bool = True,
+    builtin: bool = False,
 ) -> list[RecordedUsage]:
     """``record_usage`` in a unit of work of its own. The first attempt does not look its
     keys up (most are new); a used key makes the unique key refuse the insert, and the call
@@ -477,7 +484,13 @@ async def record_usage_once(
         try:
             async with open_unit_of_work() as uow:
                 return await record_usage(
-                    uow, tenant_id, drafts, window=window, batch=batch, look_up_keys=attempt > 0
+                    uow,
+                    tenant_id,
+                    drafts,
+                    window=window,
+                    batch=batch,
+                    look_up_keys=attempt > 0,
+                    builtin=builtin,
                 )
         except IntegrityError:
             if not any(draft.idempotency_key is not None for draft in drafts):

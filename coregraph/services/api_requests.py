@@ -1,0 +1,300 @@
+"""The built-in ``api.requests`` meter, fed by every authenticated operation in a tenant, and
+the plan's monthly cap on it (issue 10).
+
+No database write per request: each operation adds 1 to a counter per (tenant, environment,
+credential) — in this process's memory, or in one Redis hash shared by every API process
+(``HINCRBY``) — and the counters are flushed in batches every
+``COREGRAPH_API_REQUESTS_FLUSH_SECONDS`` and at shutdown, through usage's idempotent ingest
+(``usage.record_usage_once`` with ``builtin=True``; a client's ``recordUsage`` still refuses
+built-in meters). A batch is one usage record per credential, whose idempotency key is the
+batch's name (the process's identity and its flush sequence number, or the Redis batch key) and
+the credential: a flush retried after an error, or a Redis batch taken over from a dead process,
+counts once.
+
+Crash loss: in memory, a process that dies loses what it counted since its last flush (at most
+one flush interval); with Redis, the counts live in Redis and a batch cut but not recorded stays
+there (``…:api-requests:batches``) for the next flush of any process.
+
+The monthly cap: when the tenant's plan has a hard ``api.requests`` limit per MONTH, an
+operation past it is refused with QUOTA_EXCEEDED (meter, limit, current). ``current`` is the
+month's recorded usage in the request's environment (read at most every
+``COREGRAPH_PLAN_LIMITS_CACHE_SECONDS`` per tenant and process, and again after this process
+flushed it) plus the counts not yet recorded. Refused operations are not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from redis import exceptions as redis_errors
+from sqlalchemy import BigInteger, func, select, type_coerce
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coregraph import db
+from coregraph.auth.principal import system_principal
+from coregraph.errors import QuotaExceeded
+from coregraph.models import UsageRecord
+from coregraph.models.base import Environment, utcnow
+from coregraph.models.usage import QUANTITY_SCALE
+from coregraph.request import RequestMeta
+from coregraph.services import billing, usage
+from coregraph.services.uow import UnitOfWork
+
+log = logging.getLogger("coregraph.api_requests")
+
+METER = "api.requests"
+ACTOR = "coregraph:api-requests"
+# (tenant, environment, credential)
+Slot = tuple[str, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Counts cut at ``at``, recorded under ``name`` (idempotency keys derive from it)."""
+
+    name: str
+    at: datetime
+    counts: Mapping[Slot, int]
+
+
+@dataclass
+class _Recorded:
+    expires: float
+    month_start: datetime
+    value: Decimal
+
+
+@dataclass
+class ApiRequestMeter:
+    engine: AsyncEngine
+    flush_seconds: float
+    cache_seconds: float
+    redis: Any = None
+    prefix: str = "coregraph"
+    clock: Callable[[], float] = time.monotonic
+    # The process's identity in idempotency keys: host, pid and a random part (pids repeat).
+    identity: str = field(
+        default_factory=lambda: f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    )
+    sequence: int = 0
+    _pending: dict[Slot, int] = field(default_factory=dict)
+    # Counted and not yet recorded (pending and batches in flight), per (tenant, environment).
+    _unrecorded: dict[tuple[str, str], int] = field(default_factory=dict)
+    _retry: list[Batch] = field(default_factory=list)
+    _recorded: dict[tuple[str, str], _Recorded] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    # --- counting and the cap ---------------------------------------------------------------
+
+    @property
+    def _hash(self) -> str:
+        return f"{self.prefix}:api-requests:pending"
+
+    @property
+    def _batches(self) -> str:
+        return f"{self.prefix}:api-requests:batches"
+
+    async def count(
+        self, tenant_id: str, environment: Environment, credential: str, cap: Decimal | None
+    ) -> None:
+        """Count one operation; QUOTA_EXCEEDED (and not counted) when it is past ``cap``."""
+        env = environment.value
+        slot = (tenant_id, env, credential)
+        unrecorded = await self._add(slot, 1)
+        if cap is None:
+            return
+        current = await self.recorded(tenant_id, environment) + unrecorded - 1
+        if current + 1 > cap:
+            await self._add(slot, -1)
+            raise QuotaExceeded(
+                f"the plan allows {_plain(cap)} API requests a month; {_plain(current)} were made",
+                meter=METER,
+                limit=_plain(cap),
+                current=_plain(current),
+            )
+
+    async def _add(self, slot: Slot, amount: int) -> int:
+        """Add to the slot's count; the tenant's count not yet recorded, after it."""
+        tenant_key = (slot[0], slot[1])
+        if self.redis is None:
+            self._pending[slot] = self._pending.get(slot, 0) + amount
+            total = self._unrecorded.get(tenant_key, 0) + amount
+            self._unrecorded[tenant_key] = total
+            return total
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(self._hash, "|".join(slot), amount)
+            pipe.hincrby(self._hash, "|".join(("total", *tenant_key)), amount)
+            _, total = await pipe.execute()
+        return int(total)
+
+    async def recorded(self, tenant_id: str, environment: Environment) -> Decimal:
+        """The month's recorded ``api.requests`` of the tenant in ``environment`` (cached)."""
+        key = (tenant_id, environment.value)
+        now = self.clock()
+        month_start, month_end = billing.period_bounds(billing.Period.MONTH)
+        cached = self._recorded.get(key)
+        if cached is not None and cached.expires > now and cached.month_start == month_start:
+            return cached.value
+        quantity = UsageRecord.quantity
+        async with self.engine.connect() as conn:
+            await db.scope_transaction(conn, tenant_ids=(tenant_id,))
+            sqlite = conn.dialect.name == "sqlite"
+            total = await conn.scalar(
+                select(func.sum(type_coerce(quantity, BigInteger()) if sqlite else quantity)).where(
+                    UsageRecord.tenant_id == tenant_id,
+                    UsageRecord.environment == environment.value,
+                    UsageRecord.meter == METER,
+                    UsageRecord.occurred_at >= month_start,
+                    UsageRecord.occurred_at < month_end,
+                )
+            )
+        value = Decimal(int(total or 0)).scaleb(-QUANTITY_SCALE) if sqlite else Decimal(total or 0)
+        if len(self._recorded) > 10_000:
+            self._recorded.clear()
+        self._recorded[key] = _Recorded(now + self.cache_seconds, month_start, value)
+        return value
+
+    # --- flushing ---------------------------------------------------------------------------
+
+    def cut(self) -> Batch | None:
+        """In memory: the counts so far as a batch of their own (None when there are none)."""
+        counts = {slot: n for slot, n in self._pending.items() if n > 0}
+        self._pending = {}
+        if not counts:
+            return None
+        self.sequence += 1
+        return Batch(f"{self.identity}:{self.sequence}", utcnow(), counts)
+
+    async def record(self, batch: Batch) -> None:
+        """Record a batch: one usage record per credential, one unit of work per tenant and
+        environment. Idempotent: recording it again (a retry) counts nothing twice."""
+        groups: dict[tuple[str, str], list[usage.UsageDraft]] = {}
+        for (tenant_id, env, credential), n in sorted(batch.counts.items()):
+            groups.setdefault((tenant_id, env), []).append(
+                usage.UsageDraft(
+                    meter=METER,
+                    quantity=Decimal(n),
+                    occurred_at=batch.at,
+                    dimensions={"credential": credential},
+                    idempotency_key=f"{batch.name}:{credential}",
+                )
+            )
+        meta = RequestMeta(user_agent="coregraph api.requests flush")
+        for (tenant_id, env), drafts in groups.items():
+            principal = replace(system_principal(ACTOR), environment=Environment(env))
+
+            def open_uow(tenant_id: str = tenant_id, principal: Any = principal) -> Any:
+                return _TenantUnitOfWork(self.engine, principal, meta, tenant_id)
+
+            await usage.record_usage_once(
+                open_uow, tenant_id, drafts, window=usage.LateWindow(), builtin=True
+            )
+            key = (tenant_id, env)
+            if self.redis is None:
+                left = self._unrecorded.get(key, 0) - sum(int(d.quantity) for d in drafts)
+                if left > 0:
+                    self._unrecorded[key] = left
+                else:
+                    self._unrecorded.pop(key, None)
+            self._recorded.pop(key, None)
+
+    async def flush(self) -> int:
+        """Record what was counted (and any batch a failed flush left); the batches recorded."""
+        async with self._lock:
+            if self.redis is not None:
+                return await self._flush_redis()
+            batch = self.cut()
+            if batch is not None:
+                self._retry.append(batch)
+            done = 0
+            while self._retry:
+                await self.record(self._retry[0])
+                self._retry.pop(0)
+                done += 1
+            return done
+
+    async def _flush_redis(self) -> int:
+        self.sequence += 1
+        name = f"{self.prefix}:api-requests:batch:{self.identity}:{self.sequence}"
+        if await self.redis.exists(self._hash):
+            # Cut atomically: counts made from now on go to a new pending hash. (Another
+            # process may cut first: the rename then fails and the name stays empty.)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.rename(self._hash, name)
+                pipe.sadd(self._batches, name)
+                with contextlib.suppress(redis_errors.ResponseError):
+                    await pipe.execute()
+        done = 0
+        # Every batch cut and not yet recorded, this process's or a dead one's.
+        for raw in sorted(await self.redis.smembers(self._batches)):
+            batch_key = raw.decode() if isinstance(raw, bytes) else str(raw)
+            fields = await self.redis.hgetall(batch_key)
+            counts: dict[Slot, int] = {}
+            for slot_raw, n_raw in fields.items():
+                parts = (slot_raw.decode() if isinstance(slot_raw, bytes) else slot_raw).split("|")
+                n = int(n_raw)
+                if parts[0] != "total" and len(parts) == 3 and n > 0:
+                    counts[(parts[0], parts[1], parts[2])] = n
+            if counts:
+                name_part = batch_key.removeprefix(f"{self.prefix}:api-requests:batch:")
+                await self.record(Batch(name_part, utcnow(), counts))
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(batch_key)
+                pipe.srem(self._batches, batch_key)
+                await pipe.execute()
+            done += 1
+        return done
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Flush every ``flush_seconds`` while the server runs, and once more at shutdown."""
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self.flush_seconds)
+                try:
+                    await self.flush()
+                except Exception:
+                    # Kept for the next flush (same names, so counted once); never lost here.
+                    log.exception("api.requests flush failed; retrying at the next interval")
+
+        task = asyncio.create_task(loop(), name="api-requests-flush")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("api.requests flush at shutdown failed; its counts are lost")
+
+
+def _plain(value: Decimal) -> str:
+    """A decimal as usage shows it: no trailing zeros, no exponent."""
+    return format(value.normalize(), "f")
+
+
+class _TenantUnitOfWork(UnitOfWork):
+    """The flusher's unit of work: coregraph itself, admitted to the one tenant it records for."""
+
+    def __init__(self, engine: AsyncEngine, principal: Any, meta: RequestMeta, tenant_id: str):
+        super().__init__(engine, principal, meta)
+        self._for_tenant = tenant_id
+
+    async def __aenter__(self) -> UnitOfWork:
+        await super().__aenter__()
+        await self.allow_tenant(self._for_tenant)
+        return self

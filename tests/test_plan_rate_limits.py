@@ -21,6 +21,7 @@ import pytest
 import websockets
 from redis.asyncio import Redis
 
+from coregraph.errors import QuotaExceeded
 from coregraph.models.base import Environment, utcnow
 from coregraph.services.api_requests import ApiRequestMeter
 from tests.conftest import make_settings
@@ -313,10 +314,14 @@ async def test_a_flush_recorded_twice_counts_once(
         await meter.count(customer.tenant_id, Environment.LIVE, "key_b", None)
         batch = meter.cut()
         assert batch is not None
+        await meter.count(customer.tenant_id, Environment.LIVE, "key_a", None)  # after the cut
         await meter.record(batch)
         await meter.record(batch)
         assert await meter.recorded(customer.tenant_id, Environment.LIVE) == Decimal(8)
-        await meter.count(customer.tenant_id, Environment.LIVE, "key_a", None)
+        # 8 recorded and 1 not yet: the next operation is past a cap of 9, and not counted.
+        with pytest.raises(QuotaExceeded) as refused:
+            await meter.count(customer.tenant_id, Environment.LIVE, "key_a", Decimal(9))
+        assert refused.value.extra["current"] == "9"
         assert await meter.flush() == 1
         assert await meter.recorded(customer.tenant_id, Environment.LIVE) == Decimal(9)
         if not redis_url:

@@ -197,12 +197,14 @@ class ApiRequestMeter:
             def open_uow(tenant_id: str = tenant_id, principal: Any = principal) -> Any:
                 return _TenantUnitOfWork(self.engine, principal, meta, tenant_id)
 
-            await usage.record_usage_once(
+            answers = await usage.record_usage_once(
                 open_uow, tenant_id, drafts, window=usage.LateWindow(), builtin=True
             )
             key = (tenant_id, env)
             if self.redis is None:
-                left = self._unrecorded.get(key, 0) - sum(int(d.quantity) for d in drafts)
+                # A replayed record (a retry of a group already recorded) was taken off before.
+                recorded = sum(int(a.quantity) for a in answers if not a.replayed)
+                left = self._unrecorded.get(key, 0) - recorded
                 if left > 0:
                     self._unrecorded[key] = left
                 else:

@@ -7,8 +7,9 @@ is read, so a second PUT, even a concurrent one, is refused; bytes that do not m
 declared size or SHA-256 are removed at once. A download is always an attachment with
 ``nosniff`` and a CSP that runs nothing, and active content (HTML, SVG...) is served as
 ``application/octet-stream`` (``storage.download_content_type``, as S3's presigned GETs do), so
-an uploaded HTML or SVG file is never rendered as a page of this origin. A download request that carries a credential as well is also judged as
-that credential: it must be a member of the file's tenant allowed ``files:read``.
+an uploaded HTML or SVG file is never rendered as a page of this origin. A download request
+that carries a credential as well is also judged as that credential: it must be a member of the
+file's tenant allowed ``files:read``.
 """
 
 from __future__ import annotations

@@ -723,7 +723,9 @@ async def test_delete_soft_then_purge_after_retention(b: FilesBackend) -> None:
     r = (await b.client.execute(DELETE, {"id": kept["id"]}, actor=owner, tenant_id=tenant_id)).ok()
     assert r["deleteFile"]["file"]["status"] == "DELETED"
     assert len(tenant_objects(b, tenant_id)) == 2  # the bytes stay for the retention period
-    assert (await b.http.get(old_url)).status_code in (403, 404) or b.name == "s3"
+    # A URL signed before the delete is refused after it, by S3 as by coregraph's route (S3
+    # answers 403 for a missing key to whom may not list the bucket).
+    assert (await b.http.get(old_url)).status_code in (403, 404)
     after = await b.client.execute(FILE, {"id": kept["id"]}, actor=owner, tenant_id=tenant_id)
     assert after.codes == ["NOT_FOUND"]  # downloadUrl of a deleted file
     assert after.data["file"]["status"] == "DELETED"
@@ -733,8 +735,9 @@ async def test_delete_soft_then_purge_after_retention(b: FilesBackend) -> None:
         DELETE, {"id": gone["id"], "purge": True}, actor=owner, tenant_id=tenant_id
     )
     purged.ok()
-    assert tenant_objects(b, tenant_id) == [f"{tenant_id}/{kept['id']}"] or b.name == "s3"
-    assert len(tenant_objects(b, tenant_id)) == 1
+    # The deleted file's bytes wait for their purge at its tombstone key.
+    [tombstone] = tenant_objects(b, tenant_id)
+    assert tombstone.endswith(f"{tenant_id}/{kept['id']}.deleted")
 
     engine, storage = worker_engine(b.settings), create_storage(b.settings)
     try:

@@ -2,6 +2,9 @@
 uploads, tokens kept out of the request log, cleanup that ends when deletes fail, one winner
 among concurrent completeUpload calls, CORS for uploadFile, names measured after NFC.
 
+Then the second review: download URLs refused once their file is deleted, and a cleanup
+that leaves every object alone when the rows read back empty.
+
 Runs on the behaviour suite's two backends (local disk and S3 through moto), reusing its
 servers and helpers.
 """
@@ -9,21 +12,32 @@ servers and helpers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from coregraph import db, ids, migrate
 from coregraph.http import multipart_max_bytes
 from coregraph.models import File
 from coregraph.services import files as files_service
-from coregraph.storage import create_storage
+from coregraph.settings import Settings
+from coregraph.storage import Storage, create_storage
 from coregraph.storage.local import LocalStorage
 from tests.conftest import make_settings
-from tests.support import GraphQLClient, LogCapture, running_server
+from tests.support import (
+    GraphQLClient,
+    LogCapture,
+    create_test_database,
+    drop_test_database,
+    env_database_url,
+    running_server,
+)
 from tests.test_files import (  # noqa: F401  (the module's fixtures: b and s3_server)
     COMPLETE,
     DELETE,
@@ -42,6 +56,7 @@ from tests.test_files import (  # noqa: F401  (the module's fixtures: b and s3_s
     s3_server,
     tenant_objects,
     upload,
+    uploaded,
     worker_engine,
 )
 
@@ -274,3 +289,129 @@ def test_the_orphan_grace_setting_has_a_floor(database_url: str) -> None:
     assert (
         make_settings(database_url, files_orphan_grace_seconds=60).files_orphan_grace_seconds == 60
     )
+
+
+# --- second review -------------------------------------------------------------------------
+
+
+def past_the_grace(b: FilesBackend) -> datetime:
+    """A cleanup's "now" at which what is stored now is older than the orphan grace."""
+    return datetime.now(UTC) + timedelta(seconds=b.settings.files_orphan_grace_seconds + 1)
+
+
+@contextlib.asynccontextmanager
+async def cleanup_tools(settings: Settings) -> AsyncIterator[tuple[AsyncEngine, Storage]]:
+    """What the cleanup runs with: the worker role's engine and the backend's storage."""
+    engine, storage = worker_engine(settings), create_storage(settings)
+    try:
+        yield engine, storage
+    finally:
+        await storage.aclose()
+        await engine.dispose()
+
+
+async def test_a_download_url_signed_before_a_soft_delete_is_refused_after_it(
+    b: FilesBackend,
+) -> None:
+    owner, tenant_id = await owner_and_tenant(b)
+    file = await uploaded(b, owner, tenant_id, b"downloadable until deleted")
+    url = await download_url(b, owner, tenant_id, file["id"])
+    assert (await b.http.get(url)).content == b"downloadable until deleted"
+    (await b.client.execute(DELETE, {"id": file["id"]}, actor=owner, tenant_id=tenant_id)).ok()
+    # S3 would serve a presigned GET until it lapses: the bytes are no longer at its key.
+    refused = await b.http.get(url)
+    assert refused.status_code in (403, 404)  # S3: 403 for a missing key if it may not list
+    assert b"downloadable" not in refused.content
+    [kept] = tenant_objects(b, tenant_id)  # kept for the retention period, aside
+    assert kept.endswith(f"{file['id']}.deleted")
+    async with cleanup_tools(b.settings) as (engine, storage):
+        # Not an orphan while the row says "deleted, not purged yet"...
+        reclaimed = await files_service.reclaim_orphans(
+            engine, storage, grace_seconds=60, now=past_the_grace(b)
+        )
+        assert [k for k in reclaimed if tenant_id in k] == []
+        assert tenant_objects(b, tenant_id) == [kept]
+        # ...and the purge removes it.
+        future = datetime.now(UTC) + timedelta(seconds=b.settings.files_retention_seconds + 1)
+        assert file["id"] in await files_service.purge_expired(engine, storage, now=future)
+    assert tenant_objects(b, tenant_id) == []
+
+
+async def test_the_cleanup_moves_aside_bytes_a_delete_left_at_the_files_key(
+    b: FilesBackend,
+) -> None:
+    owner, tenant_id = await owner_and_tenant(b)
+    file = await uploaded(b, owner, tenant_id, b"its delete died before moving it")
+    (await b.client.execute(DELETE, {"id": file["id"]}, actor=owner, tenant_id=tenant_id)).ok()
+    key = f"{tenant_id}/{file['id']}"
+    async with cleanup_tools(b.settings) as (engine, storage):
+        # As if the process died between the deletion's commit and the move.
+        await storage.move(f"{key}.deleted", key)
+        reclaimed = await files_service.reclaim_orphans(
+            engine, storage, grace_seconds=60, now=past_the_grace(b)
+        )
+        assert [k for k in reclaimed if tenant_id in k] == []
+        assert await storage.head(key) is None
+        assert await storage.head(f"{key}.deleted") == len(b"its delete died before moving it")
+
+
+async def test_the_cleanup_reclaims_nothing_when_the_rows_read_back_empty(
+    b: FilesBackend, tmp_path: Any
+) -> None:
+    owner, tenant_id = await owner_and_tenant(b)
+    file = await uploaded(b, owner, tenant_id, b"a committed file")
+    orphan = f"{tenant_id}/{ids.new_id('fil')}"
+    storage = create_storage(b.settings)
+
+    async def chunks() -> Any:
+        yield b"bytes whose row never committed"
+
+    await storage.put(orphan, chunks(), max_bytes=100)
+    everything = b.objects()
+    # The cleanup pointed at a database that has none of these rows (a fresh one, as a wrong
+    # COREGRAPH_DATABASE_URL would be).
+    base = env_database_url()
+    url, name = await create_test_database(base, str(tmp_path))
+    elsewhere = b.settings.model_copy(update={"database_url": url})
+    try:
+        await migrate.upgrade(elsewhere)
+        empty = worker_engine(elsewhere)
+        try:
+            assert (
+                await files_service.reclaim_orphans(
+                    empty, storage, grace_seconds=60, now=past_the_grace(b)
+                )
+                == []
+            )
+        finally:
+            await empty.dispose()
+    finally:
+        if name and base:
+            await drop_test_database(base, name)
+    assert b.objects() == everything
+    if b.settings.database_url.startswith("postgresql"):
+        # The API's role with no tenant set: row-level security shows it no row at all.
+        unscoped = db.create_engine(b.settings)
+        try:
+            assert (
+                await files_service.reclaim_orphans(
+                    unscoped, storage, grace_seconds=60, now=past_the_grace(b)
+                )
+                == []
+            )
+        finally:
+            await unscoped.dispose()
+        assert b.objects() == everything
+    # The worker's engine sees the rows: only the orphan goes.
+    engine = worker_engine(b.settings)
+    try:
+        reclaimed = await files_service.reclaim_orphans(
+            engine, storage, grace_seconds=60, now=past_the_grace(b)
+        )
+    finally:
+        await engine.dispose()
+        await storage.aclose()
+    assert orphan in reclaimed
+    assert [k for k in reclaimed if tenant_id in k] == [orphan]
+    got = await b.http.get(await download_url(b, owner, tenant_id, file["id"]))
+    assert got.content == b"a committed file"

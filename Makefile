@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 NODE_DEPS := tests/node/node_modules/.package-lock.json
 
-.PHONY: run test lint typecheck pytest bench bench-ingest bench-usage schema migrate lock clean
+.PHONY: run test lint typecheck pytest bench bench-ingest bench-usage bench-scale schema migrate lock clean
 
 # Installs take exactly what the lock files name, each download checked against its hash; the
 # package itself goes on top without resolving anything (`make lock` writes the locks).
@@ -54,6 +54,11 @@ bench-ingest: $(VENV)/.dev-installed
 # Usage ingest (recordUsageBatch, /usage/bulk vs COPY) and the usage query over 1M records.
 bench-usage: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.usage
+
+# Issue 12: dashboard throughput with 1/2/4 API processes, outbox lag at 1,000 events/s, and the
+# overhead of metrics + tracing (PostgreSQL + Redis on 127.0.0.1).
+bench-scale: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.scale
 
 # Resolve pyproject.toml's ranges for every platform and Python 3.11+, keeping the versions the
 # locks already name where they still fit; `make lock LOCK_FLAGS=--upgrade` takes the newest.

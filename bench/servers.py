@@ -84,8 +84,10 @@ def uvicorn_server(
     log_dir: str,
     health_path: str,
     start_timeout: float = 30.0,
+    workers: int = 1,
 ) -> Iterator[Server]:
-    """``python -m uvicorn <factory> --factory`` on a free loopback port, one worker."""
+    """``python -m uvicorn <factory> --factory`` on a free loopback port, ``workers``
+    processes (one by default)."""
     port = free_port()
     log_path = os.path.join(log_dir, f"{name}.log")
     command = [
@@ -101,6 +103,7 @@ def uvicorn_server(
         "--log-level",
         "warning",
         "--no-access-log",
+        *(["--workers", str(workers)] if workers > 1 else []),
     ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(

@@ -21,6 +21,7 @@ from strawberry.extensions import (
 from strawberry.federation.schema import FederationAny
 from strawberry.tools import merge_types
 
+from coregraph import telemetry
 from coregraph.auth.schema_reader import SCHEMA_SECRET_HEADER, may_read_schema
 from coregraph.errors import BadUserInput, Forbidden, NotFound, Unauthenticated
 from coregraph.resolvers.access import AccessMutation, AccessQuery
@@ -199,6 +200,12 @@ def build_schema(settings: Settings) -> CoregraphSchema:
         # After validation, before execution: the plan's rate limits, api.requests and its cap.
         PlanLimitsExtension,
     ]
+    if telemetry.enabled():
+        from coregraph.schema.tracing import OperationTracing
+
+        # First: its span is current around the others' work (and its error count sees
+        # the presented errors).
+        extensions.insert(0, partial(OperationTracing, tracer_provider=telemetry.provider()))
     schema = CoregraphSchema(
         query=Query,
         mutation=Mutation,

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from coregraph import db, migrate
+from coregraph import db, migrate, telemetry
 from coregraph.api import CoregraphSchema, build_schema
 from coregraph.audit_export import audit_export
 from coregraph.auth import passwords
@@ -161,6 +162,13 @@ class RequestLog:
                 ]
             await send(message)
 
+        # Every log line of this request (its request line too) carries its id and trace
+        # (coregraph.logging); the principal, tenant and operation join once known
+        # (coregraph.http). The trace is read now: the server span ends with the response.
+        trace_id = telemetry.current_trace_id()
+        bound = structlog.contextvars.bind_contextvars(
+            request_id=request_id, **({"trace_id": trace_id} if trace_id else {})
+        )
         try:
             await self.app(scope, receive, send_with_id)
         finally:
@@ -179,10 +187,13 @@ class RequestLog:
                     path=loggable_path(scope["path"]),
                     status=status,
                 )
+            structlog.contextvars.reset_contextvars(**bound)
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     settings = settings or (runtime.settings if runtime else load_settings())
+    # Before the runtime: its engine and schema are instrumented as they are made.
+    telemetry.configure_from_environment()
     owned = runtime is None
     runtime = runtime or Runtime.create(settings)
 
@@ -304,4 +315,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         # Outermost, so everything inside (the request log, rate limits, audit entries) sees
         # the client a trusted proxy names; anyone else's X-Forwarded-For is ignored.
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
+    # Outermost of all when tracing: the request's span is current in everything inside.
+    telemetry.instrument_app(app, loggable_path)
     return app

@@ -22,6 +22,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from coregraph.errors import BadUserInput, CoregraphError, Forbidden, Unauthenticated
 from coregraph.http import authenticate, request_meta
+from coregraph.schema.errors import with_trace_id
 from coregraph.services.audit import HASHED, export_entries
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ _CHUNK_BYTES = 64 * 1024
 def _error(request: Request, exc: CoregraphError) -> Response:
     request.state.outcome = exc.code
     headers = {"WWW-Authenticate": "Bearer"} if exc.code == "UNAUTHENTICATED" else None
-    extensions = {**exc.extensions, "requestId": request.state.request_id}
+    extensions = with_trace_id({**exc.extensions, "requestId": request.state.request_id})
     body = {"errors": [{"message": exc.message, "extensions": extensions}]}
     return Response(
         orjson.dumps(body),

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import event, exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from coregraph import telemetry
 from coregraph.models.base import RowSecurity
 from coregraph.settings import Settings
 
@@ -46,6 +47,7 @@ def create_engine(
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     else:
         _ping_when_idle(engine)
+    telemetry.instrument_engine(engine)
     return engine
 
 

@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import structlog
 from fastapi import Request
 from fastapi.responses import Response
 from strawberry.exceptions import MissingQueryError
@@ -25,7 +26,7 @@ from coregraph.context import Context
 from coregraph.errors import CoregraphError, Unauthenticated
 from coregraph.graphiql import graphiql_page
 from coregraph.request import RequestMeta, served_base_url
-from coregraph.schema.errors import present
+from coregraph.schema.errors import present, with_trace_id
 from coregraph.uploads import UploadRefused, Uploads, forces_preflight, is_multipart
 
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ async def authenticate(request: Request, runtime: Runtime, meta: RequestMeta) ->
 
 
 def error_payload(message: str, extensions: dict[str, Any]) -> dict[str, Any]:
-    return {"errors": [{"message": message, "extensions": extensions}]}
+    return {"errors": [{"message": message, "extensions": with_trace_id(extensions)}]}
 
 
 def method_not_allowed(request: Request) -> Response:
@@ -263,6 +264,10 @@ async def _handle_graphql(request: Request, runtime: Runtime, uploads: Uploads |
             return _refused(state, exc, request_id, media_type)
     state.principal_kind = principal.kind.value
     state.tenant_id = principal.tenant_id
+    # Once per request, for every log line from here on (coregraph.logging).
+    structlog.contextvars.bind_contextvars(
+        principal=principal.kind.value, tenant_id=principal.tenant_id, operation=operation_name
+    )
     context = Context(runtime, principal, meta)
     context.schema_reader = carries_schema_secret(
         runtime.settings, request.headers.get(SCHEMA_SECRET_HEADER)

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpcore
 
+from coregraph import telemetry
 from coregraph.errors import BadUserInput
 
 # httpx is imported where a URL is parsed or a client made, not with this module: httpx's
@@ -492,6 +493,23 @@ def describe_failure(exc: BaseException) -> str:
 Origin = tuple[bytes, bytes, int]  # scheme, host, port
 
 
+def _describe_destination(span: Any, parsed: httpx.URL) -> None:
+    """The origin only (as events and audit entries show a URL): a path or query may hold a
+    partner's own secret."""
+    span.set_attribute("url.scheme", parsed.scheme)
+    span.set_attribute("server.address", parsed.host)
+    span.set_attribute("server.port", parsed.port or (443 if parsed.scheme == "https" else 80))
+
+
+def _describe_outcome(span: Any, status: int | None, error: str | None) -> None:
+    from opentelemetry.trace import StatusCode
+
+    if status is not None:
+        span.set_attribute("http.response.status_code", status)
+    if error is not None or status is None or status >= 400:
+        span.set_status(StatusCode.ERROR, error or f"HTTP {status}")
+
+
 class OutboundClient:
     """Sends webhook requests: checked destinations, no redirects, capped answers, one deadline
     per request. Connections are kept alive and reused per origin; each *new* connection is
@@ -535,14 +553,19 @@ class OutboundClient:
         started = time.perf_counter()
         answer = _Answer()
         error: str | None = None
-        try:
-            async with asyncio.timeout(self.timeout):
-                parsed = _parse(url, allow_private=self.allow_private, require_https=False)
-                await self._send(parsed, content, headers, answer)
-        except Exception as exc:  # every failure becomes a value the delivery log records
-            error = describe_failure(exc)
-        if error is None and answer.status is not None and 300 <= answer.status < 400:
-            error = f"redirect not followed ({answer.status})"
+        with telemetry.client_span("POST") as span:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    parsed = _parse(url, allow_private=self.allow_private, require_https=False)
+                    if span is not None:
+                        _describe_destination(span, parsed)
+                    await self._send(parsed, content, headers, answer)
+            except Exception as exc:  # every failure becomes a value the delivery log records
+                error = describe_failure(exc)
+            if error is None and answer.status is not None and 300 <= answer.status < 400:
+                error = f"redirect not followed ({answer.status})"
+            if span is not None:
+                _describe_outcome(span, answer.status, error)
         return OutboundResult(
             status_code=answer.status,
             body=bytes(answer.kept),

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from fastapi import WebSocket
 from graphql import GraphQLError
 from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
@@ -274,6 +275,13 @@ class SocketHandler(BaseGraphQLTransportWSHandler[SocketConnection, None]):
         connection = self.context
         request_id = uuid.uuid4().hex
         meta = connection.meta(request_id)
+        # Once per operation (a task of its own), for every log line it writes; the principal
+        # joins once authenticated.
+        structlog.contextvars.bind_contextvars(
+            request_id=request_id,
+            connection_id=connection.connection_id,
+            operation=operation.operation_name,
+        )
         principal = ANONYMOUS
         context: Context | None = None
         outcome = "OK"
@@ -287,6 +295,9 @@ class SocketHandler(BaseGraphQLTransportWSHandler[SocketConnection, None]):
                 outcome = exc.code
                 await self._refuse(operation, exc, request_id)
                 return
+            structlog.contextvars.bind_contextvars(
+                principal=principal.kind.value, tenant_id=principal.tenant_id
+            )
             context = SocketOperationContext(connection, principal, meta)
             context.schema_reader = connection.schema_reader
             outcome = await self._execute(operation, context)

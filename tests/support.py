@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from coregraph import migrate
 from coregraph.app import Runtime, create_app
-from coregraph.logging import JsonFormatter
+from coregraph.logging import json_formatter
 from coregraph.settings import Settings
 
 PASSWORD = "correct-horse-battery-staple"
@@ -314,7 +314,7 @@ class LogCapture(logging.Handler):
 
     def __init__(self, logger: str) -> None:
         super().__init__()
-        self.setFormatter(JsonFormatter())
+        self.setFormatter(json_formatter())
         self.raw: list[str] = []
         self._logger = logging.getLogger(logger)
         self._level = self._logger.level

@@ -20,7 +20,22 @@ from tests.test_cli_and_deploy import cli_env, wait_until_ready
 
 # Libraries a server on the embedded defaults (local files, no Redis, no S3) does not use until
 # a feature asks for them; each cost its resident set 2-8 MiB for the life of the process.
-LAZY = ("boto3", "botocore", "redis", "alembic", "mako", "pygments", "rich", "httpx", "jsonschema")
+LAZY = (
+    "boto3",
+    "botocore",
+    "redis",
+    "alembic",
+    "mako",
+    "pygments",
+    "rich",
+    "httpx",
+    "jsonschema",
+    # Tracing is off without OTEL_EXPORTER_OTLP_ENDPOINT (coregraph.telemetry). (FastAPI
+    # itself imports the OpenTelemetry API, a few hundred KiB.)
+    "opentelemetry.sdk",
+    "opentelemetry.instrumentation",
+    "opentelemetry.exporter",
+)
 
 PROBE = """
 import json, sys
@@ -44,7 +59,7 @@ print(json.dumps({
 def test_a_server_on_the_embedded_defaults_starts_without_the_libraries_it_does_not_use(
     tmp_path: Path,
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COREGRAPH_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COREGRAPH_", "OTEL_"))}
     env |= {
         "COREGRAPH_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/startup.sqlite3",
         "COREGRAPH_STORAGE_DIR": str(tmp_path / "files"),

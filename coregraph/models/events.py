@@ -49,6 +49,9 @@ class Event(TenantOwned, Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSONDocument, nullable=False)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_id: Mapped[str | None] = mapped_column(String(64))
+    # W3C traceparent of the span that stated it, while tracing is on (coregraph.telemetry):
+    # the relay and the webhook worker continue that trace.
+    trace_parent: Mapped[str | None] = mapped_column(String(55))
 
 
 class EventType(TenantOwned, Timestamped, Base):

@@ -109,6 +109,8 @@ class WebhookDelivery(TenantOwned, Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
     last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     succeeded_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Its event's trace_parent: the delivery span continues the trace that stated the event.
+    trace_parent: Mapped[str | None] = mapped_column(String(55))
 
 
 class WebhookAttempt(TenantOwned, Base):

@@ -1,4 +1,5 @@
-"""Error masking: every error leaves with a stable ``extensions.code`` and the request id.
+"""Error masking: every error leaves with a stable ``extensions.code`` and the request id (and
+the trace id while tracing).
 
 Known failures (``CoregraphError``) keep their message and code; parse and validation errors get
 ``GRAPHQL_PARSE_FAILED`` / ``GRAPHQL_VALIDATION_FAILED``; anything else is logged with its stack
@@ -15,6 +16,7 @@ from typing import Any
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
 
+from coregraph import telemetry
 from coregraph.errors import CoregraphError
 
 log = logging.getLogger("coregraph.errors")
@@ -88,6 +90,13 @@ def _copy(error: GraphQLError, *, message: str | None = None, **changes: Any) ->
     )
 
 
+def with_trace_id(extensions: dict[str, Any]) -> dict[str, Any]:
+    """``extensions`` with ``traceId`` beside ``requestId`` while a span records: the trace to
+    look up for this error (``coregraph.telemetry``)."""
+    trace_id = telemetry.current_trace_id()
+    return extensions if trace_id is None else {**extensions, "traceId": trace_id}
+
+
 def present(
     errors: list[GraphQLError], request_id: str | None, suggestions: bool
 ) -> list[GraphQLError]:
@@ -98,7 +107,7 @@ def present(
         message = error.message
         if not suggestions and (error.original_error is None or error.path is None):
             message = _SUGGESTION.sub("", message)
-        extensions = {**(error.extensions or {}), "requestId": request_id}
+        extensions = with_trace_id({**(error.extensions or {}), "requestId": request_id})
         presented.append(_copy(error, message=message, extensions=extensions))
     return presented
 

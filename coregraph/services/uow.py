@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
-from coregraph import db, ids
+from coregraph import db, ids, telemetry
 from coregraph.auth.principal import Principal, PrincipalKind
 from coregraph.errors import CoregraphError
 from coregraph.models import AuditEntry, Event, StreamHead
@@ -102,6 +102,7 @@ class StatedEvent:
     data: dict[str, Any]
     idempotency_key: str | None
     request_id: str | None
+    trace_parent: str | None = None
     sequence: int | None = None
 
     def row(self) -> dict[str, Any]:
@@ -122,6 +123,7 @@ _FUSED_COLUMNS = {
     "data": "text[]",
     "idempotency_key": "text[]",
     "request_id": "text[]",
+    "trace_parent": "text[]",
 }
 _FUSED_VALUES = [name for name in _FUSED_COLUMNS if name != "id"]
 _ADVANCE_AND_INSERT = text(
@@ -139,8 +141,8 @@ _ADVANCE_AND_INSERT = text(
 )
 
 
-# Migration 0013: scopes its own (autocommitted) transaction, advances the chain's head and
-# inserts its events; the same columns as _ADVANCE_AND_INSERT.
+# Migration 0013 (and 0016's trace_parents): scopes its own (autocommitted) transaction,
+# advances the chain's head and inserts its events; the same columns as _ADVANCE_AND_INSERT.
 _APPEND_EVENTS = text(
     "SELECT append_events(:tenant_ids, :user_id, :api_key_hash, :invitation_token_hash,"
     " :chain_id, "
@@ -278,6 +280,8 @@ class UnitOfWork:
             data=dict(data or {}),
             idempotency_key=idempotency_key,
             request_id=self.meta.request_id,
+            # None (one global read) unless tracing is on.
+            trace_parent=telemetry.current_traceparent(),
         )
         self.events.append(event)
         return event

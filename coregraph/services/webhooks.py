@@ -174,6 +174,7 @@ async def schedule(
                         "attempts": 0,
                         "next_attempt_at": now,
                         "created_at": now,
+                        "trace_parent": getattr(event, "trace_parent", None),
                     }
                 )
     if not rows:

@@ -38,6 +38,7 @@ from sqlalchemy import Row, Table, and_, exists, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coregraph import telemetry
 from coregraph.models import AuditEntry, Event, RelayPosition, StreamHead
 from coregraph.services import webhooks
 from coregraph.services.uow import UnitOfWork
@@ -198,21 +199,26 @@ class Relay:
                 for row in events
             ]
             messages += [(audit_topic(chain_id), encoded(audit_message(row))) for row in entries]
-            await self.broker.publish_many(messages)
-            # Webhook deliveries of these events, in the transaction that records them as
-            # published: a crash before the commit schedules them again with the rows, and the
-            # unique endpoint + event pair keeps a second pass from scheduling any twice.
-            scheduled = await webhooks.schedule(conn, events)
-            # Recorded in the same transaction that holds the claim: a crash before this
-            # commit publishes these rows again (at least once), never skips them.
-            await conn.execute(
-                update(_POSITIONS)
-                .where(_POSITIONS.c.chain_id == chain_id)
-                .values(
-                    events_published=events[-1].sequence if events else position.events_published,
-                    audit_published=entries[-1].position if entries else position.audit_published,
+            with _tracing(chain_id, events, len(messages)):
+                await self.broker.publish_many(messages)
+                # Webhook deliveries of these events, in the transaction that records them as
+                # published: a crash before the commit schedules them again with the rows, and
+                # the unique endpoint + event pair keeps a second pass from scheduling any twice.
+                scheduled = await webhooks.schedule(conn, events)
+                # Recorded in the same transaction that holds the claim: a crash before this
+                # commit publishes these rows again (at least once), never skips them.
+                await conn.execute(
+                    update(_POSITIONS)
+                    .where(_POSITIONS.c.chain_id == chain_id)
+                    .values(
+                        events_published=(
+                            events[-1].sequence if events else position.events_published
+                        ),
+                        audit_published=(
+                            entries[-1].position if entries else position.audit_published
+                        ),
+                    )
                 )
-            )
         if scheduled:
             try:
                 await self.broker.wake_webhooks()
@@ -220,6 +226,22 @@ class Relay:
                 # Committed: the webhook workers find the deliveries at their next poll.
                 log.exception("could not wake the webhook workers")
         return len(messages)
+
+
+def _tracing(
+    chain_id: str, events: Sequence[Row[Any]], messages: int
+) -> contextlib.AbstractContextManager[Any]:
+    """The publish span of a batch holding events stated while tracing: a child of the first
+    one's span (the mutation that stated it), linked to the others'. Untraced otherwise."""
+    parents = [row.trace_parent for row in events if row.trace_parent]
+    if not parents:
+        return contextlib.nullcontext()
+    return telemetry.continuing(
+        "relay publish",
+        parents[0],
+        links=parents[1:],
+        attributes={"coregraph.chain_id": chain_id, "messaging.batch.message_count": messages},
+    )
 
 
 def encoded(message: Message) -> bytes:
@@ -262,7 +284,10 @@ def _contiguous(rows: Sequence[Row[Any]], column: str, published: int) -> list[R
 async def running(relay: Relay) -> AsyncIterator[Relay]:
     """Run ``relay`` in the background for the block; on exit it finishes its pass and stops
     (cancelled after 10 s: whatever it had not recorded is published again on the next start)."""
-    task = asyncio.create_task(relay.run(), name="coregraph-relay")
+    # Polling leaves no trace (the task starts in this context); a batch of traced events
+    # continues their trace (_tracing).
+    with telemetry.untraced():
+        task = asyncio.create_task(relay.run(), name="coregraph-relay")
     try:
         yield relay
     finally:

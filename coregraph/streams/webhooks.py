@@ -74,7 +74,7 @@ from sqlalchemy import Interval, Row, Table, and_, case, func, insert, literal, 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from standardwebhooks import Webhook
 
-from coregraph import ids
+from coregraph import ids, telemetry
 from coregraph.auth.principal import system_principal
 from coregraph.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from coregraph.models.base import UTCDateTime, utcnow
@@ -310,6 +310,7 @@ class WebhookWorker:
                         _DELIVERIES.c.event_type,
                         _DELIVERIES.c.payload,
                         _DELIVERIES.c.attempts,
+                        _DELIVERIES.c.trace_parent,
                         _ENDPOINTS.c.url,
                         _ENDPOINTS.c.secret,
                         _ENDPOINTS.c.previous_secret,
@@ -389,13 +390,24 @@ class WebhookWorker:
     async def _deliver(self, row: Row[Any], token: str) -> None:
         try:
             started_at = utcnow()
-            prepared = self._prepare(row)
-            if isinstance(prepared, OutboundResult):
-                result = prepared
-            else:
-                body, headers = prepared
-                result = await self.client.post(row.url, content=body, headers=headers)
-                self.sent += 1
+            with telemetry.continuing(
+                "webhook deliver",
+                row.trace_parent,
+                attributes={
+                    "coregraph.webhook.delivery_id": row.id,
+                    "coregraph.webhook.endpoint_id": row.endpoint_id,
+                    "coregraph.webhook.attempt": row.attempts + 1,
+                },
+            ) as span:
+                prepared = self._prepare(row)
+                if isinstance(prepared, OutboundResult):
+                    result = prepared
+                else:
+                    body, headers = prepared
+                    result = await self.client.post(row.url, content=body, headers=headers)
+                    self.sent += 1
+                if span is not None and not result.ok:
+                    span.set_attribute("error.type", result.error or f"HTTP {result.status_code}")
             outcome = _Outcome(row, _attempt(row, started_at, result), token, asyncio.Future())
             # Written by the recorder with whatever else finished meanwhile, in one
             # transaction; the slot stays taken until then.
@@ -799,7 +811,10 @@ def _columns(attempt: WebhookAttempt) -> dict[str, Any]:
 async def running(worker: WebhookWorker) -> AsyncIterator[WebhookWorker]:
     """Run ``worker`` in the background for the block; on exit it stops claiming, finishes or
     releases what is in flight, and stops."""
-    task = asyncio.create_task(worker.run(), name="coregraph-webhook-worker")
+    # Claims and records leave no trace (the task starts in this context); each delivery
+    # continues its event's trace (_deliver).
+    with telemetry.untraced():
+        task = asyncio.create_task(worker.run(), name="coregraph-webhook-worker")
     try:
         yield worker
     finally:

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coregraph import db
+from coregraph import db, telemetry
 from coregraph.services import audit_retention, files
 from coregraph.settings import Settings
 from coregraph.streams.broker import Broker, create_broker
@@ -89,6 +89,8 @@ async def prune_periodically(engine: AsyncEngine, interval_seconds: float) -> No
 
 async def run(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then finish the current pass and leave."""
+    # Before the engines are made: they are instrumented as they are (OTEL_* variables).
+    telemetry.configure_from_environment()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -1,8 +1,8 @@
 """The ASGI application: one ``Runtime`` (settings, engine, schema, auth) and its routes.
 
 ``/graphql``: POST and GET (``coregraph.http``), WebSocket graphql-transport-ws (strawberry's
-router); ``/healthz`` (the process is up) and ``/readyz`` (database reachable, migrations current,
-Redis reachable when configured); ``/invitations/accept`` (the page invitation links open).
+router); ``/healthz`` (the process is up) and ``/readyz`` (``coregraph.readiness``: database,
+migrations, Redis, relay lag); ``/invitations/accept`` (the page invitation links open).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from coregraph import db, migrate, telemetry
+from coregraph import db, telemetry
 from coregraph.api import CoregraphSchema, build_schema
 from coregraph.audit_export import audit_export
 from coregraph.auth import passwords
@@ -39,6 +39,7 @@ from coregraph.files_http import (
 from coregraph.graphiql import graphiql_asset
 from coregraph.http import handle_graphql, method_not_allowed
 from coregraph.invitation_page import invitation_page
+from coregraph.readiness import Readiness
 from coregraph.request_log import log_request
 from coregraph.services import identity
 from coregraph.services.api_requests import ApiRequestMeter
@@ -225,6 +226,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                     webhooks_in_process(runtime.settings, runtime.broker)
                 )
             yield
+        await readiness.aclose()
         if owned:
             await runtime.close()
 
@@ -236,6 +238,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         openapi_url=None,
     )
     app.state.runtime = runtime
+    readiness = Readiness(runtime)
 
     @app.api_route("/graphql", methods=["GET", "POST"], include_in_schema=False)
     async def graphql_http(request: Request) -> Response:
@@ -266,27 +269,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> Response:
-        checks: dict[str, str] = {}
-        try:
-            current = await migrate.current_revision(runtime.engine)
-            head = migrate.head_revision()
-            checks["database"] = "ok"
-            checks["migrations"] = (
-                "ok" if current == head else f"at {current}, expected {head}: run coregraph migrate"
-            )
-        except Exception as exc:  # readiness reports any failure rather than raising it
-            checks["database"] = f"unreachable: {type(exc).__name__}"
-        if runtime.redis is not None:
-            try:
-                await runtime.redis.ping()
-                checks["redis"] = "ok"
-            except Exception as exc:
-                checks["redis"] = f"unreachable: {type(exc).__name__}"
-        ready = all(v == "ok" for v in checks.values())
-        return JSONResponse(
-            {"status": "ready" if ready else "unavailable", "checks": checks},
-            status_code=200 if ready else 503,
-        )
+        ready, body = await readiness.report()
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     ws_router = WebSocketRouter(runtime)
     # HTTP on /graphql is ours (above, registered first); the router adds the WebSocket route.

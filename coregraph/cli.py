@@ -47,7 +47,7 @@ def serve(
     """Start the API (GraphQL at /graphql, GraphiQL in a browser outside production)."""
     import uvicorn
 
-    from coregraph import logging as cg_logging
+    from coregraph import logging as cg_logging, serving
 
     settings = _settings()
     cg_logging.configure(settings.log_level)
@@ -63,17 +63,32 @@ def serve(
         access_log=False,
         # Forwarded headers are the app's call: trusted only from COREGRAPH_TRUSTED_PROXIES.
         proxy_headers=False,
+        # SIGTERM: drain HTTP, close WebSockets with 1001 (COREGRAPH_SHUTDOWN_GRACE_SECONDS).
+        **serving.uvicorn_options(settings),
     )
 
 
 @app.command()
-def worker() -> None:
-    """Run the outbox relay (committed events and audit entries to the broker) until SIGTERM
-    or SIGINT. Production runs it beside the API; several may run on PostgreSQL."""
+def worker(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=10_000,
+            help="Webhook requests this process sends at once "
+            "(COREGRAPH_WEBHOOK_WORKER_CONCURRENCY).",
+        ),
+    ] = None,
+) -> None:
+    """Run the outbox relay (committed events and audit entries to the broker) and webhook
+    delivery until SIGTERM or SIGINT, then finish or release the deliveries in flight.
+    Production runs it beside the API; several may run on PostgreSQL."""
     from coregraph import logging as cg_logging
     from coregraph.streams import worker as streams_worker
 
     settings = _settings()
+    if concurrency is not None:
+        settings = settings.model_copy(update={"webhook_worker_concurrency": concurrency})
     cg_logging.configure(settings.log_level)
     asyncio.run(streams_worker.run(settings))
 

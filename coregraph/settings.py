@@ -143,6 +143,15 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # On SIGTERM `coregraph serve` stops accepting, closes WebSockets with 1001 (going away:
+    # clients reconnect elsewhere) and gives HTTP requests in flight this long to finish
+    # (coregraph/serving.py); what still runs then is cancelled.
+    shutdown_grace_seconds: float = Field(20.0, ge=0, le=600)
+    # /readyz: the deadline of each check, and the relay lag (age of the oldest committed event
+    # or audit entry not yet published) past which a process reports itself not ready; 0
+    # reports the lag without ever failing on it.
+    readyz_timeout_seconds: float = Field(2.0, gt=0, le=30)
+    readyz_max_relay_lag_seconds: float = Field(300.0, ge=0)
     # Base of the links coregraph hands out (invitations). Unset: the address each request
     # reached (its scheme and Host), so links work wherever coregraph is served directly. Set it
     # when clients reach coregraph through something that rewrites Host (a gateway, a proxy).

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,11 +24,15 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from coregraph import db, ids, migrate
+from coregraph.auth.principal import system_principal
 from coregraph.http import multipart_max_bytes
 from coregraph.models import File
+from coregraph.request import RequestMeta
 from coregraph.services import files as files_service
+from coregraph.services.uow import UnitOfWork
 from coregraph.settings import Settings
 from coregraph.storage import Storage, create_storage
+from coregraph.storage.base import StoredObject
 from coregraph.storage.local import LocalStorage
 from tests.conftest import make_settings
 from tests.support import (
@@ -291,6 +296,8 @@ def test_the_orphan_grace_setting_has_a_floor(database_url: str) -> None:
     )
 
 
+FILE_STATUS = "query($id: ID!) { file(id: $id) { status completedAt } }"
+
 # --- second review -------------------------------------------------------------------------
 
 
@@ -415,3 +422,81 @@ async def test_the_cleanup_reclaims_nothing_when_the_rows_read_back_empty(
     assert [k for k in reclaimed if tenant_id in k] == [orphan]
     got = await b.http.get(await download_url(b, owner, tenant_id, file["id"]))
     assert got.content == b"a committed file"
+
+
+class TenantUnitOfWork(UnitOfWork):
+    """The write path as coregraph itself acting in one tenant (the CLI's way)."""
+
+    tenant_id = ""
+
+    async def __aenter__(self) -> TenantUnitOfWork:
+        await super().__aenter__()
+        await self.allow_tenant(self.tenant_id)
+        return self
+
+
+async def test_complete_upload_holds_no_transaction_while_it_digests(b: FilesBackend) -> None:
+    owner, tenant_id = await owner_and_tenant(b)
+    content = b"digested slowly" * 1000
+    created = (await create_url(b, owner, tenant_id, content)).ok()["createUploadUrl"]
+    file_id = created["file"]["id"]
+    assert (await put(b, created, content)).status_code == 200
+    engine, storage = db.create_engine(b.settings), create_storage(b.settings)
+    digesting, go_on = asyncio.Event(), asyncio.Event()
+    digest = storage.digest
+
+    async def held_digest(key: str) -> StoredObject:
+        # The storage's own digest, held open as a large object's would be.
+        digesting.set()
+        await asyncio.wait_for(go_on.wait(), timeout=60)
+        return await digest(key)
+
+    storage.digest = held_digest  # type: ignore[method-assign]
+
+    def new_uow() -> UnitOfWork:
+        uow = TenantUnitOfWork(engine, system_principal("test:complete"), RequestMeta())
+        uow.tenant_id = tenant_id
+        return uow
+
+    completing = asyncio.create_task(
+        files_service.complete_upload(new_uow, storage, tenant_id, file_id)
+    )
+    try:
+        await asyncio.wait_for(digesting.wait(), timeout=30)
+        # No connection is held while the bytes are read...
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        # ...so the tenant's other writes go through (SQLite: its one write lock is free)...
+        other = await asyncio.wait_for(upload(b, owner, tenant_id, b"written meanwhile"), 20)
+        other.ok()
+        # ...and a second completeUpload is refused at once, not queued behind the first.
+        second = await asyncio.wait_for(
+            b.client.execute(COMPLETE, {"id": file_id}, actor=owner, tenant_id=tenant_id), 20
+        )
+        assert second.codes == ["CONFLICT"], second.body
+        listed = await b.client.execute(
+            FILE_STATUS, {"id": file_id}, actor=owner, tenant_id=tenant_id
+        )
+        assert listed.ok()["file"] == {"status": "PENDING", "completedAt": None}
+        go_on.set()
+        done = await asyncio.wait_for(completing, timeout=30)
+    finally:
+        go_on.set()
+        if not completing.done():
+            completing.cancel()
+        await storage.aclose()
+        await engine.dispose()
+    assert (done.status, done.sha256) == ("ready", hashlib.sha256(content).hexdigest())
+    got = await b.http.get(await download_url(b, owner, tenant_id, file_id))
+    assert got.content == content
+
+
+async def test_a_failed_complete_gives_its_claim_back(b: FilesBackend) -> None:
+    owner, tenant_id = await owner_and_tenant(b)
+    content = b"sent after a first, early completeUpload"
+    created = (await create_url(b, owner, tenant_id, content)).ok()["createUploadUrl"]
+    file_id = created["file"]["id"]
+    early = await b.client.execute(COMPLETE, {"id": file_id}, actor=owner, tenant_id=tenant_id)
+    assert early.codes == ["BAD_USER_INPUT"]
+    assert (await put(b, created, content)).status_code == 200
+    done = await b.client.execute(COMPLETE, {"id": file_id}, actor=owner, tenant_id=tenant_id)
+    assert done.ok()["completeUpload"]["file"]["status"] == "READY"

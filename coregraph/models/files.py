@@ -63,6 +63,8 @@ class File(TenantOwned, Timestamped, Base):
     expected_sha256: Mapped[str | None] = mapped_column(String(64))
     upload_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     upload_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Ready files: when completed. Pending ones: when a completeUpload call claimed the file
+    # (services/files.py: it moves and digests the bytes outside any transaction).
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     purge_after: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -96,7 +96,8 @@ class File(Node):
             uploaded_by_kind=row.uploaded_by_kind,
             uploaded_by_id=row.uploaded_by_id,
             created_at=row.created_at,
-            completed_at=row.completed_at,
+            # While pending, completed_at marks a completeUpload in progress: not a completion.
+            completed_at=None if row.status == FileStatusValue.PENDING else row.completed_at,
             deleted_at=row.deleted_at,
             purged_at=row.purged_at,
             tenant_id=row.tenant_id,

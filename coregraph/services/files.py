@@ -38,7 +38,13 @@ from coregraph.request import RequestMeta
 from coregraph.services import validation
 from coregraph.services.uow import UnitOfWork
 from coregraph.settings import Settings
-from coregraph.storage.base import OCTET_STREAM, ObjectNotFound, ObjectTooLarge, Storage
+from coregraph.storage.base import (
+    OCTET_STREAM,
+    ObjectNotFound,
+    ObjectTooLarge,
+    Storage,
+    StoredObject,
+)
 
 log = logging.getLogger("coregraph.files")
 
@@ -54,6 +60,9 @@ _CONTENT_TYPE_RE = re.compile(
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 UPLOAD_SUFFIX = ".upload"
 DELETED_SUFFIX = ".deleted"
+# A completeUpload claim older than this is taken to be a call that died: another may take the
+# file over (the first, if still running, then finds its claim gone and records nothing).
+COMPLETION_CLAIM_SECONDS = 300
 
 NewUnitOfWork = Callable[[], UnitOfWork]
 
@@ -480,10 +489,12 @@ async def claim_upload(engine: AsyncEngine, tenant_id: str, file_id: str) -> Fil
         return await session.get(File, file_id)
 
 
-async def pending_file(uow: UnitOfWork, tenant_id: str, file_id: str) -> File:
-    """The pending file, locked until the transaction ends (on SQLite, the database's write
-    lock), so two concurrent ``completeUpload`` calls make it ready once: the later one finds
-    it ready and is refused with ``CONFLICT``."""
+async def claim_completion(uow: UnitOfWork, tenant_id: str, file_id: str) -> File:
+    """The pending file, claimed for one ``completeUpload`` call: ``completed_at`` is set while
+    the file is still pending, in a short transaction holding the row lock (on SQLite, the
+    database's write lock). A file already ready answers ``CONFLICT``, and so does one another
+    call is completing (unless its claim is older than ``COMPLETION_CLAIM_SECONDS``: a call
+    that died is taken over)."""
     if uow.engine.dialect.name != "postgresql":
         await sqlite_write_lock(uow, tenant_id)
     row = await get_file(uow, tenant_id, file_id)
@@ -491,7 +502,61 @@ async def pending_file(uow: UnitOfWork, tenant_id: str, file_id: str) -> File:
         raise Conflict("id: this file's upload is already complete", field="id")
     if row.status != FileStatus.PENDING.value:
         raise BadUserInput("id: this file's upload is already complete or deleted", field="id")
+    now = utcnow()
+    if row.purge_after is not None and row.purge_after <= now:
+        raise BadUserInput("id: this upload URL has lapsed; ask for a new one", field="id")
+    if row.completed_at is not None and row.completed_at > now - timedelta(
+        seconds=COMPLETION_CLAIM_SECONDS
+    ):
+        raise Conflict("id: this file's upload is being completed by another call", field="id")
+    row.completed_at = now
+    await uow.session.flush()
     return row
+
+
+async def claimed_file(uow: UnitOfWork, tenant_id: str, file_id: str, claim: datetime) -> File:
+    """The file claimed at ``claim``, locked again to record what its bytes showed: refused if
+    it was completed, deleted, purged or taken over meanwhile."""
+    if uow.engine.dialect.name != "postgresql":
+        await sqlite_write_lock(uow, tenant_id)
+    row = await get_file(uow, tenant_id, file_id)
+    if row.status == FileStatus.READY.value or (
+        row.status == FileStatus.PENDING.value and row.completed_at != claim
+    ):
+        raise Conflict("id: this file's upload was completed by another call", field="id")
+    if row.status != FileStatus.PENDING.value or row.purged_at is not None:
+        raise BadUserInput("id: this upload was deleted or lapsed meanwhile", field="id")
+    return row
+
+
+async def _release_claim(
+    new_uow: NewUnitOfWork, tenant_id: str, file_id: str, claim: datetime
+) -> None:
+    """Give a claim back (the call failed before recording anything), so a retry need not wait
+    for it to age."""
+    try:
+        async with new_uow() as uow:
+            row = await claimed_file(uow, tenant_id, file_id, claim)
+            row.completed_at = None
+    except Exception:
+        log.warning("could not release a completeUpload claim", extra={"file_id": file_id})
+
+
+async def _uploaded_bytes(storage: Storage, row: File) -> tuple[StoredObject, bytes]:
+    """Move what the upload URL received to the file's own key, then its size, SHA-256 and
+    first bytes there: what is checked is what stays, whatever a PUT to the URL does next."""
+    no_bytes = BadUserInput("id: no bytes were uploaded to this file's URL yet", field="id")
+    try:
+        await storage.move(upload_key(row), row.storage_key)
+    except ObjectNotFound:
+        # Moved by an earlier call that did not get to record it: its bytes are where they go.
+        if await storage.head(row.storage_key) is None:
+            raise no_bytes from None
+    try:
+        return await storage.digest(row.storage_key), await _head(storage, row.storage_key)
+    except ObjectNotFound:
+        # Removed meanwhile (a purge of the lapsed upload).
+        raise no_bytes from None
 
 
 async def complete_upload(
@@ -501,30 +566,23 @@ async def complete_upload(
     ready (``completeUpload``). Bytes that do not match are removed with the pending row, and
     the call refused: nothing half-recorded stays behind.
 
-    The bytes are moved from the upload key to the file's own before they are checked, so what
-    is checked is what stays: a PUT to the upload URL during or after this call cannot replace
-    them. If the unit of work then fails, the row stays pending and its purge removes both."""
+    Three steps, so no transaction (nor, on SQLite, the database's write lock) waits on the
+    storage: claim the file (a short transaction), move and digest its bytes (no transaction:
+    on S3 a copy and a read as long as the object), then lock the row again and record the
+    outcome if the claim still holds. A call failing in between gives its claim back; one
+    that dies leaves the file pending, claimed until the claim ages, and purged if it lapses."""
     validation.object_id(file_id, "fil", "id")
     async with new_uow() as uow:
-        row = await pending_file(uow, tenant_id, file_id)
-        if row.purge_after is not None and row.purge_after <= utcnow():
-            raise BadUserInput("id: this upload URL has lapsed; ask for a new one", field="id")
-        try:
-            await storage.move(upload_key(row), row.storage_key)
-        except ObjectNotFound:
-            # Moved by an earlier call whose commit failed: its bytes are where they go.
-            if await storage.head(row.storage_key) is None:
-                raise BadUserInput(
-                    "id: no bytes were uploaded to this file's URL yet", field="id"
-                ) from None
-        try:
-            stored = await storage.digest(row.storage_key)
-            head = await _head(storage, row.storage_key)
-        except ObjectNotFound:
-            # Never uploaded, or removed meanwhile (a purge of the lapsed upload).
-            raise BadUserInput(
-                "id: no bytes were uploaded to this file's URL yet", field="id"
-            ) from None
+        claimed = await claim_completion(uow, tenant_id, file_id)
+    claim = claimed.completed_at
+    assert claim is not None
+    try:
+        stored, head = await _uploaded_bytes(storage, claimed)
+    except BaseException:
+        await asyncio.shield(_release_claim(new_uow, tenant_id, file_id, claim))
+        raise
+    async with new_uow() as uow:
+        row = await claimed_file(uow, tenant_id, file_id, claim)
         problem = None
         if stored.size != row.size:
             problem = f"{stored.size} bytes were uploaded, {row.size} were declared"

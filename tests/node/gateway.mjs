@@ -5,8 +5,8 @@
 //   node gateway.mjs <supergraph.graphql> core=<coregraph /graphql url>
 //
 // Starts, on 127.0.0.1 and free ports:
-//   - the "portal" edge subgraph: edge-subgraph.graphql with the resolvers below
-//     (@apollo/subgraph), which extends coregraph's User and Tenant;
+//   - the "portal" edge subgraph (portal.mjs: edge-subgraph.graphql with its resolvers,
+//     @apollo/subgraph), which extends coregraph's User and Tenant;
 //   - Hive Gateway (@graphql-hive/gateway-runtime, The Guild's) on the composed supergraph,
 //     routing the "core" subgraph to coregraph and "portal" to the server above, and forwarding
 //     the client's Authorization, X-Tenant-Id and X-Request-Id headers to every subgraph (what
@@ -23,8 +23,7 @@ import { createServer } from "node:http";
 import { createGatewayRuntime } from "@graphql-hive/gateway-runtime";
 import { ApolloServer } from "@apollo/server";
 import { startStandaloneServer } from "@apollo/server/standalone";
-import { buildSubgraphSchema } from "@apollo/subgraph";
-import { parse } from "graphql";
+import { portalSchema } from "./portal.mjs";
 
 const FORWARDED = ["authorization", "x-tenant-id", "x-request-id"];
 
@@ -47,29 +46,7 @@ for (const route of routes) {
   urls[route.slice(0, eq)] = route.slice(eq + 1);
 }
 
-// The portal: what an edge team would write. It owns a few fields on coregraph's entities and
-// one root field that returns a coregraph User by reference (the gateway then asks coregraph's
-// _entities for that user's own fields).
-const portalTypeDefs = parse(
-  readFileSync(new URL("./edge-subgraph.graphql", import.meta.url), "utf8"),
-);
-const portalResolvers = {
-  Query: {
-    portalVersion: () => "portal-1",
-    portalUser: (_, { id }) => ({ __typename: "User", id }),
-  },
-  User: {
-    __resolveReference: (reference) => reference,
-    portalPreferences: (user) => ({ locale: "en", theme: `theme-of-${user.id}`, emailDigest: true }),
-  },
-  Tenant: {
-    __resolveReference: (reference) => reference,
-    portalTheme: (tenant) => `theme-of-${tenant.id}`,
-  },
-};
-const portal = new ApolloServer({
-  schema: buildSubgraphSchema([{ typeDefs: portalTypeDefs, resolvers: portalResolvers }]),
-});
+const portal = new ApolloServer({ schema: portalSchema() });
 const { url: portalUrl } = await startStandaloneServer(portal, {
   listen: { host: "127.0.0.1", port: 0 },
 });

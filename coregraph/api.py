@@ -25,6 +25,7 @@ from coregraph import telemetry
 from coregraph.auth.schema_reader import SCHEMA_SECRET_HEADER, may_read_schema
 from coregraph.errors import BadUserInput, Forbidden, NotFound, Unauthenticated
 from coregraph.resolvers.access import AccessMutation, AccessQuery
+from coregraph.resolvers.agents import AgentsMutation, AgentsQuery
 from coregraph.resolvers.audit import AuditQuery
 from coregraph.resolvers.billing import BillingMutation, BillingQuery
 from coregraph.resolvers.events import EventsMutation, EventsQuery
@@ -54,6 +55,7 @@ Query = merge_types(
         IdentityQuery,
         TenancyQuery,
         AccessQuery,
+        AgentsQuery,
         AuditQuery,
         EventsQuery,
         FilesQuery,
@@ -70,6 +72,7 @@ Mutation = merge_types(
         IdentityMutation,
         TenancyMutation,
         AccessMutation,
+        AgentsMutation,
         EventsMutation,
         FilesMutation,
         WebhooksMutation,

@@ -41,14 +41,16 @@ from coregraph.schema.authorization import (
 )
 from coregraph.settings import Settings
 
-# Public root fields: anyone may call them. Their results are the caller's own (a new session);
-# `_service` answers the SDL, which declares nothing secret.
+# Public root fields: anyone may call them. Their results are the caller's own (a new session,
+# or the token an exchange of the caller's own credentials buys); `_service` answers the SDL,
+# which declares nothing secret.
 PUBLIC_ROOT_FIELDS = frozenset(
     {
         "Mutation.signUp",
         "Mutation.login",
         "Mutation.refreshSession",
         "Mutation.logout",
+        "Mutation.exchangeToken",
         "Query._service",
         "Query._entities",
     }

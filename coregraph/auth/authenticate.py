@@ -18,11 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coregraph import db, ids
 from coregraph.auth import secrets
-from coregraph.auth.permissions import PERMISSION_KEYS, effective_scopes
+from coregraph.auth.permissions import PERMISSION_KEYS, effective_scopes, with_implied
 from coregraph.auth.principal import ANONYMOUS, Principal, PrincipalKind
-from coregraph.auth.tokens import TokenService, VerifiedToken
+from coregraph.auth.tokens import AGENT_KIND, TokenService, VerifiedToken
 from coregraph.errors import BadUserInput, Forbidden, Unauthenticated
-from coregraph.models import ApiKey, ExternalIdentity, Membership, Role, Session
+from coregraph.models import Agent, ApiKey, ExternalIdentity, Membership, Role, Session
 from coregraph.models.base import Environment
 from coregraph.request import RequestMeta
 from coregraph.settings import Settings
@@ -45,7 +45,11 @@ _API_KEY_WITH_PERMISSIONS = (
         ApiKey.last_used_at,
         ApiKey.created_by_user_id,
         ApiKey.rate_limits,
+        ApiKey.agent_id,
         Role.permissions.label("creator_permissions"),
+        Agent.scopes.label("agent_scopes"),
+        Agent.disabled_at.label("agent_disabled_at"),
+        Agent.deleted_at.label("agent_deleted_at"),
     )
     .outerjoin(
         Membership,
@@ -55,7 +59,25 @@ _API_KEY_WITH_PERMISSIONS = (
         ),
     )
     .outerjoin(Role, Role.id == Membership.role_id)
+    .outerjoin(Agent, and_(Agent.id == ApiKey.agent_id, Agent.tenant_id == ApiKey.tenant_id))
     .where(ApiKey.secret_hash == bindparam("digest"))
+)
+# An agent of a tenant and its sponsor's current role there: an agent never exceeds the rights
+# of the person answerable for it.
+_AGENT = (
+    select(
+        Agent.id,
+        Agent.scopes,
+        Agent.disabled_at,
+        Agent.deleted_at,
+        Role.permissions.label("sponsor_permissions"),
+    )
+    .outerjoin(
+        Membership,
+        and_(Membership.tenant_id == Agent.tenant_id, Membership.user_id == Agent.sponsor_user_id),
+    )
+    .outerjoin(Role, Role.id == Membership.role_id)
+    .where(Agent.id == bindparam("agent_id"), Agent.tenant_id == bindparam("tenant_id"))
 )
 
 
@@ -98,7 +120,86 @@ class Authenticator:
         if secrets.is_api_key(credential):
             return await self._api_key(credential, tenant_id, environment_header)
         token = await self.tokens.verify(credential)
+        if token.kind == AGENT_KIND:
+            return await self._agent(token, tenant_id, environment_header)
+        if token.actor is not None:
+            return await self._delegated(token, tenant_id, environment, meta)
         return await self._user(token, tenant_id, environment, meta)
+
+    async def _agent(
+        self, token: VerifiedToken, tenant_header: str | None, environment_header: str | None
+    ) -> Principal:
+        """An agent's own token (``issueAgentToken``): its tenant and environment are the
+        token's; its rights the agent's scopes within its sponsor's current ones."""
+        tenant_id, environment = _token_tenant(token, tenant_header, environment_header)
+        agent = await self.active_agent(token.subject, tenant_id)
+        narrowed = token.scopes & PERMISSION_KEYS if token.scopes is not None else None
+        limit = (
+            frozenset(agent.scopes) & narrowed if narrowed is not None else frozenset(agent.scopes)
+        )
+        return Principal(
+            kind=PrincipalKind.AGENT,
+            agent_id=agent.id,
+            tenant_id=tenant_id,
+            environment=environment,
+            tenant_scopes={
+                tenant_id: effective_scopes(frozenset(agent.sponsor_permissions or ()), limit)
+            },
+        )
+
+    async def _delegated(
+        self,
+        token: VerifiedToken,
+        tenant_header: str | None,
+        environment: Environment,
+        meta: RequestMeta,
+    ) -> Principal:
+        """An agent acting for a user (RFC 8693): coregraph's exchanged token, or an external
+        issuer's token whose ``act`` claim names a known agent of the addressed tenant. What it
+        may do is, on every request, the user's current rights there, the agent's current
+        scopes and the token's own scope, intersected."""
+        agent_id = token.actor
+        assert agent_id is not None
+        if token.external:
+            if tenant_header is None:
+                raise Unauthenticated("a token with an act claim needs X-Tenant-Id")
+            tenant_id = tenant_header
+            user_id, session_id = await self.external_user(token, meta), None
+        else:
+            tenant_id, environment = _token_tenant(token, tenant_header, None)
+            user_id, session_id = token.subject, token.claims.get("sid")
+        if not ids.is_valid(agent_id, "agt"):
+            raise Unauthenticated("the token's act claim names no agent")
+        agent = await self.active_agent(agent_id, tenant_id)
+        user = await self.user_principal(
+            user_id, None if session_id is None else str(session_id), tenant_id=tenant_id
+        )
+        narrowed = token.scopes & PERMISSION_KEYS if token.scopes is not None else None
+        scopes = user.scopes_in(tenant_id) & with_implied(frozenset(agent.scopes))
+        if narrowed is not None:
+            scopes &= with_implied(narrowed)
+        return Principal(
+            kind=PrincipalKind.AGENT,
+            agent_id=agent.id,
+            acting_for_user_id=user_id,
+            tenant_id=tenant_id,
+            environment=environment,
+            tenant_scopes={tenant_id: scopes},
+            scope_limit=scopes,
+        )
+
+    async def active_agent(self, agent_id: str, tenant_id: str) -> Any:
+        """The agent with its sponsor's current permissions, if it may act; else refused."""
+        async with self.engine.connect() as conn:
+            await db.scope_transaction(conn, tenant_ids=(tenant_id,))
+            row = (
+                await conn.execute(_AGENT, {"agent_id": agent_id, "tenant_id": tenant_id})
+            ).first()
+        if row is None or row.deleted_at is not None:
+            raise Unauthenticated("the agent does not exist")
+        if row.disabled_at is not None:
+            raise Unauthenticated("the agent is disabled")
+        return row
 
     async def _user(
         self,
@@ -111,7 +212,7 @@ class Authenticator:
         # "openid profile email" says nothing about tenants and must not strip every right.
         narrowed = token.scopes & PERMISSION_KEYS if token.scopes is not None else None
         if token.external:
-            user_id, session_id = await self._external_user(token, meta), None
+            user_id, session_id = await self.external_user(token, meta), None
         else:
             user_id, session_id = token.subject, str(token.claims["sid"])
         return await self.user_principal(
@@ -172,7 +273,7 @@ class Authenticator:
             scope_limit=scope_limit,
         )
 
-    async def _external_user(self, token: VerifiedToken, meta: RequestMeta) -> str:
+    async def external_user(self, token: VerifiedToken, meta: RequestMeta) -> str:
         # First sight of an identity writes a user (a service's job, handed in by the runtime:
         # authentication reads, it does not own the write path).
         async with self.engine.connect() as conn:
@@ -216,6 +317,26 @@ class Authenticator:
                 )
         # A key never exceeds its creator's current rights: demoting or removing the creator
         # narrows or disables the key at once.
+        if row.agent_id is not None:
+            # An agent's key acts as the agent: within the key's and the agent's scopes.
+            if row.agent_deleted_at is not None or row.agent_scopes is None:
+                raise Unauthenticated("API key is invalid or revoked")
+            if row.agent_disabled_at is not None:
+                raise Unauthenticated("the agent is disabled")
+            return Principal(
+                kind=PrincipalKind.AGENT,
+                agent_id=row.agent_id,
+                api_key_id=row.id,
+                tenant_id=row.tenant_id,
+                environment=environment,
+                tenant_scopes={
+                    row.tenant_id: effective_scopes(
+                        frozenset(row.creator_permissions or ()),
+                        frozenset(row.scopes) & frozenset(row.agent_scopes),
+                    )
+                },
+                rate_limits=row.rate_limits or None,
+            )
         return Principal(
             kind=PrincipalKind.API_KEY,
             api_key_id=row.id,
@@ -288,3 +409,23 @@ def _tenant(header: str | None) -> str | None:
     if not ids.is_valid(value, "ten"):
         raise BadUserInput("X-Tenant-Id: not a valid tenant id", field="X-Tenant-Id")
     return value
+
+
+def _token_tenant(
+    token: VerifiedToken, tenant_header: str | None, environment_header: str | None
+) -> tuple[str, Environment]:
+    """The tenant and environment an agent's or exchanged token is bound to; a header naming
+    another is refused, as for API keys."""
+    tenant_id = str(token.claims["tid"])
+    if tenant_header is not None and tenant_header != tenant_id:
+        raise Forbidden("X-Tenant-Id: this token belongs to another tenant", field="X-Tenant-Id")
+    try:
+        environment = Environment(str(token.claims.get("env", Environment.LIVE.value)))
+    except ValueError:
+        raise Unauthenticated("invalid token") from None
+    if environment_header and _environment(environment_header) != environment:
+        raise Forbidden(
+            f"X-Environment: this token is for the {environment} environment",
+            field="X-Environment",
+        )
+    return tenant_id, environment

@@ -43,6 +43,10 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("billing:read", "See plans, entitlements and invoices."),
     Permission("billing:manage", "Change the plan and billing details (includes billing:read)."),
     Permission("approvals:review", "Approve or reject sensitive actions."),
+    Permission(
+        "agents:manage",
+        "Create, list, disable and delete the tenant's agents, issue their keys and tokens.",
+    ),
 )
 PERMISSION_KEYS: frozenset[str] = frozenset(p.key for p in PERMISSIONS)
 # Managing a thing includes seeing it: a credential that may change a member's role may read

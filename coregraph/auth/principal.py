@@ -15,9 +15,15 @@ class PrincipalKind(enum.StrEnum):
     ANONYMOUS = "anonymous"
     USER = "user"
     API_KEY = "api_key"
+    # An agent of a tenant (coregraph.services.agents): by its own key or token, or on behalf
+    # of a user through a token exchange (``user_id`` is then that user).
+    AGENT = "agent"
     # coregraph itself (a CLI command): never produced by authentication, so it never reaches
     # GraphQL; it holds no tenant scopes and passes no schema check.
     SYSTEM = "system"
+
+
+_CREDENTIALED = frozenset({PrincipalKind.USER, PrincipalKind.API_KEY, PrincipalKind.AGENT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +41,10 @@ class Principal:
     user_id: str | None = None
     api_key_id: str | None = None
     session_id: str | None = None
-    # The person an API key (or, later, an agent) acts for: the key's creator.
+    # The person an API key or an agent acts for: a key's creator, or the user whose token an
+    # agent exchanged for one of its own (then also ``user_id``).
     acting_for_user_id: str | None = None
+    agent_id: str | None = None
     tenant_id: str | None = None
     environment: Environment = Environment.LIVE
     tenant_scopes: Mapping[str, frozenset[str]] = field(default_factory=dict)
@@ -55,13 +63,15 @@ class Principal:
 
     @property
     def is_authenticated(self) -> bool:
-        """A user or an API key, authenticated by a credential (never SYSTEM)."""
-        return self.kind is PrincipalKind.USER or self.kind is PrincipalKind.API_KEY
+        """A user, an API key or an agent, authenticated by a credential (never SYSTEM)."""
+        return self.kind in _CREDENTIALED
 
     @property
     def actor_id(self) -> str | None:
         if self.kind is PrincipalKind.API_KEY:
             return self.api_key_id
+        if self.kind is PrincipalKind.AGENT:
+            return self.agent_id
         if self.kind is PrincipalKind.SYSTEM:
             return self.system_name
         return self.user_id

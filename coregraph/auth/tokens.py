@@ -22,6 +22,12 @@ from coregraph.settings import Settings
 
 ACCESS_TOKEN_TYPE = "at+jwt"
 _REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
+# coregraph's own tokens other than a user's session token say what they are: an agent's own
+# (``sub`` the agent) or one an agent got by exchanging a user's (``sub`` the user, ``act`` the
+# agent).
+KIND_CLAIM = "cg_kind"
+AGENT_KIND = "agent"
+DELEGATED_KIND = "delegated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +36,18 @@ class VerifiedToken:
     subject: str
     claims: dict[str, Any]
     external: bool
+
+    @property
+    def kind(self) -> str | None:
+        return None if self.external else self.claims.get(KIND_CLAIM)
+
+    @property
+    def actor(self) -> str | None:
+        """The ``act`` claim's subject (RFC 8693): who acts for ``subject``."""
+        act = self.claims.get("act")
+        if isinstance(act, dict) and isinstance(act.get("sub"), str):
+            return str(act["sub"])
+        return None
 
     @property
     def scopes(self) -> frozenset[str] | None:
@@ -52,16 +70,20 @@ class TokenService:
             self._jwks = JwksKeys(settings.external_jwt_jwks_url)
 
     def issue_access_token(self, user_id: str, session_id: str) -> tuple[str, datetime]:
+        return self._encode(
+            {"sub": user_id, "sid": session_id}, self.settings.access_token_ttl_seconds
+        )
+
+    def _encode(self, claims: dict[str, Any], ttl_seconds: int) -> tuple[str, datetime]:
         now = datetime.now(UTC)
-        expires = now + timedelta(seconds=self.settings.access_token_ttl_seconds)
+        expires = now + timedelta(seconds=ttl_seconds)
         claims = {
             "iss": self.settings.jwt_issuer,
             "aud": self.settings.jwt_audience,
-            "sub": user_id,
-            "sid": session_id,
             "iat": int(now.timestamp()),
             "exp": int(expires.timestamp()),
             "jti": uuid.uuid4().hex,
+            **claims,
         }
         token = jwt.encode(
             claims,
@@ -70,6 +92,40 @@ class TokenService:
             headers={"typ": ACCESS_TOKEN_TYPE},
         )
         return token, expires
+
+    def issue_agent_token(
+        self, agent_id: str, tenant_id: str, environment: str, ttl_seconds: int
+    ) -> tuple[str, datetime]:
+        """An agent's own short-lived token (``issueAgentToken``): ``sub`` is the agent."""
+        claims = {"sub": agent_id, KIND_CLAIM: AGENT_KIND, "tid": tenant_id, "env": environment}
+        return self._encode(claims, ttl_seconds)
+
+    def issue_delegated_token(
+        self,
+        *,
+        user_id: str,
+        session_id: str | None,
+        agent_id: str,
+        tenant_id: str,
+        environment: str,
+        scopes: frozenset[str],
+        ttl_seconds: int,
+    ) -> tuple[str, datetime]:
+        """RFC 8693's answer: ``sub`` is the user, ``act`` names the agent acting for them,
+        ``scope`` the most the exchange granted (the user's and the agent's current rights
+        narrow it further on every request). ``sid``: the user's session, when the subject
+        token was coregraph's own: ending it ends this token too."""
+        claims: dict[str, Any] = {
+            "sub": user_id,
+            KIND_CLAIM: DELEGATED_KIND,
+            "act": {"sub": agent_id},
+            "tid": tenant_id,
+            "env": environment,
+            "scope": " ".join(sorted(scopes)),
+        }
+        if session_id is not None:
+            claims["sid"] = session_id
+        return self._encode(claims, ttl_seconds)
 
     async def verify(self, token: str) -> VerifiedToken:
         """Verify an access token from coregraph or the configured external issuer."""
@@ -89,8 +145,17 @@ class TokenService:
                     algorithms=[self.settings.jwt_algorithm],
                     audience=self.settings.jwt_audience,
                     issuer=self.settings.jwt_issuer,
-                    options={"require": [*_REQUIRED_CLAIMS, "sid"]},
+                    options={"require": _REQUIRED_CLAIMS},
                 )
+                kind = claims.get(KIND_CLAIM)
+                # A user's session token names its session; an agent's and a delegated token
+                # name their tenant (and, delegated, the agent).
+                if kind is None and "sid" not in claims:
+                    raise Unauthenticated("invalid token")
+                if kind is not None and (
+                    kind not in (AGENT_KIND, DELEGATED_KIND) or "tid" not in claims
+                ):
+                    raise Unauthenticated("invalid token")
                 return VerifiedToken(issuer, str(claims["sub"]), claims, external=False)
             if self.settings.external_jwt_issuer and issuer == self.settings.external_jwt_issuer:
                 key = await self._external_key(header.get("kid"))

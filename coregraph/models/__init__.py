@@ -1,6 +1,7 @@
 """SQLAlchemy tables, one module per domain. Importing this package registers them all."""
 
 from coregraph.models.access import ApiKey, Role
+from coregraph.models.agents import Agent
 from coregraph.models.audit import AuditEntry, StreamHead
 from coregraph.models.base import Base, Environment
 from coregraph.models.billing import Plan, TenantPlan, UsageThreshold
@@ -13,6 +14,7 @@ from coregraph.models.usage import Meter, UsageRecord
 from coregraph.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
+    "Agent",
     "ApiKey",
     "AuditEntry",
     "Base",

@@ -68,3 +68,5 @@ class ApiKey(TenantOwned, Timestamped, Base):
     # Overrides of the tenant plan's operation rate limits for this key (issue 10):
     # {"perSecond": ..., "perMinute": ..., "costPerMinute": ...}, each optional; None = the plan's.
     rate_limits: Mapped[dict[str, int] | None] = mapped_column(JSONDocument)
+    # An agent's key (coregraph.services.agents): it authenticates as that agent.
+    agent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id"))

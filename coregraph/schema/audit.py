@@ -143,10 +143,17 @@ class AuditFilter:
     action_prefix: str | None = None
     target_id: str | None = None
     actor_id: str | None = None
+    # The user an API key or agent acted for (an agent's exchanged token: the subject).
+    acting_for_user_id: str | None = None
 
     @classmethod
     def checked(
-        cls, *, action: str | None, target_id: str | None, actor_id: str | None
+        cls,
+        *,
+        action: str | None,
+        target_id: str | None,
+        actor_id: str | None,
+        acting_for_user_id: str | None = None,
     ) -> AuditFilter:
         if action is not None:
             action = validation.text(action, "action", max_length=80)
@@ -155,7 +162,11 @@ class AuditFilter:
         if actor_id is not None:
             # A user or an API key id, or a system actor's name (cli:create-tenant).
             actor_id = validation.text(actor_id, "actorId", max_length=30)
-        return cls(action, None if target_id is None else str(target_id), actor_id)
+        if acting_for_user_id is not None:
+            validation.object_id(acting_for_user_id, "usr", "actingForUserId")
+        return cls(
+            action, None if target_id is None else str(target_id), actor_id, acting_for_user_id
+        )
 
     def where(self, statement: Select[Any]) -> Select[Any]:
         entry = models.AuditEntry
@@ -167,6 +178,8 @@ class AuditFilter:
             statement = statement.where(entry.target_id == self.target_id)
         if self.actor_id is not None:
             statement = statement.where(entry.actor_id == self.actor_id)
+        if self.acting_for_user_id is not None:
+            statement = statement.where(entry.acting_for_user_id == self.acting_for_user_id)
         return statement
 
     def matches(self, row: Any) -> bool:
@@ -174,22 +187,34 @@ class AuditFilter:
             (self.action_prefix is None or row.action.startswith(self.action_prefix))
             and (self.target_id is None or row.target_id == self.target_id)
             and (self.actor_id is None or row.actor_id == self.actor_id)
+            and (
+                self.acting_for_user_id is None or row.acting_for_user_id == self.acting_for_user_id
+            )
         )
 
 
 @strawberry.input(description="Which audit entries to deliver; every given condition must hold.")
 class AuditLogFilter:
     actor_id: str | None = strawberry.field(
-        default=None, description="A user or API key id, or a system actor (cli:create-tenant)."
+        default=None,
+        description="A user, API key or agent id, or a system actor (cli:create-tenant).",
     )
     action: str | None = strawberry.field(
         default=None, description="An action prefix: 'member.' matches member.invited."
     )
     target_id: strawberry.ID | None = None
+    acting_for_user_id: strawberry.ID | None = strawberry.field(
+        default=None, description="The user an API key or an agent acted for."
+    )
 
     def checked(self) -> AuditFilter:
         return AuditFilter.checked(
-            action=self.action, target_id=self.target_id, actor_id=self.actor_id
+            action=self.action,
+            target_id=self.target_id,
+            actor_id=self.actor_id,
+            acting_for_user_id=None
+            if self.acting_for_user_id is None
+            else str(self.acting_for_user_id),
         )
 
 

@@ -125,8 +125,9 @@ class Tenant(Node):
 
     @field(
         requires_scopes=[["audit:read"]],
-        description="Changes to this tenant, newest first. Filters: the actor, an action "
-        "prefix ('member.'), the target, the environment, and createdAt in [from, to). "
+        description="Changes to this tenant, newest first. Filters: the actor, whom it acted"
+        " for, an action prefix ('member.'), the target, the environment, and createdAt in"
+        " [from, to). "
         "Cursors are chain positions: the auditLog subscription resumes after any of them.",
     )
     async def audit_log(
@@ -138,6 +139,7 @@ class Tenant(Node):
         action: str | None = None,
         target_id: strawberry.ID | None = None,
         actor_id: str | None = None,
+        acting_for_user_id: strawberry.ID | None = None,
         from_: Annotated[datetime | None, strawberry.argument(name="from")] = None,
         to: datetime | None = None,
     ) -> Connection[AuditEntry] | None:
@@ -145,9 +147,12 @@ class Tenant(Node):
         stmt = tenant_chain(info.context.principal, self.tenant_id)
         if environment is not None:
             stmt = stmt.where(entry.environment == EnvironmentValue(environment).value)
-        stmt = AuditFilter.checked(action=action, target_id=target_id, actor_id=actor_id).where(
-            stmt
-        )
+        stmt = AuditFilter.checked(
+            action=action,
+            target_id=target_id,
+            actor_id=actor_id,
+            acting_for_user_id=None if acting_for_user_id is None else str(acting_for_user_id),
+        ).where(stmt)
         if from_ is not None:
             stmt = stmt.where(entry.created_at >= _aware(from_, "from"))
         if to is not None:

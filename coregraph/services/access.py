@@ -254,6 +254,7 @@ def api_key_snapshot(key: ApiKey) -> dict[str, object]:
         "expiresAt": key.expires_at,
         "revokedAt": key.revoked_at,
         "rateLimits": key.rate_limits,
+        "agentId": key.agent_id,
         "secret_hash": key.secret_hash,
     }
 
@@ -267,9 +268,11 @@ async def create_api_key(
     environment: Environment,
     expires_at: datetime | None,
     rate_limits: Mapping[str, int] | None = None,
+    agent_id: str | None = None,
 ) -> tuple[ApiKey, str]:
     """Issue a key; returns the row and the secret, which is never retrievable again.
-    ``rate_limits``: the key's own operation rate limits (``services.plan_limits``)."""
+    ``rate_limits``: the key's own operation rate limits (``services.plan_limits``).
+    ``agent_id``: an agent's key, which authenticates as that agent (``services.agents``)."""
     principal = uow.principal
     name = validation.text(name, "name", max_length=120)
     wanted = set(check_permissions(scopes, "scopes"))
@@ -294,6 +297,7 @@ async def create_api_key(
         created_by_user_id=principal.user_id or principal.acting_for_user_id,
         expires_at=expires_at,
         rate_limits=own_limits,
+        agent_id=agent_id,
     )
     uow.session.add(key)
     await uow.session.flush()
@@ -316,6 +320,7 @@ async def create_api_key(
             "scopes": list(key.scopes),
             "expiresAt": key.expires_at.isoformat() if key.expires_at else None,
             "createdByUserId": key.created_by_user_id,
+            "agentId": key.agent_id,
         },
     )
     return key, secret

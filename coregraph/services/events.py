@@ -130,6 +130,7 @@ BUILTIN_EVENT_TYPES: dict[str, BuiltinEventType] = {
                 scopes=_LIST,
                 expiresAt=_OPTIONAL_TEXT,
                 createdByUserId=_OPTIONAL_TEXT,
+                agentId=_OPTIONAL_TEXT,
             ),
         ),
         BuiltinEventType(
@@ -141,6 +142,26 @@ BUILTIN_EVENT_TYPES: dict[str, BuiltinEventType] = {
             "apikey.rate_limits_changed",
             "An API key's own operation rate limits were set (null: its plan's apply).",
             _payload(apiKeyId=_ID, name=_TEXT, rateLimits={"type": ["object", "null"]}),
+        ),
+        BuiltinEventType(
+            "agent.created",
+            "An agent was created: a principal of the tenant with scopes of its own.",
+            _payload(agentId=_ID, name=_TEXT, scopes=_LIST, sponsorUserId=_OPTIONAL_TEXT),
+        ),
+        BuiltinEventType(
+            "agent.disabled",
+            "An agent was disabled: none of its credentials authenticates until enabled.",
+            _payload(agentId=_ID, name=_TEXT),
+        ),
+        BuiltinEventType(
+            "agent.enabled",
+            "A disabled agent was enabled again.",
+            _payload(agentId=_ID, name=_TEXT),
+        ),
+        BuiltinEventType(
+            "agent.deleted",
+            "An agent was deleted and its keys revoked; audit entries keep naming it.",
+            _payload(agentId=_ID, name=_TEXT),
         ),
         BuiltinEventType(
             "event_type.registered",

@@ -523,11 +523,11 @@ class UsagePoint:
 # UTC hours and days are of fixed width, so PostgreSQL cuts them with date_bin, plain
 # arithmetic: date_trunc with a time zone converts every row (a month of 1M records by DAY
 # spent most of its time there; bench/RESULTS.md). Months are not: date_trunc.
-_PG_BINS = {
+_PG_BINS: dict[Granularity, ColumnElement[Any]] = {
     Granularity.HOUR: literal_column("interval '1 hour'"),
     Granularity.DAY: literal_column("interval '1 day'"),
 }
-_PG_ORIGIN = literal_column("timestamptz '2000-01-01 00:00:00+00'")
+_PG_ORIGIN: ColumnElement[Any] = literal_column("timestamptz '2000-01-01 00:00:00+00'")
 
 
 def _bucket(dialect: str, granularity: Granularity) -> ColumnElement[Any]:

@@ -35,6 +35,7 @@ from coregraph.storage import (
     attachment_disposition,
     download_content_type,
 )
+from coregraph.uploads import BodyTooSlow, within_deadline
 
 if TYPE_CHECKING:
     from coregraph.app import Runtime
@@ -115,12 +116,18 @@ async def upload(request: Request, token: str) -> Response:
         return _refuse(
             409, "CONFLICT", "this upload URL was used already, has lapsed, or its file is gone"
         )
+    body = within_deadline(request.stream(), runtime.settings, row.size)
     try:
-        stored = await runtime.storage.put(
-            files.upload_key(row), request.stream(), max_bytes=row.size
-        )
+        stored = await runtime.storage.put(files.upload_key(row), body, max_bytes=row.size)
     except ObjectTooLarge:
         return _refuse(413, "PAYLOAD_TOO_LARGE", f"more than the declared {row.size} bytes")
+    except BodyTooSlow as exc:
+        # put kept nothing; the rest of the body is not read, so the connection goes too.
+        refused = _refuse(
+            408, "REQUEST_TIMEOUT", f"{exc}; nothing was kept, ask for a new upload URL"
+        )
+        refused.headers["Connection"] = "close"
+        return refused
     problem = None
     if stored.size != row.size:
         problem = f"{stored.size} bytes received, {row.size} declared"

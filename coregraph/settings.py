@@ -140,6 +140,13 @@ class Settings(BaseSettings):
     files_orphan_grace_seconds: int = Field(3600, ge=FILES_MIN_ORPHAN_GRACE_SECONDS)
     # How often the worker (or serve, where it runs the relay) does what files-cleanup does.
     files_cleanup_interval_seconds: float = Field(3600, gt=0, le=7 * 86400)
+    # Upload bodies coregraph reads (a PUT to its upload URL, a multipart uploadFile): each read
+    # waits at most files_upload_idle_seconds, and the whole body must arrive within that plus
+    # its size at files_upload_min_bytes_per_second; a slower one (slowloris) is refused, 408.
+    files_upload_idle_seconds: float = Field(30.0, gt=0, le=3600)
+    files_upload_min_bytes_per_second: int = Field(16 * 1024, ge=1)
+    # Upload URLs a tenant may hold at once, handed out and neither completed nor lapsed.
+    files_max_pending_uploads: int = Field(100, ge=1)
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

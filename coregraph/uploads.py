@@ -11,12 +11,14 @@ header a simple request cannot carry: a non-empty ``Apollo-Require-Preflight`` o
 Files are spooled as they arrive (memory up to 1 MiB each, then a temporary file), each cut
 off at ``COREGRAPH_FILES_MULTIPART_MAX_FILE_BYTES``, at most ``..._MAX_FILES`` files and
 ``..._MAX_PARTS`` parts; the resolver streams the spooled file to storage in chunks, so no
-upload is ever whole in memory. Temporary files are removed when the request ends.
+upload is ever whole in memory. Temporary files are removed when the request ends. A body that
+arrives too slowly is refused (``within_deadline``, also used by coregraph's upload URLs).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +42,48 @@ class UploadRefused(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+class BodyTooSlow(Exception):
+    """An upload body that did not arrive in time (``within_deadline``)."""
+
+
+async def within_deadline(
+    chunks: AsyncIterable[bytes], settings: Settings, expected_bytes: int
+) -> AsyncGenerator[bytes]:
+    """``chunks`` as they arrive, cut off with ``BodyTooSlow`` when one read waits longer than
+    ``files_upload_idle_seconds`` or the whole body takes longer than that plus
+    ``expected_bytes`` at ``files_upload_min_bytes_per_second``: a client trickling bytes
+    (slowloris) holds a connection, a temporary file and a spent URL no longer than that."""
+    loop = asyncio.get_running_loop()
+    idle = settings.files_upload_idle_seconds
+    deadline = loop.time() + idle + expected_bytes / settings.files_upload_min_bytes_per_second
+    iterator = aiter(chunks)
+    while True:
+        wait = min(idle, deadline - loop.time())
+        try:
+            if wait <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(wait):
+                chunk = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise BodyTooSlow(
+                f"the body arrived too slowly (at least {idle:g} s for any read, and"
+                f" {settings.files_upload_min_bytes_per_second} bytes/s overall)"
+            ) from None
+        yield chunk
+
+
+def expected_multipart_bytes(request: Request, settings: Settings) -> int:
+    """What a multipart body's deadline is measured for: its Content-Length, or without one
+    (chunked) the most a multipart request may carry."""
+    from coregraph.http import multipart_max_bytes  # http imports this module
+
+    declared = request.headers.get("content-length", "")
+    most = multipart_max_bytes(settings)
+    return min(int(declared), most) if declared.isdigit() else most
 
 
 @dataclass
@@ -73,7 +117,9 @@ class _LimitedParser(MultiPartParser):
     def __init__(self, request: Request, settings: Settings) -> None:
         super().__init__(
             request.headers,
-            request.stream(),
+            within_deadline(
+                request.stream(), settings, expected_multipart_bytes(request, settings)
+            ),
             max_files=settings.files_multipart_max_files,
             max_fields=2,  # operations and map
             max_part_size=MAX_FIELD_BYTES,
@@ -130,6 +176,8 @@ class Uploads:
             form = await parser.parse()  # closes its temporary files when it fails
         except MultiPartException as exc:
             raise UploadRefused(400, "BAD_REQUEST", f"malformed multipart request: {exc}") from None
+        except BodyTooSlow as exc:
+            raise UploadRefused(408, "REQUEST_TIMEOUT", f"{exc}; nothing was kept") from None
         items = form.multi_items()
         self.files = [value for _, value in items if isinstance(value, UploadFile)]
         names = [name for name, value in items[:2] if isinstance(value, str)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,6 +46,7 @@ from tests.support import (
 )
 from tests.test_files import (  # noqa: F401  (the module's fixtures: b and s3_server)
     COMPLETE,
+    CREATE_URL,
     DELETE,
     EVENTS,
     LIMITS,
@@ -297,6 +299,8 @@ def test_the_orphan_grace_setting_has_a_floor(database_url: str) -> None:
 
 
 FILE_STATUS = "query($id: ID!) { file(id: $id) { status completedAt } }"
+UPLOAD_ONE = "mutation($file: Upload!) { uploadFile(file: $file) { fileId } }"
+LIST_IDS = "query { files { nodes { id } } }"
 
 # --- second review -------------------------------------------------------------------------
 
@@ -500,3 +504,177 @@ async def test_a_failed_complete_gives_its_claim_back(b: FilesBackend) -> None:
     assert (await put(b, created, content)).status_code == 200
     done = await b.client.execute(COMPLETE, {"id": file_id}, actor=owner, tenant_id=tenant_id)
     assert done.ok()["completeUpload"]["file"]["status"] == "READY"
+
+
+SLOW = {"files_upload_idle_seconds": 1.0, "files_upload_min_bytes_per_second": 64 * KiB}
+
+
+async def slow_request(
+    url: str, method: str, headers: dict[str, str], body: bytes, *, every: float, chunk: int
+) -> tuple[int, dict[str, Any], float]:
+    """Send ``body`` to ``url`` ``chunk`` bytes at a time, one chunk every ``every`` seconds
+    (a slowloris client: ``every`` 0 sends the first chunk, then nothing), until the server
+    answers; its status, JSON body and the seconds it took. Bounded: 30 s at most."""
+    parsed = httpx.URL(url)
+    reader, writer = await asyncio.open_connection(parsed.host, parsed.port)
+    target = parsed.raw_path.decode()
+    head = [f"{method} {target} HTTP/1.1", f"Host: {parsed.host}:{parsed.port}"]
+    head += [f"{k}: {v}" for k, v in {**headers, "Content-Length": str(len(body))}.items()]
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+
+    async def trickle() -> None:
+        for start in range(0, len(body), chunk):
+            writer.write(body[start : start + chunk])
+            await writer.drain()
+            if not every:
+                return
+            await asyncio.sleep(every)  # the client's pace: what is under test
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    sending = asyncio.create_task(trickle())
+    try:
+        async with asyncio.timeout(30):
+            response = await reader.read(64 * KiB)
+            while b"\r\n\r\n" not in response:
+                response += await reader.read(64 * KiB)
+            header, _, rest = response.partition(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in header.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            while len(rest) < length:
+                rest += await reader.read(64 * KiB)
+    finally:
+        sending.cancel()
+        writer.close()
+    took = loop.time() - started
+    return int(header.split(b" ")[1]), json.loads(rest[:length]), took
+
+
+async def test_an_upload_url_body_trickled_or_stalled_is_refused_and_leaves_nothing(
+    b: FilesBackend,
+) -> None:
+    if b.name != "local":
+        pytest.skip("S3 receives its presigned PUTs itself")
+    settings = b.settings.model_copy(update=SLOW)
+    with running_server(settings) as server:
+        client = GraphQLClient(b.http, server.url)
+        owner = await client.sign_up()
+        tenant_id = await client.create_tenant(owner)
+        content = b"t" * (64 * KiB)
+        for every in (0.25, 0):  # 1 KiB every 0.25 s: 16 s for the body; then one that stalls
+            created = (
+                await client.execute(
+                    CREATE_URL,
+                    {"input": {"filename": "slow.bin", "size": len(content)}},
+                    actor=owner,
+                    tenant_id=tenant_id,
+                )
+            ).ok()["createUploadUrl"]
+            status, body, took = await slow_request(
+                created["uploadUrl"],
+                "PUT",
+                created["uploadHeaders"],
+                content,
+                every=every,
+                chunk=KiB,
+            )
+            assert status == 408, body
+            assert body["errors"][0]["extensions"]["code"] == "REQUEST_TIMEOUT"
+            # Idle 1 s + 64 KiB at 64 KiB/s: refused after about 2 s (a stall after 1 s).
+            assert took < 10
+            assert tenant_objects(b, tenant_id) == []  # no bytes, no temporary file
+        # An upload at a sane pace goes through.
+        created = (
+            await client.execute(
+                CREATE_URL,
+                {"input": {"filename": "fast.bin", "size": len(content)}},
+                actor=owner,
+                tenant_id=tenant_id,
+            )
+        ).ok()["createUploadUrl"]
+        assert (await put(b, created, content)).status_code == 200
+
+
+async def test_a_multipart_body_trickled_is_refused_and_leaves_nothing(b: FilesBackend) -> None:
+    settings = b.settings.model_copy(update=SLOW)
+    with running_server(settings) as server:
+        client = GraphQLClient(b.http, server.url)
+        owner = await client.sign_up()
+        tenant_id = await client.create_tenant(owner)
+        boundary = "cgslowboundary"
+        operations = json.dumps({"query": UPLOAD_ONE, "variables": {"file": None}})
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="operations"\r\n\r\n'
+                f"{operations}\r\n--{boundary}\r\n"
+                'Content-Disposition: form-data; name="map"\r\n\r\n{"0": ["variables.file"]}\r\n'
+                f"--{boundary}\r\n"
+                'Content-Disposition: form-data; name="0"; filename="slow.txt"\r\n'
+                "Content-Type: text/plain\r\n\r\n"
+            ).encode()
+            + b"s" * (48 * KiB)
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        headers = {
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "Accept": "application/json",
+            **PREFLIGHT,
+            **owner.headers(tenant_id),
+        }
+        status, answer, took = await slow_request(
+            server.url, "POST", headers, body, every=0.25, chunk=KiB
+        )
+        assert status == 408, answer
+        assert answer["errors"][0]["extensions"]["code"] == "REQUEST_TIMEOUT"
+        assert took < 10
+        assert tenant_objects(b, tenant_id) == []
+        listed = await client.execute(LIST_IDS, {}, actor=owner, tenant_id=tenant_id)
+        assert listed.ok()["files"]["nodes"] == []
+
+
+async def test_pending_upload_urls_are_capped_per_tenant(b: FilesBackend) -> None:
+    settings = b.settings.model_copy(update={"files_max_pending_uploads": 2})
+    with running_server(settings) as server:
+        client = GraphQLClient(b.http, server.url)
+        owner = await client.sign_up()
+        tenant_id = await client.create_tenant(owner)
+
+        async def create() -> Any:
+            return await client.execute(
+                CREATE_URL,
+                {"input": {"filename": "p.bin", "size": 5}},
+                actor=owner,
+                tenant_id=tenant_id,
+            )
+
+        first, second = [(await create()).ok()["createUploadUrl"] for _ in range(2)]
+        refused = await create()
+        assert refused.codes == ["QUOTA_EXCEEDED"], refused.body
+        extensions = refused.errors[0]["extensions"]
+        assert (extensions["meter"], extensions["limit"], extensions["current"]) == (
+            "files.pending_uploads",
+            2,
+            2,
+        )
+        # Completing one, or deleting one, makes room for another.
+        assert (await put(b, first, b"12345")).status_code == 200
+        done = await client.execute(
+            COMPLETE, {"id": first["file"]["id"]}, actor=owner, tenant_id=tenant_id
+        )
+        done.ok()
+        (await create()).ok()
+        assert (await create()).codes == ["QUOTA_EXCEEDED"]
+        deleted = await client.execute(
+            DELETE, {"id": second["file"]["id"]}, actor=owner, tenant_id=tenant_id
+        )
+        deleted.ok()
+        (await create()).ok()
+        # Another tenant has a cap of its own.
+        other = await client.create_tenant(owner)
+        mine = await client.execute(
+            CREATE_URL, {"input": {"filename": "o.bin", "size": 5}}, actor=owner, tenant_id=other
+        )
+        mine.ok()

@@ -63,6 +63,7 @@ DELETED_SUFFIX = ".deleted"
 # A completeUpload claim older than this is taken to be a call that died: another may take the
 # file over (the first, if still running, then finds its claim gone and records nothing).
 COMPLETION_CLAIM_SECONDS = 300
+PENDING_UPLOADS_METER = "files.pending_uploads"
 
 NewUnitOfWork = Callable[[], UnitOfWork]
 
@@ -430,6 +431,7 @@ async def create_upload(
     if size > free:
         raise quota_exceeded(settings.files_quota_bytes, used, size)
     now = utcnow()
+    await check_pending_uploads(uow.session, settings, tenant_id, now)
     expires_at = now + timedelta(seconds=settings.files_upload_url_ttl_seconds)
     principal = uow.principal
     file_id = ids.new_id("fil")
@@ -461,6 +463,34 @@ async def create_upload(
         after={**snapshot(row), "expectedSha256": expected, "uploadExpiresAt": expires_at},
     )
     return row
+
+
+async def check_pending_uploads(
+    session: AsyncSession, settings: Settings, tenant_id: str, now: datetime
+) -> None:
+    """Refuse another upload URL to a tenant holding ``files_max_pending_uploads`` already
+    (neither completed nor lapsed): each holds a row, a reservation and maybe bytes. Run under
+    the tenant's quota lock, so concurrent calls cannot both take the last one."""
+    limit = settings.files_max_pending_uploads
+    pending = int(
+        await session.scalar(
+            select(func.count()).where(
+                File.tenant_id == tenant_id,
+                File.status == FileStatus.PENDING.value,
+                File.upload_expires_at > now,
+                File.purged_at.is_(None),
+            )
+        )
+        or 0
+    )
+    if pending >= limit:
+        raise QuotaExceeded(
+            f"the tenant holds {pending} upload URLs not completed yet, the most it may; complete"
+            " or delete one, or let one lapse",
+            meter=PENDING_UPLOADS_METER,
+            limit=limit,
+            current=pending,
+        )
 
 
 async def claim_upload(engine: AsyncEngine, tenant_id: str, file_id: str) -> File | None:

@@ -39,6 +39,7 @@ from coregraph.files_http import (
 from coregraph.graphiql import graphiql_asset
 from coregraph.http import handle_graphql, method_not_allowed
 from coregraph.invitation_page import invitation_page
+from coregraph.metrics import endpoint as metrics_endpoint, running as running_metrics
 from coregraph.readiness import Readiness
 from coregraph.request_log import log_request
 from coregraph.services import identity
@@ -182,6 +183,7 @@ class RequestLog:
                     principal=state.get("principal_kind", "anonymous"),
                     tenant_id=state.get("tenant_id"),
                     operation=state.get("operation_name"),
+                    operation_type=state.get("operation_type"),
                     outcome=state.get("outcome", "OK" if status < 400 else "ERROR"),
                     started=started,
                     method=scope["method"],
@@ -214,6 +216,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                 runtime.engine, billing.read_plans_file(runtime.settings.plans_file)
             )
         async with contextlib.AsyncExitStack() as background:
+            await background.enter_async_context(
+                running_metrics(runtime.settings, api=runtime.engine)
+            )
             # api.requests counts flushed every interval and once more at shutdown.
             await background.enter_async_context(runtime.api_requests.running())
             if runtime.settings.relay_in_process:
@@ -251,6 +256,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         return method_not_allowed(request)
 
     app.add_api_route("/invitations/accept", invitation_page, include_in_schema=False)
+    if runtime.settings.metrics_public_enabled:
+        # Otherwise only on COREGRAPH_METRICS_PORT (production: this port faces clients).
+        app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     if runtime.settings.graphiql_enabled:
         # The IDE's own scripts and styles (coregraph.graphiql), only where the IDE is served.
         app.add_api_route("/graphiql/{digest}/{name}", graphiql_asset, include_in_schema=False)

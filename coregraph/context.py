@@ -44,6 +44,8 @@ class Context(BaseContext):
         self.principal = principal
         self.meta = meta
         self.operation_name: str | None = None
+        # query, mutation or subscription: what the parsed document says (operation_resolved).
+        self.operation_type: str | None = None
         # The request carried the schema reader secret (coregraph.auth.schema_reader).
         self.schema_reader = False
         # Set by the plan limits (schema.rate_limiting): the RateLimit headers of an HTTP
@@ -54,6 +56,11 @@ class Context(BaseContext):
         self._scoped_for: Principal | None = None
         # Resolvers run concurrently (asyncio.gather); one connection serves them in turn.
         self._lock = asyncio.Lock()
+
+    def operation_resolved(self, operation_type: str, operation_name: str | None) -> None:
+        """The document is parsed and holds the operation requested (``schema.errors``)."""
+        self.operation_type = operation_type
+        self.operation_name = operation_name
 
     @property
     def request_id(self) -> str | None:

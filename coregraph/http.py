@@ -321,6 +321,7 @@ async def _handle_graphql(request: Request, runtime: Runtime, uploads: Uploads |
         await context.close()
 
     state.operation_name = context.operation_name or operation_name
+    state.operation_type = context.operation_type
     payload: dict[str, Any] = {}
     request_error = isinstance(result, PreExecutionError) or (
         result.data is None

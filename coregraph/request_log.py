@@ -7,6 +7,8 @@ import logging
 import time
 from typing import Literal
 
+from coregraph.metrics import observe_operation
+
 log = logging.getLogger("coregraph.request")
 
 Transport = Literal["http", "websocket"]
@@ -21,10 +23,14 @@ def log_request(
     operation: str | None,
     outcome: str,
     started: float,
+    operation_type: str | None = None,
     **details: object,
 ) -> None:
     """``started`` is the ``time.perf_counter()`` reading when the request or operation began;
-    ``details`` are the transport's own fields (an HTTP method and status, a socket's id)."""
+    ``details`` are the transport's own fields (an HTTP method and status, a socket's id).
+    Metrics count the same observation; ``operation_type`` is the type of the operation the
+    document named (None when no document was parsed or the name is not in it)."""
+    observe_operation(transport, operation, operation_type, outcome, started, details.get("path"))
     log.info(
         "request",
         extra={

@@ -249,6 +249,12 @@ class Settings(BaseSettings):
     password_hash_memory_kib: int = Field(65536, ge=8, le=4 * 1024 * 1024)
     password_hash_parallelism: int = Field(4, ge=1, le=16)
     log_level: str = "INFO"
+    # Prometheus metrics (coregraph/metrics.py). /metrics on the API's own port: on, except in
+    # production, where that port faces clients. metrics_port: a listener of its own, bound to
+    # metrics_host, in the API and in `coregraph worker` (whose webhook metrics it serves).
+    metrics_public: bool | None = None
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("database_url")
     @classmethod
@@ -378,6 +384,10 @@ class Settings(BaseSettings):
     @property
     def graphiql_enabled(self) -> bool:
         return self.graphiql if self.graphiql is not None else not self.is_production
+
+    @property
+    def metrics_public_enabled(self) -> bool:
+        return self.metrics_public if self.metrics_public is not None else not self.is_production
 
     @property
     def is_sqlite(self) -> bool:

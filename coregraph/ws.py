@@ -58,6 +58,7 @@ from coregraph.auth.principal import ANONYMOUS, Principal
 from coregraph.auth.schema_reader import SCHEMA_SECRET_HEADER, carries_schema_secret
 from coregraph.context import Context
 from coregraph.errors import CoregraphError
+from coregraph.metrics import open_socket, subscription_ended, subscription_started
 from coregraph.request import RequestMeta, served_base_url
 from coregraph.request_log import log_request
 from coregraph.schema.errors import present
@@ -214,6 +215,14 @@ class SocketOperationContext(Context):
         super().__init__(connection.runtime, principal, meta)
         self.connection = connection
         self.credential_refused = False
+        self.subscribing = False
+
+    def operation_resolved(self, operation_type: str, operation_name: str | None) -> None:
+        super().operation_resolved(operation_type, operation_name)
+        if operation_type == "subscription" and not self.subscribing:
+            # Active until run_operation ends, however it ends.
+            self.subscribing = True
+            subscription_started()
 
     async def reauthenticate(self) -> Principal:
         connection = self.connection
@@ -231,6 +240,10 @@ class SocketHandler(BaseGraphQLTransportWSHandler[SocketConnection, None]):
     operation, and a socket that closes when its credential stops authenticating."""
 
     _expiry: asyncio.Task[None] | None = None
+
+    async def handle(self) -> None:
+        with open_socket():
+            await super().handle()
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         try:
@@ -283,7 +296,7 @@ class SocketHandler(BaseGraphQLTransportWSHandler[SocketConnection, None]):
             operation=operation.operation_name,
         )
         principal = ANONYMOUS
-        context: Context | None = None
+        context: SocketOperationContext | None = None
         outcome = "OK"
         try:
             try:
@@ -317,6 +330,8 @@ class SocketHandler(BaseGraphQLTransportWSHandler[SocketConnection, None]):
             self.operations.pop(operation.id, None)
         finally:
             if context is not None:
+                if context.subscribing:
+                    subscription_ended()
                 await context.close()
             log_request(
                 transport="websocket",
@@ -324,6 +339,7 @@ class SocketHandler(BaseGraphQLTransportWSHandler[SocketConnection, None]):
                 principal=principal.kind.value,
                 tenant_id=principal.tenant_id,
                 operation=(context.operation_name if context else None) or operation.operation_name,
+                operation_type=context.operation_type if context else None,
                 outcome=outcome,
                 started=started,
                 connection_id=connection.connection_id,

@@ -121,6 +121,19 @@ class CoregraphErrors(SchemaExtension):
 
     suggestions = True
 
+    def on_validate(self) -> Iterator[None]:
+        # Parsed: the operation the document names and its type, for the request log and the
+        # metrics (a subscription counts as running from here; one cancelled never returns to
+        # on_operation).
+        execution_context = self.execution_context
+        resolved = getattr(execution_context.context, "operation_resolved", None)
+        if resolved is not None:
+            try:
+                resolved(execution_context.operation_type.value, execution_context.operation_name)
+            except RuntimeError:
+                pass  # no operation by the name the request gave
+        yield
+
     def on_operation(self) -> Iterator[None]:
         yield
         context = self.execution_context.context

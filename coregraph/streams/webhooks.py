@@ -76,6 +76,7 @@ from standardwebhooks import Webhook
 
 from coregraph import ids, telemetry
 from coregraph.auth.principal import system_principal
+from coregraph.metrics import webhook_delivery
 from coregraph.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from coregraph.models.base import UTCDateTime, utcnow
 from coregraph.models.webhooks import DeliveryStatus
@@ -542,6 +543,7 @@ class WebhookWorker:
                 )
             failing = await self._count_failures(conn, [outcome for outcome, _, _ in plans])
         for _, status, next_attempt_at in plans:
+            webhook_delivery("retrying" if status is DeliveryStatus.PENDING else status.value)
             if status is _SUCCEEDED:
                 self.succeeded += 1
             elif next_attempt_at is not None and (

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coregraph import db, telemetry
+from coregraph.metrics import forget_engine, running as running_metrics, watch_engine
 from coregraph.services import audit_retention, files
 from coregraph.settings import Settings
 from coregraph.streams.broker import Broker, create_broker
@@ -36,6 +37,7 @@ async def relay_in_process(settings: Settings, broker: Broker) -> AsyncIterator[
     """A relay, the audit pruning and the files' cleanup with an engine of their own (the
     worker role), running for the block."""
     engine = db.create_engine(settings, role=settings.database_worker_role)
+    watch_engine(engine, "relay", outbox=True)
     relay = Relay(engine, broker, poll_seconds=settings.relay_poll_seconds)
     pruning = asyncio.create_task(
         prune_periodically(engine, settings.audit_prune_interval_seconds),
@@ -51,6 +53,7 @@ async def relay_in_process(settings: Settings, broker: Broker) -> AsyncIterator[
         pruning.cancel()
         cleaning.cancel()
         await asyncio.gather(pruning, cleaning, return_exceptions=True)
+        forget_engine(engine)
         await engine.dispose()
 
 
@@ -59,11 +62,13 @@ async def webhooks_in_process(settings: Settings, broker: Broker) -> AsyncIterat
     """A webhook worker with an engine of its own (the worker role), running for the block; on
     exit it finishes or releases its requests in flight (``COREGRAPH_WEBHOOK_SHUTDOWN_SECONDS``)."""
     engine = db.create_engine(settings, role=settings.database_worker_role)
+    watch_engine(engine, "webhooks", webhook_endpoints=True)
     worker = WebhookWorker(engine, broker, settings)
     try:
         async with delivering(worker):
             yield worker
     finally:
+        forget_engine(engine)
         await engine.dispose()
 
 
@@ -107,7 +112,11 @@ async def run(settings: Settings) -> None:
             "process (coregraph serve runs the relay itself on the embedded defaults)"
         )
     try:
-        async with relay_in_process(settings, broker), webhooks_in_process(settings, broker):
+        async with (
+            running_metrics(settings),
+            relay_in_process(settings, broker),
+            webhooks_in_process(settings, broker),
+        ):
             log.info("worker running", extra={"broker": type(broker).__name__})
             await stop.wait()
             log.info("worker stopping")

@@ -8,8 +8,9 @@ within about that long whatever is down (a black-holed Redis or database include
   processes' events nor shares rate limits with them.
 - ``relay``: the outbox relays (``coregraph worker``, or this process on the embedded defaults)
   are at most ``COREGRAPH_READYZ_MAX_RELAY_LAG_SECONDS`` behind the commits: the oldest event or
-  audit entry committed and not yet published is younger than that (0: reported, never a
-  failure). The body's ``relay_lag`` says how many rows wait and the age of the oldest.
+  audit entry committed and not yet published is younger than that (0: no such check, the lag
+  is only reported). The body's ``relay_lag`` says how many rows wait and the age of the
+  oldest (or, unchecked, why it could not be read).
 
 The lag is read across tenants, so on PostgreSQL as the worker role, through an engine of its
 own holding at most one connection: probes arriving together queue on it, never adding load.
@@ -43,11 +44,15 @@ class Readiness:
         """Whether ready, and the body: ``status``, ``checks`` (each ``ok`` or why not) and
         ``relay_lag`` when it could be measured."""
         checks: dict[str, str] = {}
+        # With no limit the lag is reported, not checked: not even a failure to read it (a
+        # login that may not take the worker role) takes the process out of rotation.
+        checked = bool(self.settings.readyz_max_relay_lag_seconds)
+        relay = checks if checked else {}
         lag: list[RelayLag] = []
         work = [self._bounded("database", self._database(checks), checks)]
         if self.runtime.redis is not None:
             work.append(self._bounded("redis", self._redis(), checks))
-        work.append(self._bounded("relay", self._relay(lag), checks))
+        work.append(self._bounded("relay", self._relay(lag), relay))
         await asyncio.gather(*work)
         ready = all(value == OK for value in checks.values())
         body: dict[str, Any] = {"status": "ready" if ready else "unavailable", "checks": checks}
@@ -57,6 +62,8 @@ class Readiness:
                 "audit_entries": lag[0].audit_entries,
                 "seconds": round(lag[0].seconds, 3),
             }
+        elif not checked and relay.get("relay", OK) != OK:
+            body["relay_lag"] = {"unknown": relay["relay"]}
         return ready, body
 
     async def aclose(self) -> None:

@@ -181,7 +181,7 @@ async def test_readyz_reports_the_relay_lag_and_fails_past_its_limit_until_a_rel
         assert body["relay_lag"] == {"events": 0, "audit_entries": 0, "seconds": 0.0}
 
 
-async def test_a_lag_limit_of_zero_reports_the_lag_without_failing_on_it(
+async def test_a_lag_limit_of_zero_reports_the_lag_without_checking_it(
     own_db: str, http: httpx.AsyncClient
 ) -> None:
     settings = relay_settings(
@@ -191,5 +191,30 @@ async def test_a_lag_limit_of_zero_reports_the_lag_without_failing_on_it(
         api = GraphQLClient(http, srv.url)
         await api.create_tenant(await api.sign_up())  # its entries wait: no relay runs
         status, body, _ = await probe(http, srv.base_url)
-    assert status == 200 and body["checks"]["relay"] == "ok"
+    assert status == 200 and "relay" not in body["checks"]
     assert body["relay_lag"]["audit_entries"] > 0 and body["relay_lag"]["seconds"] >= 0
+
+
+async def test_a_lag_that_cannot_be_read_fails_readiness_only_when_checked(
+    own_db: str, http: httpx.AsyncClient
+) -> None:
+    """The lag is read as the worker role: a login that may not take it (a role that does not
+    exist here) cannot read it."""
+    if own_db.startswith("sqlite"):
+        pytest.skip("SQLite has no roles")
+    for limit, ready in ((300.0, False), (0.0, True)):
+        settings = relay_settings(
+            own_db,
+            run_relay="false",
+            run_webhook_worker="false",
+            database_worker_role="coregraph_no_such_role",
+            readyz_max_relay_lag_seconds=limit,
+        )
+        with running_server(settings, migrate_first=False) as srv:
+            status, body, _ = await probe(http, srv.base_url)
+        if ready:
+            assert status == 200 and "relay" not in body["checks"], body
+            assert body["relay_lag"]["unknown"].startswith("unreachable: "), body
+        else:
+            assert status == 503 and body["checks"]["relay"].startswith("unreachable: "), body
+            assert "relay_lag" not in body

@@ -28,7 +28,9 @@ from coregraph.streams.relay import Relay, running as relaying
 from tests.conftest import TEST_WEBHOOK_KEY
 from tests.receiver_support import ReceivedRequest, Receiver, Reply
 from tests.streams_support import (
+    PREFIX,
     PROTOCOL,
+    REDIS_URL,
     WAIT,
     broker_for_this_process,
     emit,
@@ -328,11 +330,15 @@ async def test_production_serves_metrics_on_the_metrics_port_only_unless_configu
 
 
 def _serve(env: dict[str, str], port: int, log: Path, *extra: str) -> subprocess.Popen[str]:
-    """`coregraph serve`, its log lines (one per request) in ``log``: a pipe nobody reads
+    return _coregraph(env, log, "serve", "--port", str(port), *extra)
+
+
+def _coregraph(env: dict[str, str], log: Path, *command: str) -> subprocess.Popen[str]:
+    """A `coregraph` command, its log lines (one per request) in ``log``: a pipe nobody reads
     would stall it once full."""
     with log.open("w") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-m", "coregraph.cli", "serve", "--port", str(port), *extra],
+            [sys.executable, "-m", "coregraph.cli", *command],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
@@ -451,3 +457,38 @@ def test_several_processes_on_one_port_share_their_counts_in_multiprocess_mode(
     finally:
         _stop(server)
     assert not [f for f in os.listdir(directory) if f.startswith("gauge_live")]
+
+
+async def test_the_worker_serves_its_own_metrics_on_its_metrics_port(
+    own_db: str, tmp_path: Path, http: httpx.AsyncClient
+) -> None:
+    port = free_port()
+    env = cli_env_for(own_db) | {
+        "COREGRAPH_METRICS_PORT": str(port),
+        "COREGRAPH_WEBHOOK_SECRET_KEYS": TEST_WEBHOOK_KEY,
+        "COREGRAPH_REDIS_PREFIX": PREFIX,
+    }
+    if REDIS_URL:
+        env["COREGRAPH_REDIS_URL"] = REDIS_URL
+    worker = _coregraph(env, tmp_path / "worker.log", "worker")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+            try:
+                samples = await scrape(http, f"http://127.0.0.1:{port}/metrics")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the worker never served its metrics"
+                await asyncio.sleep(0.1)
+        # What a worker does: relay (its lag), deliver webhooks (counts and endpoints).
+        assert value(samples, "coregraph_outbox_lag_events") is not None
+        assert value(samples, "coregraph_webhook_endpoints", state="healthy") is not None
+        assert value(samples, "coregraph_webhook_deliveries_total", outcome="succeeded") is not None
+        for pool in ("relay", "webhooks"):
+            assert value(samples, "coregraph_db_pool_size", pool=pool) is not None
+        assert value(samples, "coregraph_db_pool_size", pool="api") is None
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    assert worker.returncode == 0, (tmp_path / "worker.log").read_text()

@@ -126,7 +126,13 @@ async def usage_bulk(request: Request) -> Response:
             late=timedelta(seconds=runtime.settings.usage_late_window_seconds),
             skew=timedelta(seconds=runtime.settings.usage_future_skew_seconds),
         )
-        recorded = await usage.record_usage_once(unit_of_work, tenant_id, drafts, window=window)
+        recorded = await usage.record_usage_once(
+            unit_of_work,
+            tenant_id,
+            drafts,
+            window=window,
+            default_plan=runtime.settings.default_plan,
+        )
     except CoregraphError as exc:
         return _error(request, exc)
     replayed = sum(r.replayed for r in recorded)

@@ -694,7 +694,7 @@ async def test_uploads_past_the_quota_are_refused_before_keeping_bytes(b: FilesB
     r = await create_url(b, owner, tenant_id, b"x" * (QUOTA - used + 1))
     assert r.codes == ["QUOTA_EXCEEDED"]
     ext = r.errors[0]["extensions"]
-    assert (ext["meter"], ext["limit"], ext["current"]) == ("storage_bytes", QUOTA, used)
+    assert (ext["meter"], ext["limit"], ext["current"]) == ("storage.bytes", QUOTA, used)
     fits = await uploaded(b, owner, tenant_id, b"y" * (QUOTA - used - 10))
     over = await upload(b, owner, tenant_id, b"z" * 11)
     assert over.codes == ["QUOTA_EXCEEDED"]

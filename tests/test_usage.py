@@ -323,7 +323,8 @@ async def test_usage_summary_aggregates_every_meter_over_the_month(
     assert summary[idle] is None
     # The team's own operations, once flushed (COREGRAPH_API_REQUESTS_FLUSH_SECONDS).
     assert summary["api.requests"].isdigit()
-    assert summary["seats"] is None
+    assert summary["seats"] == "1"  # the owner: the core records seats (tests/test_quotas.py)
+    assert summary["storage.bytes"] is None  # no file yet: no record
     assert set(summary) >= BUILTIN_KEYS
     assert (await team.summary(next_month))[total] == "0"
 

@@ -16,8 +16,8 @@ from strawberry.federation import field
 from coregraph.context import Context
 from coregraph.errors import Forbidden, NotFound
 from coregraph.models import Plan as PlanRow, Tenant
-from coregraph.schema.billing import DefinePlanInput, Entitlement, Plan
-from coregraph.services import billing
+from coregraph.schema.billing import DefinePlanInput, Entitlement, Plan, Quota
+from coregraph.services import billing, quotas
 
 Info = strawberry.Info[Context, None]
 
@@ -98,6 +98,33 @@ class BillingQuery:
             feature=feature,
             enabled=own.feature(feature),
             plan=own.spec.key if own.spec else None,
+        )
+
+    @field(
+        requires_scopes=[["billing:read"], ["usage:read"]],
+        description="How much of a meter this tenant has used and how much its plan leaves"
+        " (of a day's and a month's limit, the tighter). usage:read suffices: a producer may"
+        " check before it sends.",
+    )
+    async def quota(self, info: Info, meter: str) -> Quota | None:
+        ctx = info.context
+        async with ctx.unit_of_work() as uow:
+            found = await quotas.quota(
+                uow.session,
+                ctx.require_tenant(),
+                ctx.principal.environment,
+                meter,
+                default_plan=ctx.settings.default_plan,
+            )
+        limit = found.limit
+        return Quota(
+            meter=found.meter,
+            limit=limit.value if limit else None,
+            period=limit.period if limit else None,
+            hard=limit.hard if limit else None,
+            used=found.used,
+            remaining=found.remaining,
+            plan=found.plan.spec.key if found.plan.spec else None,
         )
 
 

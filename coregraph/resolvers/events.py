@@ -197,6 +197,7 @@ class EventsMutation:
             type=input.type,
             data=input.data,
             idempotency_key=input.idempotency_key,
+            default_plan=ctx.settings.default_plan,
         )
         return EmitEventPayload.of(emitted)
 
@@ -218,5 +219,6 @@ class EventsMutation:
             ctx.unit_of_work,
             ctx.require_tenant(),
             [events.EventDraft(i.type, i.data, i.idempotency_key) for i in inputs],
+            default_plan=ctx.settings.default_plan,
         )
         return EmitEventsPayload(items=[EmitEventPayload.of(e) for e in emitted])

@@ -154,7 +154,9 @@ class TenancyMutation:
             raise Forbidden("only a signed-in user can accept an invitation")
         await ctx.limit("accept_invitation", account=user_id)
         async with ctx.unit_of_work() as uow:
-            row = await tenancy.accept_invitation(uow, token=token, user_id=user_id)
+            row = await tenancy.accept_invitation(
+                uow, token=token, user_id=user_id, default_plan=ctx.settings.default_plan
+            )
             role = await uow.session.get(models.Role, row.role_id)
         ctx.grant_for_this_request(row.tenant_id, frozenset(role.permissions if role else ()))
         return MembershipPayload(membership=Membership.from_row(row))

@@ -243,6 +243,7 @@ class UsageMutation:
             _drafts([input]),
             window=_window(ctx),
             batch=False,
+            default_plan=ctx.settings.default_plan,
         )
         return RecordUsagePayload.of(recorded)
 
@@ -261,7 +262,11 @@ class UsageMutation:
         if len(records) > limit:
             raise BadUserInput(f"records: at most {limit} per call", field="records")
         recorded = await usage.record_usage_once(
-            ctx.unit_of_work, ctx.require_tenant(), _drafts(records), window=_window(ctx)
+            ctx.unit_of_work,
+            ctx.require_tenant(),
+            _drafts(records),
+            window=_window(ctx),
+            default_plan=ctx.settings.default_plan,
         )
         replayed = sum(r.replayed for r in recorded)
         return RecordUsageBatchPayload(

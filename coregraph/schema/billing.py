@@ -125,6 +125,24 @@ class Entitlement:
     plan: str | None = strawberry.field(description="The plan that answers; null: no plan.")
 
 
+@strawberry.type(description="How much of a meter the tenant has used against its plan.")
+class Quota:
+    meter: str
+    limit: Decimal | None = strawberry.field(description="null: no limit on this meter.")
+    period: PlanPeriod | None = strawberry.field(  # type: ignore[valid-type]
+        description="The limit's period (used counts within the current one); null: no limit."
+    )
+    hard: bool | None = strawberry.field(
+        description="A hard limit refuses what would pass it (QUOTA_EXCEEDED); null: no limit."
+    )
+    used: Decimal = strawberry.field(
+        description="seats and storage.bytes: now, over the whole tenant; other meters: this"
+        " period's aggregate in the request's environment (the calendar month without a limit)."
+    )
+    remaining: Decimal | None = strawberry.field(description="null: unlimited.")
+    plan: str | None = strawberry.field(description="The plan that answers; null: no plan.")
+
+
 @strawberry.input
 class PlanFeatureInput:
     name: str

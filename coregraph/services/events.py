@@ -18,6 +18,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -27,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from coregraph import ids
 from coregraph.errors import BadUserInput, Conflict
 from coregraph.models import Event, EventType
-from coregraph.services import validation
+from coregraph.services import quotas, usage, validation
 from coregraph.services.json_schema_precheck import Check, compile_precheck
 from coregraph.services.uow import StatedEvent, UnitOfWork
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 MAX_TYPE_LENGTH = 120
 MAX_DOCUMENT_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
+EVENTS_METER = "events.emitted"
 _TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
 
@@ -253,6 +255,21 @@ BUILTIN_EVENT_TYPES: dict[str, BuiltinEventType] = {
             _payload(
                 records={"type": "integer", "minimum": 1},
                 meters={"type": "object", "additionalProperties": {"type": "integer"}},
+            ),
+        ),
+        BuiltinEventType(
+            "usage.threshold_reached",
+            "A meter's usage reached a threshold (percent: 80 or 100) of a limit of the"
+            " tenant's plan (hard or soft) in a period (DAY or MONTH, from periodStart); once"
+            " per threshold, limit and period. limit and value: integers, or decimal strings.",
+            _payload(
+                meter=_TEXT,
+                percent={"type": "integer", "enum": [80, 100]},
+                limit={"type": ["integer", "string"]},
+                value={"type": ["integer", "string"]},
+                period={"type": "string", "enum": ["DAY", "MONTH"]},
+                periodStart={"type": "string", "format": "date-time"},
+                hard={"type": "boolean"},
             ),
         ),
     )
@@ -595,6 +612,7 @@ async def emit_events(
     *,
     batch: bool = True,
     look_up_keys: bool = True,
+    default_plan: str | None = None,
 ) -> list[EmittedEvent]:
     """Emit registered custom events in the principal's environment, in order, all in this
     unit of work: every item is checked before anything is stated, so one bad item refuses
@@ -664,6 +682,16 @@ async def emit_events(
         if key is not None:
             replays[key] = event
         emitted.append(EmittedEvent(event, replayed=False))
+    stated = sum(not item.replayed for item in emitted)
+    if stated:
+        # One record per call (not per event), no event of its own: the events are the news.
+        await usage.insert_usage(
+            uow.session,
+            [usage.usage_row(tenant_id, uow.principal.environment, EVENTS_METER, Decimal(stated))],
+        )
+        await quotas.after_change(
+            uow, tenant_id, uow.principal.environment, EVENTS_METER, default_plan=default_plan
+        )
     return emitted
 
 
@@ -674,10 +702,15 @@ async def emit_event(
     type: str,
     data: Any,
     idempotency_key: str | None = None,
+    default_plan: str | None = None,
 ) -> EmittedEvent:
     """Emit one registered custom event (``emit_events`` with one item)."""
     [emitted] = await emit_events(
-        uow, tenant_id, [EventDraft(type, data, idempotency_key)], batch=False
+        uow,
+        tenant_id,
+        [EventDraft(type, data, idempotency_key)],
+        batch=False,
+        default_plan=default_plan,
     )
     return emitted
 
@@ -688,6 +721,7 @@ async def emit_events_once(
     drafts: Sequence[EventDraft],
     *,
     batch: bool = True,
+    default_plan: str | None = None,
 ) -> list[EmittedEvent]:
     """``emit_events`` in a unit of work of its own.
 
@@ -700,7 +734,12 @@ async def emit_events_once(
         try:
             async with open_unit_of_work() as uow:
                 return await emit_events(
-                    uow, tenant_id, drafts, batch=batch, look_up_keys=attempt > 0
+                    uow,
+                    tenant_id,
+                    drafts,
+                    batch=batch,
+                    look_up_keys=attempt > 0,
+                    default_plan=default_plan,
                 )
         except IntegrityError:
             if not any(draft.idempotency_key is not None for draft in drafts):
@@ -718,9 +757,14 @@ async def emit_once(
     type: str,
     data: Any,
     idempotency_key: str | None = None,
+    default_plan: str | None = None,
 ) -> EmittedEvent:
     """``emit_event`` in a unit of work of its own (``emit_events_once`` with one item)."""
     [emitted] = await emit_events_once(
-        open_unit_of_work, tenant_id, [EventDraft(type, data, idempotency_key)], batch=False
+        open_unit_of_work,
+        tenant_id,
+        [EventDraft(type, data, idempotency_key)],
+        batch=False,
+        default_plan=default_plan,
     )
     return emitted

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import puremagic
-from sqlalchemy import and_, false, func, or_, select, text, update
+from sqlalchemy import and_, false, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from coregraph import ids
@@ -35,7 +35,7 @@ from coregraph.errors import BadUserInput, Conflict, QuotaExceeded
 from coregraph.models import File, FileStatus
 from coregraph.models.base import utcnow
 from coregraph.request import RequestMeta
-from coregraph.services import validation
+from coregraph.services import billing, quotas, validation
 from coregraph.services.uow import UnitOfWork
 from coregraph.settings import Settings
 from coregraph.storage.base import (
@@ -52,7 +52,7 @@ MAX_NAME_LENGTH = 255
 MAX_LABELS = 20
 MAX_LABEL_VALUE = 256
 SNIFF_BYTES = 4096
-QUOTA_METER = "storage_bytes"
+QUOTA_METER = "storage.bytes"
 _LABEL_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _CONTENT_TYPE_RE = re.compile(
     r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$"
@@ -219,14 +219,8 @@ def key_owner(key: str) -> KeyOwner | None:
 
 async def lock_quota(uow: UnitOfWork, tenant_id: str) -> None:
     """Hold the tenant's quota until the transaction ends, so two uploads cannot both fit in
-    the same free space."""
-    if uow.engine.dialect.name == "postgresql":
-        await uow.session.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-            {"k": f"coregraph:files-quota:{tenant_id}"},
-        )
-    else:
-        await sqlite_write_lock(uow, tenant_id)
+    the same free space: the plan's quota lock of storage.bytes."""
+    await billing.lock_quota(uow, tenant_id, QUOTA_METER)
 
 
 async def sqlite_write_lock(uow: UnitOfWork, tenant_id: str) -> None:
@@ -259,11 +253,15 @@ def quota_exceeded(limit: int, current: int, adding: int) -> QuotaExceeded:
     )
 
 
-async def room_left(uow: UnitOfWork, settings: Settings, tenant_id: str) -> tuple[int, int]:
-    """(bytes used, bytes still free) for ``tenant_id``, with its quota lock held."""
+async def room_left(uow: UnitOfWork, settings: Settings, tenant_id: str) -> tuple[int, int, int]:
+    """(bytes used, bytes still free, the quota) for ``tenant_id``, with its quota lock held.
+    The quota: the plan's hard storage.bytes limit when it has one, else the setting."""
     await lock_quota(uow, tenant_id)
+    plan = await billing.current_plan(uow.session, tenant_id, settings.default_plan)
+    limit = plan.limit(QUOTA_METER)
+    quota = int(limit.value) if limit is not None and limit.hard else settings.files_quota_bytes
     used = await used_bytes(uow.session, tenant_id)
-    return used, max(settings.files_quota_bytes - used, 0)
+    return used, max(quota - used, 0), quota
 
 
 # --- writes ------------------------------------------------------------------------------
@@ -361,9 +359,9 @@ async def upload_file(
     stored = False
     try:
         async with new_uow() as uow:
-            used, free = await room_left(uow, settings, tenant_id)
+            used, free, quota = await room_left(uow, settings, tenant_id)
             if size is not None and size > free:
-                raise quota_exceeded(settings.files_quota_bytes, used, size)
+                raise quota_exceeded(quota, used, size)
             sniffed = _Head(chunks)
             limit = min(settings.files_max_file_bytes, free)
             try:
@@ -371,7 +369,7 @@ async def upload_file(
             except ObjectTooLarge:
                 # put kept nothing.
                 if limit < settings.files_max_file_bytes:
-                    raise quota_exceeded(settings.files_quota_bytes, used, limit + 1) from None
+                    raise quota_exceeded(quota, used, limit + 1) from None
                 raise too_large(settings.files_max_file_bytes, "file") from None
             stored = True
             principal = uow.principal
@@ -394,6 +392,7 @@ async def upload_file(
             uow.session.add(row)
             await uow.session.flush()
             _uploaded(uow, row)
+            await quotas.storage_changed(uow, tenant_id, default_plan=settings.default_plan)
     except BaseException:
         if stored:
             await _forget_bytes(storage, key)
@@ -427,9 +426,9 @@ async def create_upload(
     size = check_size(size, settings)
     expected = check_sha256(sha256)
     checked_labels = check_labels(labels)
-    used, free = await room_left(uow, settings, tenant_id)
+    used, free, quota = await room_left(uow, settings, tenant_id)
     if size > free:
-        raise quota_exceeded(settings.files_quota_bytes, used, size)
+        raise quota_exceeded(quota, used, size)
     now = utcnow()
     await check_pending_uploads(uow.session, settings, tenant_id, now)
     expires_at = now + timedelta(seconds=settings.files_upload_url_ttl_seconds)
@@ -462,6 +461,7 @@ async def create_upload(
         row,
         after={**snapshot(row), "expectedSha256": expected, "uploadExpiresAt": expires_at},
     )
+    await quotas.storage_changed(uow, tenant_id, default_plan=settings.default_plan)
     return row
 
 
@@ -629,6 +629,7 @@ async def complete_upload(
             return row
         _record(uow, "file.upload_rejected", row, before=snapshot(row), after={"reason": problem})
         await uow.session.delete(row)
+        await quotas.storage_changed(uow, tenant_id, thresholds=False)
     # Committed: the pending row is gone, so are its bytes; then the caller hears why.
     await storage.delete(row.storage_key)
     raise BadUserInput(f"id: {problem}; the upload was discarded", field="id")
@@ -764,6 +765,7 @@ async def purge_file(
             row,
             after={"purgedAt": now, "wasPending": was_pending},
         )
+        await quotas.storage_changed(uow, row.tenant_id, thresholds=False)
     row.purged_at = now
     return True
 

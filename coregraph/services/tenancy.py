@@ -12,7 +12,7 @@ from coregraph import ids
 from coregraph.auth import permissions, secrets
 from coregraph.errors import BadUserInput, Conflict, Forbidden, NotFound
 from coregraph.models import Invitation, Membership, Role, Tenant, User
-from coregraph.services import access, audit_retention, emails, validation
+from coregraph.services import access, audit_retention, emails, quotas, validation
 from coregraph.services.uow import UnitOfWork, diff
 from coregraph.settings import Settings
 
@@ -57,6 +57,8 @@ async def create_tenant(uow: UnitOfWork, *, name: str, slug: str, owner_id: str)
     )
     uow.session.add(membership)
     await uow.session.flush()
+    # A new tenant has no plan of its own yet: its first seat is recorded, not judged.
+    await quotas.seats_changed(uow, tenant.id, thresholds=False)
     uow.record(
         "tenant.created",
         tenant_id=tenant.id,
@@ -210,6 +212,8 @@ async def remove_member(uow: UnitOfWork, tenant_id: str, membership_id: str) -> 
         data={"membershipId": membership.id, "userId": membership.user_id, "role": role.key},
     )
     await uow.session.delete(membership)
+    # Fewer seats reach no threshold.
+    await quotas.seats_changed(uow, tenant_id, thresholds=False)
     return membership
 
 
@@ -297,6 +301,11 @@ async def invite_member(
                 "reason": "superseded by a new invitation",
             },
         )
+    # The invitation reserves a seat until it is accepted, revoked or expires (the ones it
+    # supersedes were revoked above).
+    await quotas.enforce(
+        uow, tenant_id, quotas.SEATS, 1, default_plan=settings.default_plan, count_invitations=True
+    )
     token = secrets.generate(secrets.INVITATION_TOKEN_PREFIX)
     invitation = Invitation(
         id=ids.new_id("inv"),
@@ -355,8 +364,12 @@ async def revoke_invitation(uow: UnitOfWork, tenant_id: str, invitation_id: str)
     return invitation
 
 
-async def accept_invitation(uow: UnitOfWork, *, token: str, user_id: str) -> Membership:
-    """Join the inviting tenant as the signed-in user; the token works once."""
+async def accept_invitation(
+    uow: UnitOfWork, *, token: str, user_id: str, default_plan: str | None = None
+) -> Membership:
+    """Join the inviting tenant as the signed-in user; the token works once. Its seat was
+    reserved when it was sent: refused (QUOTA_EXCEEDED) only when the members alone fill the
+    plan's seats (a smaller plan since)."""
     token_hash = secrets.digest(token)
     await uow.reveal_invitation(token_hash)
     invitation = await uow.session.scalar(
@@ -380,6 +393,9 @@ async def accept_invitation(uow: UnitOfWork, *, token: str, user_id: str) -> Mem
     ):
         raise Conflict("token: you are already a member of this tenant", field="token")
     await uow.allow_tenant(invitation.tenant_id)
+    plan = await quotas.enforce(
+        uow, invitation.tenant_id, quotas.SEATS, 1, default_plan=default_plan
+    )
     invitation.accepted_at = now
     invitation.accepted_by_user_id = user_id
     membership = Membership(
@@ -391,6 +407,7 @@ async def accept_invitation(uow: UnitOfWork, *, token: str, user_id: str) -> Mem
     uow.session.add(membership)
     # A concurrent acceptance of the same token got there first.
     await uow.flush_unique(Conflict("token: this invitation was already used", field="token"))
+    await quotas.seats_changed(uow, invitation.tenant_id, plan=plan)
     role = await uow.session.get(Role, invitation.role_id)
     uow.record(
         "invitation.accepted",

@@ -35,13 +35,14 @@ from sqlalchemy import (
     type_coerce,
 )
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from coregraph import ids
 from coregraph.errors import BadUserInput, Conflict, NotFound
 from coregraph.models import Meter, UsageRecord
-from coregraph.models.base import utcnow
+from coregraph.models.base import Environment, utcnow
 from coregraph.models.usage import QUANTITY_SCALE
-from coregraph.services import validation
+from coregraph.services import quotas, validation
 from coregraph.services.uow import UnitOfWork
 
 MAX_KEY_LENGTH = 120
@@ -364,6 +365,7 @@ async def record_usage(
     window: LateWindow,
     batch: bool = True,
     look_up_keys: bool = True,
+    default_plan: str | None = None,
     builtin: bool = False,
 ) -> list[RecordedUsage]:
     """Record usage in the principal's environment, in this unit of work: every record is
@@ -446,26 +448,71 @@ async def record_usage(
         answers.append(recorded)
         counts[plan.meter.key] = counts.get(plan.meter.key, 0) + 1
         rows.append(
-            {
-                "id": recorded.id,
-                "tenant_id": tenant_id,
-                "environment": environment.value,
-                "meter": plan.meter.key,
-                "quantity": plan.quantity,
-                "occurred_at": plan.occurred_at,
-                "dimensions": plan.dimensions,
-                "idempotency_key": plan.key,
-                "recorded_at": now,
-            }
+            usage_row(
+                tenant_id,
+                environment,
+                plan.meter.key,
+                plan.quantity,
+                occurred_at=plan.occurred_at,
+                dimensions=plan.dimensions,
+                idempotency_key=plan.key,
+                recorded_at=now,
+                id=recorded.id,
+            )
         )
     if rows:
-        await uow.session.execute(insert(UsageRecord), rows)
+        await insert_usage(uow.session, rows)
         uow.emit(
             "usage.recorded",
             tenant_id=tenant_id,
             data={"records": len(rows), "meters": counts},
         )
+        # Never refused by a hard limit (the usage happened); its thresholds are announced.
+        await quotas.usage_recorded(
+            uow,
+            tenant_id,
+            [(row["meter"], row["occurred_at"]) for row in rows],
+            default_plan=default_plan,
+        )
     return answers
+
+
+def usage_row(
+    tenant_id: str,
+    environment: Environment,
+    meter: str,
+    quantity: Decimal,
+    *,
+    occurred_at: datetime | None = None,
+    dimensions: dict[str, str] | None = None,
+    idempotency_key: str | None = None,
+    recorded_at: datetime | None = None,
+    id: str | None = None,
+) -> dict[str, Any]:
+    """The columns of one usage record, for ``insert_usage``."""
+    now = recorded_at or utcnow()
+    return {
+        "id": id or ids.new_id("usg"),
+        "tenant_id": tenant_id,
+        "environment": environment.value,
+        "meter": meter,
+        "quantity": quantity,
+        "occurred_at": occurred_at or now,
+        "dimensions": dimensions or {},
+        "idempotency_key": idempotency_key,
+        "recorded_at": now,
+    }
+
+
+async def insert_usage(
+    executor: AsyncSession | AsyncConnection, rows: Sequence[dict[str, Any]]
+) -> None:
+    """Insert usage records (``usage_row``) in the caller's transaction, unchecked: for
+    ``record_usage`` once it has checked them, and for the built-in meters the core feeds
+    (seats, storage.bytes, events.emitted, webhooks.delivered), which write their records
+    directly, with no ``usage.recorded`` event: the action's own event already says what
+    happened."""
+    await executor.execute(insert(UsageRecord), list(rows))
 
 
 async def record_usage_once(
@@ -475,6 +522,7 @@ async def record_usage_once(
     *,
     window: LateWindow,
     batch: bool = True,
+    default_plan: str | None = None,
     builtin: bool = False,
 ) -> list[RecordedUsage]:
     """``record_usage`` in a unit of work of its own. The first attempt does not look its
@@ -491,6 +539,7 @@ async def record_usage_once(
                     window=window,
                     batch=batch,
                     look_up_keys=attempt > 0,
+                    default_plan=default_plan,
                     builtin=builtin,
                 )
         except IntegrityError:

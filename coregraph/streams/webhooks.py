@@ -63,9 +63,11 @@ import random
 import secrets
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
@@ -78,10 +80,11 @@ from coregraph import ids, telemetry
 from coregraph.auth.principal import system_principal
 from coregraph.metrics import webhook_delivery
 from coregraph.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from coregraph.models.base import UTCDateTime, utcnow
+from coregraph.models.base import Environment, UTCDateTime, utcnow
 from coregraph.models.webhooks import DeliveryStatus
 from coregraph.outbound import OutboundClient, OutboundResult
 from coregraph.request import RequestMeta
+from coregraph.services import usage
 from coregraph.services.uow import UnitOfWork
 from coregraph.services.webhooks import SecretBox, attempt_message, signing_secrets
 from coregraph.settings import Settings
@@ -93,6 +96,7 @@ log = logging.getLogger("coregraph.webhooks")
 JITTER = 0.1
 DISABLED_EVENT = "webhook_endpoint.disabled"
 ACTOR = "worker:webhooks"
+DELIVERED_METER = "webhooks.delivered"
 # How many claim queries one claim may run when endpoints reach their concurrency limit.
 _CLAIM_ROUNDS = 4
 _MAX_ERROR = 500
@@ -541,6 +545,9 @@ class WebhookWorker:
                 await conn.execute(
                     insert(_ATTEMPTS), [_columns(outcome.attempt) for outcome, _, _ in plans]
                 )
+                delivered = _delivered([o for o, status, _ in plans if status is _SUCCEEDED])
+                if delivered:
+                    await usage.insert_usage(conn, delivered)
             failing = await self._count_failures(conn, [outcome for outcome, _, _ in plans])
         for _, status, next_attempt_at in plans:
             webhook_delivery("retrying" if status is DeliveryStatus.PENDING else status.value)
@@ -780,6 +787,24 @@ class _Outcome:
 
 
 _SUCCEEDED = DeliveryStatus.SUCCEEDED
+
+
+def _delivered(outcomes: Sequence[_Outcome]) -> list[dict[str, Any]]:
+    """The webhooks.delivered usage of these successful deliveries: one record per tenant,
+    environment and endpoint of the batch, recorded with them."""
+    counts: Counter[tuple[str, str, str]] = Counter(
+        (o.row.tenant_id, o.row.environment, o.row.endpoint_id) for o in outcomes
+    )
+    return [
+        usage.usage_row(
+            tenant_id,
+            Environment(environment),
+            DELIVERED_METER,
+            Decimal(count),
+            dimensions={"endpoint": endpoint_id},
+        )
+        for (tenant_id, environment, endpoint_id), count in sorted(counts.items())
+    ]
 
 
 def _claim_held(token: str) -> Any:

@@ -98,6 +98,9 @@ def upgrade() -> None:
     op.execute(f'GRANT SELECT ON plans, tenant_plans TO "{worker}"')
     op.execute(f'GRANT SELECT, INSERT ON usage_records, usage_thresholds TO "{worker}"')
     op.execute(f'GRANT USAGE ON SEQUENCE usage_thresholds_id_seq TO "{worker}"')
+    # The API announces thresholds too (services.quotas); default privileges cover tables only.
+    app = str(context.config.attributes.get("database_role") or "coregraph_app")
+    op.execute(f'GRANT USAGE ON SEQUENCE usage_thresholds_id_seq TO "{app}"')
     for table in ("tenant_plans", "usage_records", "usage_thresholds"):
         op.execute(
             f'CREATE POLICY worker_meters ON {table} TO "{worker}" USING (true) WITH CHECK (true)'

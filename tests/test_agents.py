@@ -24,6 +24,8 @@ EXCHANGE = """mutation($s: String!, $a: String!, $scopes: [String!]) {
         accessToken issuedTokenType tokenType scopes } }"""
 CREATE_ROLE = """mutation($input: CreateRoleInput!) { createRole(input: $input) { role { id } } }"""
 MEMBERS = "{ tenant { members { edges { node { id } } } } }"
+AGENT_EVENTS = """{ events(types: ["agent.created", "agent.disabled", "agent.enabled",
+    "agent.deleted", "apikey.created"], first: 20) { nodes { type data } } }"""
 CHANGE_ROLE = """mutation($input: ChangeMemberRoleInput!) { changeMemberRole(input: $input) {
     membership { id role { key } } } }"""
 AUDIT = """query($actor: String, $for: ID) { tenant { auditLog(first: 50, action: "role.created",
@@ -103,6 +105,16 @@ async def test_an_agent_acts_with_its_own_key_within_its_scopes_and_is_audited_a
     (await run(client, DELETE, {"id": agent_id}, owner, tenant)).ok()
     assert (await create_role(client, bot, tenant)).codes == ["UNAUTHENTICATED"]
     assert (await run(client, AGENTS, {}, owner, tenant)).ok()["agents"] == []
+
+    # Each change, its event (and the key's, naming the agent).
+    events = (await run(client, AGENT_EVENTS, {}, owner, tenant)).ok()["events"]["nodes"]
+    assert [(e["type"], e["data"].get("agentId")) for e in events] == [
+        ("agent.created", agent_id),
+        ("apikey.created", agent_id),
+        ("agent.disabled", agent_id),
+        ("agent.enabled", agent_id),
+        ("agent.deleted", agent_id),
+    ]
 
 
 async def test_agents_get_no_more_than_their_creator_holds(client: GraphQLClient) -> None:

@@ -249,6 +249,8 @@ def test_the_table_covers_every_built_in_event_type() -> None:
     covered |= {"file.uploaded", "file.deleted"}
     # meter.created and usage.recorded: tests/test_usage.py.
     covered |= {"meter.created", "usage.recorded"}
+    # usage.threshold_reached: tests/test_quotas.py.
+    covered |= {"usage.threshold_reached"}
     # apikey.rate_limits_changed: tests/test_plan_rate_limits.py.
     covered |= {"apikey.rate_limits_changed"}
     # agent.*: tests/test_agents.py (each change, its event).

@@ -258,3 +258,26 @@ async def test_a_token_exchange_refuses_what_it_cannot_vouch_for(client: GraphQL
     garbage = await client.execute(EXCHANGE, {"s": "not-a-token", "a": bot.token})
     assert garbage.codes == ["UNAUTHENTICATED"]
     assert "Traceback" not in str(garbage.body)
+
+
+async def test_agents_are_rate_limited_by_their_own_credential(client: GraphQLClient) -> None:
+    """An agent's key with a limit of its own is counted as the agent's, apart from people."""
+    owner = await client.sign_up()
+    tenant = await client.create_tenant(owner)
+    _agent_id, bot = await agent_with_key(client, owner, tenant, ["tenant:read"])
+    key_id = (
+        await run(client, "{ tenant { apiKeys(first: 5) { nodes { id } } } }", {}, owner, tenant)
+    ).ok()["tenant"]["apiKeys"]["nodes"][0]["id"]
+    limited = await run(
+        client,
+        """mutation($id: ID!) { setApiKeyRateLimits(id: $id, rateLimits: {perMinute: 2}) {
+            apiKey { id } } }""",
+        {"id": key_id},
+        owner,
+        tenant,
+    )
+    assert limited.ok()
+    codes = [(await client.execute("{ tenant { name } }", actor=bot)).codes for _ in range(3)]
+    assert codes == [[], [], ["RATE_LIMITED"]]
+    # The owner is not the agent: still served.
+    assert (await run(client, "{ tenant { name } }", {}, owner, tenant)).ok()

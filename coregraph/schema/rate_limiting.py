@@ -40,7 +40,8 @@ class PlanLimitsExtension(SchemaExtension):
             return
         runtime = context.runtime
         limits = await runtime.plan_limits.of_tenant(principal.tenant_id)
-        if limits.rate.document():
+        # The plan's limits, or the key's own (which apply also where the plan sets none).
+        if limits.rate.document() or principal.rate_limits:
             key = (execution.query or "", execution.operation_name)
             measured = _MEASURES.get(key)
             if measured is None:

@@ -110,11 +110,15 @@ def policy_header(found: tuple[Policy, ...]) -> str:
 
 
 def credential(principal: Principal) -> str | None:
-    """Whom a limit counts: the API key, or the user (within the addressed tenant)."""
+    """Whom a limit counts: the API key, the user (within the addressed tenant), or the agent
+    (by any of its credentials, and apart from the users it acts for: agents are limited
+    separately from people)."""
     if principal.kind is PrincipalKind.API_KEY:
         return principal.api_key_id
     if principal.kind is PrincipalKind.USER:
         return principal.user_id
+    if principal.kind is PrincipalKind.AGENT:
+        return principal.agent_id
     return None
 
 

@@ -155,6 +155,28 @@ async def test_operations_are_counted_by_name_type_and_outcome_on_both_transport
     assert value(samples, "coregraph_db_pool_overflow", pool="api") is not None
 
 
+async def test_refusals_by_a_limit_are_counted_by_their_code(
+    server: Server, client: GraphQLClient, http: httpx.AsyncClient
+) -> None:
+    user = await client.sign_up()
+    name = unique("MetricsLogin")
+    login = f"mutation {name}($i: LoginInput!) {{ login(input: $i) {{ accessToken }} }}"
+    wrong = {"i": {"email": user.email, "password": "wrong password 123"}}
+    before = await scrape(http, f"{server.base_url}/metrics")
+    refused = value(before, "coregraph_refusals_total", code="RATE_LIMITED") or 0
+    codes = []
+    for _ in range(server.settings.auth_rate_limit_per_account + 1):
+        codes += (await client.execute(login, wrong)).codes
+    assert codes[-1] == "RATE_LIMITED"
+    samples = await scrape_until(
+        http,
+        f"{server.base_url}/metrics",
+        lambda s: operations(s, name, "mutation", "RATE_LIMITED") == 1,
+    )
+    assert value(samples, "coregraph_refusals_total", code="RATE_LIMITED") == refused + 1
+    assert operations(samples, name, "mutation", "UNAUTHENTICATED") == len(codes) - 1
+
+
 async def test_open_sockets_and_running_subscriptions_are_gauges(
     server: Server, client: GraphQLClient, http: httpx.AsyncClient
 ) -> None:

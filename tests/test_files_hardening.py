@@ -379,6 +379,15 @@ async def test_the_cleanup_reclaims_nothing_when_the_rows_read_back_empty(
 
     await storage.put(orphan, chunks(), max_bytes=100)
     everything = b.objects()
+
+    async def reclaim_with(engine: AsyncEngine) -> list[str]:
+        try:
+            return await files_service.reclaim_orphans(
+                engine, storage, grace_seconds=60, now=past_the_grace(b)
+            )
+        finally:
+            await engine.dispose()
+
     # The cleanup pointed at a database that has none of these rows (a fresh one, as a wrong
     # COREGRAPH_DATABASE_URL would be).
     base = env_database_url()
@@ -386,41 +395,19 @@ async def test_the_cleanup_reclaims_nothing_when_the_rows_read_back_empty(
     elsewhere = b.settings.model_copy(update={"database_url": url})
     try:
         await migrate.upgrade(elsewhere)
-        empty = worker_engine(elsewhere)
-        try:
-            assert (
-                await files_service.reclaim_orphans(
-                    empty, storage, grace_seconds=60, now=past_the_grace(b)
-                )
-                == []
-            )
-        finally:
-            await empty.dispose()
+        assert await reclaim_with(worker_engine(elsewhere)) == []
     finally:
         if name and base:
             await drop_test_database(base, name)
     assert b.objects() == everything
     if b.settings.database_url.startswith("postgresql"):
         # The API's role with no tenant set: row-level security shows it no row at all.
-        unscoped = db.create_engine(b.settings)
-        try:
-            assert (
-                await files_service.reclaim_orphans(
-                    unscoped, storage, grace_seconds=60, now=past_the_grace(b)
-                )
-                == []
-            )
-        finally:
-            await unscoped.dispose()
+        assert await reclaim_with(db.create_engine(b.settings)) == []
         assert b.objects() == everything
     # The worker's engine sees the rows: only the orphan goes.
-    engine = worker_engine(b.settings)
     try:
-        reclaimed = await files_service.reclaim_orphans(
-            engine, storage, grace_seconds=60, now=past_the_grace(b)
-        )
+        reclaimed = await reclaim_with(worker_engine(b.settings))
     finally:
-        await engine.dispose()
         await storage.aclose()
     assert orphan in reclaimed
     assert [k for k in reclaimed if tenant_id in k] == [orphan]

@@ -457,11 +457,12 @@ def test_serve_runs_the_relay_itself_only_where_no_worker_could_hear_its_commits
     ).relay_in_process
 
 
-def test_the_production_compose_file_runs_a_worker_beside_the_api() -> None:
+def test_the_production_compose_file_runs_workers_beside_the_api() -> None:
     compose = yaml.safe_load((Path(__file__).parent.parent / "docker-compose.yml").read_text())
     services = compose["services"]
-    worker = services["worker"]
-    assert worker["command"] == ["coregraph", "worker"]
-    assert worker["environment"] == services["api-1"]["environment"]
-    assert worker["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
-    assert "ports" not in worker
+    for name in ("worker-1", "worker-2"):
+        worker = services[name]
+        assert worker["command"][:2] == ["coregraph", "worker"]
+        assert worker["environment"] == services["api-1"]["environment"]
+        assert worker["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert "ports" not in worker

@@ -279,6 +279,7 @@ async def test_the_billing_export_lists_each_billable_tenants_live_invoice(
     planned = await _on_plan(billing_client, "inv-basic", {"app.calls": "SUM"})
     unplanned = await new_team(billing_client)
     await _create_meters(unplanned, {"app.calls": "SUM"})
+    bare = await new_team(billing_client)
     await planned.run(RECORD_BATCH, {"records": [{"meter": "app.calls", "quantity": "7.25"}]})
     await unplanned.run(RECORD_BATCH, {"records": [{"meter": "app.calls", "quantity": "1"}]})
     tester = await billing_client.api_key(planned.owner, planned.tenant_id, ["usage:write"], "TEST")
@@ -302,6 +303,13 @@ async def test_the_billing_export_lists_each_billable_tenants_live_invoice(
         env=cli_env_for(database_url),
     )
     bad = await _coregraph("billing-export", "--period", "2026-1", env=cli_env_for(database_url))
+    # With a default plan every tenant is on a plan, so every tenant is listed.
+    defaulted = await _coregraph(
+        "billing-export",
+        "--period",
+        _this_month(),
+        env={**cli_env_for(database_url), "COREGRAPH_DEFAULT_PLAN": "inv-basic"},
+    )
 
     assert done.returncode == 0, done.stderr[-2000:]
     document = json.loads(output.read_text())
@@ -349,6 +357,13 @@ async def test_the_billing_export_lists_each_billable_tenants_live_invoice(
         (x["meter"], x["quantity"], x["amount"]) for x in tenants[planned.tenant_id]["lines"]
     ]
     assert bad.returncode == 1 and "BAD_USER_INPUT" in bad.stderr
+    assert defaulted.returncode == 0, defaulted.stderr[-2000:]
+    everyone = {t["tenantId"]: t for t in json.loads(defaulted.stdout)["tenants"]}
+    assert everyone[unplanned.tenant_id]["plan"] == "inv-basic"
+    assert _amounts(everyone[unplanned.tenant_id]) == {None: ("1", "1000"), "app.calls": ("1", "2")}
+    assert everyone[unplanned.tenant_id]["total"] == "1002"
+    # A tenant that never recorded anything and has no plan of its own is listed too.
+    assert everyone[bare.tenant_id]["plan"] == "inv-basic"
 
 
 async def test_load_plans_defines_the_plans_of_a_file_all_or_none(

@@ -208,7 +208,7 @@ def key_owner(key: str) -> KeyOwner | None:
     """Whose bytes ``key`` holds, or None when it is not a file's key."""
     tenant_id, _, name = key.partition("/")
     suffix = next((x for x in (UPLOAD_SUFFIX, DELETED_SUFFIX) if name.endswith(x)), "")
-    file_id = name.removesuffix(suffix) if suffix else name
+    file_id = name.removesuffix(suffix)
     if ids.is_valid(tenant_id, "ten") and ids.is_valid(file_id, File.__id_prefix__ or ""):
         return KeyOwner(tenant_id, file_id, suffix)
     return None

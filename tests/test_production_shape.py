@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -273,8 +274,19 @@ async def wait_ready(url: str, process: subprocess.Popen[str], what: str) -> Non
             await asyncio.sleep(0.2)
 
 
+def healthy(services: dict[str, Any], name: str, port: int, own_port: int) -> bool:
+    """Whether ``name``'s Compose health check passes here, with its port moved to ``port``."""
+    test = [
+        part.replace(f":{own_port}/", f":{port}/") for part in services[name]["healthcheck"]["test"]
+    ]
+    assert test[0] == "CMD"
+    executable = {"python": sys.executable, "node": node_binary()}[test[1]]
+    done = subprocess.run([executable, *test[2:]], capture_output=True, timeout=30)
+    return done.returncode == 0
+
+
 async def test_the_gateway_image_composes_at_start_and_survives_an_api_process_leaving(
-    database_url: str, tmp_path: Path, http: httpx.AsyncClient
+    database_url: str, tmp_path: Path, http: httpx.AsyncClient, services: dict[str, Any]
 ) -> None:
     secret = "schema-reader-secret-for-the-gateway-0123"
     settings = make_settings(database_url, schema_reader_secret=secret)
@@ -298,6 +310,10 @@ async def test_the_gateway_image_composes_at_start_and_survives_an_api_process_l
         )
         await wait_ready(f"http://127.0.0.1:{gateway_port}/readiness", gateway, "the gateway")
         assert edge.poll() is None
+        # The file's health checks, run against these processes, pass.
+        assert await asyncio.to_thread(healthy, services, "api-1", first.port, 8000)
+        assert await asyncio.to_thread(healthy, services, "edge", edge_port, 4001)
+        assert await asyncio.to_thread(healthy, services, "gateway", gateway_port, 4000)
         through = GraphQLClient(http, f"http://127.0.0.1:{gateway_port}/graphql")
         owner = await through.sign_up()
         query = "{ portalVersion viewer { email portalPreferences { locale } } }"
@@ -311,6 +327,7 @@ async def test_the_gateway_image_composes_at_start_and_survives_an_api_process_l
         first.uvicorn_server.should_exit = True  # one API process leaves, as on SIGTERM
         await asyncio.to_thread(first.thread.join, 30)
         assert not first.thread.is_alive()
+        assert not await asyncio.to_thread(healthy, services, "api-1", first.port, 8000)
         for _ in range(4):  # every one answered, by the process still there
             r = await through.execute(query, actor=owner, accept="application/json")
             assert r.body == {"data": expected}, r.body

@@ -31,6 +31,7 @@ from coregraph.audit_export import audit_export
 from coregraph.auth import passwords
 from coregraph.auth.authenticate import Authenticator
 from coregraph.auth.tokens import TokenService
+from coregraph.billing_export_http import billing_export
 from coregraph.files_http import (
     CORSWithUploads,
     download as file_download,
@@ -264,6 +265,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         app.add_api_route("/graphiql/{digest}/{name}", graphiql_asset, include_in_schema=False)
     app.add_api_route("/audit/export", audit_export, include_in_schema=False)
     app.add_api_route("/usage/bulk", usage_bulk, methods=["POST"], include_in_schema=False)
+    app.add_api_route("/billing/export", billing_export, include_in_schema=False)
     app.add_api_route(
         "/files/download/{token}", file_download, methods=["GET"], include_in_schema=False
     )

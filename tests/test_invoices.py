@@ -74,11 +74,21 @@ BASIC = {
 
 
 @pytest.fixture(scope="module")
-def invoice_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+async def operator(client: GraphQLClient) -> Team:
+    """The billing operator's tenant (made on the session's server, which migrates first)."""
+    return await new_team(client)
+
+
+@pytest.fixture(scope="module")
+def invoice_server(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory, operator: Team
+) -> Iterator[Server]:
     plans_file = tmp_path_factory.mktemp("plans") / "plans.json"
     plans_file.write_text(json.dumps({"plans": [PRICED, BASIC]}))
-    settings = make_settings(database_url, plans_file=str(plans_file))
-    with running_server(settings) as server:
+    settings = make_settings(
+        database_url, plans_file=str(plans_file), billing_operator_tenant=operator.tenant_id
+    )
+    with running_server(settings, migrate_first=False) as server:
         yield server
 
 
@@ -407,3 +417,42 @@ async def test_usage_summary_and_invoice_agree_on_an_empty_month(
     calls = {m["meter"]["key"]: m["value"] for m in summary["meters"]}["app.calls"]
     assert _amounts(preview) == {None: ("1", "1000"), "app.calls": (calls, "0")}
     assert (preview["from"], preview["to"]) == (summary["from"], summary["to"])
+
+
+async def test_the_operators_billing_managers_get_the_export_over_http(
+    billing_client: GraphQLClient, invoice_server: Server, operator: Team, http: httpx.AsyncClient
+) -> None:
+    customer = await _on_plan(billing_client, "inv-basic", {"app.calls": "SUM"})
+    await customer.run(RECORD_BATCH, {"records": [{"meter": "app.calls", "quantity": "4"}]})
+    member = await billing_client.add_member(operator.owner, operator.tenant_id, role="member")
+    manager = await billing_client.api_key(operator.owner, operator.tenant_id, ["billing:manage"])
+    url = f"{invoice_server.base_url}/billing/export"
+
+    async def get(token: str | None, tenant_id: str, period: str | None) -> httpx.Response:
+        headers = {"X-Tenant-Id": tenant_id}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        params = {"period": period} if period is not None else {}
+        return await http.get(url, headers=headers, params=params)
+
+    by_owner = await get(operator.owner.token, operator.tenant_id, _this_month())
+    by_key = await get(manager.token, operator.tenant_id, None)
+    by_member = await get(member.token, operator.tenant_id, _this_month())
+    by_customer = await get(customer.owner.token, customer.tenant_id, _this_month())
+    anonymous = await get(None, operator.tenant_id, _this_month())
+    bad_period = await get(operator.owner.token, operator.tenant_id, "2026-13")
+
+    assert by_owner.status_code == 200, by_owner.text
+    document = by_owner.json()
+    assert (document["period"], document["environment"]) == (_this_month(), "live")
+    entry = {t["tenantId"]: t for t in document["tenants"]}[customer.tenant_id]
+    assert (entry["plan"], entry["currency"], entry["total"]) == ("inv-basic", "USD", "1008")
+    assert _amounts(entry) == {None: ("1", "1000"), "app.calls": ("4", "8")}
+    assert by_key.status_code == 200  # default: this month
+    assert customer.tenant_id in {t["tenantId"] for t in by_key.json()["tenants"]}
+    assert by_member.status_code == 403  # billing:manage in the operator's tenant is needed
+    assert by_customer.status_code == 403  # another tenant's billing managers: not theirs
+    assert by_customer.json()["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    assert anonymous.status_code == 401
+    assert bad_period.status_code == 400
+    assert bad_period.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"

@@ -1,0 +1,73 @@
+"""``GET /billing/export?period=YYYY-MM``: the billing export over HTTP, for the billing
+operator's billing managers.
+
+The same JSON document as ``coregraph billing-export`` (``services.invoices.billing_export``):
+every tenant with a plan or LIVE usage in the month (default this month), priced by its plan.
+Authenticated like ``/audit/export`` (``Authorization``, ``X-Tenant-Id``); the principal must
+act in the operator's tenant (``COREGRAPH_BILLING_OPERATOR_TENANT``) and hold
+``billing:manage`` there: it reads every tenant's billing, so nobody else may. On PostgreSQL the
+worker role finds the tenants (as the CLI does) and each is read through the API's role inside
+its own wall.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+
+from coregraph import db
+from coregraph.audit_export import _error
+from coregraph.auth.principal import system_principal
+from coregraph.errors import CoregraphError, Forbidden, Unauthenticated
+from coregraph.http import authenticate, request_meta
+from coregraph.models.base import utcnow
+from coregraph.services import invoices
+
+if TYPE_CHECKING:
+    from coregraph.app import Runtime
+
+
+async def billing_export(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    settings = runtime.settings
+    meta = request_meta(request)
+    try:
+        principal = await authenticate(request, runtime, meta)
+        request.state.principal_kind = principal.kind.value
+        request.state.tenant_id = principal.tenant_id
+        if not principal.is_authenticated:
+            raise Unauthenticated("the billing export needs a signed-in user or an API key")
+        operator = settings.billing_operator_tenant
+        if operator is None or principal.tenant_id != operator:
+            raise Forbidden(
+                "only the billing operator's tenant (COREGRAPH_BILLING_OPERATOR_TENANT) exports"
+                " every tenant's billing"
+            )
+        if "billing:manage" not in principal.scopes_in(operator):
+            raise Forbidden(
+                "the billing export requires the scope billing:manage", lacking=["billing:manage"]
+            )
+        worker = (
+            runtime.engine
+            if settings.is_sqlite
+            else db.create_engine(settings, role=settings.database_worker_role)
+        )
+        try:
+            document = await invoices.billing_export(
+                runtime.engine,
+                worker,
+                system_principal("http:billing-export"),
+                meta,
+                period=request.query_params.get("period") or None,
+                default_plan=settings.default_plan,
+                generated_at=utcnow(),
+            )
+        finally:
+            if worker is not runtime.engine:
+                await worker.dispose()
+    except CoregraphError as exc:
+        return _error(request, exc)
+    return Response(orjson.dumps(document), media_type="application/json")

@@ -462,11 +462,14 @@ async def record_usage(
         )
     if rows:
         await insert_usage(uow.session, rows)
-        uow.emit(
-            "usage.recorded",
-            tenant_id=tenant_id,
-            data={"records": len(rows), "meters": counts},
-        )
+        if not builtin:
+            # coregraph's own feeds state no event: they would say nothing but "time passed"
+            # (api.requests flushes every few seconds into every active tenant's stream).
+            uow.emit(
+                "usage.recorded",
+                tenant_id=tenant_id,
+                data={"records": len(rows), "meters": counts},
+            )
         # Never refused by a hard limit (the usage happened); its thresholds are announced.
         await quotas.usage_recorded(
             uow,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.support import Actor, GraphQLClient, Response, unique
+from tests.test_tokens import IdP, rs_idp  # noqa: F401 (the fixture)
 
 CREATE_AGENT = """mutation($input: CreateAgentInput!) { createAgent(input: $input) {
     agent { id name scopes disabled sponsor { id } } } }"""
@@ -281,3 +282,170 @@ async def test_agents_are_rate_limited_by_their_own_credential(client: GraphQLCl
     assert codes == [[], [], ["RATE_LIMITED"]]
     # The owner is not the agent: still served.
     assert (await run(client, "{ tenant { name } }", {}, owner, tenant)).ok()
+
+
+REMOVE_MEMBER = """mutation($id: ID!) { removeMember(membershipId: $id) { removedMembershipId } }"""
+CREATE_KEY = """mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) {
+    secret apiKey { id } } }"""
+
+
+async def test_a_manager_cannot_borrow_an_agents_wider_rights_through_its_token(
+    client: GraphQLClient,
+) -> None:
+    owner = await client.sign_up()
+    tenant = await client.create_tenant(owner)
+    admin = await client.add_member(owner, tenant, role="admin")  # no billing:manage
+    agent = (
+        await run(
+            client,
+            CREATE_AGENT,
+            {"input": {"name": "biller", "scopes": ["billing:manage", "tenant:read"]}},
+            owner,
+            tenant,
+        )
+    ).ok()["createAgent"]["agent"]
+    refused = await run(client, ISSUE, {"id": agent["id"]}, admin, tenant)
+    assert refused.codes == ["FORBIDDEN"], refused.body
+    assert refused.errors[0]["extensions"]["lacking"] == ["billing:manage"]
+    assert (await run(client, ISSUE, {"id": agent["id"]}, owner, tenant)).ok()
+
+
+async def test_an_agent_stops_when_its_sponsor_leaves_whoever_made_its_key(
+    client: GraphQLClient,
+) -> None:
+    owner = await client.sign_up()
+    tenant = await client.create_tenant(owner)
+    sponsor = await client.add_member(owner, tenant, role="admin")
+    agent = (
+        await run(
+            client,
+            CREATE_AGENT,
+            {"input": {"name": "bot", "scopes": ["roles:manage", "tenant:read"]}},
+            sponsor,
+            tenant,
+        )
+    ).ok()["createAgent"]["agent"]
+    key = (
+        await run(
+            client, AGENT_KEY, {"input": {"agentId": agent["id"], "name": "k"}}, owner, tenant
+        )
+    ).ok()["createAgentKey"]["secret"]
+    bot = Actor(token=key, tenant_id=tenant)
+    assert (await create_role(client, bot, tenant)).ok()
+    delegated_token = (await client.execute(EXCHANGE, {"s": owner.token, "a": key})).ok()[
+        "exchangeToken"
+    ]["accessToken"]
+    delegated = Actor(token=delegated_token, tenant_id=tenant)
+    assert (await create_role(client, delegated, tenant)).ok()
+
+    membership = await client.membership_id(owner, tenant, str(sponsor.user_id))
+    (await run(client, REMOVE_MEMBER, {"id": membership}, owner, tenant)).ok()
+    assert (await create_role(client, bot, tenant)).codes == ["UNAUTHENTICATED"]
+    assert (await create_role(client, delegated, tenant)).codes == ["UNAUTHENTICATED"]
+    assert (await client.execute(EXCHANGE, {"s": owner.token, "a": key})).codes == [
+        "UNAUTHENTICATED"
+    ]
+
+
+async def test_agents_never_mint_credentials_that_would_outlive_them(
+    client: GraphQLClient,
+) -> None:
+    owner = await client.sign_up()
+    tenant = await client.create_tenant(owner)
+    user = await client.add_member(owner, tenant, role="admin")
+    agent_id, bot = await agent_with_key(
+        client, owner, tenant, ["apikeys:manage", "agents:manage", "roles:manage", "tenant:read"]
+    )
+    delegated = Actor(
+        token=(await client.execute(EXCHANGE, {"s": user.token, "a": bot.token})).ok()[
+            "exchangeToken"
+        ]["accessToken"],
+        tenant_id=tenant,
+    )
+    key_input = {"input": {"name": "persist", "scopes": ["tenant:read"]}}
+    agent_input = {"input": {"name": "child", "scopes": ["tenant:read"]}}
+    for actor in (bot, delegated):
+        assert (await run(client, CREATE_KEY, key_input, actor, tenant)).codes == ["FORBIDDEN"]
+        assert (await run(client, CREATE_AGENT, agent_input, actor, tenant)).codes == ["FORBIDDEN"]
+        again = {"input": {"agentId": agent_id, "name": "k2"}}
+        assert (await run(client, AGENT_KEY, again, actor, tenant)).codes == ["FORBIDDEN"]
+    # A delegated token is not the agent itself: it cannot issue the agent's own token.
+    assert (await run(client, ISSUE, {"id": agent_id}, delegated, tenant)).codes == ["FORBIDDEN"]
+
+
+async def test_an_agent_key_scoped_to_an_included_permission_works(client: GraphQLClient) -> None:
+    owner = await client.sign_up()
+    tenant = await client.create_tenant(owner)
+    agent = (
+        await run(
+            client,
+            CREATE_AGENT,
+            {"input": {"name": "x", "scopes": ["tenant:manage"]}},
+            owner,
+            tenant,
+        )
+    ).ok()["createAgent"]["agent"]
+    key = (
+        await run(
+            client,
+            AGENT_KEY,
+            {"input": {"agentId": agent["id"], "name": "k", "scopes": ["tenant:read"]}},
+            owner,
+            tenant,
+        )
+    ).ok()["createAgentKey"]["secret"]
+    assert (
+        await client.execute("{ tenant { id } }", actor=Actor(token=key, tenant_id=tenant))
+    ).ok()
+
+
+async def test_an_identity_providers_act_claim_naming_a_known_agent_is_honoured(
+    rs_idp: IdP,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """The IdP's token for a user with act = {sub: <agent>}: the agent acting for the user,
+    exactly as after exchangeToken. An act claim that names no known agent of the tenant, or
+    that is malformed, is refused — never read as the user's own token."""
+    client = rs_idp.client
+    user = Actor(token=rs_idp.token(unique("sub-")))
+    tenant = await client.create_tenant(user)
+
+    agent = (
+        await run(
+            client,
+            CREATE_AGENT,
+            {"input": {"name": "bot", "scopes": ["members:read", "tenant:read"]}},
+            user,
+            tenant,
+        )
+    ).ok()["createAgent"]["agent"]
+    subject = unique("sub-")
+    delegated = Actor(token=rs_idp.token(subject, act={"sub": agent["id"]}))
+    # A new IdP user, not a member: nothing to act for.
+    assert (await client.execute(MEMBERS, actor=delegated, tenant_id=tenant)).codes == ["FORBIDDEN"]
+    # The tenant's owner, through the IdP, with the agent acting: members (both hold it), not
+    # roles (the agent lacks roles:manage), and audited as the agent for the owner.
+    owner_sub = unique("sub-")
+    owner = Actor(token=rs_idp.token(owner_sub))
+    owner_tenant = await client.create_tenant(owner)
+    agent2 = (
+        await run(
+            client,
+            CREATE_AGENT,
+            {"input": {"name": "bot", "scopes": ["members:read", "tenant:read"]}},
+            owner,
+            owner_tenant,
+        )
+    ).ok()["createAgent"]["agent"]
+    acting = Actor(token=rs_idp.token(owner_sub, act={"sub": agent2["id"]}))
+    assert (await client.execute(MEMBERS, actor=acting, tenant_id=owner_tenant)).ok()
+    assert (await create_role(client, acting, owner_tenant)).codes == ["FORBIDDEN"]
+    # The agent of another tenant, an unknown agent, a malformed act: refused.
+    other = Actor(token=rs_idp.token(owner_sub, act={"sub": agent["id"]}))
+    unknown = Actor(token=rs_idp.token(owner_sub, act={"sub": "agt_0000000000000000000000000"}))
+    for act in ("agt_x", {"sub": 42}, {"client_id": agent2["id"]}):
+        malformed = Actor(token=rs_idp.token(owner_sub, act=act))
+        r = await client.execute(MEMBERS, actor=malformed, tenant_id=owner_tenant)
+        assert r.codes == ["UNAUTHENTICATED"], (act, r.body)
+    for actor in (other, unknown):
+        r = await client.execute(MEMBERS, actor=actor, tenant_id=owner_tenant)
+        assert r.codes == ["UNAUTHENTICATED"], r.body

@@ -233,3 +233,28 @@ def test_a_bad_plans_file_is_refused_whole_naming_the_path(tmp_path: Path) -> No
     good.write_text(json.dumps({"plans": [{"key": "a", "name": "A"}, {"key": "a", "name": "B"}]}))
     with pytest.raises(BadUserInput, match="defined twice"):
         read_plans_file(good)
+
+
+async def test_only_the_operators_live_credentials_change_the_catalog(billing: Billing) -> None:
+    """Plans are live and global: a test-environment key of the operator's tenant, holding
+    billing:manage, does not define them; a live one does."""
+    test_key = await billing.client.api_key(
+        billing.operator, billing.operator_tenant, ["billing:manage"], environment="TEST"
+    )
+    r = await billing.client.execute(
+        DEFINE,
+        {"input": plan_input(unique("t").lower().replace("-", "_"))},
+        actor=test_key,
+        tenant_id=billing.operator_tenant,
+    )
+    assert r.codes == ["FORBIDDEN"], r.body
+    live_key = await billing.client.api_key(
+        billing.operator, billing.operator_tenant, ["billing:manage"]
+    )
+    ok = await billing.client.execute(
+        DEFINE,
+        {"input": plan_input(unique("l").lower().replace("-", "_"))},
+        actor=live_key,
+        tenant_id=billing.operator_tenant,
+    )
+    assert ok.ok()

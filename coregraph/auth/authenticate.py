@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import aliased
 
 from coregraph import db, ids
 from coregraph.auth import secrets
@@ -32,6 +33,9 @@ LAST_USED_RESOLUTION = timedelta(seconds=60)
 _API_KEY_TENANTS_KEPT = 10_000
 
 _API_KEY = select(ApiKey.tenant_id).where(ApiKey.secret_hash == bindparam("digest"))
+# An agent key's agent's sponsor and their role (the key's creator may be someone else).
+_SPONSOR = aliased(Membership)
+_SPONSOR_ROLE = aliased(Role)
 # The key and its creator's current role in the key's tenant (no creator, or a creator no
 # longer a member: no permissions, so the key can do nothing).
 _API_KEY_WITH_PERMISSIONS = (
@@ -50,6 +54,7 @@ _API_KEY_WITH_PERMISSIONS = (
         Agent.scopes.label("agent_scopes"),
         Agent.disabled_at.label("agent_disabled_at"),
         Agent.deleted_at.label("agent_deleted_at"),
+        _SPONSOR_ROLE.permissions.label("sponsor_permissions"),
     )
     .outerjoin(
         Membership,
@@ -60,6 +65,11 @@ _API_KEY_WITH_PERMISSIONS = (
     )
     .outerjoin(Role, Role.id == Membership.role_id)
     .outerjoin(Agent, and_(Agent.id == ApiKey.agent_id, Agent.tenant_id == ApiKey.tenant_id))
+    .outerjoin(
+        _SPONSOR,
+        and_(_SPONSOR.tenant_id == Agent.tenant_id, _SPONSOR.user_id == Agent.sponsor_user_id),
+    )
+    .outerjoin(_SPONSOR_ROLE, _SPONSOR_ROLE.id == _SPONSOR.role_id)
     .where(ApiKey.secret_hash == bindparam("digest"))
 )
 # An agent of a tenant and its sponsor's current role there: an agent never exceeds the rights
@@ -120,6 +130,10 @@ class Authenticator:
         if secrets.is_api_key(credential):
             return await self._api_key(credential, tenant_id, environment_header)
         token = await self.tokens.verify(credential)
+        if "act" in token.claims and token.actor is None:
+            # Someone else acts for the subject, but not in a form we can check: never take
+            # such a token as the subject's own.
+            raise Unauthenticated("the token's act claim names no actor")
         if token.kind == AGENT_KIND:
             return await self._agent(token, tenant_id, environment_header)
         if token.actor is not None:
@@ -133,18 +147,16 @@ class Authenticator:
         token's; its rights the agent's scopes within its sponsor's current ones."""
         tenant_id, environment = _token_tenant(token, tenant_header, environment_header)
         agent = await self.active_agent(token.subject, tenant_id)
+        scopes = agent_rights(agent.sponsor_permissions, frozenset(agent.scopes))
         narrowed = token.scopes & PERMISSION_KEYS if token.scopes is not None else None
-        limit = (
-            frozenset(agent.scopes) & narrowed if narrowed is not None else frozenset(agent.scopes)
-        )
+        if narrowed is not None:
+            scopes &= with_implied(narrowed)
         return Principal(
             kind=PrincipalKind.AGENT,
             agent_id=agent.id,
             tenant_id=tenant_id,
             environment=environment,
-            tenant_scopes={
-                tenant_id: effective_scopes(frozenset(agent.sponsor_permissions or ()), limit)
-            },
+            tenant_scopes={tenant_id: scopes},
         )
 
     async def _delegated(
@@ -175,7 +187,9 @@ class Authenticator:
             user_id, None if session_id is None else str(session_id), tenant_id=tenant_id
         )
         narrowed = token.scopes & PERMISSION_KEYS if token.scopes is not None else None
-        scopes = user.scopes_in(tenant_id) & with_implied(frozenset(agent.scopes))
+        scopes = user.scopes_in(tenant_id) & agent_rights(
+            agent.sponsor_permissions, frozenset(agent.scopes)
+        )
         if narrowed is not None:
             scopes &= with_implied(narrowed)
         return Principal(
@@ -323,6 +337,10 @@ class Authenticator:
                 raise Unauthenticated("API key is invalid or revoked")
             if row.agent_disabled_at is not None:
                 raise Unauthenticated("the agent is disabled")
+            # Within the key's and the agent's scopes, and within both its creator's and the
+            # agent's sponsor's current rights: a sponsor who left stops the agent.
+            granted = agent_rights(row.sponsor_permissions, frozenset(row.agent_scopes))
+            limit = with_implied(frozenset(row.scopes)) & granted
             return Principal(
                 kind=PrincipalKind.AGENT,
                 agent_id=row.agent_id,
@@ -330,10 +348,7 @@ class Authenticator:
                 tenant_id=row.tenant_id,
                 environment=environment,
                 tenant_scopes={
-                    row.tenant_id: effective_scopes(
-                        frozenset(row.creator_permissions or ()),
-                        frozenset(row.scopes) & frozenset(row.agent_scopes),
-                    )
+                    row.tenant_id: effective_scopes(frozenset(row.creator_permissions or ()), limit)
                 },
                 rate_limits=row.rate_limits or None,
             )
@@ -409,6 +424,14 @@ def _tenant(header: str | None) -> str | None:
     if not ids.is_valid(value, "ten"):
         raise BadUserInput("X-Tenant-Id: not a valid tenant id", field="X-Tenant-Id")
     return value
+
+
+def agent_rights(sponsor_permissions: Any, agent_scopes: frozenset[str]) -> frozenset[str]:
+    """What an agent may do at most: its own scopes (with what they include) within its
+    sponsor's current role. A sponsor who is no longer a member stops the agent."""
+    if sponsor_permissions is None:
+        raise Unauthenticated("the agent's sponsor is no longer a member of its tenant")
+    return with_implied(frozenset(sponsor_permissions)) & with_implied(agent_scopes)
 
 
 def _token_tenant(

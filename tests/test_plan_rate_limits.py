@@ -11,7 +11,7 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from coregraph.errors import QuotaExceeded
 from coregraph.models.base import Environment, utcnow
-from coregraph.services.api_requests import ApiRequestMeter
+from coregraph.services.api_requests import MAX_ATTEMPTS, ApiRequestMeter, Batch
 from tests.conftest import make_settings
 from tests.streams_support import engine_for
 from tests.support import PASSWORD, Actor, GraphQLClient, Server, running_server, unique
@@ -324,6 +324,19 @@ async def test_a_flush_recorded_twice_counts_once(
         assert refused.value.extra["current"] == "9"
         assert await meter.flush() == 1
         assert await meter.recorded(customer.tenant_id, Environment.LIVE) == Decimal(9)
+        # A tenant whose records fail holds up no other: the rest is recorded, the failed part
+        # kept for the next flush, and dropped (logged) after MAX_ATTEMPTS failed flushes.
+        mixed = Batch(
+            "mixed:1",
+            utcnow(),
+            {(customer.tenant_id, "live", "key_d"): 2, (customer.tenant_id, "nowhere", "key_d"): 1},
+        )
+        left = await meter.record(mixed)
+        assert left == Batch("mixed:1", mixed.at, {(customer.tenant_id, "nowhere", "key_d"): 1}, 1)
+        assert await meter.recorded(customer.tenant_id, Environment.LIVE) == Decimal(11)
+        meter._retry.append(replace(left, attempts=MAX_ATTEMPTS - 1))
+        assert await meter.flush() == 1, "tried a last time, then dropped"
+        assert meter._retry == []
         if not redis_url:
             return
         redis = Redis.from_url(redis_url)
@@ -342,12 +355,12 @@ async def test_a_flush_recorded_twice_counts_once(
                 engine, flush_seconds=60, cache_seconds=0, redis=redis, prefix=prefix
             )
             assert await survivor.flush() == 1
-            assert await survivor.recorded(customer.tenant_id, Environment.LIVE) == Decimal(13)
+            assert await survivor.recorded(customer.tenant_id, Environment.LIVE) == Decimal(15)
             # Had the dead process recorded it after all, the batch counts once.
             await survivor.record(
-                type(batch)("dead-process:1", utcnow(), {(customer.tenant_id, "live", "key_c"): 4})
+                Batch("dead-process:1", utcnow(), {(customer.tenant_id, "live", "key_c"): 4})
             )
-            assert await survivor.recorded(customer.tenant_id, Environment.LIVE) == Decimal(13)
+            assert await survivor.recorded(customer.tenant_id, Environment.LIVE) == Decimal(15)
             assert await redis.smembers(f"{prefix}:api-requests:batches") == set()
         finally:
             await redis.aclose()

@@ -54,6 +54,8 @@ log = logging.getLogger("coregraph.api_requests")
 
 METER = "api.requests"
 ACTOR = "coregraph:api-requests"
+# A batch whose records failed this many flushes in a row is dropped (logged).
+MAX_ATTEMPTS = 10
 # The periodic flush's task (a test counting a request's statements leaves it out).
 FLUSH_TASK = "api-requests-flush"
 # (tenant, environment, credential)
@@ -67,6 +69,8 @@ class Batch:
     name: str
     at: datetime
     counts: Mapping[Slot, int]
+    # Flushes that failed to record it so far.
+    attempts: int = 0
 
 
 @dataclass
@@ -177,9 +181,11 @@ class ApiRequestMeter:
         self.sequence += 1
         return Batch(f"{self.identity}:{self.sequence}", utcnow(), counts)
 
-    async def record(self, batch: Batch) -> None:
+    async def record(self, batch: Batch) -> Batch | None:
         """Record a batch: one usage record per credential, one unit of work per tenant and
-        environment. Idempotent: recording it again (a retry) counts nothing twice."""
+        environment. Idempotent: recording it again (a retry) counts nothing twice. A tenant
+        whose records fail (logged) does not hold up the others: the counts not recorded are
+        returned, as a batch of the same name (None when all were)."""
         groups: dict[tuple[str, str], list[usage.UsageDraft]] = {}
         for (tenant_id, env, credential), n in sorted(batch.counts.items()):
             groups.setdefault((tenant_id, env), []).append(
@@ -192,15 +198,26 @@ class ApiRequestMeter:
                 )
             )
         meta = RequestMeta(user_agent="coregraph api.requests flush")
+        failed: dict[Slot, int] = {}
         for (tenant_id, env), drafts in groups.items():
-            principal = replace(system_principal(ACTOR), environment=Environment(env))
 
-            def open_uow(tenant_id: str = tenant_id, principal: Any = principal) -> Any:
+            def open_uow(tenant_id: str = tenant_id, env: str = env) -> Any:
+                principal = replace(system_principal(ACTOR), environment=Environment(env))
                 return _TenantUnitOfWork(self.engine, principal, meta, tenant_id)
 
-            answers = await usage.record_usage_once(
-                open_uow, tenant_id, drafts, window=usage.LateWindow(), builtin=True
-            )
+            try:
+                answers = await usage.record_usage_once(
+                    open_uow, tenant_id, drafts, window=usage.LateWindow(), builtin=True
+                )
+            except Exception:
+                log.exception(
+                    "api.requests of a tenant not recorded; kept for the next flush",
+                    extra={"tenant_id": tenant_id, "batch": batch.name},
+                )
+                failed.update(
+                    {slot: n for slot, n in batch.counts.items() if slot[:2] == (tenant_id, env)}
+                )
+                continue
             key = (tenant_id, env)
             if self.redis is None:
                 # A replayed record (a retry of a group already recorded) was taken off before.
@@ -211,6 +228,21 @@ class ApiRequestMeter:
                 else:
                     self._unrecorded.pop(key, None)
             self._recorded.pop(key, None)
+        if not failed:
+            return None
+        return Batch(batch.name, batch.at, failed, batch.attempts + 1)
+
+    def _keep(self, left: Batch | None) -> Batch | None:
+        """What of a batch to try again: none past ``MAX_ATTEMPTS`` (its counts are dropped,
+        logged: a tenant whose records keep failing must not hold its counts forever)."""
+        if left is not None and left.attempts >= MAX_ATTEMPTS:
+            log.error(
+                "api.requests dropped after %d failed flushes",
+                left.attempts,
+                extra={"batch": left.name, "counts": sum(left.counts.values())},
+            )
+            return None
+        return left
 
     async def flush(self) -> int:
         """Record what was counted (and any batch a failed flush left); the batches recorded."""
@@ -220,12 +252,12 @@ class ApiRequestMeter:
             batch = self.cut()
             if batch is not None:
                 self._retry.append(batch)
-            done = 0
-            while self._retry:
-                await self.record(self._retry[0])
-                self._retry.pop(0)
-                done += 1
-            return done
+            pending, self._retry = self._retry, []
+            for waiting in pending:
+                left = self._keep(await self.record(waiting))
+                if left is not None:
+                    self._retry.append(left)
+            return len(pending) - len(self._retry)
 
     async def _flush_redis(self) -> int:
         from redis import exceptions as redis_errors  # only with Redis (a lazy dependency)
@@ -246,19 +278,32 @@ class ApiRequestMeter:
             batch_key = raw.decode() if isinstance(raw, bytes) else str(raw)
             fields = await self.redis.hgetall(batch_key)
             counts: dict[Slot, int] = {}
+            attempts = 0
             for slot_raw, n_raw in fields.items():
                 parts = (slot_raw.decode() if isinstance(slot_raw, bytes) else slot_raw).split("|")
                 n = int(n_raw)
-                if parts[0] != "total" and len(parts) == 3 and n > 0:
+                if parts == ["attempts"]:
+                    attempts = n
+                elif parts[0] != "total" and len(parts) == 3 and n > 0:
                     counts[(parts[0], parts[1], parts[2])] = n
+            name_part = batch_key.removeprefix(f"{self.prefix}:api-requests:batch:")
+            left = None
             if counts:
-                name_part = batch_key.removeprefix(f"{self.prefix}:api-requests:batch:")
-                await self.record(Batch(name_part, utcnow(), counts))
+                left = self._keep(await self.record(Batch(name_part, utcnow(), counts, attempts)))
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.delete(batch_key)
-                pipe.srem(self._batches, batch_key)
+                if left is None:
+                    pipe.srem(self._batches, batch_key)
+                    done += 1
+                else:  # only the tenants whose records failed, tried again next time
+                    pipe.hset(
+                        batch_key,
+                        mapping={
+                            "attempts": left.attempts,
+                            **{"|".join(slot): n for slot, n in left.counts.items()},
+                        },
+                    )
                 await pipe.execute()
-            done += 1
         return done
 
     @contextlib.asynccontextmanager

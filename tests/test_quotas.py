@@ -405,8 +405,22 @@ async def test_uploads_and_emitted_events_are_metered(billing: Billing) -> None:
     assert point["value"] == "5"
 
 
-async def test_a_delivered_webhook_is_metered_per_endpoint(billing: Billing) -> None:
-    team = await billing.team()
+async def test_emitted_events_announce_their_thresholds(billing: Billing) -> None:
+    team = await billing.team({"meter": "events.emitted", "value": "10", "hard": False})
+    await team.run(REGISTER, {"input": {"type": "shop.sold", "schema": {"type": "object"}}})
+    inputs = [{"type": "shop.sold", "data": {"n": n}} for n in range(8)]
+    await team.run(EMIT_MANY, {"inputs": inputs})
+    assert [(t["percent"], t["value"]) for t in await team.thresholds()] == [(80, 8)]
+    await team.run(EMIT_MANY, {"inputs": inputs[:3]})
+    await team.run(EMIT, {"input": inputs[0]})
+    announced = sorted((t["percent"], t["value"]) for t in await team.thresholds())
+    assert announced == [(80, 8), (100, 11)]
+
+
+async def test_a_delivered_webhook_is_metered_per_endpoint_and_announces_thresholds(
+    billing: Billing,
+) -> None:
+    team = await billing.team({"meter": "webhooks.delivered", "value": "2", "hard": False})
     got: list[ReceivedRequest] = []
 
     async def answer(request: ReceivedRequest) -> Reply:
@@ -435,3 +449,14 @@ async def test_a_delivered_webhook_is_metered_per_endpoint(billing: Billing) -> 
             points = await delivered()
     assert points == [{"group": {"endpoint": endpoint}, "value": "2"}]
     assert len({request.headers["webhook-id"] for request in got}) == 2
+    # The worker announces them once the deliveries are recorded.
+    deadline = asyncio.get_running_loop().time() + WAIT
+    announced = await team.thresholds()
+    while len(announced) < 2:
+        assert asyncio.get_running_loop().time() < deadline, announced
+        await asyncio.sleep(0.05)
+        announced = await team.thresholds()
+    assert sorted((t["meter"], t["percent"], t["value"]) for t in announced) == [
+        ("webhooks.delivered", 80, 2),
+        ("webhooks.delivered", 100, 2),
+    ]

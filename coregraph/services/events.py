@@ -689,9 +689,10 @@ async def emit_events(
             uow.session,
             [usage.usage_row(tenant_id, uow.principal.environment, EVENTS_METER, Decimal(stated))],
         )
-        await quotas.after_change(
-            uow, tenant_id, uow.principal.environment, EVENTS_METER, default_plan=default_plan
-        )
+        if EVENTS_METER in await quotas.limited_meters(uow.session, tenant_id, default_plan):
+            await quotas.after_change(
+                uow, tenant_id, uow.principal.environment, EVENTS_METER, default_plan=default_plan
+            )
     return emitted
 
 

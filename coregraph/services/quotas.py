@@ -36,6 +36,8 @@ ON CONFLICT DO NOTHING`` / ``INSERT OR IGNORE``: the transaction stays usable), 
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -59,6 +61,11 @@ STORAGE_BYTES = "storage.bytes"
 TENANT_WIDE = frozenset({SEATS, STORAGE_BYTES})
 # Meters whose value is the state now, not a period's aggregate of records.
 GAUGES = TENANT_WIDE
+
+# How long one process trusts what it read of a tenant's limited meters (``limited_meters``).
+LIMITED_METERS_SECONDS = 5.0
+_LIMITED_CACHE_SIZE = 10_000
+_LIMITED: OrderedDict[tuple[str, str | None], tuple[float, frozenset[str]]] = OrderedDict()
 
 # (tenant id, environment) -> usage counted but not yet in usage_records (api.requests).
 PendingUsage = Callable[[str, Environment], Awaitable[Decimal]]
@@ -178,6 +185,29 @@ class Quota:
         if self.limit is None:
             return None
         return max(self.limit.value - self.used, Decimal(0))
+
+
+async def limited_meters(
+    session: AsyncSession, tenant_id: str, default_plan: str | None
+) -> frozenset[str]:
+    """The meters the tenant's plan limits, read at most once per ``LIMITED_METERS_SECONDS``
+    per tenant and process: for the high-volume feeds (events.emitted, webhooks.delivered),
+    which check their thresholds only when their meter is limited. After a plan change a
+    process may skip the check for that long; the next write after it announces whatever the
+    period's sum has reached, so a threshold is late, never lost."""
+    key = (tenant_id, default_plan)
+    now = time.monotonic()
+    cached = _LIMITED.get(key)
+    if cached is not None and cached[0] > now:
+        _LIMITED.move_to_end(key)
+        return cached[1]
+    plan = await billing.current_plan(session, tenant_id, default_plan)
+    meters = frozenset(limit.meter for limit in plan.spec.limits) if plan.spec else frozenset()
+    _LIMITED[key] = (now + LIMITED_METERS_SECONDS, meters)
+    _LIMITED.move_to_end(key)
+    while len(_LIMITED) > _LIMITED_CACHE_SIZE:
+        _LIMITED.popitem(last=False)
+    return meters
 
 
 def _limits(plan: CurrentPlan, meter: str) -> list[LimitSpec]:

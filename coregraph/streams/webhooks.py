@@ -73,7 +73,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Interval, Row, Table, and_, case, func, insert, literal, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from standardwebhooks import Webhook
 
 from coregraph import ids, telemetry
@@ -84,7 +84,7 @@ from coregraph.models.base import Environment, UTCDateTime, utcnow
 from coregraph.models.webhooks import DeliveryStatus
 from coregraph.outbound import OutboundClient, OutboundResult
 from coregraph.request import RequestMeta
-from coregraph.services import usage
+from coregraph.services import quotas, usage
 from coregraph.services.uow import UnitOfWork
 from coregraph.services.webhooks import SecretBox, attempt_message, signing_secrets
 from coregraph.settings import Settings
@@ -558,6 +558,9 @@ class WebhookWorker:
             ):
                 self._next_due = next_attempt_at
         await self._publish(plans)
+        await self._announce_thresholds(
+            {(o.row.tenant_id, o.row.environment) for o, status, _ in plans if status is _SUCCEEDED}
+        )
         for endpoint_id, row in failing.items():
             if self._should_disable(row, now) and endpoint_id not in self._disabling:
                 # Beside the recorder, not in its way: a slow disable (the tenant's head-row
@@ -567,6 +570,34 @@ class WebhookWorker:
                     name=f"coregraph-webhook-disable-{endpoint_id}",
                 )
                 self._disabling[endpoint_id] = task
+
+    async def _announce_thresholds(self, delivered_in: set[tuple[str, str]]) -> None:
+        """The usage.threshold_reached events of webhooks.delivered, once the deliveries'
+        records committed: a unit of work per tenant whose plan limits the meter (read at most
+        every few seconds, quotas.limited_meters). A failure is logged; the next delivery to
+        the tenant announces what was missed."""
+        default_plan = self.settings.default_plan
+        for tenant_id, environment in sorted(delivered_in):
+            try:
+                async with AsyncSession(self.engine) as session:
+                    limited = await quotas.limited_meters(session, tenant_id, default_plan)
+                if DELIVERED_METER not in limited:
+                    continue
+                meta = RequestMeta(user_agent="coregraph worker (webhook delivery)")
+                async with UnitOfWork(self.engine, system_principal(ACTOR), meta) as uow:
+                    await uow.allow_tenant(tenant_id)
+                    await quotas.after_change(
+                        uow,
+                        tenant_id,
+                        Environment(environment),
+                        DELIVERED_METER,
+                        default_plan=default_plan,
+                    )
+            except Exception:
+                log.exception(
+                    "could not announce webhooks.delivered thresholds",
+                    extra={"tenant_id": tenant_id},
+                )
 
     async def _disable_quietly(self, tenant_id: str, endpoint_id: str, failing: Any) -> None:
         try:

@@ -45,9 +45,7 @@ def _one(spans: list[ReadableSpan], name: str, trace_id: int | None = None) -> R
     """The one span named ``name`` (in trace ``trace_id``: the relay and the worker may still
     be exporting the spans of earlier mutations' events)."""
     found = [
-        span
-        for span in spans
-        if span.name == name and trace_id in (None, span.context.trace_id)
+        span for span in spans if span.name == name and trace_id in (None, span.context.trace_id)
     ]
     assert len(found) == 1, (name, [span.name for span in spans])
     return found[0]

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import websockets
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from coregraph.errors import QuotaExceeded
 from coregraph.models.base import Environment, utcnow
@@ -348,9 +349,9 @@ async def test_a_flush_recorded_twice_counts_once(
             for _ in range(4):
                 await dead.count(customer.tenant_id, Environment.LIVE, "key_c", None)
             # Cut as a flush does, then "die" before recording.
-            batch_key = f"{prefix}:api-requests:batch:dead-process:1"
-            await redis.rename(f"{prefix}:api-requests:pending", batch_key)
-            await redis.sadd(f"{prefix}:api-requests:batches", batch_key)
+            batch_key = f"{dead._keys}:batch:dead-process:1"
+            await redis.rename(dead._hash, batch_key)
+            await redis.sadd(dead._batches, batch_key)
             survivor = ApiRequestMeter(
                 engine, flush_seconds=60, cache_seconds=0, redis=redis, prefix=prefix
             )
@@ -361,7 +362,20 @@ async def test_a_flush_recorded_twice_counts_once(
                 Batch("dead-process:1", utcnow(), {(customer.tenant_id, "live", "key_c"): 4})
             )
             assert await survivor.recorded(customer.tenant_id, Environment.LIVE) == Decimal(15)
-            assert await redis.smembers(f"{prefix}:api-requests:batches") == set()
+            assert await redis.smembers(survivor._batches) == set()
+            # Another database's meter, under the same prefix, never sees these counts.
+            await dead.count(customer.tenant_id, Environment.LIVE, "key_c", None)
+            other = ApiRequestMeter(
+                create_async_engine("sqlite+aiosqlite:///:memory:"),
+                flush_seconds=60,
+                cache_seconds=0,
+                redis=redis,
+                prefix=prefix,
+            )
+            assert await other.flush() == 0
+            assert await redis.hgetall(other._hash) == {}
+            await other.engine.dispose()
+            assert await survivor.flush() == 1
         finally:
             await redis.aclose()
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import logging
 import os
 import socket
@@ -102,13 +104,22 @@ class ApiRequestMeter:
 
     # --- counting and the cap ---------------------------------------------------------------
 
+    @functools.cached_property
+    def _keys(self) -> str:
+        """Where this deployment's counts live in Redis: under the prefix and the database's
+        digest, so deployments sharing a Redis (and a prefix by mistake, or test sessions on
+        databases of their own) never record each other's counts."""
+        url = self.engine.url.render_as_string(hide_password=False) if self.engine else ""
+        digest = hashlib.sha256(url.encode()).hexdigest()[:12]
+        return f"{self.prefix}:api-requests:{digest}"
+
     @property
     def _hash(self) -> str:
-        return f"{self.prefix}:api-requests:pending"
+        return f"{self._keys}:pending"
 
     @property
     def _batches(self) -> str:
-        return f"{self.prefix}:api-requests:batches"
+        return f"{self._keys}:batches"
 
     async def count(
         self, tenant_id: str, environment: Environment, credential: str, cap: Decimal | None
@@ -263,7 +274,7 @@ class ApiRequestMeter:
         from redis import exceptions as redis_errors  # only with Redis (a lazy dependency)
 
         self.sequence += 1
-        name = f"{self.prefix}:api-requests:batch:{self.identity}:{self.sequence}"
+        name = f"{self._keys}:batch:{self.identity}:{self.sequence}"
         if await self.redis.exists(self._hash):
             # Cut atomically: counts made from now on go to a new pending hash. (Another
             # process may cut first: the rename then fails and the name stays empty.)
@@ -286,7 +297,7 @@ class ApiRequestMeter:
                     attempts = n
                 elif parts[0] != "total" and len(parts) == 3 and n > 0:
                     counts[(parts[0], parts[1], parts[2])] = n
-            name_part = batch_key.removeprefix(f"{self.prefix}:api-requests:batch:")
+            name_part = batch_key.removeprefix(f"{self._keys}:batch:")
             left = None
             if counts:
                 left = self._keep(await self.record(Batch(name_part, utcnow(), counts, attempts)))

@@ -163,6 +163,9 @@ def ratios(runs: dict[str, list[load.Stats]], base: str) -> dict[str, float]:
 
 async def throughput(args: argparse.Namespace, env: dict[str, str], tmp: str) -> None:
     print(f"\n## dashboard throughput with {', '.join(map(str, PROCESSES))} API processes")
+    # Seven processes up at once: 8 connections each keeps them within PostgreSQL's default
+    # max_connections (100) with room for the rest of the machine.
+    env = {**env, "COREGRAPH_DATABASE_POOL_SIZE": "8"}
     with contextlib.ExitStack() as stack:
         servers = {
             n: stack.enter_context(coregraph_server(f"api-x{n}", env, tmp, workers=n))
@@ -173,7 +176,12 @@ async def throughput(args: argparse.Namespace, env: dict[str, str], tmp: str) ->
             settings, servers[1].base_url + "/graphql", members=args.members
         )
         targets = [dashboard_target(servers[n], tenant, f"{n} process(es)") for n in PROCESSES]
-        runs = await rounds(targets, args)
+        try:
+            runs = await rounds(targets, args)
+        except* load.BadResponse:
+            for server in servers.values():
+                print(f"--- {server.name}'s log:\n{server.log_tail(40)}")
+            raise
     scaling = ratios(runs, targets[0].name)
     for n, target in zip(PROCESSES, targets, strict=True):
         combined = load.combine(runs[target.name])

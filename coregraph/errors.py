@@ -55,3 +55,9 @@ class QuotaExceeded(CoregraphError):
 
 class RateLimited(CoregraphError):
     code = "RATE_LIMITED"
+
+
+class ServiceUnavailable(CoregraphError):
+    """Not the request's fault: a dependency (the database) could not serve it; retry."""
+
+    code = "SERVICE_UNAVAILABLE"

@@ -23,7 +23,7 @@ from strawberry.types.graphql import OperationType
 from coregraph.auth.principal import Principal, PrincipalKind
 from coregraph.auth.schema_reader import SCHEMA_SECRET_HEADER, carries_schema_secret
 from coregraph.context import Context
-from coregraph.errors import CoregraphError, Unauthenticated
+from coregraph.errors import CoregraphError, ServiceUnavailable, Unauthenticated
 from coregraph.graphiql import graphiql_page
 from coregraph.request import RequestMeta, served_base_url
 from coregraph.schema.errors import present, with_trace_id
@@ -37,7 +37,12 @@ log = logging.getLogger("coregraph.http")
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 JSON = "application/json"
-_STATUS_FOR_CODE = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403, "BAD_USER_INPUT": 400}
+_STATUS_FOR_CODE = {
+    "UNAUTHENTICATED": 401,
+    "FORBIDDEN": 403,
+    "BAD_USER_INPUT": 400,
+    "SERVICE_UNAVAILABLE": 503,
+}
 
 
 class RequestError(Exception):
@@ -134,13 +139,23 @@ def request_meta(request: Request) -> RequestMeta:
 
 async def authenticate(request: Request, runtime: Runtime, meta: RequestMeta) -> Principal:
     """The request's principal from its ``Authorization``, ``X-Tenant-Id`` and
-    ``X-Environment`` headers; every HTTP endpoint authenticates through here."""
-    return await runtime.authenticator.authenticate(
-        request.headers.get("authorization"),
-        request.headers.get("x-tenant-id"),
-        request.headers.get("x-environment"),
-        meta,
-    )
+    ``X-Environment`` headers; every HTTP endpoint authenticates through here. A failure that
+    is not the credential's (the database unreachable or out of connections) is answered as a
+    typed, retryable 503 SERVICE_UNAVAILABLE, never a bare 500 page."""
+    try:
+        return await runtime.authenticator.authenticate(
+            request.headers.get("authorization"),
+            request.headers.get("x-tenant-id"),
+            request.headers.get("x-environment"),
+            meta,
+        )
+    except CoregraphError:
+        raise
+    except Exception as exc:
+        log.exception("authentication could not complete", extra={"request_id": meta.request_id})
+        raise ServiceUnavailable(
+            "the request's credential could not be checked just now; retry shortly"
+        ) from exc
 
 
 def error_payload(message: str, extensions: dict[str, Any]) -> dict[str, Any]:

@@ -6,18 +6,23 @@ CLI's export and plan loading, on both backends."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select, update
+from sqlalchemy.sql import Executable
 
+from coregraph import db
+from coregraph.models import Tenant, TenantPlanPeriod
 from coregraph.services.invoices import round_minor
 from tests.conftest import make_settings
 from tests.support import GraphQLClient, Server, running_server, unique
@@ -30,6 +35,8 @@ PREVIEW = """query($period: String) { invoicePreview(period: $period) {
             tiers { from upTo quantity unitAmount flatAmount amount } } } }"""
 ASSIGN = """mutation($tenantId: ID!, $plan: String!) {
     assignPlan(tenantId: $tenantId, plan: $plan) { plan { key } } }"""
+DEFINE = """mutation($input: DefinePlanInput!) { definePlan(input: $input) {
+    plan { key version } } }"""
 
 # The worked example's tiers: units 1-1,000 at 1.00, 1,001-5,000 at 0.80 plus a flat 500 once
 # reached, 5,001 and up at 0.50 (minor units).
@@ -210,9 +217,17 @@ async def test_graduated_per_unit_and_flat_prices_match_the_worked_examples(
         },
     ]
     assert [t["amount"] for t in by_meter["app.g_at_5001"]["tiers"]] == ["1000", "3700", "0.5"]
-    # A month without usage bills the flat fee alone.
-    empty = await _preview(team, "2020-01")
-    assert (empty["total"], empty["from"]) == ("4900", "2020-01-01T00:00:00+00:00")
+    # A month without usage bills the flat fee alone (the plan in force at its end: today's).
+    empty = await _preview(team, "2099-01")
+    assert (empty["total"], empty["from"]) == ("4900", "2099-01-01T00:00:00+00:00")
+    # A month that ended before the tenant existed bills nothing.
+    before = await _preview(team, "2020-01")
+    assert (before["plan"], before["currency"], before["lines"], before["total"]) == (
+        None,
+        None,
+        [],
+        "0",
+    )
 
 
 @pytest.mark.parametrize(
@@ -412,8 +427,8 @@ async def test_usage_summary_and_invoice_agree_on_an_empty_month(
     billing_client: GraphQLClient,
 ) -> None:
     team = await _on_plan(billing_client, "inv-basic", {"app.calls": "SUM"})
-    summary = (await team.run(SUMMARY, {"period": "2021-02"}))["usageSummary"]
-    preview = await _preview(team, "2021-02")
+    summary = (await team.run(SUMMARY, {"period": "2099-02"}))["usageSummary"]
+    preview = await _preview(team, "2099-02")
     calls = {m["meter"]["key"]: m["value"] for m in summary["meters"]}["app.calls"]
     assert _amounts(preview) == {None: ("1", "1000"), "app.calls": (calls, "0")}
     assert (preview["from"], preview["to"]) == (summary["from"], summary["to"])
@@ -456,3 +471,139 @@ async def test_the_operators_billing_managers_get_the_export_over_http(
     assert anonymous.status_code == 401
     assert bad_period.status_code == 400
     assert bad_period.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+# --- which plan prices a month: the one in force at its end ------------------------------
+
+
+def _month_start(months_back: int) -> datetime:
+    now = datetime.now(UTC)
+    index = now.year * 12 + now.month - 1 - months_back
+    return datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC)
+
+
+async def _as_owner(database_url: str, *statements: Executable) -> list[Any]:
+    """Runs ``statements`` as the database owner (past timestamps no API writes); returns the
+    rows of the last one when it is a query."""
+    engine = db.create_engine(make_settings(database_url), as_owner=True)
+    try:
+        async with engine.begin() as conn:
+            rows: list[Any] = []
+            for statement in statements:
+                result = await conn.execute(statement)
+                rows = list(result.all()) if result.returns_rows else []
+            return rows
+    finally:
+        await engine.dispose()
+
+
+def _periods(tenant_id: str) -> Executable:
+    return (
+        select(TenantPlanPeriod.__table__)
+        .where(TenantPlanPeriod.tenant_id == tenant_id)
+        .order_by(TenantPlanPeriod.id)
+    )
+
+
+def _created_at(tenant_id: str, at: datetime) -> Executable:
+    return update(Tenant).where(Tenant.id == tenant_id).values(created_at=at)
+
+
+def _priced(preview: dict[str, Any]) -> tuple[Any, ...]:
+    return (preview["plan"], preview["currency"], preview["total"])
+
+
+async def test_a_plan_changed_at_the_start_of_this_month_leaves_last_month_on_the_old_plan(
+    billing_client: GraphQLClient, database_url: str
+) -> None:
+    this_month, last_month = _month_start(0), _month_start(1)
+    team = await _on_plan(billing_client, "inv-priced", {})
+    await team.run(ASSIGN, {"tenantId": team.tenant_id, "plan": "inv-basic"})
+    written = await _as_owner(database_url, _periods(team.tenant_id))
+    # The tenant existed from the 4th of last month, on inv-priced until this month began.
+    mine = TenantPlanPeriod.tenant_id == team.tenant_id
+    await _as_owner(
+        database_url,
+        _created_at(team.tenant_id, last_month + timedelta(days=3)),
+        update(TenantPlanPeriod)
+        .where(mine, TenantPlanPeriod.valid_to.is_not(None))
+        .values(valid_from=last_month + timedelta(days=3), valid_to=this_month),
+        update(TenantPlanPeriod)
+        .where(mine, TenantPlanPeriod.valid_to.is_(None))
+        .values(valid_from=this_month),
+    )
+
+    previous = await _preview(team, last_month.strftime("%Y-%m"))
+    current = await _preview(team)
+    before = await _preview(team, _month_start(2).strftime("%Y-%m"))
+
+    # assign_plan closed the first period when it opened the second, each with its plan.
+    assert [(p.plan["key"], p.plan_version) for p in written] == [
+        ("inv-priced", 1),
+        ("inv-basic", 1),
+    ]
+    assert written[0].valid_to == written[1].valid_from
+    assert written[1].valid_to is None
+    assert _priced(previous) == ("inv-priced", "EUR", "4900")  # no proration, no new plan
+    assert _priced(current) == ("inv-basic", "USD", "1000")
+    assert (before["plan"], before["lines"], before["total"]) == (None, [], "0")
+
+
+async def test_a_switch_or_redefinition_after_month_end_does_not_reprice_that_month(
+    billing_client: GraphQLClient,
+    invoice_server: Server,
+    operator: Team,
+    http: httpx.AsyncClient,
+    database_url: str,
+) -> None:
+    last_month = _month_start(1)
+    period = last_month.strftime("%Y-%m")
+    as_operator = dataclasses.replace(operator, client=billing_client)
+    key = unique("inv-old").lower()
+    definition = {
+        "key": key,
+        "name": "Old",
+        "currency": "GBP",
+        "selfServe": True,
+        "prices": [{"kind": "FLAT", "amount": "7000"}],
+    }
+    await as_operator.run(DEFINE, {"input": definition})
+    team = await _on_plan(billing_client, key, {})
+    # On the plan since the first of last month.
+    await _as_owner(
+        database_url,
+        _created_at(team.tenant_id, last_month),
+        update(TenantPlanPeriod)
+        .where(TenantPlanPeriod.tenant_id == team.tenant_id)
+        .values(valid_from=last_month),
+    )
+    open_month = await _preview(team, period)
+
+    # After the month ended: the tenant moves itself to a cheaper self-serve plan, then the
+    # operator makes the old plan almost free.
+    await team.run(ASSIGN, {"tenantId": team.tenant_id, "plan": "inv-basic"})
+    redefined = await as_operator.run(
+        DEFINE, {"input": {**definition, "prices": [{"kind": "FLAT", "amount": "1"}]}}
+    )
+    closed_month = await _preview(team, period)
+    exported = await http.get(
+        f"{invoice_server.base_url}/billing/export",
+        headers={
+            "Authorization": f"Bearer {operator.owner.token}",
+            "X-Tenant-Id": operator.tenant_id,
+        },
+        params={"period": period},
+    )
+
+    assert _priced(open_month) == (key, "GBP", "7000")
+    assert redefined["definePlan"]["plan"]["version"] == 2
+    assert _priced(closed_month) == (key, "GBP", "7000")
+    assert _priced(await _preview(team)) == ("inv-basic", "USD", "1000")
+    assert exported.status_code == 200, exported.text
+    entry = {t["tenantId"]: t for t in exported.json()["tenants"]}[team.tenant_id]
+    assert {k: entry[k] for k in ("plan", "currency", "lines", "total")} == {
+        "plan": key,
+        "currency": "GBP",
+        "lines": closed_month["lines"],
+        "total": "7000",
+    }

@@ -4,7 +4,7 @@ from coregraph.models.access import ApiKey, Role
 from coregraph.models.agents import Agent
 from coregraph.models.audit import AuditEntry, StreamHead
 from coregraph.models.base import Base, Environment
-from coregraph.models.billing import Plan, TenantPlan, UsageThreshold
+from coregraph.models.billing import Plan, TenantPlan, TenantPlanPeriod, UsageThreshold
 from coregraph.models.events import Event, EventType
 from coregraph.models.files import File, FileStatus
 from coregraph.models.identity import ExternalIdentity, RetiredRefreshToken, Session, User
@@ -35,6 +35,7 @@ __all__ = [
     "StreamHead",
     "Tenant",
     "TenantPlan",
+    "TenantPlanPeriod",
     "UsageRecord",
     "UsageThreshold",
     "User",

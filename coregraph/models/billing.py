@@ -4,7 +4,8 @@ A plan is one row of the platform's catalog (not tenant-owned: every tenant may 
 it). Its features, limits, prices and rate limits are one validated document each
 (``coregraph.services.billing.PlanSpec`` checks them before they are written), so a plan is read
 in one row and loaded from a config file the same way the API defines it. A tenant's current
-plan is one row per tenant; its history is the audit trail (``plan.assigned``).
+plan is one row per tenant; its history, which invoices price past months by, is one
+``tenant_plan_periods`` row per assignment.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coregraph.models.base import (
@@ -66,6 +67,28 @@ class TenantPlan(TenantOwned, Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
     plan_id: Mapped[str] = mapped_column(ForeignKey("plans.id"), nullable=False)
     assigned_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+    assigned_by: Mapped[str | None] = mapped_column(String(60))
+
+
+class TenantPlanPeriod(TenantOwned, Base):
+    """One interval [valid_from, valid_to) a tenant was on a plan; valid_to is None while it is
+    the current one. ``services.billing.assign_plan`` closes the previous period and opens the
+    next in the same unit of work; ``services.invoices`` prices a month by the period holding
+    its last instant. ``plan`` is the plan's document at assignment (``plan_version``): a
+    closed period is priced by it, so redefining the plan later does not reprice it."""
+
+    __tablename__ = "tenant_plan_periods"
+    __table_args__ = (
+        Index("ix_tenant_plan_periods_tenant_id_valid_from", "tenant_id", "valid_from"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), nullable=False)
+    plan_id: Mapped[str] = mapped_column(ForeignKey("plans.id"), nullable=False)
+    plan_version: Mapped[int] = mapped_column(Integer, nullable=False)
+    plan: Mapped[dict[str, Any]] = mapped_column(JSONDocument, nullable=False)
+    valid_from: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    valid_to: Mapped[datetime | None] = mapped_column(UTCDateTime())
     assigned_by: Mapped[str | None] = mapped_column(String(60))
 
 

@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from coregraph import ids
 from coregraph.errors import BadUserInput, NotFound
-from coregraph.models import Plan, TenantPlan
+from coregraph.models import Plan, Tenant, TenantPlan, TenantPlanPeriod
 from coregraph.models.base import utcnow
 from coregraph.services.uow import UnitOfWork
 
@@ -293,6 +293,35 @@ async def current_plan(
     return CurrentPlan(None, None, assigned=False)
 
 
+async def plan_at(
+    session: AsyncSession, tenant_id: str, at: datetime, default_key: str | None = None
+) -> PlanSpec | None:
+    """The plan that prices a period ending at ``at`` (exclusive): the tenant's plan period
+    holding the period's last instant, or the default plan when none does, or None (nothing
+    to bill) when the tenant was created at or after ``at`` or has no plan in force. A closed
+    period is priced by its snapshot of the plan at assignment; the open one by the live plan,
+    as enforcement reads it (so a redefinition reprices the months the tenant has been on the
+    plan since its last assignment: export a month before redefining its plans)."""
+    created = await session.scalar(select(Tenant.created_at).where(Tenant.id == tenant_id))
+    if created is None or created >= at:
+        return None
+    period = await session.scalar(
+        select(TenantPlanPeriod)
+        .where(
+            TenantPlanPeriod.tenant_id == tenant_id,
+            TenantPlanPeriod.valid_from < at,
+            (TenantPlanPeriod.valid_to.is_(None)) | (TenantPlanPeriod.valid_to >= at),
+        )
+        .order_by(TenantPlanPeriod.valid_from.desc())
+        .limit(1)
+    )
+    if period is None:
+        default = await plan_by_key(session, default_key) if default_key else None
+        return PlanSpec.of(default) if default is not None else None
+    live = await session.get(Plan, period.plan_id) if period.valid_to is None else None
+    return PlanSpec.of(live) if live is not None else PlanSpec.model_validate(period.plan)
+
+
 async def upsert_plan(session: AsyncSession, spec: PlanSpec) -> tuple[Plan, dict[str, Any] | None]:
     """Insert the plan or replace the one with its key (version + 1); returns the row and its
     document before the change (None when new). Archived plans come back when redefined."""
@@ -366,23 +395,40 @@ async def assign_plan(uow: UnitOfWork, tenant_id: str, key: str) -> tuple[Plan, 
         raise NotFound(f"plan: no assignable plan '{key[:64]}'", field="plan")
     current = await uow.session.get(TenantPlan, tenant_id, with_for_update=True)
     previous = None
+    now = utcnow()
     if current is not None:
         previous_row = await uow.session.get(Plan, current.plan_id)
         previous = previous_row.key if previous_row is not None else None
         if current.plan_id == plan.id:
             return plan, previous
         current.plan_id = plan.id
-        current.assigned_at = utcnow()
+        current.assigned_at = now
         current.assigned_by = uow.principal.actor_id
     else:
         uow.session.add(
             TenantPlan(
                 tenant_id=tenant_id,
                 plan_id=plan.id,
-                assigned_at=utcnow(),
+                assigned_at=now,
                 assigned_by=uow.principal.actor_id,
             )
         )
+    # The history invoices price by: the open period ends now, the new one starts now.
+    await uow.session.execute(
+        update(TenantPlanPeriod)
+        .where(TenantPlanPeriod.tenant_id == tenant_id, TenantPlanPeriod.valid_to.is_(None))
+        .values(valid_to=now)
+    )
+    uow.session.add(
+        TenantPlanPeriod(
+            tenant_id=tenant_id,
+            plan_id=plan.id,
+            plan_version=plan.version,
+            plan=plan_document(plan),
+            valid_from=now,
+            assigned_by=uow.principal.actor_id,
+        )
+    )
     await uow.session.flush()
     uow.record(
         "plan.assigned",

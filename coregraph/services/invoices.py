@@ -16,6 +16,13 @@ prices one tenant's month, ``billing_export`` the month of every tenant with a p
   prices may be fractions of a minor unit; each line's amount is rounded half-up to a whole
   minor unit (0.5 cent up to 1 cent), tier breakdowns keep their exact amounts, and the total is
   the sum of the rounded lines, so it equals what an external system adds up from the lines.
+- **The plan** is the one in force at the end of the month (its last instant), from the
+  tenant's plan history (``tenant_plan_periods``), or the default plan before any assignment:
+  no proration, and a plan chosen after the month ended never reprices it. A month that ends
+  before the tenant existed, or with no plan in force, has no lines and totals 0. A closed
+  plan period is priced by its snapshot of the plan at assignment, so redefining the plan
+  later does not reprice it; the open one by the live plan, as enforcement reads it
+  (``billing.plan_at``).
 - **Prices**: FLAT is the fee per period; PER_UNIT is quantity x unit amount; GRADUATED prices
   each unit by the tier it falls in (upTo inclusive: with tiers up to 1,000 and up to 5,000,
   unit 1,000 is in the first and unit 1,001 in the second) and adds the flat amount of every
@@ -225,16 +232,17 @@ async def invoice_preview(
     default_plan: str | None,
     dialect: str,
 ) -> InvoicePreview:
-    """The tenant's invoice for a calendar month ('YYYY-MM'; None: this month) so far.
-    ``records``: the tenant's usage records in ``environment``; ``meters``: its own meters
+    """The tenant's invoice for a calendar month ('YYYY-MM'; None: this month) so far, priced
+    by the plan in force at the month's end (``billing.plan_at``). ``records``: the tenant's
+    usage records in ``environment``; ``meters``: its own meters
     (``session`` reads them and the plan, in one transaction)."""
     name, start, end = usage.month_range(period)
-    current = await billing.current_plan(session, tenant_id, default_plan)
-    if current.spec is None:
+    plan = await billing.plan_at(session, tenant_id, end, default_plan)
+    if plan is None:
         return InvoicePreview(tenant_id, environment, name, start, end, None, None)
     read = session_reader(session)
     specs = usage.catalog(await read(meters))
-    priced = {p.meter for p in current.spec.prices if p.meter is not None}
+    priced = {p.meter for p in plan.prices if p.meter is not None}
     quantities = await usage.period_values(
         read,
         records,
@@ -243,15 +251,15 @@ async def invoice_preview(
         end=end,
         dialect=dialect,
     )
-    lines = price_lines(current.spec, quantities, {s.key: s.name for s in specs})
+    lines = price_lines(plan, quantities, {s.key: s.name for s in specs})
     return InvoicePreview(
         tenant_id,
         environment,
         name,
         start,
         end,
-        current.spec.key,
-        current.spec.currency,
+        plan.key,
+        plan.currency,
         lines,
         sum((line.amount for line in lines), ZERO),
     )
@@ -264,8 +272,9 @@ async def billable_tenants(
     worker: AsyncConnection, *, start: datetime, end: datetime, default_plan: str | None
 ) -> list[str]:
     """Tenants with a plan of their own or live usage in [start, end) — every tenant when a
-    default plan applies to those without one. ``worker`` acts as the worker role on
-    PostgreSQL, which reads every tenant's plan and usage (migration 0015)."""
+    default plan applies to those without one (a tenant created after the month is listed
+    with nothing to charge). ``worker`` acts as the worker role on PostgreSQL, which reads
+    every tenant's plan and usage (migration 0015)."""
     if default_plan:
         return sorted(await worker.scalars(select(Tenant.__table__.c.id)))
     records = UsageRecord.__table__.c

@@ -218,14 +218,15 @@ RECORDS = [
 ]
 LATE_RECORD = (24 + 2, "7", "b", "u1")
 
-# Per aggregation: (DAY ungrouped [day 0, day 1], DAY by model [(0,a), (0,b), (1,a), (1,b)]).
+# Per aggregation: (DAY ungrouped [day 0, day 1], DAY by model [(0,a), (0,b), (1,a), (1,b)],
+# both days together: what usageSummary shows when they fall in one month).
 EXPECTED = {
-    "SUM": (["3.750001", "17"], ["1.500001", "2.25", "10", "7"]),
-    "COUNT": (["3", "2"], ["2", "1", "1", "1"]),
-    "MAX": (["2.25", "10"], ["1.5", "2.25", "10", "7"]),
-    "UNIQUE_COUNT": (["2", "2"], ["1", "1", "1", "1"]),
+    "SUM": (["3.750001", "17"], ["1.500001", "2.25", "10", "7"], "20.750001"),
+    "COUNT": (["3", "2"], ["2", "1", "1", "1"], "5"),
+    "MAX": (["2.25", "10"], ["1.5", "2.25", "10", "7"], "10"),
+    "UNIQUE_COUNT": (["2", "2"], ["1", "1", "1", "1"], "3"),
     # The last record of a bucket by occurredAt; at the same moment, the one recorded last.
-    "LATEST": (["0.000001", "7"], ["0.000001", "2.25", "10", "7"]),
+    "LATEST": (["0.000001", "7"], ["0.000001", "2.25", "10", "7"], "7"),
 }
 
 
@@ -249,11 +250,13 @@ async def test_each_aggregation_matches_hand_computed_values(
     client: GraphQLClient, aggregation: str
 ) -> None:
     team, meter = await _recorded_team(client, aggregation)
-    by_day, by_day_and_model = EXPECTED[aggregation]
+    by_day, by_day_and_model, both_days = EXPECTED[aggregation]
     start, end = _day(0), _day(2)
 
     ungrouped = await team.usage(meter, start, end)
     grouped = await team.usage(meter, start, end, groupBy=["model"])
+    months = [_day(0).strftime("%Y-%m"), _day(1).strftime("%Y-%m")]
+    summaries = [(await team.summary(month))[meter] for month in months]
 
     assert ungrouped["meter"] == {"key": meter, "aggregation": aggregation}
     assert _points(ungrouped) == [
@@ -266,6 +269,8 @@ async def test_each_aggregation_matches_hand_computed_values(
         (_day(1), {"model": "a"}, by_day_and_model[2]),
         (_day(1), {"model": "b"}, by_day_and_model[3]),
     ]
+    # The month's summary: both days, or each day alone at a month's turn.
+    assert summaries == ([both_days] * 2 if months[0] == months[1] else by_day)
 
 
 async def test_hour_and_month_buckets_and_the_range_bounds(client: GraphQLClient) -> None:
@@ -527,8 +532,17 @@ async def test_a_late_record_lands_in_its_closed_month(
         RECORD, {"input": {"meter": meter, "quantity": "3", "occurredAt": _iso(too_old)}}
     )
 
+    closed_day = closed.replace(hour=0)
+    daily = await team.usage(meter, closed_day - timedelta(days=1), this_month + timedelta(days=1))
+    monthly = await team.usage(
+        meter, this_month - timedelta(days=40), this_month + timedelta(days=1), granularity="MONTH"
+    )
+
     assert (await team.summary(closed.strftime("%Y-%m")))[meter] == "3"
     assert (await team.summary(this_month.strftime("%Y-%m")))[meter] == "0"
+    # The usage series puts it in the closed month's last day, and in that month.
+    assert _points(daily) == [(closed_day, {}, "3")]
+    assert _points(monthly) == [(closed.replace(day=1, hour=0), {}, "3")]
     assert refused.codes == ["BAD_USER_INPUT"]
 
 

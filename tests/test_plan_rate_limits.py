@@ -7,6 +7,7 @@ the api.requests counts)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -25,9 +26,18 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from coregraph.errors import QuotaExceeded
 from coregraph.models.base import Environment, utcnow
 from coregraph.services.api_requests import MAX_ATTEMPTS, ApiRequestMeter, Batch
+from coregraph.services.ratelimit import Limiter, Window
 from tests.conftest import make_settings
 from tests.streams_support import engine_for
-from tests.support import PASSWORD, Actor, GraphQLClient, Server, running_server, unique
+from tests.support import (
+    PASSWORD,
+    Actor,
+    GraphQLClient,
+    Server,
+    free_port,
+    running_server,
+    unique,
+)
 from tests.test_websocket import PROTOCOL, WAIT, receive, run
 
 DEFINE = """mutation($input: DefinePlanInput!) { definePlan(input: $input) { plan { key } } }"""
@@ -409,3 +419,28 @@ async def test_the_monthly_cap_refuses_with_quota_exceeded(
 
         await wait_until(recorded)
     assert await still_three()
+
+
+async def test_a_redis_outage_neither_refuses_operations_nor_loses_their_counts(
+    database_url: str, on_plan: Callable[..., Awaitable[Customer]]
+) -> None:
+    """Redis unreachable: operations are counted in the process (never refused with an
+    internal error) and recorded by its next flush; the rate limiter lets them through."""
+    customer = await on_plan()
+    nobody = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    try:
+        async with engine_for(database_url) as engine:
+            meter = ApiRequestMeter(
+                engine, flush_seconds=60, cache_seconds=0, redis=nobody, prefix=unique("down-")
+            )
+            for _ in range(3):
+                await meter.count(customer.tenant_id, Environment.LIVE, "key_a", Decimal(100))
+            with contextlib.suppress(Exception):  # Redis's own part of the flush fails
+                await meter.flush()
+            assert await meter.recorded(customer.tenant_id, Environment.LIVE) == Decimal(3)
+        dead_url = str(nobody.connection_pool.connection_kwargs.get("port"))
+        limiter = Limiter.create(nobody, f"redis://127.0.0.1:{dead_url}/0", unique("down-"))
+        assert await limiter.hit(Window(1, 60), "t", "k")
+        assert await limiter.hit(Window(1, 60), "t", "k"), "fails open while it cannot count"
+    finally:
+        await nobody.aclose()

@@ -29,6 +29,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import math
 import os
 import socket
 import time
@@ -73,6 +74,9 @@ class Batch:
     counts: Mapping[Slot, int]
     # Flushes that failed to record it so far.
     attempts: int = 0
+    # Counted in this process's memory (not cut from Redis): its recording is taken off the
+    # process's own not-yet-recorded count.
+    local: bool = False
 
 
 @dataclass
@@ -101,6 +105,7 @@ class ApiRequestMeter:
     _retry: list[Batch] = field(default_factory=list)
     _recorded: dict[tuple[str, str], _Recorded] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _last_failure_logged: float = -math.inf
 
     # --- counting and the cap ---------------------------------------------------------------
 
@@ -143,16 +148,25 @@ class ApiRequestMeter:
     async def _add(self, slot: Slot, amount: int) -> int:
         """Add to the slot's count; the tenant's count not yet recorded, after it."""
         tenant_key = (slot[0], slot[1])
-        if self.redis is None:
-            self._pending[slot] = self._pending.get(slot, 0) + amount
-            total = self._unrecorded.get(tenant_key, 0) + amount
-            self._unrecorded[tenant_key] = total
-            return total
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(self._hash, "|".join(slot), amount)
-            pipe.hincrby(self._hash, "|".join(("total", *tenant_key)), amount)
-            _, total = await pipe.execute()
-        return int(total)
+        if self.redis is not None:
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.hincrby(self._hash, "|".join(slot), amount)
+                    pipe.hincrby(self._hash, "|".join(("total", *tenant_key)), amount)
+                    _, total = await pipe.execute()
+                return int(total) + self._unrecorded.get(tenant_key, 0)
+            except Exception:
+                # Redis cannot count now: count here, recorded by this process's next flush
+                # (``flush`` records local counts first), so an outage neither refuses
+                # operations nor loses their counts beyond what a crash would.
+                now = self.clock()
+                if now - self._last_failure_logged > 60:
+                    self._last_failure_logged = now
+                    log.exception("api.requests: Redis cannot count; counting in this process")
+        self._pending[slot] = self._pending.get(slot, 0) + amount
+        total = self._unrecorded.get(tenant_key, 0) + amount
+        self._unrecorded[tenant_key] = total
+        return total
 
     async def recorded(self, tenant_id: str, environment: Environment) -> Decimal:
         """The month's recorded ``api.requests`` of the tenant in ``environment`` (cached)."""
@@ -190,7 +204,7 @@ class ApiRequestMeter:
         if not counts:
             return None
         self.sequence += 1
-        return Batch(f"{self.identity}:{self.sequence}", utcnow(), counts)
+        return Batch(f"{self.identity}:{self.sequence}", utcnow(), counts, local=True)
 
     async def record(self, batch: Batch) -> Batch | None:
         """Record a batch: one usage record per credential, one unit of work per tenant and
@@ -230,7 +244,7 @@ class ApiRequestMeter:
                 )
                 continue
             key = (tenant_id, env)
-            if self.redis is None:
+            if batch.local:
                 # A replayed record (a retry of a group already recorded) was taken off before.
                 recorded = sum(int(a.quantity) for a in answers if not a.replayed)
                 left = self._unrecorded.get(key, 0) - recorded
@@ -241,7 +255,7 @@ class ApiRequestMeter:
             self._recorded.pop(key, None)
         if not failed:
             return None
-        return Batch(batch.name, batch.at, failed, batch.attempts + 1)
+        return Batch(batch.name, batch.at, failed, batch.attempts + 1, batch.local)
 
     def _keep(self, left: Batch | None) -> Batch | None:
         """What of a batch to try again: none past ``MAX_ATTEMPTS`` (its counts are dropped,
@@ -258,8 +272,8 @@ class ApiRequestMeter:
     async def flush(self) -> int:
         """Record what was counted (and any batch a failed flush left); the batches recorded."""
         async with self._lock:
-            if self.redis is not None:
-                return await self._flush_redis()
+            # This process's own counts (all of them without Redis; with Redis, those counted
+            # while it could not answer) first, so a Redis still down cannot hold them up.
             batch = self.cut()
             if batch is not None:
                 self._retry.append(batch)
@@ -268,7 +282,10 @@ class ApiRequestMeter:
                 left = self._keep(await self.record(waiting))
                 if left is not None:
                     self._retry.append(left)
-            return len(pending) - len(self._retry)
+            done = len(pending) - len(self._retry)
+            if self.redis is not None:
+                done += await self._flush_redis()
+            return done
 
     async def _flush_redis(self) -> int:
         from redis import exceptions as redis_errors  # only with Redis (a lazy dependency)

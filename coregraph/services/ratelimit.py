@@ -28,6 +28,7 @@ else.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from typing import Any
@@ -38,6 +39,8 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.limits import safe_string
 
 from coregraph.errors import RateLimited
+
+log = logging.getLogger("coregraph.ratelimit")
 
 
 def _limits_uri(redis_url: str) -> str:
@@ -64,6 +67,7 @@ class Limiter:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self._strategy = SlidingWindowCounterRateLimiter(storage)
+        self._last_failure_logged = -math.inf
 
     @classmethod
     def create(cls, redis: Any = None, redis_url: str | None = None, prefix: str = "") -> Limiter:
@@ -79,8 +83,19 @@ class Limiter:
         return cls(storage)
 
     async def hit(self, item: RateLimitItem, *identifiers: str, cost: int = 1) -> bool:
-        """Take ``cost`` from the limit; False (and nothing taken) when it does not fit."""
-        return await self._strategy.hit(item, *identifiers, cost=cost)
+        """Take ``cost`` from the limit; False (and nothing taken) when it does not fit.
+
+        Fails open: when the storage cannot answer (Redis down), the hit is let through and the
+        outage logged (at most once a minute) — an unreachable counter must not take the whole
+        API down with it. What the outage lets through is bounded by its length."""
+        try:
+            return await self._strategy.hit(item, *identifiers, cost=cost)
+        except Exception:
+            now = time.monotonic()
+            if now - self._last_failure_logged > 60:
+                self._last_failure_logged = now
+                log.exception("the rate-limit storage cannot answer; letting requests through")
+            return True
 
     async def retry_after(self, item: RateLimitItem, *identifiers: str) -> int:
         """Whole seconds until the limit lets a hit through again (at least 1)."""

@@ -20,10 +20,19 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
-from coregraph.errors import BadUserInput, CoregraphError, Forbidden, Unauthenticated
+from coregraph.admission import TOO_MANY_REQUESTS, admit
+from coregraph.auth.principal import Principal
+from coregraph.errors import (
+    BadUserInput,
+    CoregraphError,
+    Forbidden,
+    QuotaExceeded,
+    Unauthenticated,
+)
 from coregraph.http import authenticate, request_meta
 from coregraph.schema.errors import with_trace_id
 from coregraph.services.audit import HASHED, export_entries
+from coregraph.services.plan_limits import OperationRateLimited
 
 if TYPE_CHECKING:
     from coregraph.app import Runtime
@@ -37,17 +46,34 @@ _STATUS_FOR_CODE = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403}
 _CHUNK_BYTES = 64 * 1024
 
 
-def _error(request: Request, exc: CoregraphError) -> Response:
+def _error(
+    request: Request,
+    exc: CoregraphError,
+    status: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
     request.state.outcome = exc.code
-    headers = {"WWW-Authenticate": "Bearer"} if exc.code == "UNAUTHENTICATED" else None
+    if exc.code == "UNAUTHENTICATED":
+        headers = {"WWW-Authenticate": "Bearer"}
     extensions = with_trace_id({**exc.extensions, "requestId": request.state.request_id})
     body = {"errors": [{"message": exc.message, "extensions": extensions}]}
     return Response(
         orjson.dumps(body),
-        status_code=_STATUS_FOR_CODE.get(exc.code, 400),
+        status_code=status or _STATUS_FOR_CODE.get(exc.code, 400),
         media_type="application/json",
         headers=headers,
     )
+
+
+async def _refused(request: Request, runtime: Runtime, principal: Principal) -> Response | None:
+    """Admit the request as one operation (``coregraph.admission``): None when admitted, else
+    the 429 to answer, with its RateLimit headers."""
+    headers: dict[str, str] = {}
+    try:
+        await admit(runtime, principal, headers)
+    except (OperationRateLimited, QuotaExceeded) as refused:
+        return _error(request, refused, TOO_MANY_REQUESTS, headers)
+    return None
 
 
 def _time(request: Request, name: str) -> datetime | None:
@@ -107,6 +133,8 @@ async def audit_export(request: Request) -> Response:
         tenant_id = principal.tenant_id
         if tenant_id is None:
             raise Forbidden("the audit export needs a tenant: send the X-Tenant-Id header")
+        if (refused := await _refused(request, runtime, principal)) is not None:
+            return refused
         if "audit:read" not in principal.scopes_in(tenant_id):
             raise Forbidden(
                 "the audit export requires the scope audit:read", lacking=["audit:read"]

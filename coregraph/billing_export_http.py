@@ -19,7 +19,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from coregraph import db
-from coregraph.audit_export import _error
+from coregraph.audit_export import _error, _refused
 from coregraph.auth.principal import system_principal
 from coregraph.errors import CoregraphError, Forbidden, Unauthenticated
 from coregraph.http import authenticate, request_meta
@@ -50,6 +50,8 @@ async def billing_export(request: Request) -> Response:
             raise Forbidden(
                 "the billing export requires the scope billing:manage", lacking=["billing:manage"]
             )
+        if (refused := await _refused(request, runtime, principal)) is not None:
+            return refused
         worker = (
             runtime.engine
             if settings.is_sqlite

@@ -23,7 +23,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
-from coregraph.audit_export import _error
+from coregraph.audit_export import _error, _refused
 from coregraph.errors import BadUserInput, CoregraphError, Forbidden, Unauthenticated
 from coregraph.http import authenticate, request_meta
 from coregraph.services import usage
@@ -113,6 +113,8 @@ async def usage_bulk(request: Request) -> Response:
         tenant_id = principal.tenant_id
         if tenant_id is None:
             raise Forbidden("usage ingest needs a tenant: send the X-Tenant-Id header")
+        if (refused := await _refused(request, runtime, principal)) is not None:
+            return refused
         if "usage:write" not in principal.scopes_in(tenant_id):
             raise Forbidden("usage ingest requires the scope usage:write", lacking=["usage:write"])
         drafts = _drafts(await _body(request))

@@ -298,7 +298,10 @@ async def measure_lag(
             async for raw in ws:
                 message = orjson.loads(raw)
                 if message.get("type") == "next":
-                    arrived[int(message["payload"]["data"]["events"]["node"]["data"]["n"])] = (
+                    payload = message["payload"]
+                    if payload.get("errors") or not (payload.get("data") or {}).get("events"):
+                        raise RuntimeError(f"the subscription failed: {payload}")
+                    arrived[int(payload["data"]["events"]["node"]["data"]["n"])] = (
                         time.perf_counter()
                     )
                 elif message.get("type") in ("error", "complete"):

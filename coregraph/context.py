@@ -7,13 +7,14 @@ connection or principal crosses operations, requests, principals or tenants.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql import Executable
 from strawberry.fastapi import BaseContext
 
@@ -89,15 +90,32 @@ class Context(BaseContext):
 
     async def read(self, statement: Executable) -> Sequence[Row[Any]]:
         async with self._lock:
-            if self._connection is None:
-                self._connection = await self.runtime.engine.connect()
-                self._scoped_for = None
-            if self._scoped_for is not self.principal:
-                # The principal can change mid-operation (login, createTenant): re-scope.
-                await self._scope(self._connection)
-                self._scoped_for = self.principal
-            result = await self._connection.execute(statement)
+            connection = await self._scoped_connection()
+            result = await connection.execute(statement)
             return result.all()
+
+    @contextlib.asynccontextmanager
+    async def read_session(self) -> AsyncIterator[AsyncSession]:
+        """An ORM session on this request's read connection, for the services whose reads are
+        written against a session (billing.current_plan, quotas.quota, invoices): the same
+        wall as ``read``, and none of a unit of work's write transaction, commit hooks or
+        reset of the request's reads. Held alone, as ``read`` holds the connection."""
+        async with self._lock:
+            session = AsyncSession(bind=await self._scoped_connection())
+            try:
+                yield session
+            finally:
+                await session.close()
+
+    async def _scoped_connection(self) -> AsyncConnection:
+        if self._connection is None:
+            self._connection = await self.runtime.engine.connect()
+            self._scoped_for = None
+        if self._scoped_for is not self.principal:
+            # The principal can change mid-operation (login, createTenant): re-scope.
+            await self._scope(self._connection)
+            self._scoped_for = self.principal
+        return self._connection
 
     async def limit(self, action: str, account: str | None) -> None:
         """Count one attempt at a rate-limited action (login, refresh, invitation acceptance)."""

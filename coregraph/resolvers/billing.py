@@ -47,8 +47,8 @@ def _operator(ctx: Context) -> str:
 
 
 async def current_plan(ctx: Context, tenant_id: str) -> billing.CurrentPlan:
-    async with ctx.unit_of_work() as uow:
-        return await billing.current_plan(uow.session, tenant_id, ctx.settings.default_plan)
+    async with ctx.read_session() as session:
+        return await billing.current_plan(session, tenant_id, ctx.settings.default_plan)
 
 
 @strawberry.type
@@ -73,9 +73,9 @@ class BillingQuery:
     async def plans(self, info: Info, include_archived: bool = False) -> list[Plan] | None:
         ctx = info.context
         tenant_id = ctx.require_tenant()
-        async with ctx.unit_of_work() as uow:
-            rows = list(await uow.session.scalars(select(PlanRow).order_by(PlanRow.key)))
-            own = await billing.current_plan(uow.session, tenant_id, ctx.settings.default_plan)
+        async with ctx.read_session() as session:
+            rows = list(await session.scalars(select(PlanRow).order_by(PlanRow.key)))
+            own = await billing.current_plan(session, tenant_id, ctx.settings.default_plan)
         operator = _is_operator(ctx)
         return [
             Plan.from_row(row)
@@ -89,13 +89,8 @@ class BillingQuery:
         description="This tenant's plan (its own, or the default plan); null: none, unlimited.",
     )
     async def current_plan(self, info: Info) -> Plan | None:
-        ctx = info.context
-        async with ctx.unit_of_work() as uow:
-            own = await billing.current_plan(
-                uow.session, ctx.require_tenant(), ctx.settings.default_plan
-            )
-            row = await uow.session.get(PlanRow, own.plan_id) if own.plan_id else None
-        return Plan.from_row(row) if row is not None else None
+        own = await current_plan(info.context, info.context.require_tenant())
+        return Plan.from_row(own.row) if own.row is not None else None
 
     @field(
         requires_scopes=[["billing:read"], ["tenant:read"]],
@@ -118,9 +113,9 @@ class BillingQuery:
     )
     async def quota(self, info: Info, meter: str) -> Quota | None:
         ctx = info.context
-        async with ctx.unit_of_work() as uow:
+        async with ctx.read_session() as session:
             found = await quotas.quota(
-                uow.session,
+                session,
                 ctx.require_tenant(),
                 ctx.principal.environment,
                 meter,

@@ -25,9 +25,9 @@ class InvoicesQuery:
     async def invoice_preview(self, info: Info, period: str | None = None) -> InvoicePreview | None:
         ctx = info.context
         tenant_id = ctx.require_tenant()
-        async with ctx.unit_of_work() as uow:
+        async with ctx.read_session() as session:
             preview = await invoices.invoice_preview(
-                uow.session,
+                session,
                 tenant_id,
                 records=usage_records(ctx.principal, tenant_id),
                 meters=tenant_meters(ctx.principal, tenant_id),

@@ -260,6 +260,7 @@ class CurrentPlan:
     spec: PlanSpec | None
     plan_id: str | None
     assigned: bool  # the tenant's own row, not the default
+    row: Plan | None = None
 
     def feature(self, name: str) -> bool:
         return bool(self.spec and self.spec.features.get(name, False))
@@ -285,11 +286,11 @@ async def current_plan(
         )
     ).scalar_one_or_none()
     if row is not None:
-        return CurrentPlan(PlanSpec.of(row), row.id, assigned=True)
+        return CurrentPlan(PlanSpec.of(row), row.id, assigned=True, row=row)
     if default_key:
         default = await plan_by_key(session, default_key)
         if default is not None:
-            return CurrentPlan(PlanSpec.of(default), default.id, assigned=False)
+            return CurrentPlan(PlanSpec.of(default), default.id, assigned=False, row=default)
     return CurrentPlan(None, None, assigned=False)
 
 

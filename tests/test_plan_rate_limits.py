@@ -390,6 +390,56 @@ async def test_a_flush_recorded_twice_counts_once(
             await redis.aclose()
 
 
+async def test_the_cap_admits_exactly_its_limit_while_flushes_record_concurrently(
+    database_url: str, on_plan: Callable[..., Awaitable[Customer]]
+) -> None:
+    """A flush recording a batch while capped operations are counted: the recorded usage and
+    the count not yet recorded must describe the same moment, or an operation past the cap
+    slips through (a batch neither pending nor recorded yet) — in memory, and with Redis, where
+    the flush's cut used to take the pending total with it. Cached recorded usage (60 s)."""
+    customer = await on_plan()
+    redis_url = os.environ.get("COREGRAPH_REDIS_URL")
+    redis = Redis.from_url(redis_url) if redis_url else None
+    cap = 40
+    try:
+        async with engine_for(database_url) as engine:
+            meter = ApiRequestMeter(
+                engine, flush_seconds=60, cache_seconds=60, redis=redis, prefix=unique("race-")
+            )
+            stop = asyncio.Event()
+
+            async def flushing() -> int:
+                flushes = 0
+                while not stop.is_set() and flushes < 500:
+                    flushes += await meter.flush()
+                    await asyncio.sleep(0)
+                return flushes
+
+            async def counting(credential: str) -> int:
+                admitted = 0
+                for _ in range(cap):
+                    try:
+                        await meter.count(
+                            customer.tenant_id, Environment.LIVE, credential, Decimal(cap)
+                        )
+                    except QuotaExceeded:
+                        continue
+                    admitted += 1
+                    await asyncio.sleep(0)
+                return admitted
+
+            flusher = asyncio.create_task(flushing())
+            admitted = await asyncio.gather(*(counting(f"key_{i}") for i in range(3)))
+            stop.set()
+            assert await flusher > 0, "flushes ran while operations were counted"
+            assert sum(admitted) == cap
+            await meter.flush()
+            assert await meter.recorded(customer.tenant_id, Environment.LIVE) == Decimal(cap)
+    finally:
+        if redis is not None:
+            await redis.aclose()
+
+
 async def test_the_monthly_cap_refuses_with_quota_exceeded(
     database_url: str, on_plan: Callable[..., Awaitable[Customer]]
 ) -> None:

@@ -17,9 +17,23 @@ there (``…:api-requests:batches``) for the next flush of any process.
 
 The monthly cap: when the tenant's plan has a hard ``api.requests`` limit per MONTH, an
 operation past it is refused with QUOTA_EXCEEDED (meter, limit, current). ``current`` is the
-month's recorded usage in the request's environment (read at most every
-``COREGRAPH_PLAN_LIMITS_CACHE_SECONDS`` per tenant and process, and again after this process
-flushed it) plus the counts not yet recorded. Refused operations are not counted.
+month's recorded usage in the request's environment plus the counts not yet recorded.
+Refused operations are not counted. The two halves must describe the same moment, or a flush
+landing between them counts its batch twice (a refusal too early) or not at all (an operation
+past the cap admitted):
+
+- in memory, a tenant's recorded usage is read, and its batches recorded, under one lock per
+  tenant and environment, so a read never straddles a recording;
+- with Redis, the not-yet-recorded count per tenant lives in its own hash (``…:unrecorded``),
+  which a flush decrements, in the same MULTI that deletes the batch, together with a
+  per-tenant generation (``…:generation``) the count reads back with its increment. The
+  recorded usage is cached under the generation seen before it was read and reloaded once the
+  generation moves, so a cache never pairs an old database total with a count already taken
+  off. Between a batch's commit and that MULTI (one Redis round trip) the batch is seen twice:
+  the error is on the side of refusing.
+
+The recorded usage is also re-read every ``COREGRAPH_PLAN_LIMITS_CACHE_SECONDS`` (the month
+turning, records written by a process on another Redis).
 """
 
 from __future__ import annotations
@@ -34,6 +48,7 @@ import os
 import socket
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -84,6 +99,17 @@ class _Recorded:
     expires: float
     month_start: datetime
     value: Decimal
+    # The Redis generation of the tenant's recordings when it was read (None in memory).
+    generation: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Recording:
+    """What ``record`` did: the batch's counts left to try again (None when all were recorded)
+    and, per (tenant, environment), the counts recorded now or found recorded before."""
+
+    left: Batch | None
+    done: Mapping[tuple[str, str], int]
 
 
 @dataclass
@@ -105,6 +131,11 @@ class ApiRequestMeter:
     _retry: list[Batch] = field(default_factory=list)
     _recorded: dict[tuple[str, str], _Recorded] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # In memory: one lock per (tenant, environment) between reading its recorded usage and
+    # recording its batches (held only while someone waits on it).
+    _tenant_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = field(
+        default_factory=weakref.WeakValueDictionary
+    )
     _last_failure_logged: float = -math.inf
 
     # --- counting and the cap ---------------------------------------------------------------
@@ -126,35 +157,31 @@ class ApiRequestMeter:
     def _batches(self) -> str:
         return f"{self._keys}:batches"
 
+    @property
+    def _unrecorded_hash(self) -> str:
+        return f"{self._keys}:unrecorded"
+
+    @property
+    def _generations(self) -> str:
+        return f"{self._keys}:generation"
+
+    def _tenant_lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        lock = self._tenant_locks.get(key)
+        if lock is None:
+            lock = self._tenant_locks[key] = asyncio.Lock()
+        return lock
+
     async def count(
         self, tenant_id: str, environment: Environment, credential: str, cap: Decimal | None
     ) -> None:
         """Count one operation; QUOTA_EXCEEDED (and not counted) when it is past ``cap``."""
-        env = environment.value
-        slot = (tenant_id, env, credential)
-        unrecorded = await self._add(slot, 1)
-        if cap is None:
-            return
-        current = await self.recorded(tenant_id, environment) + unrecorded - 1
-        if current + 1 > cap:
-            await self._add(slot, -1)
-            raise QuotaExceeded(
-                f"the plan allows {_plain(cap)} API requests a month; {_plain(current)} were made",
-                meter=METER,
-                limit=_plain(cap),
-                current=_plain(current),
-            )
-
-    async def _add(self, slot: Slot, amount: int) -> int:
-        """Add to the slot's count; the tenant's count not yet recorded, after it."""
-        tenant_key = (slot[0], slot[1])
+        slot = (tenant_id, environment.value, credential)
         if self.redis is not None:
             try:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.hincrby(self._hash, "|".join(slot), amount)
-                    pipe.hincrby(self._hash, "|".join(("total", *tenant_key)), amount)
-                    _, total = await pipe.execute()
-                return int(total) + self._unrecorded.get(tenant_key, 0)
+                await self._count_in_redis(slot, environment, cap)
+                return
+            except QuotaExceeded:
+                raise
             except Exception:
                 # Redis cannot count now: count here, recorded by this process's next flush
                 # (``flush`` records local counts first), so an outage neither refuses
@@ -163,18 +190,79 @@ class ApiRequestMeter:
                 if now - self._last_failure_logged > 60:
                     self._last_failure_logged = now
                     log.exception("api.requests: Redis cannot count; counting in this process")
-        self._pending[slot] = self._pending.get(slot, 0) + amount
-        total = self._unrecorded.get(tenant_key, 0) + amount
-        self._unrecorded[tenant_key] = total
-        return total
+        key = (tenant_id, environment.value)
+        if cap is None:
+            self._add_here(slot)
+            return
+        # The check and the count as one step, between this tenant's recordings.
+        async with self._tenant_lock(key):
+            current = await self.recorded(tenant_id, environment) + self._unrecorded.get(key, 0)
+            _check(cap, current)
+            self._add_here(slot)
 
-    async def recorded(self, tenant_id: str, environment: Environment) -> Decimal:
-        """The month's recorded ``api.requests`` of the tenant in ``environment`` (cached)."""
+    def _add_here(self, slot: Slot) -> None:
+        key = (slot[0], slot[1])
+        self._pending[slot] = self._pending.get(slot, 0) + 1
+        self._unrecorded[key] = self._unrecorded.get(key, 0) + 1
+
+    async def _count_in_redis(
+        self, slot: Slot, environment: Environment, cap: Decimal | None
+    ) -> None:
+        key = (slot[0], slot[1])
+        field = "|".join(key)
+        if cap is None:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hincrby(self._hash, "|".join(slot), 1)
+                pipe.hincrby(self._unrecorded_hash, field, 1)
+                await pipe.execute()
+            return
+        # The generation the cached recorded usage was read under; Redis says if it moved.
+        cached = self._recorded.get(key)
+        expected = cached.generation if cached is not None else None
+        for attempt in range(_GENERATION_ATTEMPTS):
+            if expected is None:
+                expected = int(await self.redis.hget(self._generations, field) or 0)
+            recorded = await self.recorded(slot[0], environment, expected)
+            # Counted in this process while Redis could not answer, not recorded yet.
+            local = self._unrecorded.get(key, 0)
+            status, unrecorded, generation = await self._check_and_count(
+                keys=[self._hash, self._unrecorded_hash, self._generations],
+                args=[
+                    "|".join(slot),
+                    field,
+                    str(recorded + local),
+                    # The last attempt decides with what it read, even if a flush moved on.
+                    expected if attempt < _GENERATION_ATTEMPTS - 1 else -1,
+                    str(cap),
+                ],
+            )
+            if status == 1:
+                return
+            if status == -1:
+                _check(cap, recorded + local + int(unrecorded))
+            expected = int(generation)
+
+    @functools.cached_property
+    def _check_and_count(self) -> Any:
+        """Redis, atomically: refuse past the cap (-1), or report that the tenant's recordings
+        moved on since the caller read them (0, so it reads them again), or count (1)."""
+        return self.redis.register_script(_CHECK_AND_COUNT)
+
+    async def recorded(
+        self, tenant_id: str, environment: Environment, generation: int | None = None
+    ) -> Decimal:
+        """The month's recorded ``api.requests`` of the tenant in ``environment`` (cached, with
+        Redis under the ``generation`` of its recordings the caller read before)."""
         key = (tenant_id, environment.value)
         now = self.clock()
         month_start, month_end = billing.period_bounds(billing.Period.MONTH)
         cached = self._recorded.get(key)
-        if cached is not None and cached.expires > now and cached.month_start == month_start:
+        if (
+            cached is not None
+            and cached.expires > now
+            and cached.month_start == month_start
+            and cached.generation == generation
+        ):
             return cached.value
         quantity = UsageRecord.quantity
         async with self.engine.connect() as conn:
@@ -192,7 +280,7 @@ class ApiRequestMeter:
         value = Decimal(int(total or 0)).scaleb(-QUANTITY_SCALE) if sqlite else Decimal(total or 0)
         if len(self._recorded) > 10_000:
             self._recorded.clear()
-        self._recorded[key] = _Recorded(now + self.cache_seconds, month_start, value)
+        self._recorded[key] = _Recorded(now + self.cache_seconds, month_start, value, generation)
         return value
 
     # --- flushing ---------------------------------------------------------------------------
@@ -211,6 +299,9 @@ class ApiRequestMeter:
         environment. Idempotent: recording it again (a retry) counts nothing twice. A tenant
         whose records fail (logged) does not hold up the others: the counts not recorded are
         returned, as a batch of the same name (None when all were)."""
+        return (await self._record(batch)).left
+
+    async def _record(self, batch: Batch) -> _Recording:
         groups: dict[tuple[str, str], list[usage.UsageDraft]] = {}
         for (tenant_id, env, credential), n in sorted(batch.counts.items()):
             groups.setdefault((tenant_id, env), []).append(
@@ -224,38 +315,42 @@ class ApiRequestMeter:
             )
         meta = RequestMeta(user_agent="coregraph api.requests flush")
         failed: dict[Slot, int] = {}
+        done: dict[tuple[str, str], int] = {}
         for (tenant_id, env), drafts in groups.items():
 
             def open_uow(tenant_id: str = tenant_id, env: str = env) -> Any:
                 principal = replace(system_principal(ACTOR), environment=Environment(env))
                 return _TenantUnitOfWork(self.engine, principal, meta, tenant_id)
 
-            try:
-                answers = await usage.record_usage_once(
-                    open_uow, tenant_id, drafts, window=usage.LateWindow(), builtin=True
-                )
-            except Exception:
-                log.exception(
-                    "api.requests of a tenant not recorded; kept for the next flush",
-                    extra={"tenant_id": tenant_id, "batch": batch.name},
-                )
-                failed.update(
-                    {slot: n for slot, n in batch.counts.items() if slot[:2] == (tenant_id, env)}
-                )
-                continue
             key = (tenant_id, env)
-            if batch.local:
-                # A replayed record (a retry of a group already recorded) was taken off before.
-                recorded = sum(int(a.quantity) for a in answers if not a.replayed)
-                left = self._unrecorded.get(key, 0) - recorded
-                if left > 0:
-                    self._unrecorded[key] = left
-                else:
-                    self._unrecorded.pop(key, None)
-            self._recorded.pop(key, None)
+            # In memory, no capped count reads this tenant's recorded usage meanwhile.
+            async with self._tenant_lock(key):
+                try:
+                    answers = await usage.record_usage_once(
+                        open_uow, tenant_id, drafts, window=usage.LateWindow(), builtin=True
+                    )
+                except Exception:
+                    log.exception(
+                        "api.requests of a tenant not recorded; kept for the next flush",
+                        extra={"tenant_id": tenant_id, "batch": batch.name},
+                    )
+                    failed.update({slot: n for slot, n in batch.counts.items() if slot[:2] == key})
+                    continue
+                done[key] = sum(int(d.quantity) for d in drafts)
+                if batch.local:
+                    # A replayed record (a retry of a group recorded before) was taken off then.
+                    recorded = sum(int(a.quantity) for a in answers if not a.replayed)
+                    left = self._unrecorded.get(key, 0) - recorded
+                    if left > 0:
+                        self._unrecorded[key] = left
+                    else:
+                        self._unrecorded.pop(key, None)
+                self._recorded.pop(key, None)
         if not failed:
-            return None
-        return Batch(batch.name, batch.at, failed, batch.attempts + 1, batch.local)
+            return _Recording(None, done)
+        return _Recording(
+            Batch(batch.name, batch.at, failed, batch.attempts + 1, batch.local), done
+        )
 
     def _keep(self, left: Batch | None) -> Batch | None:
         """What of a batch to try again: none past ``MAX_ATTEMPTS`` (its counts are dropped,
@@ -312,12 +407,22 @@ class ApiRequestMeter:
                 n = int(n_raw)
                 if parts == ["attempts"]:
                     attempts = n
+                # ("total|…" fields are the per-tenant totals batches carried before
+                # ``…:unrecorded`` held them.)
                 elif parts[0] != "total" and len(parts) == 3 and n > 0:
                     counts[(parts[0], parts[1], parts[2])] = n
             name_part = batch_key.removeprefix(f"{self._keys}:batch:")
             left = None
+            # Counts that leave the not-yet-recorded total: recorded now (or before, by a
+            # process that died before this step), or dropped after MAX_ATTEMPTS.
+            gone: dict[tuple[str, str], int] = {}
             if counts:
-                left = self._keep(await self.record(Batch(name_part, utcnow(), counts, attempts)))
+                recording = await self._record(Batch(name_part, utcnow(), counts, attempts))
+                gone.update(recording.done)
+                left = self._keep(recording.left)
+                if recording.left is not None and left is None:
+                    for (tenant_id, env, _), n in recording.left.counts.items():
+                        gone[(tenant_id, env)] = gone.get((tenant_id, env), 0) + n
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.delete(batch_key)
                 if left is None:
@@ -331,6 +436,9 @@ class ApiRequestMeter:
                             **{"|".join(slot): n for slot, n in left.counts.items()},
                         },
                     )
+                for tenant_key, n in gone.items():
+                    pipe.hincrby(self._unrecorded_hash, "|".join(tenant_key), -n)
+                    pipe.hincrby(self._generations, "|".join(tenant_key), 1)
                 await pipe.execute()
         return done
 
@@ -358,6 +466,37 @@ class ApiRequestMeter:
                 await self.flush()
             except Exception:
                 log.exception("api.requests flush at shutdown failed; its counts are lost")
+
+
+_GENERATION_ATTEMPTS = 4
+
+# KEYS: pending counts, not-yet-recorded totals, generations. ARGV: the slot's field, the
+# tenant's field, its recorded usage, the generation it was read under (-1: any), the cap.
+_CHECK_AND_COUNT = """
+local generation = tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0')
+local unrecorded = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
+local expected = tonumber(ARGV[4])
+if expected >= 0 and generation ~= expected then
+  return {0, unrecorded, generation}
+end
+if tonumber(ARGV[3]) + unrecorded + 1 > tonumber(ARGV[5]) then
+  return {-1, unrecorded, generation}
+end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+return {1, unrecorded + 1, generation}
+"""
+
+
+def _check(cap: Decimal, current: Decimal) -> None:
+    """QUOTA_EXCEEDED when one more operation would pass the cap."""
+    if current + 1 > cap:
+        raise QuotaExceeded(
+            f"the plan allows {_plain(cap)} API requests a month; {_plain(current)} were made",
+            meter=METER,
+            limit=_plain(cap),
+            current=_plain(current),
+        )
 
 
 def _plain(value: Decimal) -> str:

@@ -26,6 +26,11 @@ from coregraph.auth.schema_reader import SCHEMA_SECRET_HEADER, may_read_schema
 from coregraph.errors import BadUserInput, Forbidden, NotFound, Unauthenticated
 from coregraph.resolvers.access import AccessMutation, AccessQuery
 from coregraph.resolvers.agents import AgentsMutation, AgentsQuery
+from coregraph.resolvers.approvals import (
+    ApprovalsMutation,
+    ApprovalsQuery,
+    ApprovalsSubscription,
+)
 from coregraph.resolvers.audit import AuditQuery
 from coregraph.resolvers.billing import BillingMutation, BillingQuery
 from coregraph.resolvers.events import EventsMutation, EventsQuery
@@ -37,6 +42,7 @@ from coregraph.resolvers.streams import StreamsSubscription
 from coregraph.resolvers.tenancy import TenancyMutation, TenancyQuery
 from coregraph.resolvers.usage import UsageMutation, UsageQuery
 from coregraph.resolvers.webhooks import WebhooksMutation, WebhooksQuery, WebhooksSubscription
+from coregraph.schema.approval_gate import install_approval_gates
 from coregraph.schema.authorization import enforce_declarations
 from coregraph.schema.errors import error_extension
 from coregraph.schema.execution import CoregraphExecutor, install_fast_resolvers
@@ -56,6 +62,7 @@ Query = merge_types(
         TenancyQuery,
         AccessQuery,
         AgentsQuery,
+        ApprovalsQuery,
         AuditQuery,
         EventsQuery,
         FilesQuery,
@@ -73,6 +80,7 @@ Mutation = merge_types(
         TenancyMutation,
         AccessMutation,
         AgentsMutation,
+        ApprovalsMutation,
         EventsMutation,
         FilesMutation,
         WebhooksMutation,
@@ -80,7 +88,9 @@ Mutation = merge_types(
         BillingMutation,
     ),
 )
-Subscription = merge_types("Subscription", (StreamsSubscription, WebhooksSubscription))
+Subscription = merge_types(
+    "Subscription", (StreamsSubscription, WebhooksSubscription, ApprovalsSubscription)
+)
 
 # Every type declared with ``@entity`` (``schema.lookup``); importing the resolvers above
 # imported every domain's types.
@@ -183,6 +193,15 @@ def _guard_service_sdl(schema: CoregraphSchema, settings: Settings) -> None:
     field.resolve = guarded
 
 
+def _mutation_payloads(schema: CoregraphSchema) -> dict[str, type]:
+    """Each Mutation field's payload class, by the field's GraphQL name."""
+    payloads: dict[str, type] = {}
+    for item in Mutation.__strawberry_definition__.fields:  # type: ignore[attr-defined]
+        type_ = getattr(item.type, "of_type", item.type)
+        payloads[schema.config.name_converter.get_graphql_name(item)] = type_
+    return payloads
+
+
 def build_schema(settings: Settings) -> CoregraphSchema:
     # Factories: strawberry builds each extension per operation; the parser and validation
     # caches themselves live at module level, shared by every request. The validation cache is
@@ -218,8 +237,10 @@ def build_schema(settings: Settings) -> CoregraphSchema:
         federation_version=FEDERATION_VERSION,  # type: ignore[arg-type]
         execution_context_class=CoregraphExecutor,
     )
-    # Leaner resolvers first: a declared field's guard then wraps one.
+    # Leaner resolvers first: the approval gate then wraps one, and a declared field's guard
+    # wraps both (a field's scopes are checked before a request for it is ever stored).
     install_fast_resolvers(schema._schema, schema.config.info_class)
+    install_approval_gates(schema._schema, _mutation_payloads(schema))
     enforce_declarations(schema._schema)
     _guard_service_sdl(schema, settings)
     return schema

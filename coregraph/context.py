@@ -23,7 +23,7 @@ from coregraph.auth.permissions import effective_scopes
 from coregraph.auth.principal import Principal
 from coregraph.errors import Forbidden
 from coregraph.request import RequestMeta
-from coregraph.services import ratelimit
+from coregraph.services import approvals, ratelimit
 from coregraph.services.uow import UnitOfWork
 from coregraph.streams.relay import wake_after_commit
 
@@ -53,6 +53,13 @@ class Context(BaseContext):
         # answer, and its status when they refused the operation (429).
         self.response_headers: dict[str, str] = {}
         self.refused_status: int | None = None
+        # Approval gates (schema.approval_gate): the request's variables as sent, the reason a
+        # gated mutation is asked with (X-Approval-Reason), and, while an approved request
+        # runs, its id (the gate then lets it through).
+        self.request_variables: dict[str, Any] | None = None
+        self.approval_reason: str | None = None
+        self.approved_request_id: str | None = None
+        self._approval_policies: Sequence[Any] | None = None
         self._connection: AsyncConnection | None = None
         self._scoped_for: Principal | None = None
         # Resolvers run concurrently (asyncio.gather); one connection serves them in turn.
@@ -106,6 +113,16 @@ class Context(BaseContext):
                 yield session
             finally:
                 await session.close()
+
+    async def approval_policies(self) -> Sequence[Any]:
+        """The addressed tenant's approval policies in this environment (read once a request)."""
+        if self._approval_policies is None:
+            tenant_id = self.require_tenant()
+            async with self.read_session() as session:
+                self._approval_policies = await approvals.policies_for(
+                    session, tenant_id, self.principal.environment
+                )
+        return self._approval_policies
 
     async def _scoped_connection(self) -> AsyncConnection:
         if self._connection is None:

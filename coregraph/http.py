@@ -127,6 +127,10 @@ def _response(payload: dict[str, Any], status: int, media_type: str, **headers: 
     )
 
 
+# Why a mutation that a policy holds back is asked for (services.approvals).
+APPROVAL_REASON_HEADER = "x-approval-reason"
+
+
 def request_meta(request: Request) -> RequestMeta:
     """Where an HTTP request came from (the client address is the trusted proxies' reading)."""
     return RequestMeta(
@@ -284,6 +288,8 @@ async def _handle_graphql(request: Request, runtime: Runtime, uploads: Uploads |
         principal=principal.kind.value, tenant_id=principal.tenant_id, operation=operation_name
     )
     context = Context(runtime, principal, meta)
+    context.request_variables = variables
+    context.approval_reason = request.headers.get(APPROVAL_REASON_HEADER)
     context.schema_reader = carries_schema_secret(
         runtime.settings, request.headers.get(SCHEMA_SECRET_HEADER)
     )

@@ -313,6 +313,7 @@ class SocketHandler(BaseGraphQLTransportWSHandler[SocketConnection, None]):
             )
             context = SocketOperationContext(connection, principal, meta)
             context.schema_reader = connection.schema_reader
+            context.request_variables = operation.variables
             outcome = await self._execute(operation, context)
             if context.credential_refused:
                 # A subscription found the credential refused and ended with why: the socket

@@ -36,6 +36,8 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         # Every test client is 127.0.0.1: per-address limits are tested on their own server.
         "auth_rate_limit_per_ip": 100_000,
         "webhook_secret_keys": TEST_WEBHOOK_KEY,
+        # Approval requests past their expiry are expired within half a second.
+        "approval_expiry_interval_seconds": 0.5,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

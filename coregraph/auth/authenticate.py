@@ -9,7 +9,8 @@ or ``X-Environment`` (``live`` by default).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,7 +39,7 @@ _SPONSOR = aliased(Membership)
 _SPONSOR_ROLE = aliased(Role)
 # The key and its creator's current role in the key's tenant (no creator, or a creator no
 # longer a member: no permissions, so the key can do nothing).
-_API_KEY_WITH_PERMISSIONS = (
+_API_KEY_AND_PERMISSIONS = (
     select(
         ApiKey.id,
         ApiKey.tenant_id,
@@ -70,7 +71,13 @@ _API_KEY_WITH_PERMISSIONS = (
         and_(_SPONSOR.tenant_id == Agent.tenant_id, _SPONSOR.user_id == Agent.sponsor_user_id),
     )
     .outerjoin(_SPONSOR_ROLE, _SPONSOR_ROLE.id == _SPONSOR.role_id)
-    .where(ApiKey.secret_hash == bindparam("digest"))
+)
+_API_KEY_WITH_PERMISSIONS = _API_KEY_AND_PERMISSIONS.where(
+    ApiKey.secret_hash == bindparam("digest")
+)
+# The same by id and tenant: an approval request's key, when the request runs.
+_API_KEY_BY_ID = _API_KEY_AND_PERMISSIONS.where(
+    ApiKey.id == bindparam("key_id"), ApiKey.tenant_id == bindparam("tenant_id")
 )
 # An agent of a tenant and its sponsor's current role there: an agent never exceeds the rights
 # of the person answerable for it.
@@ -307,11 +314,7 @@ class Authenticator:
         digest = secrets.digest(secret)
         row = await self._api_key_row(digest)
         now = datetime.now(UTC)
-        if row is None or row.revoked_at is not None:
-            raise Unauthenticated("API key is invalid or revoked")
-        expires_at = _aware(row.expires_at)
-        if expires_at is not None and expires_at <= now:
-            raise Unauthenticated("API key has expired")
+        _usable_key(row, now)
         if tenant_id is not None and tenant_id != row.tenant_id:
             raise Forbidden(
                 "X-Tenant-Id: this API key belongs to another tenant", field="X-Tenant-Id"
@@ -329,41 +332,49 @@ class Authenticator:
                 await conn.execute(
                     update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now)
                 )
-        # A key never exceeds its creator's current rights: demoting or removing the creator
-        # narrows or disables the key at once.
-        if row.agent_id is not None:
-            # An agent's key acts as the agent: within the key's and the agent's scopes.
-            if row.agent_deleted_at is not None or row.agent_scopes is None:
-                raise Unauthenticated("API key is invalid or revoked")
-            if row.agent_disabled_at is not None:
-                raise Unauthenticated("the agent is disabled")
-            # Within the key's and the agent's scopes, and within both its creator's and the
-            # agent's sponsor's current rights: a sponsor who left stops the agent.
-            granted = agent_rights(row.sponsor_permissions, frozenset(row.agent_scopes))
-            limit = with_implied(frozenset(row.scopes)) & granted
-            return Principal(
+        return _key_principal(row)
+
+    async def requester_principal(self, tenant_id: str, requester: Mapping[str, Any]) -> Principal:
+        """The principal that asked for an approval (``services.approvals.requester_of``), as
+        it is now: its credential still valid, its rights re-read — and never more than it
+        held when it asked. Refused (UNAUTHENTICATED, FORBIDDEN) as a request would be."""
+        environment = Environment(str(requester["environment"]))
+        then = frozenset(requester.get("scopes") or ())
+        key_id = requester.get("apiKeyId")
+        principal: Principal
+        if key_id is not None:
+            async with self.engine.connect() as conn:
+                await db.scope_transaction(conn, tenant_ids=(tenant_id,))
+                row = (
+                    await conn.execute(_API_KEY_BY_ID, {"key_id": key_id, "tenant_id": tenant_id})
+                ).first()
+            _usable_key(row, datetime.now(UTC))
+            principal = _key_principal(row)
+        elif requester["kind"] == PrincipalKind.AGENT.value:
+            agent = await self.active_agent(str(requester["agentId"]), tenant_id)
+            scopes = agent_rights(agent.sponsor_permissions, frozenset(agent.scopes))
+            user_id = requester.get("actingForUserId")
+            if user_id is not None:
+                user = await self.user_principal(str(user_id), None, tenant_id=tenant_id)
+                scopes &= user.scopes_in(tenant_id)
+            principal = Principal(
                 kind=PrincipalKind.AGENT,
-                agent_id=row.agent_id,
-                api_key_id=row.id,
-                tenant_id=row.tenant_id,
-                environment=environment,
-                tenant_scopes={
-                    row.tenant_id: effective_scopes(frozenset(row.creator_permissions or ()), limit)
-                },
-                rate_limits=row.rate_limits or None,
+                agent_id=agent.id,
+                acting_for_user_id=user_id,
+                tenant_id=tenant_id,
+                tenant_scopes={tenant_id: scopes},
             )
-        return Principal(
-            kind=PrincipalKind.API_KEY,
-            api_key_id=row.id,
-            acting_for_user_id=row.created_by_user_id,
-            tenant_id=row.tenant_id,
+        else:
+            principal = await self.user_principal(
+                str(requester["userId"]), None, tenant_id=tenant_id
+            )
+        now = principal.scopes_in(tenant_id) & then
+        return replace(
+            principal,
+            tenant_id=tenant_id,
             environment=environment,
-            tenant_scopes={
-                row.tenant_id: effective_scopes(
-                    frozenset(row.creator_permissions or ()), frozenset(row.scopes)
-                )
-            },
-            rate_limits=row.rate_limits or None,
+            tenant_scopes={tenant_id: now},
+            scope_limit=now,
         )
 
     async def _api_key_row(self, digest: str) -> Any:
@@ -398,6 +409,56 @@ class Authenticator:
             if len(self._api_key_tenants) > _API_KEY_TENANTS_KEPT:
                 self._api_key_tenants.popitem(last=False)
         return row
+
+
+def _usable_key(row: Any, now: datetime) -> None:
+    """Refuse a key that is unknown, revoked or expired."""
+    if row is None or row.revoked_at is not None:
+        raise Unauthenticated("API key is invalid or revoked")
+    expires_at = _aware(row.expires_at)
+    if expires_at is not None and expires_at <= now:
+        raise Unauthenticated("API key has expired")
+
+
+def _key_principal(row: Any) -> Principal:
+    """An API key's principal, from its row with its creator's (and agent's) current rights."""
+    environment = Environment(row.environment)
+    # A key never exceeds its creator's current rights: demoting or removing the creator
+    # narrows or disables the key at once.
+    if row.agent_id is not None:
+        # An agent's key acts as the agent: within the key's and the agent's scopes.
+        if row.agent_deleted_at is not None or row.agent_scopes is None:
+            raise Unauthenticated("API key is invalid or revoked")
+        if row.agent_disabled_at is not None:
+            raise Unauthenticated("the agent is disabled")
+        # Within the key's and the agent's scopes, and within both its creator's and the
+        # agent's sponsor's current rights: a sponsor who left stops the agent.
+        granted = agent_rights(row.sponsor_permissions, frozenset(row.agent_scopes))
+        limit = with_implied(frozenset(row.scopes)) & granted
+        return Principal(
+            kind=PrincipalKind.AGENT,
+            agent_id=row.agent_id,
+            api_key_id=row.id,
+            tenant_id=row.tenant_id,
+            environment=environment,
+            tenant_scopes={
+                row.tenant_id: effective_scopes(frozenset(row.creator_permissions or ()), limit)
+            },
+            rate_limits=row.rate_limits or None,
+        )
+    return Principal(
+        kind=PrincipalKind.API_KEY,
+        api_key_id=row.id,
+        acting_for_user_id=row.created_by_user_id,
+        tenant_id=row.tenant_id,
+        environment=environment,
+        tenant_scopes={
+            row.tenant_id: effective_scopes(
+                frozenset(row.creator_permissions or ()), frozenset(row.scopes)
+            )
+        },
+        rate_limits=row.rate_limits or None,
+    )
 
 
 def _aware(value: datetime | None) -> datetime | None:

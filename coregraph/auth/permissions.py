@@ -44,6 +44,11 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("billing:manage", "Change the plan and billing details (includes billing:read)."),
     Permission("approvals:review", "Approve or reject sensitive actions."),
     Permission(
+        "approvals:manage",
+        "Define which actions need approval, by whom (includes approvals:review's reading of"
+        " requests, not their approval).",
+    ),
+    Permission(
         "agents:manage",
         "Create, list, disable and delete the tenant's agents, issue their keys and tokens.",
     ),

@@ -2,6 +2,7 @@
 
 from coregraph.models.access import ApiKey, Role
 from coregraph.models.agents import Agent
+from coregraph.models.approvals import ApprovalDecision, ApprovalPolicy, ApprovalRequest
 from coregraph.models.audit import AuditEntry, StreamHead
 from coregraph.models.base import Base, Environment
 from coregraph.models.billing import Plan, TenantPlan, TenantPlanPeriod, UsageThreshold
@@ -16,6 +17,9 @@ from coregraph.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEn
 __all__ = [
     "Agent",
     "ApiKey",
+    "ApprovalDecision",
+    "ApprovalPolicy",
+    "ApprovalRequest",
     "AuditEntry",
     "Base",
     "Environment",

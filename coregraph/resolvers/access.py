@@ -11,6 +11,7 @@ from coregraph.auth.permissions import PERMISSIONS
 from coregraph.context import Context
 from coregraph.models.base import Environment as EnvironmentValue
 from coregraph.schema.access import ApiKey, Environment, Permission, Role
+from coregraph.schema.approvals import MutationPayload
 from coregraph.schema.billing import RateLimitsInput
 from coregraph.services import access
 
@@ -46,17 +47,17 @@ class CreateApiKeyInput:
 
 
 @strawberry.type
-class RolePayload:
+class RolePayload(MutationPayload):
     role: Role | None
 
 
 @strawberry.type
-class DeleteRolePayload:
+class DeleteRolePayload(MutationPayload):
     deleted_role_id: strawberry.ID | None
 
 
 @strawberry.type
-class CreateApiKeyPayload:
+class CreateApiKeyPayload(MutationPayload):
     api_key: ApiKey | None
     secret: str | None = strawberry.field(
         description="Shown once and never again; coregraph stores only a hash."
@@ -64,7 +65,7 @@ class CreateApiKeyPayload:
 
 
 @strawberry.type
-class ApiKeyPayload:
+class ApiKeyPayload(MutationPayload):
     api_key: ApiKey | None
 
 

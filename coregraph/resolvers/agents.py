@@ -14,6 +14,7 @@ from coregraph.models.base import Environment as EnvironmentValue
 from coregraph.resolvers.access import CreateApiKeyPayload
 from coregraph.schema.access import ApiKey, Environment
 from coregraph.schema.agents import Agent, IssuedToken
+from coregraph.schema.approvals import MutationPayload
 from coregraph.schema.readable import readable
 from coregraph.services import agents
 from coregraph.services.uow import UnitOfWork
@@ -42,7 +43,7 @@ class CreateAgentKeyInput:
 
 
 @strawberry.type
-class AgentPayload:
+class AgentPayload(MutationPayload):
     agent: Agent | None
 
 

@@ -18,6 +18,7 @@ from coregraph.context import Context
 from coregraph.errors import Forbidden, NotFound
 from coregraph.models import Plan as PlanRow, Tenant
 from coregraph.models.base import Environment
+from coregraph.schema.approvals import MutationPayload
 from coregraph.schema.billing import DefinePlanInput, Entitlement, Plan, Quota
 from coregraph.services import billing, quotas
 
@@ -52,14 +53,14 @@ async def current_plan(ctx: Context, tenant_id: str) -> billing.CurrentPlan:
 
 
 @strawberry.type
-class DefinePlanPayload:
+class DefinePlanPayload(MutationPayload):
     plan: Plan | None
 
 
 @strawberry.type
-class AssignPlanPayload:
-    tenant_id: strawberry.ID
-    plan: Plan
+class AssignPlanPayload(MutationPayload):
+    tenant_id: strawberry.ID | None
+    plan: Plan | None
     previous_plan: str | None = strawberry.field(description="The key of the plan it replaced.")
 
 

@@ -13,6 +13,7 @@ from strawberry.types.arguments import InputContext
 
 from coregraph.context import Context
 from coregraph.errors import BadUserInput
+from coregraph.schema.approvals import MutationPayload
 from coregraph.schema.events import (
     Event,
     EventConnection,
@@ -65,17 +66,17 @@ EmitEventInput.__strawberry_definition__.from_input = _emit_event_input  # type:
 
 
 @strawberry.type
-class EventTypePayload:
+class EventTypePayload(MutationPayload):
     event_type: EventType | None
 
 
 @strawberry.type
-class EmitEventPayload:
+class EmitEventPayload(MutationPayload):
     event: Event | None
     event_id: strawberry.ID | None = strawberry.field(
         description="The event's id, also for a key that may write events but not read them."
     )
-    replayed: bool = strawberry.field(
+    replayed: bool | None = strawberry.field(
         description="The idempotency key had been used: this is the first event made with it."
     )
 
@@ -89,8 +90,8 @@ class EmitEventPayload:
 
 
 @strawberry.type
-class EmitEventsPayload:
-    items: list[EmitEventPayload] = strawberry.field(
+class EmitEventsPayload(MutationPayload):
+    items: list[EmitEventPayload] | None = strawberry.field(
         description="One answer per input, in the inputs' order."
     )
 

@@ -12,6 +12,7 @@ from strawberry.scalars import JSON
 from coregraph import models
 from coregraph.context import Context
 from coregraph.errors import BadUserInput
+from coregraph.schema.approvals import MutationPayload
 from coregraph.schema.files import File, FileFilter, files_of
 from coregraph.schema.pagination import Connection, paginate
 from coregraph.schema.readable import readable
@@ -35,9 +36,9 @@ class CreateUploadUrlInput:
 
 
 @strawberry.type
-class FilePayload:
+class FilePayload(MutationPayload):
     file: File | None
-    file_id: strawberry.ID = strawberry.field(
+    file_id: strawberry.ID | None = strawberry.field(
         description="The file's id, also for a key that may write files but not read them."
     )
 
@@ -47,13 +48,13 @@ class FilePayload:
 
 
 @strawberry.type
-class CreateUploadUrlPayload:
+class CreateUploadUrlPayload(MutationPayload):
     file: File | None
-    upload_url: str = strawberry.field(
+    upload_url: str | None = strawberry.field(
         description="PUT the bytes here (once) before expiresAt, then call completeUpload."
     )
-    expires_at: datetime
-    upload_headers: JSON = strawberry.field(
+    expires_at: datetime | None
+    upload_headers: JSON | None = strawberry.field(
         description="Headers the PUT must carry (a presigned S3 URL signs its Content-Type)."
     )
 

@@ -14,6 +14,7 @@ from coregraph.auth import permissions
 from coregraph.context import Context
 from coregraph.errors import Forbidden
 from coregraph.schema import lookup
+from coregraph.schema.approvals import MutationPayload
 from coregraph.schema.tenancy import Invitation, Membership, Tenant
 from coregraph.services import tenancy
 
@@ -52,22 +53,22 @@ class ChangeMemberRoleInput:
 
 
 @strawberry.type
-class TenantPayload:
+class TenantPayload(MutationPayload):
     tenant: Tenant | None
 
 
 @strawberry.type
-class MembershipPayload:
+class MembershipPayload(MutationPayload):
     membership: Membership | None
 
 
 @strawberry.type
-class RemoveMemberPayload:
+class RemoveMemberPayload(MutationPayload):
     removed_membership_id: strawberry.ID | None
 
 
 @strawberry.type
-class InviteMemberPayload:
+class InviteMemberPayload(MutationPayload):
     invitation: Invitation | None
     invitation_url: str | None = strawberry.field(
         description="Shown once: send it to the invitee (coregraph sends no email)."
@@ -76,7 +77,7 @@ class InviteMemberPayload:
 
 
 @strawberry.type
-class InvitationPayload:
+class InvitationPayload(MutationPayload):
     invitation: Invitation | None
 
 

@@ -12,6 +12,7 @@ from strawberry.scalars import JSON
 
 from coregraph.context import Context
 from coregraph.errors import BadUserInput
+from coregraph.schema.approvals import MutationPayload
 from coregraph.schema.usage import (
     METER_SCOPES,
     Meter,
@@ -72,17 +73,17 @@ class RecordUsageInput:
 
 
 @strawberry.type
-class CreateMeterPayload:
+class CreateMeterPayload(MutationPayload):
     meter: Meter | None
 
 
 @strawberry.type
-class RecordUsagePayload:
-    id: strawberry.ID = strawberry.field(description="The usage record's id.")
-    meter: str
-    quantity: Decimal
-    occurred_at: datetime
-    replayed: bool = strawberry.field(
+class RecordUsagePayload(MutationPayload):
+    id: strawberry.ID | None = strawberry.field(description="The usage record's id.")
+    meter: str | None
+    quantity: Decimal | None
+    occurred_at: datetime | None
+    replayed: bool | None = strawberry.field(
         description="The idempotency key had been used: this is the record first made with it."
     )
 
@@ -98,12 +99,14 @@ class RecordUsagePayload:
 
 
 @strawberry.type
-class RecordUsageBatchPayload:
-    items: list[RecordUsagePayload] = strawberry.field(
+class RecordUsageBatchPayload(MutationPayload):
+    items: list[RecordUsagePayload] | None = strawberry.field(
         description="One answer per record, in the records' order."
     )
-    recorded: int = strawberry.field(description="Records counted by this call.")
-    replayed: int = strawberry.field(description="Records answered by an earlier key's record.")
+    recorded: int | None = strawberry.field(description="Records counted by this call.")
+    replayed: int | None = strawberry.field(
+        description="Records answered by an earlier key's record."
+    )
 
 
 def _drafts(inputs: list[RecordUsageInput]) -> list[usage.UsageDraft]:

@@ -22,6 +22,7 @@ from coregraph.errors import BadUserInput
 from coregraph.models.base import Environment as EnvironmentValue
 from coregraph.models.webhooks import DeliveryStatus
 from coregraph.schema.access import Environment
+from coregraph.schema.approvals import MutationPayload
 from coregraph.schema.pagination import Connection, node_selects, paginate
 from coregraph.schema.readable import readable
 from coregraph.schema.webhooks import (
@@ -64,35 +65,35 @@ class UpdateWebhookEndpointInput:
 
 
 @strawberry.type
-class CreateWebhookEndpointPayload:
+class CreateWebhookEndpointPayload(MutationPayload):
     webhook_endpoint: WebhookEndpoint | None
     secret: str | None = strawberry.field(description=SECRET_SHOWN_ONCE)
 
 
 @strawberry.type
-class WebhookEndpointPayload:
+class WebhookEndpointPayload(MutationPayload):
     webhook_endpoint: WebhookEndpoint | None
 
 
 @strawberry.type
-class DeleteWebhookEndpointPayload:
+class DeleteWebhookEndpointPayload(MutationPayload):
     deleted_webhook_endpoint_id: strawberry.ID | None
 
 
 @strawberry.type
-class RotateWebhookSecretPayload:
+class RotateWebhookSecretPayload(MutationPayload):
     webhook_endpoint: WebhookEndpoint | None
     secret: str | None = strawberry.field(description=SECRET_SHOWN_ONCE)
 
 
 @strawberry.type
-class WebhookDeliveryPayload:
+class WebhookDeliveryPayload(MutationPayload):
     webhook_delivery: WebhookDelivery | None
 
 
 @strawberry.type
-class ReplayWebhookEventsPayload:
-    scheduled: int = strawberry.field(
+class ReplayWebhookEventsPayload(MutationPayload):
+    scheduled: int | None = strawberry.field(
         description="Events now due for delivery: deliveries sent again, and new ones."
     )
     continue_from: datetime | None = strawberry.field(

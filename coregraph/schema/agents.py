@@ -9,6 +9,7 @@ import strawberry
 from strawberry.federation import field, type as ftype
 
 from coregraph import models
+from coregraph.schema.approvals import MutationPayload
 from coregraph.schema.lookup import entity
 from coregraph.schema.node import Node
 
@@ -64,7 +65,7 @@ class Agent(Node):
 
 
 @strawberry.type(description="A token issued to an agent, or to an agent acting for a user.")
-class IssuedToken:
+class IssuedToken(MutationPayload):
     access_token: str
     token_type: str = strawberry.field(description="Always 'Bearer'.")
     issued_token_type: str = strawberry.field(

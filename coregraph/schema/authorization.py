@@ -61,12 +61,24 @@ def _is_own_security_log(principal: Principal, obj: Any) -> bool:
     )
 
 
+def _is_approval_party(principal: Principal, obj: Any) -> bool:
+    """The row (an approval request) is the principal's own, or the principal reviews or
+    manages approvals in its tenant."""
+    scopes = principal.scopes_in(getattr(obj, "tenant_id", None))
+    if "approvals:review" in scopes or "approvals:manage" in scopes:
+        return True
+    from coregraph.services.approvals import is_requester
+
+    return bool(scopes) and is_requester(principal, getattr(obj, "requester", None) or {})
+
+
 # Named row-relative rules for ``@policy``. Synchronous by design: they run per object.
 POLICIES: dict[str, PolicyCheck] = {
     "self": _is_self,
     "colleague": _is_colleague,
     "member_directory": _reads_member_directory,
     "own_security_log": _is_own_security_log,
+    "approval_party": _is_approval_party,
 }
 
 

@@ -9,6 +9,7 @@ import strawberry
 from strawberry.federation import field, type as ftype
 
 from coregraph import ids, models
+from coregraph.schema.approvals import MutationPayload
 from coregraph.schema.audit import SecurityLogEntry, chain_page, security_log
 from coregraph.schema.lookup import entity
 from coregraph.schema.node import Node
@@ -80,7 +81,7 @@ class User(Node):
 @strawberry.type(
     description="A signed-in session: a short-lived access token and its refresh token."
 )
-class AuthPayload:
+class AuthPayload(MutationPayload):
     access_token: str = strawberry.field(description="Send as 'Authorization: Bearer <token>'.")
     access_token_expires_at: datetime
     refresh_token: str = strawberry.field(
@@ -90,5 +91,5 @@ class AuthPayload:
 
 
 @strawberry.type
-class LogoutPayload:
+class LogoutPayload(MutationPayload):
     ended: bool = strawberry.field(description="Whether a live session was ended.")

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coregraph import db, telemetry
 from coregraph.metrics import forget_engine, running as running_metrics, watch_engine
-from coregraph.services import audit_retention, files
+from coregraph.services import approvals, audit_retention, files
 from coregraph.settings import Settings
 from coregraph.streams.broker import Broker, create_broker
 from coregraph.streams.relay import Relay, running
@@ -34,8 +34,8 @@ log = logging.getLogger("coregraph.worker")
 
 @contextlib.asynccontextmanager
 async def relay_in_process(settings: Settings, broker: Broker) -> AsyncIterator[Relay]:
-    """A relay, the audit pruning and the files' cleanup with an engine of their own (the
-    worker role), running for the block."""
+    """A relay, the audit pruning, the files' cleanup and the approvals' expiry with an
+    engine of their own (the worker role), running for the block."""
     engine = db.create_engine(settings, role=settings.database_worker_role)
     watch_engine(engine, "relay", outbox=True)
     relay = Relay(engine, broker, poll_seconds=settings.relay_poll_seconds)
@@ -46,13 +46,17 @@ async def relay_in_process(settings: Settings, broker: Broker) -> AsyncIterator[
     cleaning = asyncio.create_task(
         files.clean_periodically(engine, settings), name="coregraph-files-cleanup"
     )
+    expiring = asyncio.create_task(
+        approvals.expire_periodically(engine, settings.approval_expiry_interval_seconds),
+        name="coregraph-approval-expiry",
+    )
     try:
         async with running(relay):
             yield relay
     finally:
-        pruning.cancel()
-        cleaning.cancel()
-        await asyncio.gather(pruning, cleaning, return_exceptions=True)
+        for task in (pruning, cleaning, expiring):
+            task.cancel()
+        await asyncio.gather(pruning, cleaning, expiring, return_exceptions=True)
         forget_engine(engine)
         await engine.dispose()
 

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 NODE_DEPS := tests/node/node_modules/.package-lock.json
 
-.PHONY: run test lint typecheck pytest bench bench-ingest bench-usage bench-scale schema migrate lock clean
+.PHONY: run test lint typecheck pytest bench bench-ingest bench-usage bench-scale bench-approvals schema migrate lock clean
 
 # Installs take exactly what the lock files name, each download checked against its hash; the
 # package itself goes on top without resolving anything (`make lock` writes the locks).
@@ -59,6 +59,9 @@ bench-usage: $(VENV)/.dev-installed
 # overhead of metrics + tracing (PostgreSQL + Redis on 127.0.0.1).
 bench-scale: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.scale
+
+bench-approvals: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.approvals
 
 # Resolve pyproject.toml's ranges for every platform and Python 3.11+, keeping the versions the
 # locks already name where they still fit; `make lock LOCK_FLAGS=--upgrade` takes the newest.

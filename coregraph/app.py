@@ -45,6 +45,7 @@ from coregraph.readiness import Readiness
 from coregraph.request_log import log_request
 from coregraph.services import identity
 from coregraph.services.api_requests import ApiRequestMeter
+from coregraph.services.approvals import PolicyCache
 from coregraph.services.plan_limits import PlanLimits
 from coregraph.services.ratelimit import Limiter
 from coregraph.settings import Settings, load_settings
@@ -76,6 +77,8 @@ class Runtime:
     # The plans' operation rate limits, and the api.requests meter with its monthly cap.
     plan_limits: PlanLimits
     api_requests: ApiRequestMeter
+    # Tenants' approval policies, kept a moment per process (services.approvals).
+    approval_policies: PolicyCache
     # Live streams (coregraph.streams.broker): in-process, or Redis shared by all processes.
     broker: Broker
     # Files' bytes (coregraph.storage): local disk, or an S3-compatible bucket.
@@ -123,6 +126,7 @@ class Runtime:
                 redis=redis,
                 prefix=settings.redis_prefix,
             ),
+            approval_policies=PolicyCache(engine, settings.approval_policy_cache_seconds),
             broker=broker,
             storage=create_storage(settings),
             redis=redis,

@@ -23,7 +23,7 @@ from coregraph.auth.permissions import effective_scopes
 from coregraph.auth.principal import Principal
 from coregraph.errors import Forbidden
 from coregraph.request import RequestMeta
-from coregraph.services import approvals, ratelimit
+from coregraph.services import ratelimit
 from coregraph.services.uow import UnitOfWork
 from coregraph.streams.relay import wake_after_commit
 
@@ -117,11 +117,9 @@ class Context(BaseContext):
     async def approval_policies(self) -> Sequence[Any]:
         """The addressed tenant's approval policies in this environment (read once a request)."""
         if self._approval_policies is None:
-            tenant_id = self.require_tenant()
-            async with self.read_session() as session:
-                self._approval_policies = await approvals.policies_for(
-                    session, tenant_id, self.principal.environment
-                )
+            self._approval_policies = await self.runtime.approval_policies.get(
+                self.require_tenant(), self.principal.environment
+            )
         return self._approval_policies
 
     async def _scoped_connection(self) -> AsyncConnection:

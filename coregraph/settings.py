@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # How often the worker (or serve, where it runs the relay) prunes audit entries past their
     # tenant's retention (tenants.audit_retention_days; none set keeps everything).
     audit_prune_interval_seconds: float = Field(3600, gt=0, le=7 * 86400)
+    # How long a process keeps a tenant's approval policies: a policy created or deleted
+    # applies at once in the process that wrote it, within this in every other one.
+    approval_policy_cache_seconds: float = Field(1.0, ge=0, le=60)
     # How often the worker expires approval requests whose time ran out (services.approvals).
     approval_expiry_interval_seconds: float = Field(30.0, gt=0, le=3600)
     # Messages a subscriber may fall behind by before its subscription ends (SubscriberTooSlow)

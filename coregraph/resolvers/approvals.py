@@ -16,6 +16,7 @@ from strawberry.federation import field
 from coregraph import models
 from coregraph.context import Context
 from coregraph.errors import BadUserInput, CoregraphError
+from coregraph.resolvers.streams import event_positions
 from coregraph.schema.approvals import (
     ActorKind,
     ApprovalPolicy,
@@ -23,12 +24,7 @@ from coregraph.schema.approvals import (
     ApprovalStatus,
     MutationPayload,
 )
-from coregraph.schema.events import (
-    Event,
-    decode_sequence_cursor,
-    encode_sequence_cursor,
-    event_stream,
-)
+from coregraph.schema.events import Event, decode_sequence_cursor, encode_sequence_cursor
 from coregraph.schema.pagination import Connection, paginate
 from coregraph.schema.readable import readable
 from coregraph.services import approvals
@@ -110,7 +106,7 @@ async def _request(ctx: Context, request_id: str) -> ApprovalRequest | None:
 @strawberry.type
 class ApprovalsQuery:
     @field(
-        requires_scopes=[["approvals:manage"], ["approvals:review"]],
+        requires_scopes=[["approvals:manage"]],
         description="The tenant's approval policies in this environment.",
     )
     async def approval_policies(self, info: Info) -> list[ApprovalPolicy] | None:
@@ -190,6 +186,7 @@ class ApprovalsMutation:
             row = await approvals.create_policy(
                 uow, ctx.require_tenant(), ctx.principal.environment, draft
             )
+        ctx.runtime.approval_policies.forget(row.tenant_id, ctx.principal.environment)
         return ApprovalPolicyPayload(policy=ApprovalPolicy.from_row(row))
 
     @field(requires_scopes=[["approvals:manage"]], description="Stop gating by this policy.")
@@ -201,6 +198,7 @@ class ApprovalsMutation:
             deleted = await approvals.delete_policy(
                 uow, ctx.require_tenant(), ctx.principal.environment, str(id)
             )
+        ctx.runtime.approval_policies.forget(ctx.require_tenant(), ctx.principal.environment)
         return DeleteApprovalPolicyPayload(deleted_policy_id=strawberry.ID(deleted))
 
     @field(
@@ -293,19 +291,7 @@ class ApprovalsSubscription:
         if start is not None and start < 0:
             raise BadUserInput("after: not a cursor", field="after")
 
-        async def read(after: int, before: int | None, limit: int) -> Sequence[Any]:
-            statement = event_stream(
-                ctx.principal, tenant_id, types=sorted(STEP_EVENTS), after_sequence=after
-            )
-            if before is not None:
-                statement = statement.where(models.Event.sequence < before)
-            return await ctx.read(statement.limit(limit))
-
-        async def head() -> int:
-            event = models.Event
-            statement = readable(ctx.principal, event, tenant_id=tenant_id)
-            rows = await ctx.read(statement.order_by(event.sequence.desc()).limit(1))
-            return int(rows[0].sequence) if rows else 0
+        read, head = event_positions(ctx, tenant_id, sorted(STEP_EVENTS))
 
         def item(row: Any) -> ApprovalRequestStep:
             event = Event.from_row(row)

@@ -6,7 +6,7 @@ GraphQL type the queries return, with the cursor to resume after it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
 import strawberry
@@ -28,7 +28,13 @@ from coregraph.schema.events import Event, EventEdge, decode_sequence_cursor, ev
 from coregraph.schema.readable import readable
 from coregraph.services import events as event_service
 from coregraph.streams.broker import audit_topic, events_topic
-from coregraph.streams.subscription import Stream, audit_row, event_row, replay_then_live
+from coregraph.streams.subscription import (
+    ReadAfter,
+    Stream,
+    audit_row,
+    event_row,
+    replay_then_live,
+)
 
 Info = strawberry.Info[Context, None]
 
@@ -39,6 +45,29 @@ def _event_types(types: list[str] | None) -> frozenset[str] | None:
     if len(types) > MAX_TYPE_FILTER:
         raise BadUserInput(f"types: at most {MAX_TYPE_FILTER}", field="types")
     return frozenset(event_service.check_type_name(t, "types") for t in types)
+
+
+def event_positions(
+    ctx: Context, tenant_id: str, types: list[str] | None
+) -> tuple[ReadAfter, Callable[[], Awaitable[int]]]:
+    """A tenant's event stream for ``replay_then_live``: its events of ``types`` (all: None)
+    after a sequence number, and the head of its sequence."""
+
+    async def read(after: int, before: int | None, limit: int) -> Sequence[Any]:
+        # The current principal: a subscription's rights are rechecked while it runs.
+        statement = event_stream(ctx.principal, tenant_id, types=types, after_sequence=after)
+        if before is not None:
+            statement = statement.where(models.Event.sequence < before)
+        return await ctx.read(statement.limit(limit))
+
+    async def head() -> int:
+        # The tenant's sequence spans its environments: the head is over all of them.
+        event = models.Event
+        statement = readable(ctx.principal, event, tenant_id=tenant_id)
+        rows = await ctx.read(statement.order_by(event.sequence.desc()).limit(1))
+        return int(rows[0].sequence) if rows else 0
+
+    return read, head
 
 
 @strawberry.type
@@ -60,25 +89,7 @@ class StreamsSubscription:
         wanted = _event_types(types)
         start = decode_sequence_cursor(after) if after is not None else None
 
-        async def read(after: int, before: int | None, limit: int) -> Sequence[Any]:
-            # The current principal: a subscription's rights are rechecked while it runs.
-            statement = event_stream(
-                ctx.principal,
-                tenant_id,
-                types=None if wanted is None else sorted(wanted),
-                after_sequence=after,
-            )
-            if before is not None:
-                statement = statement.where(models.Event.sequence < before)
-            return await ctx.read(statement.limit(limit))
-
-        async def head() -> int:
-            # The tenant's sequence spans its environments: the head is over all of them.
-            event = models.Event
-            statement = readable(ctx.principal, event, tenant_id=tenant_id)
-            rows = await ctx.read(statement.order_by(event.sequence.desc()).limit(1))
-            return int(rows[0].sequence) if rows else 0
-
+        read, head = event_positions(ctx, tenant_id, None if wanted is None else sorted(wanted))
         stream = Stream(
             topic=events_topic(tenant_id, ctx.principal.environment),
             position="sequence",

@@ -38,7 +38,7 @@ class ActorKind(enum.Enum):
 @entity(models.ApprovalPolicy)
 @ftype(
     keys=["id"],
-    requires_scopes=[["approvals:manage"], ["approvals:review"]],
+    requires_scopes=[["approvals:manage"]],
     description="Which actions of the tenant (in one environment) wait for approval, by whom.",
 )
 class ApprovalPolicy(Node):

@@ -24,15 +24,16 @@ import asyncio
 import fnmatch
 import logging
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coregraph import ids
+from coregraph import db, ids
 from coregraph.auth.permissions import PERMISSION_KEYS
 from coregraph.auth.principal import Principal, PrincipalKind, system_principal
 from coregraph.errors import BadUserInput, Conflict, Forbidden, NotFound
@@ -334,7 +335,7 @@ def _action_matches(pattern: str, action: str) -> bool:
 
 
 def policy_applies(
-    policy: ApprovalPolicy, actions: Iterable[str], kind: str, arguments: Mapping[str, Any]
+    policy: Any, actions: Iterable[str], kind: str, arguments: Mapping[str, Any]
 ) -> bool:
     if policy.principal_kinds and kind not in policy.principal_kinds:
         return False
@@ -349,23 +350,57 @@ def policy_applies(
     )
 
 
-def strictest(policies: Iterable[ApprovalPolicy]) -> ApprovalPolicy | None:
+def strictest(policies: Iterable[Any]) -> Any | None:
     """Of the policies that hold an operation back, the one asking most (approvers, then the
     shortest expiry); its id breaks ties, so every process picks the same."""
     ranked = sorted(policies, key=lambda p: (-p.approvals_required, p.expires_in_seconds, p.id))
     return ranked[0] if ranked else None
 
 
+_POLICY_COLUMNS = select(ApprovalPolicy.__table__)  # type: ignore[arg-type]
+
+
 async def policies_for(
-    conn: AsyncConnection | Any, tenant_id: str, environment: Environment
-) -> Sequence[ApprovalPolicy]:
-    """The tenant's policies in ``environment`` (one indexed read; usually none)."""
+    conn: AsyncConnection, tenant_id: str, environment: Environment
+) -> Sequence[Any]:
+    """The tenant's policies in ``environment`` (one indexed read; usually none), as rows."""
+    await db.scope_transaction(conn, tenant_ids=(tenant_id,))
     result = await conn.execute(
-        select(ApprovalPolicy).where(
+        _POLICY_COLUMNS.where(
             ApprovalPolicy.tenant_id == tenant_id, ApprovalPolicy.environment == environment
         )
     )
-    return list(result.scalars().all())
+    return list(result.all())
+
+
+@dataclass
+class PolicyCache:
+    """Each tenant's policies per environment, kept ``seconds`` in this process, so that the
+    gate costs a mutation it does not hold back a dictionary lookup rather than a read
+    (bench/approvals.py). A policy created or deleted takes effect at once in the process
+    that wrote it (``forget``) and within ``seconds`` in every other one, as plans' limits do
+    (docs/DECISIONS.md). ``seconds`` 0 reads on every mutation."""
+
+    engine: AsyncEngine
+    seconds: float
+    _kept: dict[tuple[str, str], tuple[float, Sequence[Any]]] = field(default_factory=dict)
+
+    async def get(self, tenant_id: str, environment: Environment) -> Sequence[Any]:
+        key = (tenant_id, environment.value)
+        now = time.monotonic()
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] > now:
+            return kept[1]
+        async with self.engine.connect() as conn:
+            policies = await policies_for(conn, tenant_id, environment)
+        if self.seconds > 0:
+            if len(self._kept) > 10_000:
+                self._kept.clear()
+            self._kept[key] = (now + self.seconds, policies)
+        return policies
+
+    def forget(self, tenant_id: str, environment: Environment) -> None:
+        self._kept.pop((tenant_id, environment.value), None)
 
 
 # --- requests ------------------------------------------------------------------------------
@@ -435,7 +470,7 @@ async def request_approval(
     uow: UnitOfWork,
     tenant_id: str,
     *,
-    policy: ApprovalPolicy,
+    policy: Any,
     action: str,
     operation: str,
     document: str,

@@ -21,6 +21,10 @@
 
 import { serverAudits } from "graphql-http";
 
+// Piped stdout is asynchronous in Node: process.exit() right after a large write (a
+// supergraph is easily more than a pipe's 64 KiB) would cut it short. Make it blocking.
+process.stdout._handle?.setBlocking?.(true);
+
 const USAGE = 'usage: node audit.mjs [-H "Name: value" ...] http://127.0.0.1:PORT/graphql';
 const BODY_LIMIT = 500;
 const TIMEOUT_MS = Number(process.env.AUDIT_TIMEOUT_MS ?? 10000);

@@ -16,6 +16,10 @@
 import { readFileSync } from "node:fs";
 import { parse } from "graphql";
 
+// Piped stdout is asynchronous in Node: process.exit() right after a large write (a
+// supergraph is easily more than a pipe's 64 KiB) would cut it short. Make it blocking.
+process.stdout._handle?.setBlocking?.(true);
+
 const USAGE =
   "usage: node compose.mjs --lib apollo|guild name1=path1.graphql name2=path2.graphql ...";
 

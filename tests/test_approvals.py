@@ -363,3 +363,58 @@ async def test_reviewers_follow_requests_on_a_subscription(
     assert items[0]["event"]["type"] == "approval.requested"
     assert items[0]["request"]["id"] == request["id"]
     assert items[0]["request"]["reason"] == "a partner integration needs it"
+
+
+REGISTER = """mutation($input: RegisterEventTypeInput!) { registerEventType(input: $input) {
+    eventType { type } } }"""
+EMIT = """mutation($input: EmitEventInput!) { emitEvent(input: $input) { eventId replayed
+    approvalRequired { request { id action input } } } }"""
+EMIT_MANY = """mutation($inputs: [EmitEventInput!]!) { emitEvents(inputs: $inputs) {
+    items { eventId } approvalRequired { request { id action } } } }"""
+
+
+async def test_custom_event_types_are_gated_by_type(client: GraphQLClient) -> None:
+    tenant, owner, admin, _ = await team(client)
+    for type_ in ("refund.issued", "order.paid"):
+        r = await run(
+            client,
+            REGISTER,
+            {"input": {"type": type_, "schema": {"type": "object"}}},
+            owner,
+            tenant,
+        )
+        r.ok()
+    await policy(client, owner, tenant, actions=["refund.*"])
+    # Another type is not held back.
+    r = await run(client, EMIT, {"input": {"type": "order.paid", "data": {}}}, admin, tenant)
+    assert r.ok()["emitEvent"]["eventId"]
+    data = {"type": "refund.issued", "data": {"amount": 100}}
+    r = await run(client, EMIT, {"input": data}, admin, tenant, **why("customer asked"))
+    held = r.ok()["emitEvent"]
+    assert held["eventId"] is None and held["replayed"] is None
+    request = held["approvalRequired"]["request"]
+    assert request["action"] == "refund.issued"
+    assert request["input"] == {"input": data}
+    # A batch holding one gated type waits whole.
+    r = await run(
+        client,
+        EMIT_MANY,
+        {"inputs": [{"type": "order.paid", "data": {}}, data]},
+        admin,
+        tenant,
+        **why("batch"),
+    )
+    batch = r.ok()["emitEvents"]
+    assert batch["items"] is None
+    assert batch["approvalRequired"]["request"]["action"] == "order.paid, refund.issued"
+    r = await run(client, APPROVE, {"id": request["id"]}, owner, tenant)
+    result = r.ok()["approveRequest"]["request"]
+    assert result["status"] == "APPROVED" and result["result"]["eventId"].startswith("evt_")
+    events = await run(
+        client,
+        '{ events(types: ["refund.issued"]) { nodes { data actorId } } }',
+        None,
+        owner,
+        tenant,
+    )
+    assert events.ok()["events"]["nodes"] == [{"data": {"amount": 100}, "actorId": admin.user_id}]

@@ -40,7 +40,7 @@ from coregraph.resolvers.invoices import InvoicesQuery
 from coregraph.resolvers.node import NodeQuery
 from coregraph.resolvers.streams import StreamsSubscription
 from coregraph.resolvers.tenancy import TenancyMutation, TenancyQuery
-from coregraph.resolvers.usage import UsageMutation, UsageQuery
+from coregraph.resolvers.usage import RAW_RESOLVERS, UsageMutation, UsageQuery
 from coregraph.resolvers.webhooks import WebhooksMutation, WebhooksQuery, WebhooksSubscription
 from coregraph.schema.approval_gate import install_approval_gates
 from coregraph.schema.authorization import enforce_declarations
@@ -240,6 +240,10 @@ def build_schema(settings: Settings) -> CoregraphSchema:
     # Leaner resolvers first: the approval gate then wraps one, and a declared field's guard
     # wraps both (a field's scopes are checked before a request for it is ever stored).
     install_fast_resolvers(schema._schema, schema.config.info_class)
+    mutation = schema._schema.mutation_type
+    assert mutation is not None
+    for name, resolve in RAW_RESOLVERS.items():
+        mutation.fields[name].resolve = resolve
     install_approval_gates(schema._schema, _mutation_payloads(schema))
     enforce_declarations(schema._schema)
     _guard_service_sdl(schema, settings)

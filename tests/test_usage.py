@@ -273,6 +273,34 @@ async def test_each_aggregation_matches_hand_computed_values(
     assert summaries == ([both_days] * 2 if months[0] == months[1] else by_day)
 
 
+@pytest.mark.parametrize(
+    ("aggregation", "expected"),
+    [("SUM", ["2.250001", "17"]), ("COUNT", ["2", "2"]), ("MAX", ["2.25", "10"])],
+)
+async def test_ranges_cutting_through_hours_add_the_partial_hours_records(
+    client: GraphQLClient, aggregation: str, expected: list[str]
+) -> None:
+    """SUM, COUNT and MAX are read from hourly rollups for the whole hours of the range and
+    from the records for the partial hours at its ends: from 1:20 (the 1:10 record left out,
+    the 1:50 one in) to 26:30 (the two records at 26:00 in)."""
+    team, meter = await _recorded_team(client, aggregation)
+    start = _day(0)
+    series = await team.usage(
+        meter, start + timedelta(hours=1, minutes=20), start + timedelta(hours=26, minutes=30)
+    )
+    assert _points(series) == [(_day(0), {}, expected[0]), (_day(1), {}, expected[1])]
+    # Within one hour: the records alone.
+    inside = await team.usage(
+        meter,
+        start + timedelta(hours=1, minutes=5),
+        start + timedelta(hours=1, minutes=15),
+        granularity="HOUR",
+    )
+    assert _points(inside) == [
+        (start + timedelta(hours=1), {}, "1.5" if aggregation != "COUNT" else "1")
+    ]
+
+
 async def test_hour_and_month_buckets_and_the_range_bounds(client: GraphQLClient) -> None:
     team, meter = await _recorded_team(client, "SUM")
     start = _day(0)

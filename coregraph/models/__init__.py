@@ -11,7 +11,7 @@ from coregraph.models.files import File, FileStatus
 from coregraph.models.identity import ExternalIdentity, RetiredRefreshToken, Session, User
 from coregraph.models.streams import RelayPosition
 from coregraph.models.tenancy import Invitation, Membership, Tenant
-from coregraph.models.usage import Meter, UsageRecord
+from coregraph.models.usage import Meter, UsageRecord, UsageRollup
 from coregraph.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "TenantPlan",
     "TenantPlanPeriod",
     "UsageRecord",
+    "UsageRollup",
     "UsageThreshold",
     "User",
     "WebhookAttempt",

@@ -26,6 +26,7 @@ from coregraph.schema.usage import (
     UsageSummary,
     tenant_meters,
     usage_records,
+    usage_rollups,
 )
 from coregraph.services import usage
 
@@ -165,15 +166,28 @@ class UsageQuery:
             raise BadUserInput("to: must be after from", field="to")
         names = usage.group_by_names(spec, group_by or [])
         dialect = ctx.runtime.engine.dialect.name
-        statement = usage.usage_statement(
-            usage_records(ctx.principal, ctx.require_tenant()),
-            spec,
-            start=start,
-            end=end,
-            granularity=granularity,
-            group_by=names,
-            dialect=dialect,
-        )
+        records = usage_records(ctx.principal, ctx.require_tenant())
+        if spec.aggregation in usage.ROLLED_UP:
+            statement = usage.rollup_usage_statement(
+                records,
+                usage_rollups(ctx.principal, ctx.require_tenant()),
+                spec,
+                start=start,
+                end=end,
+                granularity=granularity,
+                group_by=names,
+                dialect=dialect,
+            )
+        else:
+            statement = usage.usage_statement(
+                records,
+                spec,
+                start=start,
+                end=end,
+                granularity=granularity,
+                group_by=names,
+                dialect=dialect,
+            )
         rows = await ctx.read(statement.limit(usage.MAX_POINTS + 1))
         if len(rows) > usage.MAX_POINTS:
             raise BadUserInput(

@@ -144,3 +144,11 @@ def usage_records(principal: Principal, tenant_id: str) -> Select[Any]:
     return readable(principal, record, tenant_id=tenant_id).where(
         record.environment == principal.environment.value
     )
+
+
+def usage_rollups(principal: Principal, tenant_id: str) -> Select[Any]:
+    """The tenant's hourly usage rollups in the principal's environment."""
+    rollup = models.UsageRollup
+    return readable(principal, rollup, tenant_id=tenant_id).where(
+        rollup.environment == principal.environment.value
+    )

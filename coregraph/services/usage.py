@@ -23,25 +23,30 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Select,
+    Table,
+    and_,
     distinct,
     func,
     insert,
     literal_column,
+    or_,
     select,
     type_coerce,
+    union_all,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from coregraph import ids
 from coregraph.errors import BadUserInput, Conflict, NotFound
-from coregraph.models import Meter, UsageRecord
+from coregraph.models import Meter, UsageRecord, UsageRollup
 from coregraph.models.base import Environment, utcnow
-from coregraph.models.usage import QUANTITY_SCALE
+from coregraph.models.usage import QUANTITY_SCALE, Quantity
 from coregraph.services import quotas, validation
 from coregraph.services.uow import UnitOfWork
 
@@ -514,8 +519,89 @@ async def insert_usage(
     ``record_usage`` once it has checked them, and for the built-in meters the core feeds
     (seats, storage.bytes, events.emitted, webhooks.delivered), which write their records
     directly, with no ``usage.recorded`` event: the action's own event already says what
-    happened."""
+    happened. Their hourly rollups (``UsageRollup``) are added to in the same transaction:
+    the one place records are written, so the two never disagree."""
     await executor.execute(insert(UsageRecord), list(rows))
+    rollups = rollup_rows(rows)
+    if rollups:
+        dialect = (
+            executor.dialect
+            if isinstance(executor, AsyncConnection)
+            else executor.get_bind().dialect
+        )
+        await executor.execute(_rollup_upsert(dialect.name), rollups)
+
+
+def hour_of(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def dimensions_key(dimensions: dict[str, str] | None) -> str:
+    """A dimension set's identity: canonical JSON (sorted keys, no spaces)."""
+    return orjson.dumps(dimensions or {}, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def rollup_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` (usage records) added up per tenant, environment, meter, UTC hour and dimension
+    set, in key order (concurrent writers then lock the rows they share in the same order).
+    Run for every record written: ~1 µs a record (a batch has few dimension sets)."""
+    groups: dict[tuple[str, str, str, datetime, str], dict[str, Any]] = {}
+    keys: dict[tuple[tuple[str, Any], ...], str] = {}
+    for row in rows:
+        environment = row["environment"]
+        environment = environment.value if isinstance(environment, Environment) else environment
+        dimensions = row["dimensions"] or {}
+        items = tuple(dimensions.items())
+        dims_key = keys.get(items)
+        if dims_key is None:
+            dims_key = keys[items] = dimensions_key(dimensions)
+        at = row["occurred_at"]
+        if at.tzinfo is not UTC:
+            at = at.astimezone(UTC)
+        key = (
+            row["tenant_id"],
+            environment,
+            row["meter"],
+            at.replace(minute=0, second=0, microsecond=0),
+            dims_key,
+        )
+        quantity = row["quantity"]
+        group = groups.get(key)
+        if group is None:
+            groups[key] = {
+                "tenant_id": key[0],
+                "environment": key[1],
+                "meter": key[2],
+                "hour": key[3],
+                "dimensions_key": key[4],
+                "dimensions": dimensions,
+                "quantity_sum": quantity,
+                "record_count": 1,
+                "quantity_max": quantity,
+            }
+        else:
+            group["quantity_sum"] += quantity
+            group["record_count"] += 1
+            if quantity > group["quantity_max"]:
+                group["quantity_max"] = quantity
+    return [groups[key] for key in sorted(groups)]
+
+
+def _rollup_upsert(dialect: str) -> Any:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    table: Table = UsageRollup.__table__  # type: ignore[assignment]
+    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    excluded = statement.excluded
+    greatest = func.greatest if dialect == "postgresql" else func.max
+    return statement.on_conflict_do_update(
+        index_elements=list(table.primary_key.columns),
+        set_={
+            "quantity_sum": table.c.quantity_sum + excluded.quantity_sum,
+            "record_count": table.c.record_count + excluded.record_count,
+            "quantity_max": greatest(table.c.quantity_max, excluded.quantity_max),
+        },
+    )
 
 
 async def record_usage_once(
@@ -582,13 +668,15 @@ _PG_BINS: dict[Granularity, ColumnElement[Any]] = {
 _PG_ORIGIN: ColumnElement[Any] = literal_column("timestamptz '2000-01-01 00:00:00+00'")
 
 
-def _bucket(dialect: str, granularity: Granularity) -> ColumnElement[Any]:
+def _bucket(
+    dialect: str, granularity: Granularity, moment: Any = UsageRecord.occurred_at
+) -> ColumnElement[Any]:
     if dialect == "postgresql":
         width = _PG_BINS.get(granularity)
         if width is not None:
-            return func.date_bin(width, UsageRecord.occurred_at, _PG_ORIGIN)
-        return func.date_trunc(granularity.value.lower(), UsageRecord.occurred_at, "UTC")
-    return func.strftime(_SQLITE_BUCKETS[granularity], UsageRecord.occurred_at)
+            return func.date_bin(width, moment, _PG_ORIGIN)
+        return func.date_trunc(granularity.value.lower(), moment, "UTC")
+    return func.strftime(_SQLITE_BUCKETS[granularity], moment)
 
 
 def _start(value: Any) -> datetime:
@@ -683,6 +771,81 @@ def usage_statement(
     ranked = scoped.with_only_columns(*bucket, *groups, UsageRecord.quantity, rank).subquery()
     outer_keys = [ranked.c[c.name] for c in [*bucket, *groups]]
     return select(*outer_keys, ranked.c.quantity).where(ranked.c.rank == 1).order_by(*outer_keys)
+
+
+ROLLED_UP = frozenset({Aggregation.SUM, Aggregation.COUNT, Aggregation.MAX})
+
+
+def rollup_usage_statement(
+    records: Select[Any],
+    rollups: Select[Any],
+    meter: MeterSpec,
+    *,
+    start: datetime,
+    end: datetime,
+    granularity: Granularity,
+    group_by: Sequence[str],
+    dialect: str,
+) -> Select[Any]:
+    """``usage_statement`` of a SUM, COUNT or MAX meter, read from its hourly rollups for the
+    whole hours of [start, end) and from its records for the partial hours at either end:
+    the same rows, from ~720 rollups a month per dimension set instead of every record.
+    ``rollups``: the ``UsageRollup`` rows the principal may read (schema.usage)."""
+    assert meter.aggregation in ROLLED_UP
+    first_hour = hour_of(start) + (timedelta(hours=1) if hour_of(start) != start else timedelta())
+    last_hour = hour_of(end)
+    if first_hour >= last_hour:
+        return usage_statement(
+            records,
+            meter,
+            start=start,
+            end=end,
+            granularity=granularity,
+            group_by=group_by,
+            dialect=dialect,
+        )
+    rollup, record = UsageRollup, UsageRecord
+    value_of = {
+        Aggregation.SUM: (rollup.quantity_sum, record.quantity),
+        Aggregation.COUNT: (rollup.record_count, literal_column("1")),
+        Aggregation.MAX: (rollup.quantity_max, record.quantity),
+    }[meter.aggregation]
+    whole = rollups.where(
+        rollup.meter == meter.key, rollup.hour >= first_hour, rollup.hour < last_hour
+    ).with_only_columns(
+        _bucket(dialect, granularity, rollup.hour).label("bucket"),
+        *[rollup.dimensions[n].as_string().label(f"g{i}") for i, n in enumerate(group_by)],
+        type_coerce(value_of[0], BigInteger()).label("v")
+        if dialect == "sqlite"
+        else value_of[0].label("v"),
+    )
+    edges = records.where(
+        record.meter == meter.key,
+        or_(
+            and_(record.occurred_at >= start, record.occurred_at < first_hour),
+            and_(record.occurred_at >= last_hour, record.occurred_at < end),
+        ),
+    ).with_only_columns(
+        _bucket(dialect, granularity).label("bucket"),
+        *[record.dimensions[n].as_string().label(f"g{i}") for i, n in enumerate(group_by)],
+        type_coerce(value_of[1], BigInteger()).label("v")
+        if dialect == "sqlite"
+        else value_of[1].label("v"),
+    )
+    both = union_all(whole, edges).subquery()
+    keys = [both.c.bucket, *[both.c[f"g{i}"] for i in range(len(group_by))]]
+    value = both.c.v
+    aggregate: list[ColumnElement[Any]]
+    if meter.aggregation is Aggregation.MAX:
+        # On SQLite the values are millionths (BigInteger): read back as a quantity.
+        aggregate = [
+            type_coerce(func.max(value), Quantity()) if dialect == "sqlite" else func.max(value)
+        ]
+    elif meter.aggregation is Aggregation.SUM and dialect == "sqlite":
+        aggregate = [func.sum(value // _FACTOR), func.sum(value % _FACTOR)]
+    else:
+        aggregate = [func.sum(value)]
+    return select(*keys, *aggregate).group_by(*keys).order_by(*keys)
 
 
 def usage_points(

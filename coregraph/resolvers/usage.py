@@ -166,28 +166,17 @@ class UsageQuery:
             raise BadUserInput("to: must be after from", field="to")
         names = usage.group_by_names(spec, group_by or [])
         dialect = ctx.runtime.engine.dialect.name
-        records = usage_records(ctx.principal, ctx.require_tenant())
-        if spec.aggregation in usage.ROLLED_UP:
-            statement = usage.rollup_usage_statement(
-                records,
-                usage_rollups(ctx.principal, ctx.require_tenant()),
-                spec,
-                start=start,
-                end=end,
-                granularity=granularity,
-                group_by=names,
-                dialect=dialect,
-            )
-        else:
-            statement = usage.usage_statement(
-                records,
-                spec,
-                start=start,
-                end=end,
-                granularity=granularity,
-                group_by=names,
-                dialect=dialect,
-            )
+        tenant_id = ctx.require_tenant()
+        statement = usage.series_statement(
+            usage_records(ctx.principal, tenant_id),
+            usage_rollups(ctx.principal, tenant_id),
+            spec,
+            start=start,
+            end=end,
+            granularity=granularity,
+            group_by=names,
+            dialect=dialect,
+        )
         rows = await ctx.read(statement.limit(usage.MAX_POINTS + 1))
         if len(rows) > usage.MAX_POINTS:
             raise BadUserInput(

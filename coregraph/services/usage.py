@@ -776,6 +776,41 @@ def usage_statement(
 ROLLED_UP = frozenset({Aggregation.SUM, Aggregation.COUNT, Aggregation.MAX})
 
 
+def series_statement(
+    records: Select[Any],
+    rollups: Select[Any],
+    meter: MeterSpec,
+    *,
+    start: datetime,
+    end: datetime,
+    granularity: Granularity,
+    group_by: Sequence[str],
+    dialect: str,
+) -> Select[Any]:
+    """The ``usage`` query's statement: from the hourly rollups where the meter's kind adds up
+    (``rollup_usage_statement``), else from the records (``usage_statement``)."""
+    if meter.aggregation in ROLLED_UP:
+        return rollup_usage_statement(
+            records,
+            rollups,
+            meter,
+            start=start,
+            end=end,
+            granularity=granularity,
+            group_by=group_by,
+            dialect=dialect,
+        )
+    return usage_statement(
+        records,
+        meter,
+        start=start,
+        end=end,
+        granularity=granularity,
+        group_by=group_by,
+        dialect=dialect,
+    )
+
+
 def rollup_usage_statement(
     records: Select[Any],
     rollups: Select[Any],

@@ -33,14 +33,22 @@ from coregraph.resolvers.approvals import (
 )
 from coregraph.resolvers.audit import AuditQuery
 from coregraph.resolvers.billing import BillingMutation, BillingQuery
-from coregraph.resolvers.events import EventsMutation, EventsQuery
+from coregraph.resolvers.events import (
+    RAW_RESOLVERS as EVENTS_RAW_RESOLVERS,
+    EventsMutation,
+    EventsQuery,
+)
 from coregraph.resolvers.files import FilesMutation, FilesQuery
 from coregraph.resolvers.identity import IdentityMutation, IdentityQuery
 from coregraph.resolvers.invoices import InvoicesQuery
 from coregraph.resolvers.node import NodeQuery
 from coregraph.resolvers.streams import StreamsSubscription
 from coregraph.resolvers.tenancy import TenancyMutation, TenancyQuery
-from coregraph.resolvers.usage import RAW_RESOLVERS, UsageMutation, UsageQuery
+from coregraph.resolvers.usage import (
+    RAW_RESOLVERS as USAGE_RAW_RESOLVERS,
+    UsageMutation,
+    UsageQuery,
+)
 from coregraph.resolvers.webhooks import WebhooksMutation, WebhooksQuery, WebhooksSubscription
 from coregraph.schema.approval_gate import install_approval_gates
 from coregraph.schema.authorization import enforce_declarations
@@ -242,7 +250,7 @@ def build_schema(settings: Settings) -> CoregraphSchema:
     install_fast_resolvers(schema._schema, schema.config.info_class)
     mutation = schema._schema.mutation_type
     assert mutation is not None
-    for name, resolve in RAW_RESOLVERS.items():
+    for name, resolve in {**EVENTS_RAW_RESOLVERS, **USAGE_RAW_RESOLVERS}.items():
         mutation.fields[name].resolve = resolve
     install_approval_gates(schema._schema, _mutation_payloads(schema))
     enforce_declarations(schema._schema)

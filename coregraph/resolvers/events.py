@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import strawberry
+from graphql import GraphQLResolveInfo
 from strawberry.federation import field
 from strawberry.scalars import JSON
 from strawberry.types.arguments import InputContext
@@ -212,14 +213,30 @@ class EventsMutation:
     async def emit_events(
         self, info: Info, inputs: list[EmitEventInput]
     ) -> EmitEventsPayload | None:
-        ctx = info.context
-        limit = ctx.settings.max_event_batch
-        if len(inputs) > limit:
-            raise BadUserInput(f"inputs: at most {limit} events per call", field="inputs")
-        emitted = await events.emit_events_once(
-            ctx.unit_of_work,
-            ctx.require_tenant(),
-            [events.EventDraft(i.type, i.data, i.idempotency_key) for i in inputs],
-            default_plan=ctx.settings.default_plan,
-        )
-        return EmitEventsPayload(items=[EmitEventPayload.of(e) for e in emitted])
+        # Served by emit_events_raw (RAW_RESOLVERS); this body answers the same when
+        # strawberry's own resolver runs.
+        drafts = [events.EventDraft(i.type, i.data, i.idempotency_key) for i in inputs]
+        return await _emit_batch(info.context, drafts)
+
+
+async def _emit_batch(ctx: Context, drafts: list[events.EventDraft]) -> EmitEventsPayload:
+    limit = ctx.settings.max_event_batch
+    if len(drafts) > limit:
+        raise BadUserInput(f"inputs: at most {limit} events per call", field="inputs")
+    emitted = await events.emit_events_once(
+        ctx.unit_of_work, ctx.require_tenant(), drafts, default_plan=ctx.settings.default_plan
+    )
+    return EmitEventsPayload(items=[EmitEventPayload.of(e) for e in emitted])
+
+
+async def emit_events_raw(
+    _: Any, info: GraphQLResolveInfo, inputs: list[dict[str, Any]]
+) -> EmitEventsPayload:
+    """``emitEvents`` from graphql-core's coerced arguments (dicts of parsed values), without
+    strawberry building an ``EmitEventInput`` per event again (as ``recordUsageBatch``)."""
+    drafts = [events.EventDraft(i["type"], i["data"], i.get("idempotencyKey")) for i in inputs]
+    return await _emit_batch(info.context, drafts)
+
+
+# Mutation fields served by a graphql-core resolver of their own (coregraph.api).
+RAW_RESOLVERS = {"emitEvents": emit_events_raw}

@@ -440,6 +440,23 @@ async def test_the_cap_admits_exactly_its_limit_while_flushes_record_concurrentl
             await redis.aclose()
 
 
+async def test_quota_of_api_requests_counts_what_is_not_flushed_yet(
+    on_plan: Callable[..., Awaitable[Customer]],
+) -> None:
+    """quota("api.requests") is the records plus the counts not recorded yet: exact between
+    flushes, whenever the flush lands."""
+    customer = await on_plan(limits=[{"meter": "api.requests", "value": "1000", "hard": True}])
+    reader = await customer.key(["usage:read", "tenant:read"])
+    query = '{ quota(meter: "api.requests") { used remaining } }'
+    before = (await customer.run(query, actor=reader)).ok()["quota"]
+    for _ in range(5):
+        (await customer.run(TENANT, actor=reader)).ok()
+    after = (await customer.run(query, actor=reader)).ok()["quota"]
+    # The five operations and the second quota query itself.
+    assert Decimal(after["used"]) - Decimal(before["used"]) == 6
+    assert Decimal(after["used"]) + Decimal(after["remaining"]) == 1000
+
+
 async def test_the_monthly_cap_refuses_with_quota_exceeded(
     database_url: str, on_plan: Callable[..., Awaitable[Customer]]
 ) -> None:

@@ -21,6 +21,7 @@ from coregraph.models.base import Environment
 from coregraph.schema.approvals import MutationPayload
 from coregraph.schema.billing import DefinePlanInput, Entitlement, Plan, Quota
 from coregraph.services import billing, quotas
+from coregraph.services.api_requests import METER
 
 Info = strawberry.Info[Context, None]
 
@@ -121,6 +122,7 @@ class BillingQuery:
                 ctx.principal.environment,
                 meter,
                 default_plan=ctx.settings.default_plan,
+                pending=ctx.runtime.api_requests.unrecorded if meter == METER else None,
             )
         limit = found.limit
         return Quota(

@@ -248,6 +248,18 @@ class ApiRequestMeter:
         moved on since the caller read them (0, so it reads them again), or count (1)."""
         return self.redis.register_script(_CHECK_AND_COUNT)
 
+    async def unrecorded(self, tenant_id: str, environment: Environment) -> Decimal:
+        """The tenant's operations counted and not recorded yet (``quota("api.requests")``
+        adds them to the records), in this process and, with Redis, in every one."""
+        key = (tenant_id, environment.value)
+        count = self._unrecorded.get(key, 0)
+        if self.redis is not None:
+            try:
+                count += int(await self.redis.hget(self._unrecorded_hash, "|".join(key)) or 0)
+            except Exception:
+                log.warning("api.requests: Redis cannot tell the unrecorded count")
+        return Decimal(count)
+
     async def recorded(
         self, tenant_id: str, environment: Environment, generation: int | None = None
     ) -> Decimal:

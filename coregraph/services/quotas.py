@@ -18,10 +18,10 @@ What "used" means per meter (``current_value``):
 both environments, as the files quota already was): their records and thresholds are always
 in the live environment. The others count in the environment they happen in.
 
-The api.requests seam: the rate-limit engineer's counter flushes ``api.requests`` through the
-usage ingest, so the records hold all but the last flush interval. A counter that keeps
-requests in memory or Redis until its next flush registers a ``PendingUsage`` for the meter
-(``register_pending``); ``current_value`` then adds what it reports to the records' aggregate.
+The api.requests seam: its counter (``services.api_requests``) flushes ``api.requests``
+through the usage ingest, so the records hold all but the last flush interval; ``quota`` and
+``current_value`` take its ``PendingUsage`` (the counts not recorded yet) and add it to the
+records' aggregate.
 ``enforce`` takes the quota lock and reads the aggregate: too dear for every request, so a
 request path should check a cached ``quota()`` and leave ``enforce`` to actions that must be
 exact.
@@ -69,16 +69,6 @@ _LIMITED: OrderedDict[tuple[str, str | None], tuple[float, frozenset[str]]] = Or
 
 # (tenant id, environment) -> usage counted but not yet in usage_records (api.requests).
 PendingUsage = Callable[[str, Environment], Awaitable[Decimal]]
-_PENDING: dict[str, PendingUsage] = {}
-
-
-def register_pending(meter: str, source: PendingUsage | None) -> None:
-    """Let ``current_value`` add ``source``'s not yet flushed usage of ``meter`` to the
-    records' aggregate (None: stop). For api.requests' in-memory/Redis counter."""
-    if source is None:
-        _PENDING.pop(meter, None)
-    else:
-        _PENDING[meter] = source
 
 
 def environment_of(meter: str, environment: Environment) -> Environment:
@@ -135,9 +125,11 @@ async def current_value(
     period: Period = Period.MONTH,
     at: datetime | None = None,
     count_invitations: bool = False,
+    pending: PendingUsage | None = None,
 ) -> Decimal:
     """How much of ``meter`` the tenant uses: now (gauges), or in the ``period`` holding
-    ``at`` (the others; a meter the tenant has not created has used nothing)."""
+    ``at`` (the others; a meter the tenant has not created has used nothing), plus what
+    ``pending`` counted and has not recorded yet."""
     if meter == SEATS:
         seats = await member_count(session, tenant_id)
         if count_invitations:
@@ -165,7 +157,6 @@ async def current_value(
         )
         if points:
             value = points[0].value
-    pending = _PENDING.get(meter)
     if pending is not None:
         value += await pending(tenant_id, environment)
     return value
@@ -221,11 +212,13 @@ async def quota(
     meter: str,
     *,
     default_plan: str | None,
+    pending: PendingUsage | None = None,
 ) -> Quota:
     """The tenant's standing on ``meter`` (``quota(meter)``): of several limits (a day's and a
     month's), the one with the least remaining. A meter that is neither built in, nor the
     tenant's, nor limited by its plan is NOT_FOUND. Seats count the pending invitations
-    too: they are reserved, an invitation more would be refused."""
+    too: they are reserved, an invitation more would be refused. ``pending``: the meter's
+    counts not recorded yet (``api.requests``' counter)."""
     plan = await billing.current_plan(session, tenant_id, default_plan)
     limits = _limits(plan, meter)
     environment = environment_of(meter, environment)
@@ -234,7 +227,7 @@ async def quota(
         if meter not in GAUGES and await _meter_spec(session, tenant_id, meter) is None:
             raise NotFound("meter not found", field="meter")
         used = await current_value(
-            session, tenant_id, environment, meter, count_invitations=reserved
+            session, tenant_id, environment, meter, count_invitations=reserved, pending=pending
         )
         return Quota(meter, plan, None, used)
     answers = [
@@ -249,6 +242,7 @@ async def quota(
                 meter,
                 period=limit.period,
                 count_invitations=reserved,
+                pending=pending,
             ),
         )
         for limit in limits

@@ -16,6 +16,7 @@ record (``record_usage_once``), as ``services.events.emit_events_once`` does.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -587,6 +588,7 @@ def rollup_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [groups[key] for key in sorted(groups)]
 
 
+@functools.cache
 def _rollup_upsert(dialect: str) -> Any:
     from sqlalchemy.dialects import postgresql, sqlite
 

@@ -20,19 +20,9 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
-from coregraph.admission import TOO_MANY_REQUESTS, admit
-from coregraph.auth.principal import Principal
-from coregraph.errors import (
-    BadUserInput,
-    CoregraphError,
-    Forbidden,
-    QuotaExceeded,
-    Unauthenticated,
-)
-from coregraph.http import authenticate, request_meta
-from coregraph.schema.errors import with_trace_id
+from coregraph import rest
+from coregraph.errors import BadUserInput, CoregraphError
 from coregraph.services.audit import HASHED, export_entries
-from coregraph.services.plan_limits import OperationRateLimited
 
 if TYPE_CHECKING:
     from coregraph.app import Runtime
@@ -40,40 +30,9 @@ if TYPE_CHECKING:
 # Every column of an entry: what the hash covers, and the chain links.
 COLUMNS = (*HASHED, "previous_hash", "hash")
 _MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
-_STATUS_FOR_CODE = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403}
 # Rows are sent in chunks of about this size: one ASGI message per row would cost more than
 # the row itself.
 _CHUNK_BYTES = 64 * 1024
-
-
-def _error(
-    request: Request,
-    exc: CoregraphError,
-    status: int | None = None,
-    headers: dict[str, str] | None = None,
-) -> Response:
-    request.state.outcome = exc.code
-    if exc.code == "UNAUTHENTICATED":
-        headers = {"WWW-Authenticate": "Bearer"}
-    extensions = with_trace_id({**exc.extensions, "requestId": request.state.request_id})
-    body = {"errors": [{"message": exc.message, "extensions": extensions}]}
-    return Response(
-        orjson.dumps(body),
-        status_code=status or _STATUS_FOR_CODE.get(exc.code, 400),
-        media_type="application/json",
-        headers=headers,
-    )
-
-
-async def _refused(request: Request, runtime: Runtime, principal: Principal) -> Response | None:
-    """Admit the request as one operation (``coregraph.admission``): None when admitted, else
-    the 429 to answer, with its RateLimit headers."""
-    headers: dict[str, str] = {}
-    try:
-        await admit(runtime, principal, headers)
-    except (OperationRateLimited, QuotaExceeded) as refused:
-        return _error(request, refused, TOO_MANY_REQUESTS, headers)
-    return None
 
 
 def _time(request: Request, name: str) -> datetime | None:
@@ -125,28 +84,19 @@ async def _csv(rows: AsyncIterator[Any]) -> AsyncIterator[bytes]:
 async def audit_export(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     try:
-        principal = await authenticate(request, runtime, request_meta(request))
-        request.state.principal_kind = principal.kind.value
-        request.state.tenant_id = principal.tenant_id
-        if not principal.is_authenticated:
-            raise Unauthenticated("the audit export needs a signed-in user or an API key")
-        tenant_id = principal.tenant_id
-        if tenant_id is None:
-            raise Forbidden("the audit export needs a tenant: send the X-Tenant-Id header")
-        if (refused := await _refused(request, runtime, principal)) is not None:
-            return refused
-        if "audit:read" not in principal.scopes_in(tenant_id):
-            raise Forbidden(
-                "the audit export requires the scope audit:read", lacking=["audit:read"]
-            )
+        tenant_id = (
+            await rest.caller(request, runtime, what="the audit export", scope="audit:read")
+        ).tenant_id
         created_from, created_to = _time(request, "from"), _time(request, "to")
         if created_from and created_to and created_to < created_from:
             raise BadUserInput("to: must not be before from", field="to")
         form = request.query_params.get("format") or "jsonl"
         if form not in _MEDIA_TYPES:
             raise BadUserInput("format: jsonl or csv", field="format")
+    except rest.Refused as refused:
+        return refused.response
     except CoregraphError as exc:
-        return _error(request, exc)
+        return rest.error_response(request, exc)
     rows = export_entries(
         runtime.engine, tenant_id, created_from=created_from, created_to=created_to
     )

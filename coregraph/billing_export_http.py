@@ -18,11 +18,9 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
-from coregraph import db
-from coregraph.audit_export import _error, _refused
+from coregraph import db, rest
 from coregraph.auth.principal import system_principal
-from coregraph.errors import CoregraphError, Forbidden, Unauthenticated
-from coregraph.http import authenticate, request_meta
+from coregraph.errors import CoregraphError, Forbidden
 from coregraph.models.base import utcnow
 from coregraph.services import invoices
 
@@ -33,25 +31,15 @@ if TYPE_CHECKING:
 async def billing_export(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     settings = runtime.settings
-    meta = request_meta(request)
     try:
-        principal = await authenticate(request, runtime, meta)
-        request.state.principal_kind = principal.kind.value
-        request.state.tenant_id = principal.tenant_id
-        if not principal.is_authenticated:
-            raise Unauthenticated("the billing export needs a signed-in user or an API key")
+        who = await rest.caller(request, runtime, what="the billing export", scope="billing:manage")
+        meta = who.meta
         operator = settings.billing_operator_tenant
-        if operator is None or principal.tenant_id != operator:
+        if operator is None or who.tenant_id != operator:
             raise Forbidden(
                 "only the billing operator's tenant (COREGRAPH_BILLING_OPERATOR_TENANT) exports"
                 " every tenant's billing"
             )
-        if "billing:manage" not in principal.scopes_in(operator):
-            raise Forbidden(
-                "the billing export requires the scope billing:manage", lacking=["billing:manage"]
-            )
-        if (refused := await _refused(request, runtime, principal)) is not None:
-            return refused
         worker = (
             runtime.engine
             if settings.is_sqlite
@@ -70,6 +58,8 @@ async def billing_export(request: Request) -> Response:
         finally:
             if worker is not runtime.engine:
                 await worker.dispose()
+    except rest.Refused as refused:
+        return refused.response
     except CoregraphError as exc:
-        return _error(request, exc)
+        return rest.error_response(request, exc)
     return Response(orjson.dumps(document), media_type="application/json")

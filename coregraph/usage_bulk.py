@@ -23,9 +23,8 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
-from coregraph.audit_export import _error, _refused
-from coregraph.errors import BadUserInput, CoregraphError, Forbidden, Unauthenticated
-from coregraph.http import authenticate, request_meta
+from coregraph import rest
+from coregraph.errors import BadUserInput, CoregraphError
 from coregraph.services import usage
 from coregraph.services.uow import UnitOfWork
 from coregraph.streams.relay import wake_after_commit
@@ -103,20 +102,9 @@ def _drafts(body: bytes) -> list[usage.UsageDraft]:
 
 async def usage_bulk(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    meta = request_meta(request)
     try:
-        principal = await authenticate(request, runtime, meta)
-        request.state.principal_kind = principal.kind.value
-        request.state.tenant_id = principal.tenant_id
-        if not principal.is_authenticated:
-            raise Unauthenticated("usage ingest needs a signed-in user or an API key")
-        tenant_id = principal.tenant_id
-        if tenant_id is None:
-            raise Forbidden("usage ingest needs a tenant: send the X-Tenant-Id header")
-        if (refused := await _refused(request, runtime, principal)) is not None:
-            return refused
-        if "usage:write" not in principal.scopes_in(tenant_id):
-            raise Forbidden("usage ingest requires the scope usage:write", lacking=["usage:write"])
+        who = await rest.caller(request, runtime, what="usage ingest", scope="usage:write")
+        principal, tenant_id, meta = who.principal, who.tenant_id, who.meta
         drafts = _drafts(await _body(request))
 
         def unit_of_work() -> UnitOfWork:
@@ -135,8 +123,10 @@ async def usage_bulk(request: Request) -> Response:
             window=window,
             default_plan=runtime.settings.default_plan,
         )
+    except rest.Refused as refused:
+        return refused.response
     except CoregraphError as exc:
-        return _error(request, exc)
+        return rest.error_response(request, exc)
     replayed = sum(r.replayed for r in recorded)
     answer: dict[str, Any] = {"recorded": len(recorded) - replayed, "replayed": replayed}
     return Response(orjson.dumps(answer), media_type="application/json")

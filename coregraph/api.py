@@ -34,6 +34,7 @@ from coregraph.resolvers.identity import IdentityMutation, IdentityQuery
 from coregraph.resolvers.invoices import InvoicesQuery
 from coregraph.resolvers.node import NodeQuery
 from coregraph.resolvers.streams import StreamsSubscription
+from coregraph.resolvers.support import SupportMutation, SupportQuery
 from coregraph.resolvers.tenancy import TenancyMutation, TenancyQuery
 from coregraph.resolvers.usage import UsageMutation, UsageQuery
 from coregraph.resolvers.webhooks import WebhooksMutation, WebhooksQuery, WebhooksSubscription
@@ -43,6 +44,7 @@ from coregraph.schema.execution import CoregraphExecutor, install_fast_resolvers
 from coregraph.schema.lookup import ENTITIES
 from coregraph.schema.operation_limits import create_rule
 from coregraph.schema.rate_limiting import PlanLimitsExtension
+from coregraph.schema.support_mode import ReadOnlySupportExtension
 from coregraph.settings import Settings
 
 # The highest Federation version that both Apollo's and The Guild's composition accept (2.9);
@@ -63,6 +65,7 @@ Query = merge_types(
         UsageQuery,
         BillingQuery,
         InvoicesQuery,
+        SupportQuery,
         NodeQuery,
     ),
 )
@@ -78,6 +81,7 @@ Mutation = merge_types(
         WebhooksMutation,
         UsageMutation,
         BillingMutation,
+        SupportMutation,
     ),
 )
 Subscription = merge_types("Subscription", (StreamsSubscription, WebhooksSubscription))
@@ -200,7 +204,9 @@ def build_schema(settings: Settings) -> CoregraphSchema:
         partial(ValidationCache, maxsize=1024),
         partial(AddValidationRules, limits),
         partial(MaxTokensLimiter, max_token_count=settings.max_tokens),
-        # After validation, before execution: the plan's rate limits, api.requests and its cap.
+        # After validation, before execution: a READ support session runs no mutation...
+        ReadOnlySupportExtension,
+        # ...and the plan's rate limits, api.requests and its cap.
         PlanLimitsExtension,
     ]
     if telemetry.enabled():

@@ -31,14 +31,14 @@ from coregraph.errors import (
 )
 from coregraph.http import authenticate, request_meta
 from coregraph.schema.errors import with_trace_id
-from coregraph.services.audit import HASHED, export_entries
+from coregraph.services.audit import HASHED, HASHED_WHEN_SET, export_entries
 from coregraph.services.plan_limits import OperationRateLimited
 
 if TYPE_CHECKING:
     from coregraph.app import Runtime
 
 # Every column of an entry: what the hash covers, and the chain links.
-COLUMNS = (*HASHED, "previous_hash", "hash")
+COLUMNS = (*HASHED, *HASHED_WHEN_SET, "previous_hash", "hash")
 _MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
 _STATUS_FOR_CODE = {"UNAUTHENTICATED": 401, "FORBIDDEN": 403}
 # Rows are sent in chunks of about this size: one ASGI message per row would cost more than

@@ -255,6 +255,8 @@ def test_the_table_covers_every_built_in_event_type() -> None:
     covered |= {"apikey.rate_limits_changed"}
     # agent.*: tests/test_agents.py (each change, its event).
     covered |= {t for t in BUILTIN_EVENT_TYPES if t.startswith("agent.")}
+    # support.*: tests/test_support.py (each transition, its event).
+    covered |= {t for t in BUILTIN_EVENT_TYPES if t.startswith("support.")}
     assert covered == set(BUILTIN_EVENT_TYPES)
 
 

@@ -88,6 +88,8 @@ class WebhookDelivery(TenantOwned, Base):
         # What workers claim: due pending deliveries, and sending ones whose claim expired.
         Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
         Index("ix_webhook_deliveries_endpoint_id_created_at", "endpoint_id", "created_at"),
+        # supportTimeline: a tenant's deliveries newest first, keyset on (created_at, id).
+        Index("ix_webhook_deliveries_tenant_created", "tenant_id", "created_at", "id"),
     )
 
     id: Mapped[str] = id_column()
@@ -121,6 +123,8 @@ class WebhookAttempt(TenantOwned, Base):
     __table_args__ = (
         UniqueConstraint("delivery_id", "attempt"),
         Index("ix_webhook_attempts_endpoint_id_started_at", "endpoint_id", "started_at"),
+        # supportTimeline: a tenant's attempts newest first, keyset on (started_at, id).
+        Index("ix_webhook_attempts_tenant_started", "tenant_id", "started_at", "id"),
     )
 
     id: Mapped[str] = id_column()

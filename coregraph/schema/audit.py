@@ -41,11 +41,16 @@ class AuditEntryContent:
     action: str = strawberry.field(description="What happened, e.g. member.role_changed.")
     environment: Environment  # type: ignore[valid-type]
     actor_kind: str = strawberry.field(
-        description="user, api_key, system (a CLI command) or anonymous."
+        description="user, api_key, agent, support (platform staff in a support session),"
+        " system (a CLI command) or anonymous."
     )
     actor_id: str | None
     acting_for_user_id: str | None = strawberry.field(
         description="The person an API key acted for (its creator)."
+    )
+    support_session_id: strawberry.ID | None = strawberry.field(
+        description="The support session the change was made under: actorId is then the"
+        " platform staff member; the session names the reason."
     )
     target_type: str | None
     target_id: str | None
@@ -77,6 +82,7 @@ class AuditEntryContent:
             "actor_kind": row.actor_kind,
             "actor_id": row.actor_id,
             "acting_for_user_id": row.acting_for_user_id,
+            "support_session_id": getattr(row, "support_session_id", None),
             "target_type": row.target_type,
             "target_id": row.target_id,
             "changes": row.changes,
@@ -145,6 +151,8 @@ class AuditFilter:
     actor_id: str | None = None
     # The user an API key or agent acted for (an agent's exchanged token: the subject).
     acting_for_user_id: str | None = None
+    # The support session the entries were made under.
+    support_session_id: str | None = None
 
     @classmethod
     def checked(
@@ -154,6 +162,7 @@ class AuditFilter:
         target_id: str | None,
         actor_id: str | None,
         acting_for_user_id: str | None = None,
+        support_session_id: str | None = None,
     ) -> AuditFilter:
         if action is not None:
             action = validation.text(action, "action", max_length=80)
@@ -164,8 +173,14 @@ class AuditFilter:
             actor_id = validation.text(actor_id, "actorId", max_length=30)
         if acting_for_user_id is not None:
             validation.object_id(acting_for_user_id, "usr", "actingForUserId")
+        if support_session_id is not None:
+            validation.object_id(support_session_id, "sup", "supportSessionId")
         return cls(
-            action, None if target_id is None else str(target_id), actor_id, acting_for_user_id
+            action,
+            None if target_id is None else str(target_id),
+            actor_id,
+            acting_for_user_id,
+            support_session_id,
         )
 
     def where(self, statement: Select[Any]) -> Select[Any]:
@@ -180,6 +195,8 @@ class AuditFilter:
             statement = statement.where(entry.actor_id == self.actor_id)
         if self.acting_for_user_id is not None:
             statement = statement.where(entry.acting_for_user_id == self.acting_for_user_id)
+        if self.support_session_id is not None:
+            statement = statement.where(entry.support_session_id == self.support_session_id)
         return statement
 
     def matches(self, row: Any) -> bool:
@@ -189,6 +206,10 @@ class AuditFilter:
             and (self.actor_id is None or row.actor_id == self.actor_id)
             and (
                 self.acting_for_user_id is None or row.acting_for_user_id == self.acting_for_user_id
+            )
+            and (
+                self.support_session_id is None
+                or getattr(row, "support_session_id", None) == self.support_session_id
             )
         )
 
@@ -206,6 +227,9 @@ class AuditLogFilter:
     acting_for_user_id: strawberry.ID | None = strawberry.field(
         default=None, description="The user an API key or an agent acted for."
     )
+    support_session_id: strawberry.ID | None = strawberry.field(
+        default=None, description="What was done under this support session."
+    )
 
     def checked(self) -> AuditFilter:
         return AuditFilter.checked(
@@ -215,6 +239,9 @@ class AuditLogFilter:
             acting_for_user_id=None
             if self.acting_for_user_id is None
             else str(self.acting_for_user_id),
+            support_session_id=None
+            if self.support_session_id is None
+            else str(self.support_session_id),
         )
 
 

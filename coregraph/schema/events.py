@@ -47,6 +47,10 @@ class Event(Node):
     )
     actor_id: str | None
     data: JSON = strawberry.field(description="The payload: ids and changed fields, no secrets.")
+    support_session_id: strawberry.ID | None = strawberry.field(
+        description="The support session it was stated under (actorId is then the platform"
+        " staff member, actorKind support)."
+    )
     tenant_id: strawberry.Private[str]
 
     @classmethod
@@ -60,6 +64,7 @@ class Event(Node):
             actor_kind=row.actor_kind,
             actor_id=row.actor_id,
             data=row.data,
+            support_session_id=getattr(row, "support_session_id", None),
             tenant_id=row.tenant_id,
         )
 

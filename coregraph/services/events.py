@@ -165,6 +165,26 @@ BUILTIN_EVENT_TYPES: dict[str, BuiltinEventType] = {
             "An agent was deleted and its keys revoked; audit entries keep naming it.",
             _payload(agentId=_ID, name=_TEXT),
         ),
+        *(
+            BuiltinEventType(
+                f"support.{change}",
+                f"A platform staff member's support session was {change}{detail}.",
+                _payload(
+                    supportSessionId=_ID,
+                    staffUserId=_ID,
+                    reason=_TEXT,
+                    mode={"type": "string", "enum": ["READ", "ACT"]},
+                    durationSeconds={"type": "integer", "minimum": 1},
+                ),
+            )
+            for change, detail in (
+                ("requested", ": the tenant's owners approve or deny it"),
+                ("approved", ": the staff member may now take impersonation tokens until endsAt"),
+                ("denied", ""),
+                ("revoked", ": its tokens stop at their next request"),
+                ("started", ": the staff member took an impersonation token"),
+            )
+        ),
         BuiltinEventType(
             "event_type.registered",
             "A custom event type was registered with its JSON Schema.",

@@ -1,0 +1,158 @@
+"""requestSupportAccess, approveSupportAccess, denySupportAccess, revokeSupportAccess,
+startSupportSession, supportSessions and staffSupportSessions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import strawberry
+from sqlalchemy import Select
+from strawberry.federation import field
+
+from coregraph.auth.principal import SupportMode as SupportModeValue
+from coregraph.context import Context
+from coregraph.models import SupportSession as SupportSessionRow
+from coregraph.schema.pagination import Connection, paginate
+from coregraph.schema.readable import readable
+from coregraph.schema.support import SupportMode, SupportSession, SupportToken
+from coregraph.services import support
+
+Info = strawberry.Info[Context, None]
+
+
+@strawberry.input
+class RequestSupportAccessInput:
+    tenant_id: strawberry.ID
+    reason: str = strawberry.field(description="Why: shown to the tenant's owners and kept.")
+    duration: int = strawberry.field(
+        description="Seconds the session lasts once approved: 300 to 86400 (24 hours)."
+    )
+    mode: SupportMode = SupportModeValue.READ  # type: ignore[valid-type]
+
+
+@strawberry.type
+class SupportSessionPayload:
+    support_session: SupportSession | None
+
+
+@strawberry.type
+class StartSupportSessionPayload:
+    token: SupportToken | None
+
+
+async def _newest_first(
+    ctx: Context, statement: Select[Any], first: int | None, after: str | None
+) -> Connection[SupportSession]:
+    return await paginate(
+        ctx,
+        statement,
+        SupportSessionRow.id,
+        first,
+        after,
+        SupportSession.from_row,
+        newest_first=True,
+    )
+
+
+@strawberry.type
+class SupportQuery:
+    @field(
+        requires_scopes=[["support:manage"], ["audit:read"]],
+        description="Platform staff's support sessions in this tenant, newest first.",
+    )
+    async def support_sessions(
+        self, info: Info, first: int | None = None, after: str | None = None
+    ) -> Connection[SupportSession] | None:
+        ctx = info.context
+        statement = readable(ctx.principal, SupportSessionRow, tenant_id=ctx.require_tenant())
+        return await _newest_first(ctx, statement, first, after)
+
+    @field(
+        authenticated=True,
+        description="Platform staff: your own support requests and sessions, in every tenant,"
+        " newest first.",
+    )
+    async def staff_support_sessions(
+        self, info: Info, first: int | None = None, after: str | None = None
+    ) -> Connection[SupportSession] | None:
+        ctx = info.context
+        staff_user_id = support.staff_of(ctx.principal, "staffSupportSessions")
+        statement = SupportSessionRow.__table__.select().where(
+            SupportSessionRow.staff_user_id == staff_user_id
+        )
+        return await _newest_first(ctx, statement, first, after)
+
+
+@strawberry.type
+class SupportMutation:
+    @field(
+        authenticated=True,
+        description="Platform staff: ask a tenant's owners for access to it, with a reason,"
+        " for a duration, to READ or to ACT.",
+    )
+    async def request_support_access(
+        self, info: Info, input: RequestSupportAccessInput
+    ) -> SupportSessionPayload | None:
+        ctx = info.context
+        async with ctx.unit_of_work() as uow:
+            row = await support.request_access(
+                uow,
+                str(input.tenant_id),
+                reason=input.reason,
+                duration_seconds=input.duration,
+                mode=SupportModeValue(input.mode),
+            )
+        return SupportSessionPayload(support_session=SupportSession.from_row(row))
+
+    @field(
+        requires_scopes=[["support:manage"]],
+        description="Let the platform staff member in, from now for the duration asked.",
+    )
+    async def approve_support_access(
+        self, info: Info, id: strawberry.ID
+    ) -> SupportSessionPayload | None:
+        ctx = info.context
+        async with ctx.unit_of_work() as uow:
+            row = await support.decide(uow, ctx.require_tenant(), str(id), approve=True)
+        return SupportSessionPayload(support_session=SupportSession.from_row(row))
+
+    @field(requires_scopes=[["support:manage"]], description="Refuse a support request.")
+    async def deny_support_access(
+        self, info: Info, id: strawberry.ID
+    ) -> SupportSessionPayload | None:
+        ctx = info.context
+        async with ctx.unit_of_work() as uow:
+            row = await support.decide(uow, ctx.require_tenant(), str(id), approve=False)
+        return SupportSessionPayload(support_session=SupportSession.from_row(row))
+
+    @field(
+        requires_scopes=[["support:manage"]],
+        description="End a support session (or withdraw a request) now: its tokens fail from"
+        " their next request.",
+    )
+    async def revoke_support_access(
+        self, info: Info, id: strawberry.ID
+    ) -> SupportSessionPayload | None:
+        ctx = info.context
+        async with ctx.unit_of_work() as uow:
+            row = await support.revoke(uow, ctx.require_tenant(), str(id))
+        return SupportSessionPayload(support_session=SupportSession.from_row(row))
+
+    @field(
+        authenticated=True,
+        description="Platform staff: an impersonation token under your approved session.",
+    )
+    async def start_support_session(
+        self, info: Info, id: strawberry.ID
+    ) -> StartSupportSessionPayload | None:
+        ctx = info.context
+        async with ctx.unit_of_work() as uow:
+            issued = await support.start(uow, ctx.runtime.tokens, str(id))
+        return StartSupportSessionPayload(
+            token=SupportToken(
+                access_token=issued.access_token,
+                token_type="Bearer",
+                expires_at=issued.expires_at,
+                session=SupportSession.from_row(issued.session),
+            )
+        )

@@ -1,0 +1,618 @@
+"""Support context (issue 11): platform staff belong to no tenant and read nothing of one until
+its owners approve a support session; an approved session gives an impersonation token for
+that tenant only, read-only unless ACT was approved, revocable at any moment, and everything
+done under it names the staff member and the session."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import websockets
+
+from tests.conftest import make_settings
+from tests.streams_support import PROTOCOL, WAIT, subscribed
+from tests.support import PASSWORD, Actor, GraphQLClient, Response, Server, running_server, unique
+from tests.test_cli_and_deploy import cli_env_for, coregraph
+
+LOGIN = """mutation($i: LoginInput!) { login(input: $i) { accessToken user { id } } }"""
+REQUEST = """mutation($input: RequestSupportAccessInput!) { requestSupportAccess(input: $input) {
+    supportSession { id status mode reason durationSeconds staffUserId tenantId } } }"""
+APPROVE = """mutation($id: ID!) { approveSupportAccess(id: $id) {
+    supportSession { id status endsAt decidedByUserId } } }"""
+DENY = "mutation($id: ID!) { denySupportAccess(id: $id) { supportSession { id status } } }"
+REVOKE = "mutation($id: ID!) { revokeSupportAccess(id: $id) { supportSession { id status } } }"
+START = """mutation($id: ID!) { startSupportSession(id: $id) {
+    token { accessToken tokenType expiresAt session { id status endsAt } } } }"""
+SESSIONS = """{ supportSessions(first: 20) { nodes { id status mode reason staffUserId staffEmail
+    tenantId } } }"""
+STAFF_SESSIONS = "{ staffSupportSessions(first: 20) { nodes { id status tenantId } } }"
+TENANT = "{ tenant { id name } }"
+AUDIT = """query($session: ID, $action: String) { tenant { auditLog(first: 50,
+    supportSessionId: $session, action: $action) { nodes { action actorKind actorId
+    supportSessionId targetId } } } }"""
+EVENTS = """query($types: [String!]) { events(types: $types, first: 50) { nodes { type actorKind
+    actorId supportSessionId data } } }"""
+REGISTER = """mutation($input: RegisterEventTypeInput!) { registerEventType(input: $input) {
+    eventType { id } } }"""
+EMIT = """mutation($input: EmitEventInput!) { emitEvent(input: $input) { eventId } }"""
+CREATE_METER = """mutation($input: CreateMeterInput!) { createMeter(input: $input) {
+    meter { id key } } }"""
+CREATE_KEY = """mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) {
+    secret } }"""
+INVITE = """mutation($input: InviteMemberInput!) { inviteMember(input: $input) { token } }"""
+UPDATE_TENANT = """mutation($input: UpdateTenantInput!) { updateTenant(input: $input) {
+    tenant { id } } }"""
+CREATE_TENANT = """mutation($input: CreateTenantInput!) { createTenant(input: $input) {
+    tenant { id } } }"""
+LOGOUT = "mutation { logout { ended } }"
+VERIFY = "{ verifyAuditChain { ok checked reason } }"
+EVENTS_SUBSCRIPTION = "subscription { events { cursor node { id type } } }"
+
+
+@pytest.fixture(scope="module")
+def relayed(database_url: str) -> Iterator[Server]:
+    """A server that runs the outbox relay itself (the session's does only on SQLite), so its
+    subscriptions receive the tenant's events."""
+    with running_server(make_settings(database_url, run_relay="true"), migrate_first=False) as srv:
+        yield srv
+
+
+@dataclass
+class Staff:
+    actor: Actor
+    email: str
+
+
+async def make_staff(
+    client: GraphQLClient, database_url: str, role: str = "platform:support"
+) -> Staff:
+    """A platform staff member made by the CLI, signed in like a user."""
+    email = f"{unique('staff')}@example.com"
+    made = await asyncio.to_thread(
+        coregraph,
+        "create-staff",
+        "--email",
+        email,
+        "--role",
+        role,
+        "--password",
+        PASSWORD,
+        env=cli_env_for(database_url),
+    )
+    assert made.returncode == 0, made.stderr
+    return Staff(await login(client, email), email)
+
+
+async def login(client: GraphQLClient, email: str) -> Actor:
+    payload = (await client.execute(LOGIN, {"i": {"email": email, "password": PASSWORD}})).ok()[
+        "login"
+    ]
+    return Actor(token=payload["accessToken"], user_id=payload["user"]["id"], email=email)
+
+
+@dataclass
+class Customer:
+    owner: Actor
+    tenant_id: str
+
+
+async def customer(client: GraphQLClient) -> Customer:
+    owner = await client.sign_up()
+    tenant_id = await client.create_tenant(owner)
+    return Customer(owner, tenant_id)
+
+
+async def request(
+    client: GraphQLClient,
+    staff: Staff,
+    tenant_id: str,
+    mode: str = "READ",
+    *,
+    reason: str = "Ticket 4242: webhooks stopped arriving",
+    duration: int = 3600,
+) -> Response:
+    variables = {
+        "input": {"tenantId": tenant_id, "reason": reason, "duration": duration, "mode": mode}
+    }
+    return await client.execute(REQUEST, variables, actor=staff.actor)
+
+
+async def session_token(
+    client: GraphQLClient, staff: Staff, tenant: Customer, mode: str = "READ"
+) -> tuple[str, Actor]:
+    """An approved session of ``mode`` and an impersonation token under it."""
+    session_id = (await request(client, staff, tenant.tenant_id, mode)).ok()[
+        "requestSupportAccess"
+    ]["supportSession"]["id"]
+    approved = (
+        await client.execute(
+            APPROVE, {"id": session_id}, actor=tenant.owner, tenant_id=tenant.tenant_id
+        )
+    ).ok()["approveSupportAccess"]["supportSession"]
+    assert approved["status"] == "APPROVED" and approved["decidedByUserId"] == tenant.owner.user_id
+    token = (await client.execute(START, {"id": session_id}, actor=staff.actor)).ok()[
+        "startSupportSession"
+    ]["token"]
+    assert token["tokenType"] == "Bearer" and token["session"]["status"] == "APPROVED"
+    return session_id, Actor(token=token["accessToken"])
+
+
+def codes(response: Response) -> list[str | None]:
+    return response.codes
+
+
+async def rest(
+    http: httpx.AsyncClient, server: Server, actor: Actor, tenant_id: str | None
+) -> dict[str, int]:
+    """The status of each authenticated REST route for ``actor`` addressing ``tenant_id``."""
+    headers = actor.headers(tenant_id)
+    exported = await http.get(f"{server.base_url}/audit/export", headers=headers)
+    billing = await http.get(f"{server.base_url}/billing/export", headers=headers)
+    body = orjson.dumps({"meter": "api.calls", "quantity": "1"}) + b"\n"
+    bulk = await http.post(
+        f"{server.base_url}/usage/bulk",
+        content=body,
+        headers={**headers, "Content-Type": "application/x-ndjson"},
+    )
+    return {
+        "/audit/export": exported.status_code,
+        "/billing/export": billing.status_code,
+        "/usage/bulk": bulk.status_code,
+    }
+
+
+async def socket_refused(server: Server, credential: dict[str, str]) -> int | None:
+    """The close code a socket acknowledging ``credential`` gets (None if acknowledged)."""
+    url = server.url.replace("http://", "ws://")
+    async with websockets.connect(url, subprotocols=[PROTOCOL], open_timeout=WAIT) as ws:
+        await ws.send(json.dumps({"type": "connection_init", "payload": credential}))
+        try:
+            message = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+        except websockets.ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None
+        assert message["type"] == "connection_ack", message
+        return None
+
+
+async def tenant_rows(client: GraphQLClient, tenant: Customer) -> dict[str, str]:
+    """Ids of a few of the tenant's rows (the tenant, an audit entry, an event, a member)."""
+    data = (
+        await client.execute(
+            """{ tenant { id auditLog(first: 1) { nodes { id } }
+                members(first: 1) { nodes { id } } }
+                events(first: 1) { nodes { id } } }""",
+            actor=tenant.owner,
+            tenant_id=tenant.tenant_id,
+        )
+    ).ok()
+    return {
+        "Tenant": data["tenant"]["id"],
+        "AuditEntry": data["tenant"]["auditLog"]["nodes"][0]["id"],
+        "Membership": data["tenant"]["members"]["nodes"][0]["id"],
+        "Event": data["events"]["nodes"][0]["id"],
+    }
+
+
+async def transitions(client: GraphQLClient, tenant: Customer) -> list[tuple[str, str]]:
+    """The tenant's support.* events, oldest first: (type, support session id)."""
+    types = [f"support.{t}" for t in ("requested", "approved", "denied", "revoked", "started")]
+    events = (
+        await client.execute(
+            EVENTS, {"types": types}, actor=tenant.owner, tenant_id=tenant.tenant_id
+        )
+    ).ok()["events"]["nodes"]
+    return [(e["type"], e["data"]["supportSessionId"]) for e in events]
+
+
+async def test_staff_are_made_by_the_cli_and_belong_to_no_tenant(
+    client: GraphQLClient, database_url: str
+) -> None:
+    env = cli_env_for(database_url)
+    staff = await make_staff(client, database_url, "platform:admin")
+    # Staff cannot make a tenant of their own, nor join one.
+    made = await client.execute(
+        CREATE_TENANT, {"input": {"name": "Mine", "slug": unique("staff-")}}, actor=staff.actor
+    )
+    assert made.codes == ["FORBIDDEN"]
+    tenant = await customer(client)
+    invited = (
+        await client.execute(
+            INVITE,
+            {"input": {"email": staff.email, "role": "viewer"}},
+            actor=tenant.owner,
+            tenant_id=tenant.tenant_id,
+        )
+    ).ok()["inviteMember"]["token"]
+    joined = await client.execute(
+        "mutation($t: String!) { acceptInvitation(token: $t) { membership { id } } }",
+        {"t": invited},
+        actor=staff.actor,
+    )
+    assert joined.codes == ["FORBIDDEN"]
+
+    # An existing user is promoted; a member of a tenant is refused (staff belong to none).
+    user = await client.sign_up()
+    promoted = await asyncio.to_thread(
+        coregraph,
+        "create-staff",
+        "--email",
+        user.email or "",
+        "--role",
+        "platform:support",
+        env=env,
+    )
+    assert promoted.returncode == 0, promoted.stderr
+    assert promoted.stdout.strip() == user.user_id
+    refused = await asyncio.to_thread(
+        coregraph,
+        "create-staff",
+        "--email",
+        tenant.owner.email or "",
+        "--role",
+        "platform:support",
+        env=env,
+    )
+    assert refused.returncode == 1 and "CONFLICT" in refused.stderr
+    bad_role = await asyncio.to_thread(
+        coregraph, "create-staff", "--email", user.email or "", "--role", "root", env=env
+    )
+    assert bad_role.returncode == 2
+    # The promotion is in the user's own security log, naming the command.
+    log = (
+        await client.execute(
+            "{ viewer { securityLog(first: 5) { nodes { action actorKind actorId changes } } } }",
+            actor=user,
+        )
+    ).ok()["viewer"]["securityLog"]["nodes"]
+    assert log[0]["action"] == "user.platform_role_changed"
+    assert (log[0]["actorKind"], log[0]["actorId"]) == ("system", "cli:create-staff")
+    assert log[0]["changes"]["after"] == {"platformRole": "platform:support"}
+
+
+async def test_without_an_approved_session_staff_read_nothing_of_a_tenant(
+    client: GraphQLClient, database_url: str, server: Server, http: httpx.AsyncClient
+) -> None:
+    staff = await make_staff(client, database_url)
+    tenant = await customer(client)
+    rows = await tenant_rows(client, tenant)
+    pending = (await request(client, staff, tenant.tenant_id)).ok()["requestSupportAccess"][
+        "supportSession"
+    ]
+    assert pending["status"] == "PENDING" and pending["staffUserId"] == staff.actor.user_id
+
+    # Root fields addressing the tenant: refused at the door, a pending request changes nothing.
+    for query in (TENANT, SESSIONS, "{ events(first: 5) { nodes { id } } }", VERIFY):
+        answer = await client.execute(query, actor=staff.actor, tenant_id=tenant.tenant_id)
+        assert answer.codes == ["FORBIDDEN"], (query, answer.body)
+        assert answer.data is None
+    # Without X-Tenant-Id, tenant root fields have no tenant to read.
+    answer = await client.execute(TENANT, actor=staff.actor)
+    assert answer.codes == ["FORBIDDEN"] and answer.data == {"tenant": None}
+    # node(id:) and _entities: not found, as for anything that is not yours.
+    for typename, row_id in rows.items():
+        node = await client.execute(
+            "query($id: ID!) { node(id: $id) { id } }", {"id": row_id}, actor=staff.actor
+        )
+        assert node.codes == ["NOT_FOUND"] and node.data == {"node": None}, (typename, node.body)
+        entities = await client.execute(
+            """query($r: [_Any!]!) { _entities(representations: $r) { __typename } }""",
+            {"r": [{"__typename": typename, "id": row_id}]},
+            actor=staff.actor,
+        )
+        assert entities.codes == ["NOT_FOUND"], (typename, entities.body)
+        assert entities.data == {"_entities": [None]}
+    # Subscriptions: a socket addressing the tenant is refused; without it, nothing to read.
+    assert await socket_refused(server, staff.actor.headers(tenant.tenant_id)) == 4403
+    async with subscribed(
+        server, staff.actor.headers(), EVENTS_SUBSCRIPTION, field="events"
+    ) as sub:
+        errors = await sub.ended()
+    assert [e["extensions"]["code"] for e in errors] == ["FORBIDDEN"] and not sub.items
+    # REST routes.
+    assert await rest(http, server, staff.actor, tenant.tenant_id) == {
+        "/audit/export": 403,
+        "/billing/export": 403,
+        "/usage/bulk": 403,
+    }
+    # No token for a pending, a denied or a revoked request.
+    started = await client.execute(START, {"id": pending["id"]}, actor=staff.actor)
+    assert started.codes == ["FORBIDDEN"]
+    denied = await client.execute(
+        DENY, {"id": pending["id"]}, actor=tenant.owner, tenant_id=tenant.tenant_id
+    )
+    assert denied.ok()["denySupportAccess"]["supportSession"]["status"] == "DENIED"
+    started = await client.execute(START, {"id": pending["id"]}, actor=staff.actor)
+    assert started.codes == ["FORBIDDEN"]
+    assert await transitions(client, tenant) == [
+        ("support.requested", pending["id"]),
+        ("support.denied", pending["id"]),
+    ]
+    # The staff member sees their own requests (and nothing else of the tenant).
+    mine = (await client.execute(STAFF_SESSIONS, actor=staff.actor)).ok()
+    assert mine["staffSupportSessions"]["nodes"] == [
+        {"id": pending["id"], "status": "DENIED", "tenantId": tenant.tenant_id}
+    ]
+
+
+async def test_a_read_session_reads_the_tenant_and_no_mutation_succeeds(
+    client: GraphQLClient, database_url: str, server: Server, http: httpx.AsyncClient
+) -> None:
+    staff = await make_staff(client, database_url)
+    tenant = await customer(client)
+    other = await customer(client)
+    session_id, support = await session_token(client, staff, tenant, "READ")
+
+    # Reads: the tenant's own data, with or without X-Tenant-Id (the token names it).
+    assert (await client.execute(TENANT, actor=support)).ok()["tenant"]["id"] == tenant.tenant_id
+    read = await client.execute(TENANT, actor=support, tenant_id=tenant.tenant_id)
+    assert read.ok()["tenant"]["id"] == tenant.tenant_id
+    audit = (await client.execute(AUDIT, {"action": "support."}, actor=support)).ok()
+    actions = [n["action"] for n in audit["tenant"]["auditLog"]["nodes"]]
+    assert actions == ["support.started", "support.approved", "support.requested"]
+    assert (await client.execute(VERIFY, actor=support)).ok()["verifyAuditChain"]["ok"] is True
+    # Never another tenant: the header naming it is refused, its rows are not found.
+    elsewhere = await client.execute(TENANT, actor=support, tenant_id=other.tenant_id)
+    assert elsewhere.codes == ["FORBIDDEN"]
+    node = await client.execute(
+        "query($id: ID!) { node(id: $id) { id } }", {"id": other.tenant_id}, actor=support
+    )
+    assert node.codes == ["NOT_FOUND"]
+
+    # Every mutation is refused, whatever it is declared with.
+    attempts: list[tuple[str, dict[str, Any]]] = [
+        (EMIT, {"input": {"type": "order.paid", "data": {}}}),
+        (CREATE_KEY, {"input": {"name": "k", "scopes": ["events:read"]}}),
+        (INVITE, {"input": {"email": "x@example.com", "role": "viewer"}}),
+        (UPDATE_TENANT, {"input": {"name": "Renamed"}}),
+        (CREATE_TENANT, {"input": {"name": "Mine", "slug": unique("s-")}}),
+        (REVOKE, {"id": session_id}),
+        (LOGOUT, {}),
+    ]
+    for query, variables in attempts:
+        refused = await client.execute(query, variables, actor=support)
+        assert refused.codes == ["FORBIDDEN"], (query, refused.body)
+        assert refused.data is None
+    # REST: reading the trail yes, ingesting usage no; billing is not a support read here.
+    statuses = await rest(http, server, support, tenant.tenant_id)
+    assert statuses["/audit/export"] == 200 and statuses["/usage/bulk"] == 403
+    # Subscriptions read too.
+    assert await socket_refused(server, support.headers()) is None
+
+    # The tenant sees the session, who and why; nothing was done under it.
+    sessions = (
+        await client.execute(SESSIONS, actor=tenant.owner, tenant_id=tenant.tenant_id)
+    ).ok()["supportSessions"]["nodes"]
+    assert sessions == [
+        {
+            "id": session_id,
+            "status": "APPROVED",
+            "mode": "READ",
+            "reason": "Ticket 4242: webhooks stopped arriving",
+            "staffUserId": staff.actor.user_id,
+            "staffEmail": staff.email,
+            "tenantId": tenant.tenant_id,
+        }
+    ]
+    under = await client.execute(
+        AUDIT, {"session": session_id}, actor=tenant.owner, tenant_id=tenant.tenant_id
+    )
+    assert under.ok()["tenant"]["auditLog"]["nodes"] == []
+
+
+async def test_an_act_session_acts_within_its_rights_and_every_action_names_it(
+    client: GraphQLClient, database_url: str
+) -> None:
+    staff = await make_staff(client, database_url)
+    tenant = await customer(client)
+    session_id, support = await session_token(client, staff, tenant, "ACT")
+    owner = tenant.owner
+    registered = await client.execute(
+        REGISTER,
+        {"input": {"type": "order.paid", "description": "", "schema": {"type": "object"}}},
+        actor=owner,
+        tenant_id=tenant.tenant_id,
+    )
+    registered.ok()
+
+    emitted = await client.execute(
+        EMIT, {"input": {"type": "order.paid", "data": {"order": 7}}}, actor=support
+    )
+    assert emitted.ok()["emitEvent"]["eventId"]
+    meter = {"key": "app.tokens", "name": "Tokens", "unit": "token", "aggregation": "SUM"}
+    made = await client.execute(CREATE_METER, {"input": meter}, actor=support)
+    meter_id = made.ok()["createMeter"]["meter"]["id"]
+    # What changes who gets in, or outlives the session, is not support's to do.
+    for query, variables in (
+        (CREATE_KEY, {"input": {"name": "k", "scopes": ["events:read"]}}),
+        (INVITE, {"input": {"email": "x@example.com", "role": "viewer"}}),
+        (UPDATE_TENANT, {"input": {"name": "Renamed"}}),
+        (CREATE_TENANT, {"input": {"name": "Mine", "slug": unique("s-")}}),
+        (REVOKE, {"id": session_id}),
+        (APPROVE, {"id": session_id}),
+    ):
+        refused = await client.execute(query, variables, actor=support)
+        assert refused.codes == ["FORBIDDEN"], (query, refused.body)
+
+    # The tenant sees what was done under the session, by whom; the chain still holds.
+    under = (
+        await client.execute(
+            AUDIT, {"session": session_id}, actor=owner, tenant_id=tenant.tenant_id
+        )
+    ).ok()["tenant"]["auditLog"]["nodes"]
+    assert [
+        (n["action"], n["actorKind"], n["actorId"], n["supportSessionId"], n["targetId"])
+        for n in under
+    ] == [("meter.created", "support", staff.actor.user_id, session_id, meter_id)]
+    events = (
+        await client.execute(
+            EVENTS, {"types": ["order.paid"]}, actor=owner, tenant_id=tenant.tenant_id
+        )
+    ).ok()["events"]["nodes"]
+    assert [(e["actorKind"], e["actorId"], e["supportSessionId"]) for e in events] == [
+        ("support", staff.actor.user_id, session_id)
+    ]
+    verified = await client.execute(VERIFY, actor=owner, tenant_id=tenant.tenant_id)
+    assert verified.ok()["verifyAuditChain"]["ok"] is True
+    support_events = (
+        await client.execute(
+            EVENTS,
+            {"types": ["support.requested", "support.approved", "support.started"]},
+            actor=owner,
+            tenant_id=tenant.tenant_id,
+        )
+    ).ok()["events"]["nodes"]
+    assert [e["type"] for e in support_events] == [
+        "support.requested",
+        "support.approved",
+        "support.started",
+    ]
+    assert {e["data"]["supportSessionId"] for e in support_events} == {session_id}
+    assert {e["data"]["mode"] for e in support_events} == {"ACT"}
+
+
+async def test_a_revoked_session_fails_the_very_next_request(
+    database_url: str, relayed: Server, http: httpx.AsyncClient
+) -> None:
+    server = relayed
+    client = GraphQLClient(http, server.url)
+    staff = await make_staff(client, database_url)
+    tenant = await customer(client)
+    session_id, support = await session_token(client, staff, tenant, "READ")
+    assert (await client.execute(TENANT, actor=support)).ok()["tenant"]
+    async with subscribed(server, support.headers(), EVENTS_SUBSCRIPTION, field="events") as sub:
+        revoked = await client.execute(
+            REVOKE, {"id": session_id}, actor=tenant.owner, tenant_id=tenant.tenant_id
+        )
+        assert revoked.ok()["revokeSupportAccess"]["supportSession"]["status"] == "REVOKED"
+        # The next request with the token fails; so does taking a new one.
+        after = await client.execute(TENANT, actor=support)
+        assert after.codes == ["UNAUTHENTICATED"] and after.status == 401
+        assert (await client.execute(START, {"id": session_id}, actor=staff.actor)).codes == [
+            "FORBIDDEN"
+        ]
+        # A subscription open under it re-authenticates its credential as items flow (at most
+        # once a second, beside the stream: coregraph.streams.subscription) and then ends.
+        await client.execute(
+            REGISTER,
+            {"input": {"type": "order.paid", "description": "", "schema": {"type": "object"}}},
+            actor=tenant.owner,
+            tenant_id=tenant.tenant_id,
+        )
+        ended_with: list[str] = []
+        for _ in range(20):
+            emitted = await client.execute(
+                EMIT,
+                {"input": {"type": "order.paid", "data": {}}},
+                actor=tenant.owner,
+                tenant_id=tenant.tenant_id,
+            )
+            emitted.ok()
+            try:
+                errors = await sub.ended(wait=0.5)
+            except AssertionError:
+                continue  # still running: the next item brings the check
+            except websockets.ConnectionClosed as closed:
+                ended_with = [f"closed {closed.rcvd.code if closed.rcvd else None}"]
+                break
+            ended_with = [e["extensions"]["code"] for e in errors]
+            break
+        assert ended_with in (["UNAUTHENTICATED"], ["closed 4403"]), (
+            ended_with,
+            sub.items,
+            sub.errors,
+        )
+    assert await socket_refused(server, support.headers()) == 4403
+    assert await transitions(client, tenant) == [
+        ("support.requested", session_id),
+        ("support.approved", session_id),
+        ("support.started", session_id),
+        ("support.revoked", session_id),
+    ]
+    again = await client.execute(
+        REVOKE, {"id": session_id}, actor=tenant.owner, tenant_id=tenant.tenant_id
+    )
+    assert again.codes == ["CONFLICT"]
+
+
+async def test_support_refusals_each_with_its_code(
+    client: GraphQLClient, database_url: str
+) -> None:
+    staff = await make_staff(client, database_url)
+    colleague = await make_staff(client, database_url)
+    tenant = await customer(client)
+    admin = await client.add_member(tenant.owner, tenant.tenant_id, role="admin")
+    user = await client.sign_up()
+
+    # Only staff ask; a reason and a bounded duration are required; the tenant must exist.
+    assert (await request(client, Staff(user, user.email or ""), tenant.tenant_id)).codes == [
+        "FORBIDDEN"
+    ]
+    assert (await request(client, staff, tenant.tenant_id, reason="  ")).codes == ["BAD_USER_INPUT"]
+    assert (await request(client, staff, tenant.tenant_id, duration=86401)).codes == [
+        "BAD_USER_INPUT"
+    ]
+    assert (await request(client, staff, tenant.tenant_id, duration=10)).codes == ["BAD_USER_INPUT"]
+    missing = "ten_" + "0" * 26
+    assert (await request(client, staff, missing)).codes in (["NOT_FOUND"], ["BAD_USER_INPUT"])
+    session_id = (await request(client, staff, tenant.tenant_id)).ok()["requestSupportAccess"][
+        "supportSession"
+    ]["id"]
+    # An admin does not hold support:manage: letting staff in is the owners' call.
+    by_admin = await client.execute(
+        APPROVE, {"id": session_id}, actor=admin, tenant_id=tenant.tenant_id
+    )
+    assert by_admin.codes == ["FORBIDDEN"]
+    # Nor does an API key decide it, whatever its scopes.
+    key = await client.api_key(tenant.owner, tenant.tenant_id, ["support:manage"])
+    by_key = await client.execute(
+        APPROVE, {"id": session_id}, actor=key, tenant_id=tenant.tenant_id
+    )
+    assert by_key.codes == ["FORBIDDEN"]
+    approved = await client.execute(
+        APPROVE, {"id": session_id}, actor=tenant.owner, tenant_id=tenant.tenant_id
+    )
+    approved.ok()
+    twice = await client.execute(
+        APPROVE, {"id": session_id}, actor=tenant.owner, tenant_id=tenant.tenant_id
+    )
+    assert twice.codes == ["CONFLICT"]
+    # Another staff member cannot start it: not theirs, not found.
+    assert (await client.execute(START, {"id": session_id}, actor=colleague.actor)).codes == [
+        "NOT_FOUND"
+    ]
+    # A support token is for its tenant only, and ends with the staff member's own session.
+    token = (await client.execute(START, {"id": session_id}, actor=staff.actor)).ok()
+    support = Actor(token=token["startSupportSession"]["token"]["accessToken"])
+    other = await customer(client)
+    assert (await client.execute(TENANT, actor=support, tenant_id=other.tenant_id)).codes == [
+        "FORBIDDEN"
+    ]
+    # A token from another secret or a forged claim is not a token.
+    forged = Actor(token=support.token[:-4] + "AAAA")
+    assert (await client.execute(TENANT, actor=forged)).codes == ["UNAUTHENTICATED"]
+    assert (await client.execute(LOGOUT, actor=staff.actor)).ok()
+    ended = await client.execute(TENANT, actor=support)
+    assert ended.codes == ["UNAUTHENTICATED"]
+
+    # A staff member who loses the role loses every session's token at once.
+    staff = await make_staff(client, database_url)
+    session_id, support = await session_token(client, staff, tenant, "READ")
+    assert (await client.execute(TENANT, actor=support)).ok()
+    demoted = await asyncio.to_thread(
+        coregraph,
+        "create-staff",
+        "--email",
+        staff.email,
+        "--role",
+        "none",
+        env=cli_env_for(database_url),
+    )
+    assert demoted.returncode == 0, demoted.stderr
+    assert (await client.execute(TENANT, actor=support)).codes == ["UNAUTHENTICATED"]

@@ -43,6 +43,7 @@ from coregraph.schema.errors import error_extension
 from coregraph.schema.execution import CoregraphExecutor, install_fast_resolvers
 from coregraph.schema.lookup import ENTITIES
 from coregraph.schema.operation_limits import create_rule
+from coregraph.schema.quota_refusals import KeepQuotaRefusals
 from coregraph.schema.rate_limiting import PlanLimitsExtension
 from coregraph.schema.support_mode import ReadOnlySupportExtension
 from coregraph.settings import Settings
@@ -200,6 +201,7 @@ def build_schema(settings: Settings) -> CoregraphSchema:
         limits.append(NoSchemaIntrospectionCustomRule)
     extensions: list[Any] = [
         error_extension(settings.suggestions_enabled),
+        KeepQuotaRefusals,
         partial(ParserCache, maxsize=1024),
         partial(ValidationCache, maxsize=1024),
         partial(AddValidationRules, limits),

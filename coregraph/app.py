@@ -46,6 +46,7 @@ from coregraph.request_log import log_request
 from coregraph.services import identity
 from coregraph.services.api_requests import ApiRequestMeter
 from coregraph.services.plan_limits import PlanLimits
+from coregraph.services.quota_refusals import QuotaRefusals
 from coregraph.services.ratelimit import Limiter
 from coregraph.settings import Settings, load_settings
 from coregraph.storage import Storage, create_storage
@@ -80,6 +81,8 @@ class Runtime:
     broker: Broker
     # Files' bytes (coregraph.storage): local disk, or an S3-compatible bucket.
     storage: Storage
+    # Refused operations' quota.refused events, at most one per tenant, meter and minute.
+    quota_refusals: QuotaRefusals
     redis: Any = None
 
     @classmethod
@@ -125,10 +128,12 @@ class Runtime:
             ),
             broker=broker,
             storage=create_storage(settings),
+            quota_refusals=QuotaRefusals(engine, broker),
             redis=redis,
         )
 
     async def close(self) -> None:
+        await self.quota_refusals.close()
         await self.broker.close()
         await self.storage.aclose()
         if self.redis is not None:

@@ -72,6 +72,8 @@ async def _refused(request: Request, runtime: Runtime, principal: Principal) -> 
     try:
         await admit(runtime, principal, headers)
     except (OperationRateLimited, QuotaExceeded) as refused:
+        if isinstance(refused, QuotaExceeded):
+            runtime.quota_refusals.note(principal, refused, request_meta(request))
         return _error(request, refused, TOO_MANY_REQUESTS, headers)
     return None
 

@@ -9,6 +9,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ import pytest
 import websockets
 
 from tests.conftest import make_settings
+from tests.receiver_support import ReceivedRequest, Receiver, Reply
 from tests.streams_support import PROTOCOL, WAIT, subscribed
 from tests.support import PASSWORD, Actor, GraphQLClient, Response, Server, running_server, unique
 from tests.test_cli_and_deploy import cli_env_for, coregraph
@@ -57,11 +59,25 @@ EVENTS_SUBSCRIPTION = "subscription { events { cursor node { id type } } }"
 
 
 @pytest.fixture(scope="module")
-def relayed(database_url: str) -> Iterator[Server]:
-    """A server that runs the outbox relay itself (the session's does only on SQLite), so its
-    subscriptions receive the tenant's events."""
-    with running_server(make_settings(database_url, run_relay="true"), migrate_first=False) as srv:
+def relayed(database_url: str, server: Server) -> Iterator[Server]:
+    """A server that runs the outbox relay and the webhook worker itself (the session's does
+    only on SQLite), so its subscriptions receive the tenant's events and its endpoints their
+    deliveries. After the session's server, which migrated the database."""
+    settings = make_settings(
+        database_url,
+        run_relay="true",
+        run_webhook_worker="true",
+        # One endpoint per tenant and environment: a second is a quota refusal to keep.
+        webhook_max_endpoints=1,
+        # One attempt now, the next one far away: a failing endpoint fails once per event.
+        webhook_retry_schedule=[3600],
+    )
+    with running_server(settings, migrate_first=False) as srv:
         yield srv
+
+
+async def answer_failing(request: ReceivedRequest) -> Reply:
+    return Reply(500, b"down for maintenance")
 
 
 @dataclass
@@ -616,3 +632,172 @@ async def test_support_refusals_each_with_its_code(
     )
     assert demoted.returncode == 0, demoted.stderr
     assert (await client.execute(TENANT, actor=support)).codes == ["UNAUTHENTICATED"]
+
+
+TIMELINE = """query($tenant: ID!, $user: ID, $first: Int, $after: String, $from: DateTime) {
+    supportTimeline(tenantId: $tenant, userId: $user, first: $first, after: $after, from: $from) {
+        edges { cursor node { at source id name actorKind actorId actingForUserId targetType
+            targetId supportSessionId detail } }
+        pageInfo { hasNextPage endCursor } } }"""
+CREATE_ENDPOINT = """mutation($input: CreateWebhookEndpointInput!) {
+    createWebhookEndpoint(input: $input) { webhookEndpoint { id } } }"""
+
+
+async def timeline(
+    client: GraphQLClient, actor: Actor, tenant_id: str, **variables: Any
+) -> list[dict[str, Any]]:
+    """The whole timeline, page after page of ``first`` (default 100) entries."""
+    entries: list[dict[str, Any]] = []
+    after = None
+    while True:
+        page = (
+            await client.execute(
+                TIMELINE, {"tenant": tenant_id, "after": after, **variables}, actor=actor
+            )
+        ).ok()["supportTimeline"]
+        entries += [edge["node"] for edge in page["edges"]]
+        if not page["pageInfo"]["hasNextPage"]:
+            return entries
+        after = page["pageInfo"]["endCursor"]
+
+
+async def eventually(check: Any, what: str, within: float = WAIT) -> Any:
+    """``await check()`` until it answers something truthy, for at most ``within`` seconds."""
+    for _ in range(int(within / 0.05)):
+        if answer := await check():
+            return answer
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"waited {within} s for {what}")
+
+
+async def test_the_support_timeline_merges_what_happened_to_one_tenant_in_time_order(
+    database_url: str, relayed: Server, http: httpx.AsyncClient
+) -> None:
+    client = GraphQLClient(http, relayed.url)
+    staff = await make_staff(client, database_url)
+    tenant, other = await customer(client), await customer(client)
+    owner, tenant_id = tenant.owner, tenant.tenant_id
+    member = await client.add_member(owner, tenant_id, role="member")
+    for who in (tenant, other):
+        registered = await client.execute(
+            REGISTER,
+            {"input": {"type": "order.paid", "description": "", "schema": {"type": "object"}}},
+            actor=who.owner,
+            tenant_id=who.tenant_id,
+        )
+        registered.ok()
+    async with Receiver(answer_failing) as receiver:
+        endpoint = {"url": receiver.url("/hooks"), "eventTypes": ["order.*"]}
+        made = await client.execute(
+            CREATE_ENDPOINT, {"input": endpoint}, actor=owner, tenant_id=tenant_id
+        )
+        made.ok()
+        # A second endpoint is past the limit: refused, and the refusal is kept.
+        refused = await client.execute(
+            CREATE_ENDPOINT, {"input": endpoint}, actor=owner, tenant_id=tenant_id
+        )
+        assert refused.codes == ["QUOTA_EXCEEDED"]
+        for who in (tenant, other):
+            emitted = await client.execute(
+                EMIT,
+                {"input": {"type": "order.paid", "data": {"order": 1}}},
+                actor=who.owner,
+                tenant_id=who.tenant_id,
+            )
+            emitted.ok()
+        session_id, support = await session_token(client, staff, tenant, "READ")
+
+        async def failed_and_refused() -> list[dict[str, Any]] | None:
+            entries = await timeline(client, support, tenant_id)
+            sources = {entry["source"] for entry in entries}
+            return entries if {"WEBHOOK_FAILURE", "QUOTA_REFUSAL"} <= sources else None
+
+        entries = await eventually(failed_and_refused, "a failed attempt and a kept refusal")
+
+    # Every source, newest first by (at, id), nothing twice.
+    assert {entry["source"] for entry in entries} >= {
+        "AUDIT",
+        "EVENT",
+        "WEBHOOK_DELIVERY",
+        "WEBHOOK_FAILURE",
+        "QUOTA_REFUSAL",
+    }
+    keys = [(datetime.fromisoformat(e["at"]), e["id"]) for e in entries]
+    assert keys == sorted(keys, reverse=True) and len(set(keys)) == len(keys)
+    by_source = {entry["source"]: entry for entry in entries}
+    assert by_source["WEBHOOK_FAILURE"]["detail"] == "500"
+    assert by_source["WEBHOOK_FAILURE"]["targetType"] == "WebhookDelivery"
+    assert by_source["WEBHOOK_DELIVERY"]["name"] == "order.paid"
+    kept = by_source["QUOTA_REFUSAL"]
+    assert (kept["name"], kept["actorId"]) == ("quota.refused", owner.user_id)
+    assert kept["detail"]["meter"] == "webhook_endpoints"
+    assert (kept["detail"]["limit"], kept["detail"]["current"]) == (1, 1)
+    actions = [e["name"] for e in entries if e["source"] == "AUDIT"]
+    assert "support.approved" in actions and "tenant.created" in actions
+    # Small pages walk the same timeline.
+    assert await timeline(client, support, tenant_id, first=3) == entries
+
+    # Never another tenant's rows: none of its events or audit entries, by any page.
+    theirs = (
+        await client.execute(
+            """{ events(first: 100) { nodes { id } }
+                tenant { auditLog(first: 100) { nodes { id } } } }""",
+            actor=other.owner,
+            tenant_id=other.tenant_id,
+        )
+    ).ok()
+    their_ids = {n["id"] for n in theirs["events"]["nodes"]} | {
+        n["id"] for n in theirs["tenant"]["auditLog"]["nodes"]
+    }
+    assert their_ids and not their_ids & {entry["id"] for entry in entries}
+    ours = (
+        await client.execute(
+            "{ events(first: 100) { nodes { id } } }", actor=owner, tenant_id=tenant_id
+        )
+    ).ok()["events"]["nodes"]
+    assert {n["id"] for n in ours} <= {entry["id"] for entry in entries}
+
+    # One user: what they did, what was done for them, what was done to them.
+    assert member.user_id is not None
+    theirs_only = await timeline(client, support, tenant_id, user=member.user_id)
+    assert theirs_only and all(
+        member.user_id in (e["actorId"], e["actingForUserId"], e["targetId"]) for e in theirs_only
+    )
+    assert {(e["source"], e["name"]) for e in theirs_only} == {
+        ("AUDIT", "invitation.accepted"),
+        ("AUDIT", "member.added"),
+        ("EVENT", "member.joined"),
+    }
+    # A time range narrows it.
+    since = entries[2]["at"]
+    assert await timeline(client, support, tenant_id, **{"from": since}) == [
+        e for e in entries if datetime.fromisoformat(e["at"]) >= datetime.fromisoformat(since)
+    ]
+    assert session_id
+
+
+async def test_the_support_timeline_is_read_only_inside_a_session_for_its_tenant(
+    client: GraphQLClient, database_url: str
+) -> None:
+    staff = await make_staff(client, database_url)
+    tenant, other = await customer(client), await customer(client)
+    _session_id, support = await session_token(client, staff, tenant, "READ")
+    variables = {"tenant": tenant.tenant_id}
+    # The tenant's own owner, staff without a session, a session of another tenant: refused.
+    owned = await client.execute(
+        TIMELINE, variables, actor=tenant.owner, tenant_id=tenant.tenant_id
+    )
+    assert owned.codes == ["FORBIDDEN"] and owned.data == {"supportTimeline": None}
+    assert (await client.execute(TIMELINE, variables, actor=staff.actor)).codes == ["FORBIDDEN"]
+    elsewhere = await client.execute(TIMELINE, {"tenant": other.tenant_id}, actor=support)
+    assert elsewhere.codes == ["FORBIDDEN"]
+    # Bad input names its argument.
+    for extra, field in (
+        ({"after": "not-a-cursor"}, "after"),
+        ({"user": "nobody"}, "userId"),
+        ({"first": -1}, "first"),
+        ({"from": "2026-12-02T08:00:00"}, "from"),
+    ):
+        bad = await client.execute(TIMELINE, {**variables, **extra}, actor=support)
+        assert bad.codes == ["BAD_USER_INPUT"], (extra, bad.body)
+        assert bad.errors[0]["extensions"].get("field") == field, bad.errors

@@ -3,7 +3,8 @@ startSupportSession, supportSessions and staffSupportSessions."""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
 import strawberry
 from sqlalchemy import Select
@@ -11,11 +12,19 @@ from strawberry.federation import field
 
 from coregraph.auth.principal import SupportMode as SupportModeValue
 from coregraph.context import Context
+from coregraph.errors import Forbidden
 from coregraph.models import SupportSession as SupportSessionRow
-from coregraph.schema.pagination import Connection, paginate
+from coregraph.schema.pagination import Connection, PageInfo, page_size, paginate
 from coregraph.schema.readable import readable
-from coregraph.schema.support import SupportMode, SupportSession, SupportToken
-from coregraph.services import support
+from coregraph.schema.support import (
+    SupportMode,
+    SupportSession,
+    SupportTimelineConnection,
+    SupportTimelineEdge,
+    SupportTimelineEntry,
+    SupportToken,
+)
+from coregraph.services import support, support_timeline as timeline, validation
 
 Info = strawberry.Info[Context, None]
 
@@ -81,6 +90,60 @@ class SupportQuery:
             SupportSessionRow.staff_user_id == staff_user_id
         )
         return await _newest_first(ctx, statement, first, after)
+
+    @field(
+        policy=[["in_support_session"]],
+        description="What happened to this customer, newest first: audit entries, events,"
+        " webhook deliveries and failed attempts, usage thresholds and quota refusals,"
+        " optionally of one user (as actor, acted for, or target) and in [from, to). Readable"
+        " only inside an approved support session for this tenant.",
+    )
+    async def support_timeline(
+        self,
+        info: Info,
+        tenant_id: strawberry.ID,
+        user_id: strawberry.ID | None = None,
+        from_: Annotated[datetime | None, strawberry.argument(name="from")] = None,
+        to: datetime | None = None,
+        first: int | None = None,
+        after: str | None = None,
+    ) -> SupportTimelineConnection | None:
+        ctx = info.context
+        principal = ctx.principal
+        if str(tenant_id) != principal.tenant_id:
+            raise Forbidden(
+                "tenantId: your support session is for another tenant", field="tenantId"
+            )
+        if user_id is not None:
+            validation.object_id(str(user_id), "usr", "userId")
+        start, end = validation.time_range(from_, to)
+        size = page_size(ctx, first)
+        query = timeline.TimelineQuery(
+            tenant_id=str(tenant_id),
+            environment=principal.environment,
+            user_id=None if user_id is None else str(user_id),
+            start=start,
+            end=end,
+            before=None if after is None else timeline.decode_cursor(after),
+            limit=size + 1,
+        )
+        rows = await ctx.read(timeline.statement(query))
+        edges = [
+            SupportTimelineEdge(
+                node=SupportTimelineEntry.from_row(row, query.tenant_id),
+                cursor=timeline.encode_cursor(row.at, row.id),
+            )
+            for row in rows[:size]
+        ]
+        return SupportTimelineConnection(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=len(rows) > size,
+                has_previous_page=after is not None,
+                start_cursor=edges[0].cursor if edges else None,
+                end_cursor=edges[-1].cursor if edges else None,
+            ),
+        )
 
 
 @strawberry.type

@@ -7,15 +7,18 @@ import enum
 from datetime import datetime
 from typing import Any
 
+import orjson
 import strawberry
 from sqlalchemy import select
 from strawberry.federation import type as ftype
+from strawberry.scalars import JSON
 
 from coregraph import models
 from coregraph.auth.principal import SupportMode as SupportModeValue
 from coregraph.schema.lookup import entity
 from coregraph.schema.node import Node
-from coregraph.services import support
+from coregraph.schema.pagination import PageInfo
+from coregraph.services import support, support_timeline as timeline
 
 SupportMode = strawberry.enum(
     SupportModeValue,
@@ -108,3 +111,83 @@ class SupportToken:
         " while the session lasts."
     )
     session: SupportSession
+
+
+@strawberry.enum(description="Where a timeline entry comes from.")
+class TimelineSource(enum.Enum):
+    AUDIT = timeline.AUDIT
+    EVENT = timeline.EVENT
+    WEBHOOK_DELIVERY = timeline.WEBHOOK_DELIVERY
+    WEBHOOK_FAILURE = timeline.WEBHOOK_FAILURE
+    USAGE_THRESHOLD = timeline.USAGE_THRESHOLD
+    QUOTA_REFUSAL = timeline.QUOTA_REFUSAL
+
+
+# Sources whose detail is a JSON document (audit changes, event payloads).
+_JSON_DETAIL = frozenset(
+    {timeline.AUDIT, timeline.EVENT, timeline.USAGE_THRESHOLD, timeline.QUOTA_REFUSAL}
+)
+
+
+@ftype(
+    policy=[["in_support_session"]],
+    description="One thing that happened to a tenant: an audit entry, an event, a webhook"
+    " delivery or failed attempt, a usage threshold reached or a quota refusal.",
+)
+class SupportTimelineEntry:
+    at: datetime
+    source: TimelineSource
+    id: strawberry.ID = strawberry.field(
+        description="The row's own id (aud_, evt_, msg_, wha_): node(id:) reads it in full."
+    )
+    name: str = strawberry.field(
+        description="The action, the event type, the delivered event type, or"
+        " webhook.attempt_failed."
+    )
+    actor_kind: str | None
+    actor_id: str | None
+    acting_for_user_id: str | None
+    target_type: str | None
+    target_id: str | None
+    support_session_id: strawberry.ID | None
+    detail: JSON | None = strawberry.field(
+        description="Audit changes or the event's payload; a delivery's status; why an attempt"
+        " failed (the error, or the HTTP status)."
+    )
+    tenant_id: strawberry.Private[str]
+
+    @classmethod
+    def from_row(cls, row: Any, tenant_id: str) -> SupportTimelineEntry:
+        detail: Any = row.detail
+        if detail is not None and row.source in _JSON_DETAIL:
+            detail = orjson.loads(detail)
+        return cls(
+            at=row.at,
+            source=TimelineSource(row.source),
+            id=strawberry.ID(row.id),
+            name=row.name,
+            actor_kind=row.actor_kind,
+            actor_id=row.actor_id,
+            acting_for_user_id=row.acting_for_user_id,
+            target_type=row.target_type,
+            target_id=row.target_id,
+            support_session_id=row.support_session_id,
+            detail=detail,
+            tenant_id=tenant_id,
+        )
+
+
+@strawberry.type
+class SupportTimelineEdge:
+    node: SupportTimelineEntry
+    cursor: str
+
+
+@strawberry.type(description="A page of a tenant's timeline, newest first.")
+class SupportTimelineConnection:
+    edges: list[SupportTimelineEdge]
+    page_info: PageInfo
+
+    @strawberry.field(description="The entries of this page, without cursors.")
+    def nodes(self) -> list[SupportTimelineEntry]:
+        return [edge.node for edge in self.edges]

@@ -186,6 +186,19 @@ BUILTIN_EVENT_TYPES: dict[str, BuiltinEventType] = {
             )
         ),
         BuiltinEventType(
+            "quota.refused",
+            "An operation was refused (QUOTA_EXCEEDED) by a hard limit of the tenant's plan:"
+            " kept at most once per meter and minute (minute: its start), by whoever was"
+            " refused. limit and current: integers, or decimal strings.",
+            _payload(
+                meter=_TEXT,
+                limit={"type": ["integer", "string", "null"]},
+                current={"type": ["integer", "string", "null"]},
+                period={"type": ["string", "null"]},
+                minute={"type": "string", "format": "date-time"},
+            ),
+        ),
+        BuiltinEventType(
             "event_type.registered",
             "A custom event type was registered with its JSON Schema.",
             _payload(eventTypeId=_ID, type=_TEXT, description=_TEXT),

@@ -9,7 +9,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -38,9 +38,9 @@ STAFF_SESSIONS = "{ staffSupportSessions(first: 20) { nodes { id status tenantId
 TENANT = "{ tenant { id name } }"
 AUDIT = """query($session: ID, $action: String) { tenant { auditLog(first: 50,
     supportSessionId: $session, action: $action) { nodes { action actorKind actorId
-    supportSessionId targetId } } } }"""
+    supportSessionId targetId supportSession { reason staffUserId mode } } } } }"""
 EVENTS = """query($types: [String!]) { events(types: $types, first: 50) { nodes { type actorKind
-    actorId supportSessionId data } } }"""
+    actorId supportSessionId data supportSession { reason staffUserId mode } } } }"""
 REGISTER = """mutation($input: RegisterEventTypeInput!) { registerEventType(input: $input) {
     eventType { id } } }"""
 EMIT = """mutation($input: EmitEventInput!) { emitEvent(input: $input) { eventId } }"""
@@ -157,6 +157,10 @@ async def session_token(
         "startSupportSession"
     ]["token"]
     assert token["tokenType"] == "Bearer" and token["session"]["status"] == "APPROVED"
+    # Short-lived, and never past the session's end.
+    expires = datetime.fromisoformat(token["expiresAt"])
+    assert expires <= datetime.fromisoformat(token["session"]["endsAt"])
+    assert expires <= datetime.now(UTC) + timedelta(minutes=15, seconds=5)
     return session_id, Actor(token=token["accessToken"])
 
 
@@ -466,6 +470,13 @@ async def test_an_act_session_acts_within_its_rights_and_every_action_names_it(
         (n["action"], n["actorKind"], n["actorId"], n["supportSessionId"], n["targetId"])
         for n in under
     ] == [("meter.created", "support", staff.actor.user_id, session_id, meter_id)]
+    # The entry shows the session: who, why, in which mode.
+    reason = "Ticket 4242: webhooks stopped arriving"
+    assert under[0]["supportSession"] == {
+        "reason": reason,
+        "staffUserId": staff.actor.user_id,
+        "mode": "ACT",
+    }
     events = (
         await client.execute(
             EVENTS, {"types": ["order.paid"]}, actor=owner, tenant_id=tenant.tenant_id
@@ -474,6 +485,7 @@ async def test_an_act_session_acts_within_its_rights_and_every_action_names_it(
     assert [(e["actorKind"], e["actorId"], e["supportSessionId"]) for e in events] == [
         ("support", staff.actor.user_id, session_id)
     ]
+    assert events[0]["supportSession"]["reason"] == reason
     verified = await client.execute(VERIFY, actor=owner, tenant_id=tenant.tenant_id)
     assert verified.ok()["verifyAuditChain"]["ok"] is True
     support_events = (

@@ -8,7 +8,7 @@ import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import strawberry
 from sqlalchemy import Select, false, select
@@ -27,6 +27,9 @@ from coregraph.schema.pagination import Connection, Cursors, paginate
 from coregraph.schema.readable import readable
 from coregraph.services import validation
 from coregraph.services.audit import ChainCheck
+
+if TYPE_CHECKING:
+    from coregraph.schema.support import SupportSession
 
 _POSITION_CURSOR_PREFIX = "pos:"
 Entry = TypeVar("Entry")
@@ -105,6 +108,19 @@ class AuditEntryContent:
     description="One change to production truth: who did what to which object, and when.",
 )
 class AuditEntry(AuditEntryContent, Node):
+    @strawberry.field(
+        description="The support session it was made under: who, why (its reason), in which"
+        " mode. Null when none."
+    )
+    async def support_session(
+        self, info: strawberry.Info
+    ) -> Annotated[SupportSession, strawberry.lazy("coregraph.schema.support")] | None:
+        from coregraph.schema.support import support_session_of
+
+        if self.support_session_id is None or self.tenant_id is None:
+            return None
+        return await support_session_of(info, self.tenant_id, str(self.support_session_id))
+
     @classmethod
     def from_row(cls, row: Any) -> AuditEntry:
         return cls(**cls.values_of(row))

@@ -18,6 +18,7 @@ from coregraph.auth.principal import SupportMode as SupportModeValue
 from coregraph.schema.lookup import entity
 from coregraph.schema.node import Node
 from coregraph.schema.pagination import PageInfo
+from coregraph.schema.readable import readable
 from coregraph.services import support, support_timeline as timeline
 
 SupportMode = strawberry.enum(
@@ -97,6 +98,18 @@ class SupportSession(Node):
             else strawberry.ID(row.revoked_by_user_id),
             tenant_id=row.tenant_id,
         )
+
+
+async def support_session_of(
+    info: strawberry.Info, tenant_id: str, support_session_id: str
+) -> SupportSession | None:
+    """The session an audit entry or an event was made under, as its reader may see it."""
+    row = models.SupportSession
+    statement = readable(info.context.principal, row, tenant_id=tenant_id).where(
+        row.id == support_session_id
+    )
+    rows = await info.context.read(statement)
+    return SupportSession.from_row(rows[0]) if rows else None
 
 
 @strawberry.type(description="An impersonation token under an approved support session.")

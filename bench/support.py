@@ -9,9 +9,10 @@ measured in the same run.
    member through ``coregraph create-staff``, a READ support session requested by the staff
    member, approved by the owner, and an impersonation token (``startSupportSession``);
 3. ``--rows`` (1,000,000) rows in the tenant, half audit entries and half events, spread over
-   the last 30 days, and ``--other-rows`` (200,000) in a second tenant, seeded with COPY
-   (positions and sequences far past the chains' heads: the seeded rows are not a valid chain,
-   which nothing here reads) and analyzed;
+   the last 30 days, ``--other-rows`` (200,000) in a second tenant, and ``--deliveries``
+   (100,000) finished webhook deliveries of the tenant with one attempt each, one in 20 failed,
+   seeded with COPY (positions and sequences far past the chains' heads: the seeded rows are
+   not a valid chain, which nothing here reads) and analyzed;
 4. ``supportTimeline(tenantId, first: --page)`` over HTTP, ``--queries`` times after three
    warm-ups, one at a time; then the same for a page deep in the timeline (the cursor of a
    row in the middle); the answers are checked against the raw SQL's (the same ids in the
@@ -100,11 +101,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--other-rows", type=int, default=200_000, help="in another tenant (200000)"
     )
+    parser.add_argument(
+        "--deliveries",
+        type=int,
+        default=100_000,
+        help="webhook deliveries in the tenant, one attempt each, one in 20 failed (100000)",
+    )
     parser.add_argument("--page", type=int, default=50, help="entries per page (50)")
     parser.add_argument("--queries", type=int, default=51, help="timed per target (51)")
     args = parser.parse_args(argv)
     if not 2 <= args.rows <= 50_000_000 or not 0 <= args.other_rows <= 50_000_000:
         parser.error("--rows in 2..50000000, --other-rows in 0..50000000")
+    if not 0 <= args.deliveries <= 10_000_000:
+        parser.error("--deliveries in 0..10000000")
     if not 1 <= args.page <= 200 or not 1 <= args.queries <= 10_000:
         parser.error("--page in 1..200, --queries in 1..10000")
     return args
@@ -115,6 +124,7 @@ class Setup:
     tenant_id: str
     other_tenant_id: str
     support_token: str
+    endpoint_id: str
 
 
 def create_staff(env: dict[str, str]) -> None:
@@ -162,6 +172,15 @@ async def set_up(url: str, settings: Settings, env: dict[str, str]) -> Setup:
             {"input": {"name": "Other Tenant", "slug": "other-tenant"}},
             tenant.owner_token,
         )
+        endpoint = (
+            await run(
+                """mutation($input: CreateWebhookEndpointInput!) {
+                    createWebhookEndpoint(input: $input) { webhookEndpoint { id } } }""",
+                {"input": {"url": "https://93.184.215.14/hooks", "eventTypes": ["order.*"]}},
+                tenant.owner_token,
+                **{"X-Tenant-Id": tenant.id},
+            )
+        )["createWebhookEndpoint"]["webhookEndpoint"]["id"]
         staff = (
             await run(
                 "mutation($i: LoginInput!) { login(input: $i) { accessToken } }",
@@ -198,7 +217,7 @@ async def set_up(url: str, settings: Settings, env: dict[str, str]) -> Setup:
             )
         )["startSupportSession"]["token"]["accessToken"]
     other_id = str(other["createTenant"]["tenant"]["id"])  # type: ignore[index]
-    return Setup(tenant.id, other_id, str(token))
+    return Setup(tenant.id, other_id, str(token), str(endpoint))
 
 
 async def seed_rows(dsn: str, tenant_id: str, count: int, now: datetime) -> None:
@@ -252,6 +271,86 @@ async def seed_rows(dsn: str, tenant_id: str, count: int, now: datetime) -> None
             await connection.copy_records_to_table("events", records=events, columns=EVENT_COLUMNS)
         await connection.execute("ANALYZE audit_entries")
         await connection.execute("ANALYZE events")
+    finally:
+        await connection.close()
+
+
+DELIVERY_COLUMNS = (
+    "id",
+    "tenant_id",
+    "environment",
+    "endpoint_id",
+    "event_type",
+    "payload",
+    "status",
+    "attempts",
+    "created_at",
+    "last_attempt_at",
+)
+ATTEMPT_COLUMNS = (
+    "id",
+    "tenant_id",
+    "delivery_id",
+    "endpoint_id",
+    "attempt",
+    "started_at",
+    "duration_ms",
+    "status_code",
+    "succeeded",
+)
+
+
+async def seed_deliveries(
+    dsn: str, tenant_id: str, endpoint_id: str, count: int, now: datetime
+) -> None:
+    """``count`` finished deliveries over the 30 days before ``now``, one attempt each, one in
+    20 failed (HTTP 500): the failed-attempts branch must not walk the successes."""
+    span = timedelta(days=30).total_seconds()
+    connection = await asyncpg.connect(dsn)
+    try:
+        chunk = 50_000
+        for first in range(0, count, chunk):
+            deliveries: list[tuple[object, ...]] = []
+            attempts: list[tuple[object, ...]] = []
+            for i in range(first, min(count, first + chunk)):
+                at = now - timedelta(seconds=span * (count - i) / count)
+                failed = i % 20 == 0
+                delivery_id = ids.new_id("msg")
+                deliveries.append(
+                    (
+                        delivery_id,
+                        tenant_id,
+                        "live",
+                        endpoint_id,
+                        "order.paid",
+                        '{"type": "order.paid"}',
+                        "failed" if failed else "succeeded",
+                        1,
+                        at,
+                        at,
+                    )
+                )
+                attempts.append(
+                    (
+                        ids.new_id("wha"),
+                        tenant_id,
+                        delivery_id,
+                        endpoint_id,
+                        1,
+                        at,
+                        12.5,
+                        500 if failed else 200,
+                        not failed,
+                    )
+                )
+            await connection.copy_records_to_table(
+                "webhook_deliveries", records=deliveries, columns=DELIVERY_COLUMNS
+            )
+            await connection.copy_records_to_table(
+                "webhook_attempts", records=attempts, columns=ATTEMPT_COLUMNS
+            )
+        await connection.execute("ANALYZE webhook_deliveries")
+        await connection.execute("ANALYZE webhook_attempts")
     finally:
         await connection.close()
 
@@ -390,7 +489,8 @@ def report(args: argparse.Namespace, targets: list[Target], plan: str) -> None:
     verdict = "met" if first < TARGET_MEDIAN_MS else "NOT met"
     print()
     print(
-        f"first page over {args.rows} rows (+{args.other_rows} in another tenant): median"
+        f"first page over {args.rows} rows and {args.deliveries} deliveries"
+        f" (+{args.other_rows} rows in another tenant): median"
         f" {first:.1f} ms, raw SQL {raw:.1f} ms, x{first / raw:.1f}"
         f" (target median < {TARGET_MEDIAN_MS:.0f} ms: {verdict})"
     )
@@ -423,8 +523,10 @@ async def _main(args: argparse.Namespace, tmp: str) -> int:
             now = datetime.now(UTC) - timedelta(minutes=5)
             await seed_rows(dsn, setup.tenant_id, args.rows, now)
             await seed_rows(dsn, setup.other_tenant_id, args.other_rows, now)
+            await seed_deliveries(dsn, setup.tenant_id, setup.endpoint_id, args.deliveries, now)
             print(
-                f"  seeded {args.rows} + {args.other_rows} rows in"
+                f"  seeded {args.rows} + {args.other_rows} rows and {args.deliveries}"
+                " deliveries in"
                 f" {time.perf_counter() - began:.1f} s",
                 flush=True,
             )

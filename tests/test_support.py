@@ -17,11 +17,13 @@ import orjson
 import pytest
 import websockets
 
+from coregraph.streams.broker import audit_topic
 from tests.conftest import make_settings
 from tests.receiver_support import ReceivedRequest, Receiver, Reply
 from tests.streams_support import PROTOCOL, WAIT, subscribed
 from tests.support import PASSWORD, Actor, GraphQLClient, Response, Server, running_server, unique
 from tests.test_cli_and_deploy import cli_env_for, coregraph
+from tests.test_subscriptions import listening
 
 LOGIN = """mutation($i: LoginInput!) { login(input: $i) { accessToken user { id } } }"""
 REQUEST = """mutation($input: RequestSupportAccessInput!) { requestSupportAccess(input: $input) {
@@ -56,6 +58,8 @@ CREATE_TENANT = """mutation($input: CreateTenantInput!) { createTenant(input: $i
 LOGOUT = "mutation { logout { ended } }"
 VERIFY = "{ verifyAuditChain { ok checked reason } }"
 EVENTS_SUBSCRIPTION = "subscription { events { cursor node { id type } } }"
+AUDIT_SUBSCRIPTION = """subscription($filter: AuditLogFilter) { auditLog(filter: $filter) {
+    cursor node { action actorKind actorId supportSessionId } } }"""
 
 
 @pytest.fixture(scope="module")
@@ -427,8 +431,9 @@ async def test_a_read_session_reads_the_tenant_and_no_mutation_succeeds(
 
 
 async def test_an_act_session_acts_within_its_rights_and_every_action_names_it(
-    client: GraphQLClient, database_url: str
+    database_url: str, relayed: Server, http: httpx.AsyncClient
 ) -> None:
+    client = GraphQLClient(http, relayed.url)
     staff = await make_staff(client, database_url)
     tenant = await customer(client)
     session_id, support = await session_token(client, staff, tenant, "ACT")
@@ -445,9 +450,24 @@ async def test_an_act_session_acts_within_its_rights_and_every_action_names_it(
         EMIT, {"input": {"type": "order.paid", "data": {"order": 7}}}, actor=support
     )
     assert emitted.ok()["emitEvent"]["eventId"]
-    meter = {"key": "app.tokens", "name": "Tokens", "unit": "token", "aggregation": "SUM"}
-    made = await client.execute(CREATE_METER, {"input": meter}, actor=support)
-    meter_id = made.ok()["createMeter"]["meter"]["id"]
+    # The tenant watches what is done under the session as it happens.
+    async with subscribed(
+        relayed,
+        owner.headers(tenant.tenant_id),
+        AUDIT_SUBSCRIPTION,
+        {"filter": {"supportSessionId": session_id}},
+        field="auditLog",
+    ) as watching:
+        await listening(relayed, audit_topic(tenant.tenant_id))
+        meter = {"key": "app.tokens", "name": "Tokens", "unit": "token", "aggregation": "SUM"}
+        made = await client.execute(CREATE_METER, {"input": meter}, actor=support)
+        meter_id = made.ok()["createMeter"]["meter"]["id"]
+        streamed = (await watching.items_count(1))[0]["node"]
+    assert (streamed["action"], streamed["actorKind"], streamed["supportSessionId"]) == (
+        "meter.created",
+        "support",
+        session_id,
+    )
     # What changes who gets in, or outlives the session, is not support's to do.
     for query, variables in (
         (CREATE_KEY, {"input": {"name": "k", "scopes": ["events:read"]}}),

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -123,8 +124,16 @@ class WebhookAttempt(TenantOwned, Base):
     __table_args__ = (
         UniqueConstraint("delivery_id", "attempt"),
         Index("ix_webhook_attempts_endpoint_id_started_at", "endpoint_id", "started_at"),
-        # supportTimeline: a tenant's attempts newest first, keyset on (started_at, id).
-        Index("ix_webhook_attempts_tenant_started", "tenant_id", "started_at", "id"),
+        # supportTimeline: a tenant's failed attempts newest first, keyset on (started_at, id);
+        # partial, so a page of failures never walks past the successes around them.
+        Index(
+            "ix_webhook_attempts_tenant_failed",
+            "tenant_id",
+            "started_at",
+            "id",
+            postgresql_where=text("NOT succeeded"),
+            sqlite_where=text("NOT succeeded"),
+        ),
     )
 
     id: Mapped[str] = id_column()

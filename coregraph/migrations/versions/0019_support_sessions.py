@@ -45,8 +45,9 @@ TIMELINE_INDEXES = (
         "webhook_deliveries",
         ["tenant_id", "created_at", "id"],
     ),
-    ("ix_webhook_attempts_tenant_started", "webhook_attempts", ["tenant_id", "started_at", "id"]),
 )
+# Failed attempts only (partial): a page of failures never walks past the successes around them.
+FAILED_ATTEMPTS_INDEX = "ix_webhook_attempts_tenant_failed"
 
 
 def upgrade() -> None:
@@ -87,6 +88,13 @@ def upgrade() -> None:
     op.create_index("ix_support_sessions_staff_user_id", "support_sessions", ["staff_user_id"])
     for name, table, columns in TIMELINE_INDEXES:
         op.create_index(name, table, columns)
+    op.create_index(
+        FAILED_ATTEMPTS_INDEX,
+        "webhook_attempts",
+        ["tenant_id", "started_at", "id"],
+        postgresql_where=sa.text("NOT succeeded"),
+        sqlite_where=sa.text("NOT succeeded"),
+    )
     grant_to_builtin_roles(PERMISSION, ROLES)
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
@@ -95,6 +103,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index(FAILED_ATTEMPTS_INDEX, table_name="webhook_attempts")
     for name, table, _columns in TIMELINE_INDEXES:
         op.drop_index(name, table_name=table)
     op.drop_index("ix_support_sessions_staff_user_id", table_name="support_sessions")

@@ -16,7 +16,9 @@ import httpx
 import orjson
 import pytest
 import websockets
+from jsonschema import Draft202012Validator
 
+from coregraph.services.events import BUILTIN_EVENT_TYPES
 from coregraph.streams.broker import audit_topic
 from tests.conftest import make_settings
 from tests.receiver_support import ReceivedRequest, Receiver, Reply
@@ -763,6 +765,7 @@ async def test_the_support_timeline_merges_what_happened_to_one_tenant_in_time_o
     kept = by_source["QUOTA_REFUSAL"]
     assert (kept["name"], kept["actorId"]) == ("quota.refused", owner.user_id)
     assert kept["detail"]["meter"] == "webhook_endpoints"
+    Draft202012Validator(BUILTIN_EVENT_TYPES["quota.refused"].schema).validate(kept["detail"])
     assert (kept["detail"]["limit"], kept["detail"]["current"]) == (1, 1)
     actions = [e["name"] for e in entries if e["source"] == "AUDIT"]
     assert "support.approved" in actions and "tenant.created" in actions

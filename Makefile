@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 NODE_DEPS := tests/node/node_modules/.package-lock.json
 
-.PHONY: run test lint typecheck pytest bench bench-ingest bench-usage bench-scale bench-approvals schema migrate lock clean
+.PHONY: run test lint typecheck pytest bench bench-ingest bench-usage bench-scale bench-approvals bench-support schema migrate lock clean
 
 # Installs take exactly what the lock files name, each download checked against its hash; the
 # package itself goes on top without resolving anything (`make lock` writes the locks).
@@ -54,6 +54,11 @@ bench-ingest: $(VENV)/.dev-installed
 # Usage ingest (recordUsageBatch, /usage/bulk vs COPY) and the usage query over 1M records.
 bench-usage: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.usage
+
+# Issue 11: supportTimeline's first page over a tenant with 1M audit entries and events, against
+# the raw SQL of the page (a local PostgreSQL; skipped without one).
+bench-support: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.support
 
 # Issue 12: dashboard throughput with 1/2/4 API processes, outbox lag at 1,000 events/s, and the
 # overhead of metrics + tracing (PostgreSQL + Redis on 127.0.0.1).

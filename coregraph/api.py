@@ -43,6 +43,7 @@ from coregraph.resolvers.identity import IdentityMutation, IdentityQuery
 from coregraph.resolvers.invoices import InvoicesQuery
 from coregraph.resolvers.node import NodeQuery
 from coregraph.resolvers.streams import StreamsSubscription
+from coregraph.resolvers.support import SupportMutation, SupportQuery
 from coregraph.resolvers.tenancy import TenancyMutation, TenancyQuery
 from coregraph.resolvers.usage import (
     RAW_RESOLVERS as USAGE_RAW_RESOLVERS,
@@ -56,7 +57,9 @@ from coregraph.schema.errors import error_extension
 from coregraph.schema.execution import CoregraphExecutor, install_fast_resolvers
 from coregraph.schema.lookup import ENTITIES
 from coregraph.schema.operation_limits import create_rule
+from coregraph.schema.quota_refusals import KeepQuotaRefusals
 from coregraph.schema.rate_limiting import PlanLimitsExtension
+from coregraph.schema.support_mode import ReadOnlySupportExtension
 from coregraph.settings import Settings
 
 # The highest Federation version that both Apollo's and The Guild's composition accept (2.9);
@@ -78,6 +81,7 @@ Query = merge_types(
         UsageQuery,
         BillingQuery,
         InvoicesQuery,
+        SupportQuery,
         NodeQuery,
     ),
 )
@@ -94,6 +98,7 @@ Mutation = merge_types(
         WebhooksMutation,
         UsageMutation,
         BillingMutation,
+        SupportMutation,
     ),
 )
 Subscription = merge_types(
@@ -223,11 +228,14 @@ def build_schema(settings: Settings) -> CoregraphSchema:
         limits.append(NoSchemaIntrospectionCustomRule)
     extensions: list[Any] = [
         error_extension(settings.suggestions_enabled),
+        KeepQuotaRefusals,
         partial(ParserCache, maxsize=1024),
         partial(ValidationCache, maxsize=1024),
         partial(AddValidationRules, limits),
         partial(MaxTokensLimiter, max_token_count=settings.max_tokens),
-        # After validation, before execution: the plan's rate limits, api.requests and its cap.
+        # After validation, before execution: a READ support session runs no mutation...
+        ReadOnlySupportExtension,
+        # ...and the plan's rate limits, api.requests and its cap.
         PlanLimitsExtension,
     ]
     if telemetry.enabled():

@@ -47,6 +47,7 @@ from coregraph.services import identity
 from coregraph.services.api_requests import ApiRequestMeter
 from coregraph.services.approvals import PolicyCache
 from coregraph.services.plan_limits import PlanLimits
+from coregraph.services.quota_refusals import QuotaRefusals
 from coregraph.services.ratelimit import Limiter
 from coregraph.settings import Settings, load_settings
 from coregraph.storage import Storage, create_storage
@@ -83,6 +84,8 @@ class Runtime:
     broker: Broker
     # Files' bytes (coregraph.storage): local disk, or an S3-compatible bucket.
     storage: Storage
+    # Refused operations' quota.refused events, at most one per tenant, meter and minute.
+    quota_refusals: QuotaRefusals
     redis: Any = None
 
     @classmethod
@@ -129,10 +132,12 @@ class Runtime:
             approval_policies=PolicyCache(engine, settings.approval_policy_cache_seconds),
             broker=broker,
             storage=create_storage(settings),
+            quota_refusals=QuotaRefusals(engine, broker),
             redis=redis,
         )
 
     async def close(self) -> None:
+        await self.quota_refusals.close()
         await self.broker.close()
         await self.storage.aclose()
         if self.redis is not None:

@@ -22,13 +22,13 @@ from fastapi.responses import Response, StreamingResponse
 
 from coregraph import rest
 from coregraph.errors import BadUserInput, CoregraphError
-from coregraph.services.audit import HASHED, export_entries
+from coregraph.services.audit import HASHED, HASHED_WHEN_SET, export_entries
 
 if TYPE_CHECKING:
     from coregraph.app import Runtime
 
 # Every column of an entry: what the hash covers, and the chain links.
-COLUMNS = (*HASHED, "previous_hash", "hash")
+COLUMNS = (*HASHED, *HASHED_WHEN_SET, "previous_hash", "hash")
 _MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
 # Rows are sent in chunks of about this size: one ASGI message per row would cost more than
 # the row itself.

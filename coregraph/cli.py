@@ -1,5 +1,6 @@
-"""The ``coregraph`` command: serve, worker, migrate, create-user, create-tenant, export-schema,
-generate-webhook-key, rotate-webhook-key, files-cleanup, load-plans, billing-export."""
+"""The ``coregraph`` command: serve, worker, migrate, create-user, create-tenant, create-staff,
+export-schema, generate-webhook-key, rotate-webhook-key, files-cleanup, load-plans,
+billing-export."""
 
 from __future__ import annotations
 
@@ -225,6 +226,47 @@ def create_tenant(
         _fail(exc)
         return
     typer.echo(tenant.id)
+
+
+@app.command("create-staff")
+def create_staff(
+    email: Annotated[str, typer.Option(help="The staff member's email.")],
+    role: Annotated[
+        str, typer.Option(help="platform:support or platform:admin; 'none' takes it away.")
+    ],
+    password: Annotated[
+        str | None, typer.Option(help="For a new user (asked when missing).", hide_input=True)
+    ] = None,
+) -> None:
+    """Make a user platform staff (creating the user if nobody has the email): a member of no
+    tenant, who reads one only through a support session its owners approve."""
+    from coregraph.auth.principal import PlatformRole
+    from coregraph.services import support
+
+    settings = _settings()
+    if role == "none":
+        platform_role = None
+    else:
+        try:
+            platform_role = PlatformRole(role)
+        except ValueError:
+            typer.echo("coregraph: --role: platform:support, platform:admin or none", err=True)
+            raise typer.Exit(2) from None
+
+    def ask() -> str:
+        return password or str(typer.prompt("Password", hide_input=True))
+
+    async def run(uow: UnitOfWork) -> User:
+        return await support.make_staff(
+            uow, settings, email=email, role=platform_role, password=ask
+        )
+
+    try:
+        user = asyncio.run(_with_uow(settings, "create-staff", run))
+    except Exception as exc:
+        _fail(exc)
+        return
+    typer.echo(user.id)
 
 
 @app.command("generate-webhook-key")

@@ -78,6 +78,9 @@ async def caller(request: Request, runtime: Runtime, *, what: str, scope: str) -
     try:
         await admit(runtime, principal, headers)
     except (OperationRateLimited, QuotaExceeded) as refused:
+        if isinstance(refused, QuotaExceeded):
+            # Kept for supportTimeline (services.quota_refusals: at most one a minute).
+            runtime.quota_refusals.note(principal, refused, meta)
         raise Refused(error_response(request, refused, TOO_MANY_REQUESTS, headers)) from None
     if scope not in principal.scopes_in(tenant_id):
         raise Forbidden(f"{what} requires the scope {scope}", lacking=[scope])

@@ -255,6 +255,9 @@ def test_the_table_covers_every_built_in_event_type() -> None:
     covered |= {"apikey.rate_limits_changed"}
     # agent.*: tests/test_agents.py (each change, its event).
     covered |= {t for t in BUILTIN_EVENT_TYPES if t.startswith("agent.")}
+    # support.*: tests/test_support.py (each transition, its event); quota.refused there too
+    # (a refused webhook endpoint, kept and read back through supportTimeline).
+    covered |= {t for t in BUILTIN_EVENT_TYPES if t.startswith("support.")} | {"quota.refused"}
     assert covered == set(BUILTIN_EVENT_TYPES)
 
 

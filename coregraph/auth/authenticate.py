@@ -20,11 +20,32 @@ from sqlalchemy.orm import aliased
 
 from coregraph import db, ids
 from coregraph.auth import secrets
-from coregraph.auth.permissions import PERMISSION_KEYS, effective_scopes, with_implied
-from coregraph.auth.principal import ANONYMOUS, Principal, PrincipalKind
-from coregraph.auth.tokens import AGENT_KIND, TokenService, VerifiedToken
+from coregraph.auth.permissions import (
+    PERMISSION_KEYS,
+    SUPPORT_ACT_SCOPES,
+    SUPPORT_READ_SCOPES,
+    effective_scopes,
+    with_implied,
+)
+from coregraph.auth.principal import (
+    ANONYMOUS,
+    PlatformRole,
+    Principal,
+    PrincipalKind,
+    SupportMode,
+)
+from coregraph.auth.tokens import AGENT_KIND, SUPPORT_KIND, TokenService, VerifiedToken
 from coregraph.errors import BadUserInput, Forbidden, Unauthenticated
-from coregraph.models import Agent, ApiKey, ExternalIdentity, Membership, Role, Session
+from coregraph.models import (
+    Agent,
+    ApiKey,
+    ExternalIdentity,
+    Membership,
+    Role,
+    Session,
+    SupportSession,
+    User,
+)
 from coregraph.models.base import Environment
 from coregraph.request import RequestMeta
 from coregraph.settings import Settings
@@ -97,6 +118,26 @@ _AGENT = (
     .where(Agent.id == bindparam("agent_id"), Agent.tenant_id == bindparam("tenant_id"))
 )
 
+# A support token's session, its staff member's platform role and their login session, in one
+# round trip.
+_SUPPORT_SESSION = (
+    select(
+        SupportSession.status,
+        SupportSession.mode,
+        SupportSession.ends_at,
+        SupportSession.revoked_at,
+        User.platform_role,
+        Session.revoked_at.label("login_revoked_at"),
+    )
+    .join(User, User.id == SupportSession.staff_user_id)
+    .join(Session, and_(Session.user_id == User.id, Session.id == bindparam("session_id")))
+    .where(
+        SupportSession.id == bindparam("support_session_id"),
+        SupportSession.tenant_id == bindparam("tenant_id"),
+        SupportSession.staff_user_id == bindparam("staff_user_id"),
+    )
+)
+
 
 ProvisionExternalUser = Callable[[VerifiedToken, RequestMeta], Awaitable[str]]
 
@@ -143,6 +184,8 @@ class Authenticator:
             raise Unauthenticated("the token's act claim names no actor")
         if token.kind == AGENT_KIND:
             return await self._agent(token, tenant_id, environment_header)
+        if token.kind == SUPPORT_KIND:
+            return await self._support(token, tenant_id, environment)
         if token.actor is not None:
             return await self._delegated(token, tenant_id, environment, meta)
         return await self._user(token, tenant_id, environment, meta)
@@ -259,14 +302,19 @@ class Authenticator:
         stmt: Any
         if session_id is None:
             stmt = (
-                select(Membership.tenant_id, Role.permissions)
-                .join(Role, Role.id == Membership.role_id)
-                .where(Membership.user_id == user_id)
+                select(User.platform_role, Membership.tenant_id, Role.permissions)
+                .select_from(User)
+                .outerjoin(Membership, Membership.user_id == User.id)
+                .outerjoin(Role, Role.id == Membership.role_id)
+                .where(User.id == user_id)
             )
         else:
             # One round trip: the session must still be live, and it brings the memberships.
             stmt = (
-                select(Session.revoked_at, Membership.tenant_id, Role.permissions)
+                select(
+                    Session.revoked_at, User.platform_role, Membership.tenant_id, Role.permissions
+                )
+                .join(User, User.id == Session.user_id)
                 .outerjoin(Membership, Membership.user_id == Session.user_id)
                 .outerjoin(Role, Role.id == Membership.role_id)
                 .where(Session.id == session_id, Session.user_id == user_id)
@@ -277,10 +325,13 @@ class Authenticator:
             rows = (await conn.execute(stmt)).all()
         if session_id is not None and (not rows or rows[0].revoked_at is not None):
             raise Unauthenticated("session has ended")
+        platform_role = _platform_role(rows[0].platform_role) if rows else None
+        # Platform staff hold nothing in any tenant as themselves, even should a membership
+        # row exist: they read a tenant only through a support session (``_support``).
         tenant_scopes = {
             row.tenant_id: effective_scopes(frozenset(row.permissions), scope_limit)
             for row in rows
-            if row.tenant_id is not None
+            if row.tenant_id is not None and platform_role is None
         }
         if tenant_id is not None and tenant_id not in tenant_scopes:
             raise Forbidden("X-Tenant-Id: not a member of this tenant", field="X-Tenant-Id")
@@ -292,6 +343,57 @@ class Authenticator:
             environment=environment,
             tenant_scopes=tenant_scopes,
             scope_limit=scope_limit,
+            platform_role=platform_role,
+        )
+
+    async def _support(
+        self, token: VerifiedToken, tenant_header: str | None, environment: Environment
+    ) -> Principal:
+        """A staff member's impersonation token: checked against the database on every request
+        (the support session still approved, not revoked, not over; the staff member still
+        staff and their login session live), so revoking it stops the very next request."""
+        tenant_id = str(token.claims["tid"])
+        if tenant_header is not None and tenant_header != tenant_id:
+            raise Forbidden(
+                "X-Tenant-Id: this support token is for another tenant", field="X-Tenant-Id"
+            )
+        staff_user_id, support_session_id = token.subject, str(token.claims["sup"])
+        async with self.engine.connect() as conn:
+            await db.scope_transaction(conn, tenant_ids=(tenant_id,), user_id=staff_user_id)
+            row = (
+                await conn.execute(
+                    _SUPPORT_SESSION,
+                    {
+                        "support_session_id": support_session_id,
+                        "tenant_id": tenant_id,
+                        "staff_user_id": staff_user_id,
+                        "session_id": str(token.claims["sid"]),
+                    },
+                )
+            ).first()
+        now = datetime.now(UTC)
+        if row is None or row.login_revoked_at is not None:
+            raise Unauthenticated("the support session or your own session has ended")
+        platform_role = _platform_role(row.platform_role)
+        if platform_role is None:
+            raise Unauthenticated("no longer platform staff")
+        if row.status != "approved" or row.revoked_at is not None:
+            raise Unauthenticated(f"the support session is {row.status}")
+        ends_at = _aware(row.ends_at)
+        if ends_at is None or ends_at <= now:
+            raise Unauthenticated("the support session is over")
+        mode = SupportMode(row.mode)
+        scopes = SUPPORT_ACT_SCOPES if mode is SupportMode.ACT else SUPPORT_READ_SCOPES
+        return Principal(
+            kind=PrincipalKind.SUPPORT,
+            staff_user_id=staff_user_id,
+            support_session_id=support_session_id,
+            support_mode=mode,
+            platform_role=platform_role,
+            tenant_id=tenant_id,
+            environment=environment,
+            tenant_scopes={tenant_id: scopes},
+            scope_limit=scopes,
         )
 
     async def external_user(self, token: VerifiedToken, meta: RequestMeta) -> str:
@@ -476,6 +578,13 @@ def _environment(header: str | None) -> Environment:
         raise BadUserInput(
             "X-Environment: must be 'live' or 'test'", field="X-Environment"
         ) from None
+
+
+def _platform_role(value: str | None) -> PlatformRole | None:
+    try:
+        return None if value is None else PlatformRole(value)
+    except ValueError:
+        return None
 
 
 def _tenant(header: str | None) -> str | None:

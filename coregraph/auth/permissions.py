@@ -52,6 +52,10 @@ PERMISSIONS: tuple[Permission, ...] = (
         "agents:manage",
         "Create, list, disable and delete the tenant's agents, issue their keys and tokens.",
     ),
+    Permission(
+        "support:manage",
+        "Approve, deny and revoke platform staff's support sessions in the tenant.",
+    ),
 )
 PERMISSION_KEYS: frozenset[str] = frozenset(p.key for p in PERMISSIONS)
 # Managing a thing includes seeing it: a credential that may change a member's role may read
@@ -94,8 +98,8 @@ BUILTIN_ROLES: dict[str, BuiltinRole] = {
         BuiltinRole(
             "admin",
             "Admin",
-            "Everything except billing management.",
-            _ALL - {"billing:manage"},
+            "Everything except billing management and letting platform support in.",
+            _ALL - {"billing:manage", "support:manage"},
         ),
         BuiltinRole(
             "member",
@@ -130,3 +134,24 @@ BUILTIN_ROLES: dict[str, BuiltinRole] = {
     )
 }
 OWNER_ROLE_KEY = "owner"
+
+
+# What a support session lets platform staff do in a tenant (coregraph.services.support).
+# READ: every read permission of the catalog, no write. ACT: also work on the tenant's data
+# (events, files, usage, meters, webhooks: replay a delivery, fix a record) — but never change
+# who can get in or what they may do (members, roles, API keys, agents), the tenant's settings
+# (audit retention among them: support must not be able to shorten the trail of its own
+# actions), billing, approvals or support access itself: nothing done under a session outlives
+# it or widens anyone's rights.
+SUPPORT_READ_SCOPES: frozenset[str] = frozenset(
+    p.key for p in PERMISSIONS if p.key.endswith(":read")
+)
+SUPPORT_ACT_SCOPES: frozenset[str] = SUPPORT_READ_SCOPES | frozenset(
+    {
+        "events:write",
+        "files:write",
+        "usage:write",
+        "meters:manage",
+        "webhooks:manage",
+    }
+)

@@ -21,9 +21,29 @@ class PrincipalKind(enum.StrEnum):
     # coregraph itself (a CLI command): never produced by authentication, so it never reaches
     # GraphQL; it holds no tenant scopes and passes no schema check.
     SYSTEM = "system"
+    # Platform staff inside one tenant through an approved support session
+    # (coregraph.services.support): ``staff_user_id`` is the person, ``support_session_id`` the
+    # session. Never ``user_id``: nothing done under it acts on the staff member's own account.
+    SUPPORT = "support"
 
 
-_CREDENTIALED = frozenset({PrincipalKind.USER, PrincipalKind.API_KEY, PrincipalKind.AGENT})
+class PlatformRole(enum.StrEnum):
+    """The role of a platform staff member (``coregraph create-staff``): outside every tenant."""
+
+    SUPPORT = "platform:support"
+    ADMIN = "platform:admin"
+
+
+class SupportMode(enum.StrEnum):
+    """What an approved support session allows: reading the tenant, or acting in it too."""
+
+    READ = "read"
+    ACT = "act"
+
+
+_CREDENTIALED = frozenset(
+    {PrincipalKind.USER, PrincipalKind.API_KEY, PrincipalKind.AGENT, PrincipalKind.SUPPORT}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +76,12 @@ class Principal:
     # An API key's own operation rate limits (``perSecond``, ``perMinute``, ``costPerMinute``),
     # replacing its tenant plan's values of the kinds it names (services.plan_limits).
     rate_limits: Mapping[str, int] | None = None
+    # A platform staff member's role: set on their own user principal and on a SUPPORT one.
+    platform_role: PlatformRole | None = None
+    # SUPPORT only: the staff member, their session and what it allows.
+    staff_user_id: str | None = None
+    support_session_id: str | None = None
+    support_mode: SupportMode | None = None
 
     def __post_init__(self) -> None:
         if self.kind is PrincipalKind.SYSTEM and (self.tenant_scopes or self.user_id):
@@ -74,7 +100,14 @@ class Principal:
             return self.agent_id
         if self.kind is PrincipalKind.SYSTEM:
             return self.system_name
+        if self.kind is PrincipalKind.SUPPORT:
+            return self.staff_user_id
         return self.user_id
+
+    @property
+    def read_only(self) -> bool:
+        """A READ support session: every write is refused, whatever its scopes say."""
+        return self.kind is PrincipalKind.SUPPORT and self.support_mode is not SupportMode.ACT
 
     @property
     def scopes(self) -> frozenset[str]:

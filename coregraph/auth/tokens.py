@@ -28,6 +28,9 @@ _REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
 KIND_CLAIM = "cg_kind"
 AGENT_KIND = "agent"
 DELEGATED_KIND = "delegated"
+# A platform staff member's impersonation token inside one tenant (``sub`` the staff member,
+# ``sup`` the approved support session, ``sid`` their own login session, ``tid`` the tenant).
+SUPPORT_KIND = "support"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,27 @@ class TokenService:
             claims["sid"] = session_id
         return self._encode(claims, ttl_seconds)
 
+    def issue_support_token(
+        self,
+        *,
+        staff_user_id: str,
+        staff_session_id: str,
+        support_session_id: str,
+        tenant_id: str,
+        ttl_seconds: int,
+    ) -> tuple[str, datetime]:
+        """An impersonation token: the staff member in ``tenant_id`` under one approved support
+        session. Its rights, the session's state and the staff member's login session are read
+        again on every request; the expiry only bounds a token nobody revokes."""
+        claims = {
+            "sub": staff_user_id,
+            KIND_CLAIM: SUPPORT_KIND,
+            "sid": staff_session_id,
+            "sup": support_session_id,
+            "tid": tenant_id,
+        }
+        return self._encode(claims, ttl_seconds)
+
     async def verify(self, token: str) -> VerifiedToken:
         """Verify an access token from coregraph or the configured external issuer."""
         try:
@@ -153,8 +177,10 @@ class TokenService:
                 if kind is None and "sid" not in claims:
                     raise Unauthenticated("invalid token")
                 if kind is not None and (
-                    kind not in (AGENT_KIND, DELEGATED_KIND) or "tid" not in claims
+                    kind not in (AGENT_KIND, DELEGATED_KIND, SUPPORT_KIND) or "tid" not in claims
                 ):
+                    raise Unauthenticated("invalid token")
+                if kind == SUPPORT_KIND and not ("sup" in claims and "sid" in claims):
                     raise Unauthenticated("invalid token")
                 return VerifiedToken(issuer, str(claims["sub"]), claims, external=False)
             if self.settings.external_jwt_issuer and issuer == self.settings.external_jwt_issuer:

@@ -10,6 +10,7 @@ from coregraph.models.events import Event, EventType
 from coregraph.models.files import File, FileStatus
 from coregraph.models.identity import ExternalIdentity, RetiredRefreshToken, Session, User
 from coregraph.models.streams import RelayPosition
+from coregraph.models.support import SupportSession
 from coregraph.models.tenancy import Invitation, Membership, Tenant
 from coregraph.models.usage import Meter, UsageRecord, UsageRollup
 from coregraph.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -37,6 +38,7 @@ __all__ = [
     "Role",
     "Session",
     "StreamHead",
+    "SupportSession",
     "Tenant",
     "TenantPlan",
     "TenantPlanPeriod",

@@ -38,6 +38,8 @@ class AuditEntry(TenantOwned, Timestamped, Base):
     )
     __table_args__ = (
         Index("ix_audit_entries_tenant_env_id", "tenant_id", "environment", "id"),
+        # supportTimeline: a tenant's entries newest first, keyset on (created_at, id).
+        Index("ix_audit_entries_tenant_created", "tenant_id", "created_at", "id"),
         UniqueConstraint("chain_id", "position"),
     )
 
@@ -55,6 +57,10 @@ class AuditEntry(TenantOwned, Timestamped, Base):
     request_id: Mapped[str | None] = mapped_column(String(64))
     ip: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(400))
+    # The support session the change was made under (the actor is then the staff member,
+    # ``actor_kind`` support). Hashed only when set, so entries made before it existed keep
+    # their hashes.
+    support_session_id: Mapped[str | None] = mapped_column(String(30))
     # The chain: the tenant, or the user for an entry outside any tenant.
     chain_id: Mapped[str] = mapped_column(String(30), nullable=False)
     position: Mapped[int] = mapped_column(BigInteger, nullable=False)

@@ -35,6 +35,8 @@ class Event(TenantOwned, Base):
         # A repeated idempotency key finds the first event instead of making a second one.
         UniqueConstraint("tenant_id", "environment", "idempotency_key"),
         Index("ix_events_tenant_env_type_sequence", "tenant_id", "environment", "type", "sequence"),
+        # supportTimeline: a tenant's events newest first, keyset on (occurred_at, id).
+        Index("ix_events_tenant_occurred", "tenant_id", "occurred_at", "id"),
     )
 
     id: Mapped[str] = id_column()
@@ -52,6 +54,8 @@ class Event(TenantOwned, Base):
     # W3C traceparent of the span that stated it, while tracing is on (coregraph.telemetry):
     # the relay and the webhook worker continue that trace.
     trace_parent: Mapped[str | None] = mapped_column(String(55))
+    # The support session the event was stated under (``actor_id`` is then the staff member).
+    support_session_id: Mapped[str | None] = mapped_column(String(30))
 
 
 class EventType(TenantOwned, Timestamped, Base):

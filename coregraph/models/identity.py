@@ -19,6 +19,9 @@ class User(Timestamped, Base):
     display_name: Mapped[str] = mapped_column(String(120), nullable=False, default="")
     # None for users who only ever sign in through an external identity provider.
     password_hash: Mapped[str | None] = mapped_column(String(255))
+    # Platform staff (``coregraph create-staff``): platform:support or platform:admin. Staff
+    # belong to no tenant; they read one only through an approved support session.
+    platform_role: Mapped[str | None] = mapped_column(String(32))
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 

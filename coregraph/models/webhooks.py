@@ -27,6 +27,7 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -88,6 +89,8 @@ class WebhookDelivery(TenantOwned, Base):
         # What workers claim: due pending deliveries, and sending ones whose claim expired.
         Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
         Index("ix_webhook_deliveries_endpoint_id_created_at", "endpoint_id", "created_at"),
+        # supportTimeline: a tenant's deliveries newest first, keyset on (created_at, id).
+        Index("ix_webhook_deliveries_tenant_created", "tenant_id", "created_at", "id"),
     )
 
     id: Mapped[str] = id_column()
@@ -121,6 +124,16 @@ class WebhookAttempt(TenantOwned, Base):
     __table_args__ = (
         UniqueConstraint("delivery_id", "attempt"),
         Index("ix_webhook_attempts_endpoint_id_started_at", "endpoint_id", "started_at"),
+        # supportTimeline: a tenant's failed attempts newest first, keyset on (started_at, id);
+        # partial, so a page of failures never walks past the successes around them.
+        Index(
+            "ix_webhook_attempts_tenant_failed",
+            "tenant_id",
+            "started_at",
+            "id",
+            postgresql_where=text("NOT succeeded"),
+            sqlite_where=text("NOT succeeded"),
+        ),
     )
 
     id: Mapped[str] = id_column()

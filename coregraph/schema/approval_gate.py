@@ -33,7 +33,8 @@ from graphql import (
 )
 
 from coregraph import models
-from coregraph.errors import BadUserInput
+from coregraph.auth.principal import PrincipalKind
+from coregraph.errors import BadUserInput, Forbidden
 from coregraph.schema.approvals import ApprovalRequest, ApprovalRequired, MutationPayload
 from coregraph.services import approvals
 
@@ -94,6 +95,11 @@ async def _held_back(
     )
     if policy is None:
         return None
+    if principal.kind is PrincipalKind.SUPPORT:
+        raise Forbidden(
+            f"{name} needs approval in this tenant, and a support session cannot ask for it:"
+            " the tenant's own people can"
+        )
     if uploads:
         raise BadUserInput(
             f"{name} needs approval here, and an upload cannot wait for one: upload with"

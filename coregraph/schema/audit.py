@@ -8,7 +8,7 @@ import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import strawberry
 from sqlalchemy import Select, false, select
@@ -28,6 +28,9 @@ from coregraph.schema.readable import readable
 from coregraph.services import validation
 from coregraph.services.audit import ChainCheck
 
+if TYPE_CHECKING:
+    from coregraph.schema.support import SupportSession
+
 _POSITION_CURSOR_PREFIX = "pos:"
 Entry = TypeVar("Entry")
 
@@ -41,11 +44,16 @@ class AuditEntryContent:
     action: str = strawberry.field(description="What happened, e.g. member.role_changed.")
     environment: Environment  # type: ignore[valid-type]
     actor_kind: str = strawberry.field(
-        description="user, api_key, system (a CLI command) or anonymous."
+        description="user, api_key, agent, support (platform staff in a support session),"
+        " system (a CLI command) or anonymous."
     )
     actor_id: str | None
     acting_for_user_id: str | None = strawberry.field(
         description="The person an API key acted for (its creator)."
+    )
+    support_session_id: strawberry.ID | None = strawberry.field(
+        description="The support session the change was made under: actorId is then the"
+        " platform staff member; the session names the reason."
     )
     target_type: str | None
     target_id: str | None
@@ -77,6 +85,7 @@ class AuditEntryContent:
             "actor_kind": row.actor_kind,
             "actor_id": row.actor_id,
             "acting_for_user_id": row.acting_for_user_id,
+            "support_session_id": getattr(row, "support_session_id", None),
             "target_type": row.target_type,
             "target_id": row.target_id,
             "changes": row.changes,
@@ -99,6 +108,19 @@ class AuditEntryContent:
     description="One change to production truth: who did what to which object, and when.",
 )
 class AuditEntry(AuditEntryContent, Node):
+    @strawberry.field(
+        description="The support session it was made under: who, why (its reason), in which"
+        " mode. Null when none."
+    )
+    async def support_session(
+        self, info: strawberry.Info
+    ) -> Annotated[SupportSession, strawberry.lazy("coregraph.schema.support")] | None:
+        from coregraph.schema.support import support_session_of
+
+        if self.support_session_id is None or self.tenant_id is None:
+            return None
+        return await support_session_of(info, self.tenant_id, str(self.support_session_id))
+
     @classmethod
     def from_row(cls, row: Any) -> AuditEntry:
         return cls(**cls.values_of(row))
@@ -145,6 +167,8 @@ class AuditFilter:
     actor_id: str | None = None
     # The user an API key or agent acted for (an agent's exchanged token: the subject).
     acting_for_user_id: str | None = None
+    # The support session the entries were made under.
+    support_session_id: str | None = None
 
     @classmethod
     def checked(
@@ -154,6 +178,7 @@ class AuditFilter:
         target_id: str | None,
         actor_id: str | None,
         acting_for_user_id: str | None = None,
+        support_session_id: str | None = None,
     ) -> AuditFilter:
         if action is not None:
             action = validation.text(action, "action", max_length=80)
@@ -164,8 +189,14 @@ class AuditFilter:
             actor_id = validation.text(actor_id, "actorId", max_length=30)
         if acting_for_user_id is not None:
             validation.object_id(acting_for_user_id, "usr", "actingForUserId")
+        if support_session_id is not None:
+            validation.object_id(support_session_id, "sup", "supportSessionId")
         return cls(
-            action, None if target_id is None else str(target_id), actor_id, acting_for_user_id
+            action,
+            None if target_id is None else str(target_id),
+            actor_id,
+            acting_for_user_id,
+            support_session_id,
         )
 
     def where(self, statement: Select[Any]) -> Select[Any]:
@@ -180,6 +211,8 @@ class AuditFilter:
             statement = statement.where(entry.actor_id == self.actor_id)
         if self.acting_for_user_id is not None:
             statement = statement.where(entry.acting_for_user_id == self.acting_for_user_id)
+        if self.support_session_id is not None:
+            statement = statement.where(entry.support_session_id == self.support_session_id)
         return statement
 
     def matches(self, row: Any) -> bool:
@@ -189,6 +222,10 @@ class AuditFilter:
             and (self.actor_id is None or row.actor_id == self.actor_id)
             and (
                 self.acting_for_user_id is None or row.acting_for_user_id == self.acting_for_user_id
+            )
+            and (
+                self.support_session_id is None
+                or getattr(row, "support_session_id", None) == self.support_session_id
             )
         )
 
@@ -206,6 +243,9 @@ class AuditLogFilter:
     acting_for_user_id: strawberry.ID | None = strawberry.field(
         default=None, description="The user an API key or an agent acted for."
     )
+    support_session_id: strawberry.ID | None = strawberry.field(
+        default=None, description="What was done under this support session."
+    )
 
     def checked(self) -> AuditFilter:
         return AuditFilter.checked(
@@ -215,6 +255,9 @@ class AuditLogFilter:
             acting_for_user_id=None
             if self.acting_for_user_id is None
             else str(self.acting_for_user_id),
+            support_session_id=None
+            if self.support_session_id is None
+            else str(self.support_session_id),
         )
 
 

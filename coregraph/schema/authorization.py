@@ -30,7 +30,7 @@ from graphql import GraphQLField, GraphQLObjectType, GraphQLSchema, default_fiel
 from strawberry.federation.schema_directives import Authenticated, Policy, RequiresScopes
 from strawberry.types.cast import get_strawberry_type_cast
 
-from coregraph.auth.principal import Principal
+from coregraph.auth.principal import Principal, PrincipalKind
 from coregraph.errors import Forbidden, Unauthenticated
 
 PolicyCheck = Callable[[Principal, Any], bool]
@@ -72,6 +72,30 @@ def _is_approval_party(principal: Principal, obj: Any) -> bool:
     return bool(scopes) and is_requester(principal, getattr(obj, "requester", None) or {})
 
 
+def _reads_support_session(principal: Principal, obj: Any) -> bool:
+    """A support session (or what was done under one) is read by its tenant's owners and
+    auditors, and by the staff member who asked for it."""
+    scopes = principal.scopes_in(getattr(obj, "tenant_id", None))
+    return (
+        "support:manage" in scopes
+        or "audit:read" in scopes
+        or (
+            principal.user_id is not None
+            and getattr(obj, "staff_user_id", None) == principal.user_id
+        )
+    )
+
+
+def _in_support_session(principal: Principal, obj: Any) -> bool:
+    """Platform staff inside an approved support session, reading its tenant (the session is
+    checked against the database when the request authenticates). Root fields (no row) need
+    the session; rows must belong to its tenant."""
+    if principal.kind is not PrincipalKind.SUPPORT:
+        return False
+    tenant_id = getattr(obj, "tenant_id", None)
+    return tenant_id is None or tenant_id == principal.tenant_id
+
+
 # Named row-relative rules for ``@policy``. Synchronous by design: they run per object.
 POLICIES: dict[str, PolicyCheck] = {
     "self": _is_self,
@@ -79,6 +103,8 @@ POLICIES: dict[str, PolicyCheck] = {
     "member_directory": _reads_member_directory,
     "own_security_log": _is_own_security_log,
     "approval_party": _is_approval_party,
+    "support_session_reader": _reads_support_session,
+    "in_support_session": _in_support_session,
 }
 
 

@@ -7,7 +7,7 @@ import base64
 import binascii
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
 from sqlalchemy import Select
@@ -23,6 +23,9 @@ from coregraph.schema.lookup import entity
 from coregraph.schema.node import Node
 from coregraph.schema.pagination import PageInfo
 from coregraph.schema.readable import readable
+
+if TYPE_CHECKING:
+    from coregraph.schema.support import SupportSession
 
 _CURSOR_PREFIX = "seq:"
 
@@ -47,7 +50,24 @@ class Event(Node):
     )
     actor_id: str | None
     data: JSON = strawberry.field(description="The payload: ids and changed fields, no secrets.")
+    support_session_id: strawberry.ID | None = strawberry.field(
+        description="The support session it was stated under (actorId is then the platform"
+        " staff member, actorKind support)."
+    )
     tenant_id: strawberry.Private[str]
+
+    @strawberry.field(
+        description="The support session it was made under: who, why (its reason), in which"
+        " mode. Null when none."
+    )
+    async def support_session(
+        self, info: strawberry.Info
+    ) -> Annotated[SupportSession, strawberry.lazy("coregraph.schema.support")] | None:
+        from coregraph.schema.support import support_session_of
+
+        if self.support_session_id is None or self.tenant_id is None:
+            return None
+        return await support_session_of(info, self.tenant_id, str(self.support_session_id))
 
     @classmethod
     def from_row(cls, row: Any) -> Event:
@@ -60,6 +80,7 @@ class Event(Node):
             actor_kind=row.actor_kind,
             actor_id=row.actor_id,
             data=row.data,
+            support_session_id=getattr(row, "support_session_id", None),
             tenant_id=row.tenant_id,
         )
 

@@ -140,6 +140,7 @@ class Tenant(Node):
         target_id: strawberry.ID | None = None,
         actor_id: str | None = None,
         acting_for_user_id: strawberry.ID | None = None,
+        support_session_id: strawberry.ID | None = None,
         from_: Annotated[datetime | None, strawberry.argument(name="from")] = None,
         to: datetime | None = None,
     ) -> Connection[AuditEntry] | None:
@@ -152,6 +153,7 @@ class Tenant(Node):
             target_id=target_id,
             actor_id=actor_id,
             acting_for_user_id=None if acting_for_user_id is None else str(acting_for_user_id),
+            support_session_id=None if support_session_id is None else str(support_session_id),
         ).where(stmt)
         if from_ is not None:
             stmt = stmt.where(entry.created_at >= _aware(from_, "from"))

@@ -92,6 +92,9 @@ ACTIONS: dict[str, str] = {
     "definePlan": "plan.define",
     "archivePlan": "plan.archive",
     "assignPlan": "plan.assign",
+    "approveSupportAccess": "support.approve",
+    "denySupportAccess": "support.deny",
+    "revokeSupportAccess": "support.revoke",
     "createApprovalPolicy": "approval_policy.create",
     "deleteApprovalPolicy": "approval_policy.delete",
 }
@@ -113,6 +116,10 @@ UNGATED = frozenset(
         "issueAgentToken",
         "approveRequest",
         "rejectRequest",
+        # Platform staff, outside every tenant: asking for a support session, and taking its
+        # token once the tenant approved it.
+        "requestSupportAccess",
+        "startSupportSession",
     }
 )
 

@@ -45,6 +45,9 @@ HASHED = (
     "user_agent",
     "created_at",
 )
+# Columns added after entries were first hashed: covered only when set, so every entry written
+# before they existed (where they are null) keeps the hash it was given.
+HASHED_WHEN_SET = ("support_session_id",)
 
 
 def _canonical_time(value: datetime) -> str:
@@ -63,6 +66,10 @@ def entry_hash(entry: Any, previous_hash: str) -> str:
         elif name == "environment":
             value = str(value)
         content[name] = value
+    for name in HASHED_WHEN_SET:
+        value = getattr(entry, name, None)
+        if value is not None:
+            content[name] = value
     encoded = orjson.dumps(content, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
     return hashlib.sha256(encoded).hexdigest()
 

@@ -165,6 +165,39 @@ BUILTIN_EVENT_TYPES: dict[str, BuiltinEventType] = {
             "An agent was deleted and its keys revoked; audit entries keep naming it.",
             _payload(agentId=_ID, name=_TEXT),
         ),
+        *(
+            BuiltinEventType(
+                f"support.{change}",
+                f"A platform staff member's support session was {change}{detail}.",
+                _payload(
+                    supportSessionId=_ID,
+                    staffUserId=_ID,
+                    reason=_TEXT,
+                    mode={"type": "string", "enum": ["READ", "ACT"]},
+                    durationSeconds={"type": "integer", "minimum": 1},
+                ),
+            )
+            for change, detail in (
+                ("requested", ": the tenant's owners approve or deny it"),
+                ("approved", ": the staff member may now take impersonation tokens until endsAt"),
+                ("denied", ""),
+                ("revoked", ": its tokens stop at their next request"),
+                ("started", ": the staff member took an impersonation token"),
+            )
+        ),
+        BuiltinEventType(
+            "quota.refused",
+            "An operation was refused (QUOTA_EXCEEDED) by a hard limit of the tenant's plan:"
+            " kept at most once per meter and minute (minute: its start), by whoever was"
+            " refused. limit and current: integers, or decimal strings.",
+            _payload(
+                meter=_TEXT,
+                limit={"type": ["integer", "string", "null"]},
+                current={"type": ["integer", "string", "null"]},
+                period={"type": ["string", "null"]},
+                minute={"type": "string", "format": "date-time"},
+            ),
+        ),
         BuiltinEventType(
             "event_type.registered",
             "A custom event type was registered with its JSON Schema.",

@@ -37,10 +37,19 @@ def _settings_snapshot(tenant: Tenant) -> dict[str, object]:
 UNCHANGED: Any = object()
 
 
+async def _refuse_staff(uow: UnitOfWork, user_id: str) -> None:
+    """Platform staff belong to no tenant: they enter one only through a support session its
+    owners approved (``coregraph.services.support``), never as a member."""
+    role = await uow.session.scalar(select(User.platform_role).where(User.id == user_id))
+    if role is not None:
+        raise Forbidden("platform staff are members of no tenant; ask for a support session")
+
+
 async def create_tenant(uow: UnitOfWork, *, name: str, slug: str, owner_id: str) -> Tenant:
     """Create a tenant with the built-in roles; ``owner_id`` becomes its owner."""
     name = validation.text(name, "name", max_length=120)
     slug = validation.slug(slug)
+    await _refuse_staff(uow, owner_id)
     taken = Conflict(f"slug: '{slug}' is taken", field="slug")
     if await uow.session.scalar(select(Tenant.id).where(Tenant.slug == slug)):
         raise taken
@@ -384,6 +393,7 @@ async def accept_invitation(
         raise BadUserInput("token: this invitation has expired", field="token")
     user = await uow.session.get(User, user_id)
     assert user is not None
+    await _refuse_staff(uow, user_id)
     if emails.lookup_key(user.email) != emails.lookup_key(invitation.email):
         raise Forbidden("token: this invitation was sent to another email address", field="token")
     if await uow.session.scalar(

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from coregraph import db, ids, telemetry
 from coregraph.auth.principal import Principal, PrincipalKind
-from coregraph.errors import CoregraphError
+from coregraph.errors import CoregraphError, Forbidden
 from coregraph.models import AuditEntry, Event, StreamHead
 from coregraph.models.base import Environment, utcnow
 from coregraph.request import RequestMeta
@@ -103,6 +103,7 @@ class StatedEvent:
     idempotency_key: str | None
     request_id: str | None
     trace_parent: str | None = None
+    support_session_id: str | None = None
     sequence: int | None = None
 
     def row(self) -> dict[str, Any]:
@@ -124,8 +125,12 @@ _FUSED_COLUMNS = {
     "idempotency_key": "text[]",
     "request_id": "text[]",
     "trace_parent": "text[]",
+    "support_session_id": "text[]",
 }
 _FUSED_VALUES = [name for name in _FUSED_COLUMNS if name != "id"]
+# append_events() (migration 0016) predates support sessions: events stated under one take the
+# in-transaction path (_advance_and_insert), which writes every column.
+_APPENDED_COLUMNS = {k: v for k, v in _FUSED_COLUMNS.items() if k != "support_session_id"}
 _ADVANCE_AND_INSERT = text(
     "WITH head AS ("
     " UPDATE stream_heads SET event_sequence = event_sequence + :count"
@@ -146,7 +151,7 @@ _ADVANCE_AND_INSERT = text(
 _APPEND_EVENTS = text(
     "SELECT append_events(:tenant_ids, :user_id, :api_key_hash, :invitation_token_hash,"
     " :chain_id, "
-    + ", ".join(f"CAST(:{name} AS {kind})" for name, kind in _FUSED_COLUMNS.items())
+    + ", ".join(f"CAST(:{name} AS {kind})" for name, kind in _APPENDED_COLUMNS.items())
     + ")"
 )
 _SCOPE = "coregraph_scope"
@@ -191,6 +196,10 @@ class UnitOfWork:
         self.webhooks_due = False
 
     async def __aenter__(self) -> UnitOfWork:
+        if self.principal.read_only:
+            # The second wall behind the schema's refusal of mutations (schema.support_mode):
+            # a READ support session writes nothing, by any path (REST routes included).
+            raise Forbidden("this support session is read-only: nothing can be changed under it")
         # The transaction begins with the first statement (scoped then, _scope_on_begin): a
         # unit of work that only states events sends none before its commit, which is then
         # one autocommitted call on PostgreSQL (_append_events).
@@ -213,6 +222,12 @@ class UnitOfWork:
     async def allow_tenant(self, tenant_id: str) -> None:
         """This transaction creates or joins ``tenant_id``: let row-level security admit it."""
         self._tenant_ids.add(tenant_id)
+        await self._scope()
+
+    async def reveal_user(self, user_id: str) -> None:
+        """Let this transaction see ``user_id``'s own rows (their memberships), as a
+        transaction acting for them does: a system command deciding about that user."""
+        self._user_id = user_id
         await self._scope()
 
     async def reveal_invitation(self, token_hash: str) -> None:
@@ -282,6 +297,7 @@ class UnitOfWork:
             request_id=self.meta.request_id,
             # None (one global read) unless tracing is on.
             trace_parent=telemetry.current_traceparent(),
+            support_session_id=self.principal.support_session_id,
         )
         self.events.append(event)
         return event
@@ -359,9 +375,11 @@ class UnitOfWork:
             or self.session.in_transaction()
             or chain_id not in self._tenant_ids
             or any(event.tenant_id != chain_id for event in self.events)
+            or self.principal.support_session_id is not None
         ):
             return False
         parameters = {**self.session.info[_SCOPE], **self._event_columns(chain_id, self.events)}
+        del parameters["support_session_id"]
         async with self.engine.connect() as conn:
             autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
             base = (await autocommit.execute(_APPEND_EVENTS, parameters)).scalar_one()
@@ -481,6 +499,7 @@ class UnitOfWork:
             user_agent=self.meta.user_agent,
             created_at=utcnow(),
             chain_id=chain_id,
+            support_session_id=self.principal.support_session_id,
         )
         # Written, with its place in the chain, as the unit of work commits.
         self.audit_entries.append(entry)

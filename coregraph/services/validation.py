@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 from coregraph import ids
 from coregraph.errors import BadUserInput, NotFound
@@ -105,3 +106,17 @@ def object_id(value: str, prefix: str, field: str) -> str:
 
 def not_found(kind: str, field: str | None = None) -> NotFound:
     return NotFound(f"{kind} not found", field=field)
+
+
+def time_range(
+    start: datetime | None, end: datetime | None
+) -> tuple[datetime | None, datetime | None]:
+    """``from`` (inclusive) and ``to`` (exclusive) of a query: times with an offset, in order."""
+    for value, field in ((start, "from"), (end, "to")):
+        if value is not None and value.tzinfo is None:
+            raise BadUserInput(
+                f"{field}: give a time with its offset, e.g. 2026-12-02T08:00:00Z", field=field
+            )
+    if start is not None and end is not None and end < start:
+        raise BadUserInput("to: must not be before from", field="to")
+    return start, end

@@ -14,6 +14,20 @@ def iso_time(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def _actor(row: Any) -> dict[str, Any]:
+    """Who acted. ``supportSessionId`` only for what platform staff did under a support
+    session: the envelope of everything else is as it always was."""
+    actor = {
+        "kind": row.actor_kind,
+        "id": row.actor_id,
+        "actingForUserId": row.acting_for_user_id,
+    }
+    support_session_id = getattr(row, "support_session_id", None)
+    if support_session_id is not None:
+        actor["supportSessionId"] = support_session_id
+    return actor
+
+
 def event_message(row: Any) -> dict[str, Any]:
     """What a subscriber receives for an event: the committed row, no database round trip."""
     return {
@@ -23,11 +37,7 @@ def event_message(row: Any) -> dict[str, Any]:
         "tenant": row.tenant_id,
         "environment": str(row.environment),
         "occurredAt": iso_time(row.occurred_at),
-        "actor": {
-            "kind": row.actor_kind,
-            "id": row.actor_id,
-            "actingForUserId": row.acting_for_user_id,
-        },
+        "actor": _actor(row),
         "data": row.data,
     }
 
@@ -42,11 +52,7 @@ def audit_message(row: Any) -> dict[str, Any]:
         "tenant": row.tenant_id,
         "environment": str(row.environment),
         "action": row.action,
-        "actor": {
-            "kind": row.actor_kind,
-            "id": row.actor_id,
-            "actingForUserId": row.acting_for_user_id,
-        },
+        "actor": _actor(row),
         "target": {"type": row.target_type, "id": row.target_id},
         "changes": row.changes,
         "requestId": row.request_id,

@@ -285,6 +285,7 @@ def event_row(message: Message) -> Any:
         actor_kind=actor["kind"],
         actor_id=actor["id"],
         acting_for_user_id=actor["actingForUserId"],
+        support_session_id=actor.get("supportSessionId"),
         data=message["data"],
     )
 
@@ -302,6 +303,7 @@ def audit_row(message: Message) -> Any:
         actor_kind=actor["kind"],
         actor_id=actor["id"],
         acting_for_user_id=actor["actingForUserId"],
+        support_session_id=actor.get("supportSessionId"),
         target_type=target["type"],
         target_id=target["id"],
         changes=message["changes"],

@@ -13,7 +13,7 @@
 //
 // Each subgraph gets the routing url http://127.0.0.1/<name>.
 
-import { readFileSync } from "node:fs";
+import { readFileSync, writeSync } from "node:fs";
 import { parse } from "graphql";
 
 // Piped stdout is asynchronous in Node: process.exit() right after a large write (a
@@ -73,7 +73,17 @@ function errorMessage(err) {
 }
 
 function emit(result, exitCode) {
-  process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+  // Written synchronously, to the end: process.stdout to a pipe is asynchronous here, and
+  // process.exit() right after write() cut a report past 64 KiB (a supergraph SDL) short.
+  const bytes = Buffer.from(`${JSON.stringify(result, null, 2)}\n`);
+  let written = 0;
+  while (written < bytes.length) {
+    try {
+      written += writeSync(1, bytes, written);
+    } catch (err) {
+      if (err.code !== "EAGAIN") throw err; // the reader is behind: try again
+    }
+  }
   process.exit(exitCode);
 }
 

@@ -9,13 +9,13 @@ Create Date: 2026-12-02
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import context, op
 
 from coregraph.db import row_security_statements
+from coregraph.migrations.builtin_roles import grant_to_builtin_roles
 from coregraph.models.base import RowSecurity
 
 revision: str = "0019"
@@ -131,29 +131,8 @@ def upgrade() -> None:
             name=op.f("uq_approval_decisions_request_id_reviewer_user_id"),
         ),
     )
-    roles = sa.table(
-        "roles",
-        sa.column("id", sa.String),
-        sa.column("key", sa.String),
-        sa.column("builtin", sa.Boolean),
-        sa.column("permissions", _JSON),
-    )
+    grant_to_builtin_roles(PERMISSION, ROLES)
     bind = op.get_bind()
-    rows = bind.execute(
-        sa.select(roles.c.id, roles.c.permissions).where(
-            roles.c.builtin.is_(True), roles.c.key.in_(ROLES)
-        )
-    ).all()
-    for row in rows:
-        permissions = (
-            row.permissions if isinstance(row.permissions, list) else json.loads(row.permissions)
-        )
-        if PERMISSION not in permissions:
-            bind.execute(
-                sa.update(roles)
-                .where(roles.c.id == row.id)
-                .values(permissions=[*permissions, PERMISSION])
-            )
     if bind.dialect.name != "postgresql":
         return
     for table in ("approval_policies", "approval_requests", "approval_decisions"):

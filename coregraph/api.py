@@ -51,6 +51,7 @@ from coregraph.resolvers.usage import (
     UsageQuery,
 )
 from coregraph.resolvers.webhooks import WebhooksMutation, WebhooksQuery, WebhooksSubscription
+from coregraph.schema import scalars
 from coregraph.schema.approval_gate import install_approval_gates
 from coregraph.schema.authorization import enforce_declarations
 from coregraph.schema.errors import error_extension
@@ -252,6 +253,7 @@ def build_schema(settings: Settings) -> CoregraphSchema:
         extensions=extensions,
         federation_version=FEDERATION_VERSION,  # type: ignore[arg-type]
         execution_context_class=CoregraphExecutor,
+        scalar_overrides=scalars.OVERRIDES,
     )
     # Leaner resolvers first: the approval gate then wraps one, and a declared field's guard
     # wraps both (a field's scopes are checked before a request for it is ever stored).

@@ -60,7 +60,7 @@ from bench.servers import bench_env, bench_settings, uvicorn_server
 from coregraph import db, ids
 from coregraph.auth.principal import Principal, PrincipalKind
 from coregraph.schema.usage import usage_records, usage_rollups
-from coregraph.services import usage
+from coregraph.services import usage, usage_store
 from coregraph.settings import Settings
 
 TARGET_RATIO = 0.2
@@ -328,7 +328,7 @@ async def seed_month(
                     )
                 )
             await connection.copy_records_to_table("usage_records", records=rows, columns=COLUMNS)
-            for rollup in usage.rollup_rows(
+            for rollup in usage_store.rollup_rows(
                 [
                     {
                         "tenant_id": row[1],

@@ -109,7 +109,7 @@ class UsageRecord(TenantOwned, Base):
 
 class UsageRollup(TenantOwned, Base):
     """A meter's records of one UTC hour and one set of dimension values, added up as they are
-    written (``services.usage.insert_usage``, in the records' own transaction): what the
+    written (``services.usage_store.insert_usage``, in the records' own transaction): what the
     ``usage`` query reads for SUM, COUNT and MAX meters instead of every record (a month of 1M
     records is ~720 rows per dimension set; bench/RESULTS.md)."""
 

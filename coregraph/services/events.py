@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from coregraph import ids
 from coregraph.errors import BadUserInput, Conflict
 from coregraph.models import Event, EventType
-from coregraph.services import quotas, usage, validation
+from coregraph.services import quotas, usage, usage_store, validation
 from coregraph.services.json_schema_precheck import Check, compile_precheck
 from coregraph.services.uow import StatedEvent, UnitOfWork
 
@@ -718,7 +718,7 @@ async def emit_events(
     stated = sum(not item.replayed for item in emitted)
     if stated:
         # One record per call (not per event), no event of its own: the events are the news.
-        await usage.insert_usage(
+        await usage_store.insert_usage(
             uow.session,
             [usage.usage_row(tenant_id, uow.principal.environment, EVENTS_METER, Decimal(stated))],
         )

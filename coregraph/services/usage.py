@@ -16,7 +16,6 @@ record (``record_usage_once``), as ``services.events.emit_events_once`` does.
 from __future__ import annotations
 
 import enum
-import functools
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -24,16 +23,13 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import orjson
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Select,
-    Table,
     and_,
     distinct,
     func,
-    insert,
     literal_column,
     or_,
     select,
@@ -41,7 +37,6 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from coregraph import ids
 from coregraph.errors import BadUserInput, Conflict, NotFound
@@ -50,6 +45,7 @@ from coregraph.models.base import Environment, utcnow
 from coregraph.models.usage import QUANTITY_SCALE, Quantity
 from coregraph.services import quotas, validation
 from coregraph.services.uow import UnitOfWork
+from coregraph.services.usage_store import hour_of, insert_usage
 
 MAX_KEY_LENGTH = 120
 MAX_DIMENSIONS = 10
@@ -511,99 +507,6 @@ def usage_row(
         "idempotency_key": idempotency_key,
         "recorded_at": now,
     }
-
-
-async def insert_usage(
-    executor: AsyncSession | AsyncConnection, rows: Sequence[dict[str, Any]]
-) -> None:
-    """Insert usage records (``usage_row``) in the caller's transaction, unchecked: for
-    ``record_usage`` once it has checked them, and for the built-in meters the core feeds
-    (seats, storage.bytes, events.emitted, webhooks.delivered), which write their records
-    directly, with no ``usage.recorded`` event: the action's own event already says what
-    happened. Their hourly rollups (``UsageRollup``) are added to in the same transaction:
-    the one place records are written, so the two never disagree."""
-    await executor.execute(insert(UsageRecord), list(rows))
-    rollups = rollup_rows(rows)
-    if rollups:
-        dialect = (
-            executor.dialect
-            if isinstance(executor, AsyncConnection)
-            else executor.get_bind().dialect
-        )
-        await executor.execute(_rollup_upsert(dialect.name), rollups)
-
-
-def hour_of(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-def dimensions_key(dimensions: dict[str, str] | None) -> str:
-    """A dimension set's identity: canonical JSON (sorted keys, no spaces)."""
-    return orjson.dumps(dimensions or {}, option=orjson.OPT_SORT_KEYS).decode()
-
-
-def rollup_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``rows`` (usage records) added up per tenant, environment, meter, UTC hour and dimension
-    set, in key order (concurrent writers then lock the rows they share in the same order).
-    Run for every record written: ~1 µs a record (a batch has few dimension sets)."""
-    groups: dict[tuple[str, str, str, datetime, str], dict[str, Any]] = {}
-    keys: dict[tuple[tuple[str, Any], ...], str] = {}
-    for row in rows:
-        environment = row["environment"]
-        environment = environment.value if isinstance(environment, Environment) else environment
-        dimensions = row["dimensions"] or {}
-        items = tuple(dimensions.items())
-        dims_key = keys.get(items)
-        if dims_key is None:
-            dims_key = keys[items] = dimensions_key(dimensions)
-        at = row["occurred_at"]
-        if at.tzinfo is not UTC:
-            at = at.astimezone(UTC)
-        key = (
-            row["tenant_id"],
-            environment,
-            row["meter"],
-            at.replace(minute=0, second=0, microsecond=0),
-            dims_key,
-        )
-        quantity = row["quantity"]
-        group = groups.get(key)
-        if group is None:
-            groups[key] = {
-                "tenant_id": key[0],
-                "environment": key[1],
-                "meter": key[2],
-                "hour": key[3],
-                "dimensions_key": key[4],
-                "dimensions": dimensions,
-                "quantity_sum": quantity,
-                "record_count": 1,
-                "quantity_max": quantity,
-            }
-        else:
-            group["quantity_sum"] += quantity
-            group["record_count"] += 1
-            if quantity > group["quantity_max"]:
-                group["quantity_max"] = quantity
-    return [groups[key] for key in sorted(groups)]
-
-
-@functools.cache
-def _rollup_upsert(dialect: str) -> Any:
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    table: Table = UsageRollup.__table__  # type: ignore[assignment]
-    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-    excluded = statement.excluded
-    greatest = func.greatest if dialect == "postgresql" else func.max
-    return statement.on_conflict_do_update(
-        index_elements=list(table.primary_key.columns),
-        set_={
-            "quantity_sum": table.c.quantity_sum + excluded.quantity_sum,
-            "record_count": table.c.record_count + excluded.record_count,
-            "quantity_max": greatest(table.c.quantity_max, excluded.quantity_max),
-        },
-    )
 
 
 async def record_usage_once(

@@ -84,7 +84,7 @@ from coregraph.models.base import Environment, UTCDateTime, utcnow
 from coregraph.models.webhooks import DeliveryStatus
 from coregraph.outbound import OutboundClient, OutboundResult
 from coregraph.request import RequestMeta
-from coregraph.services import quotas, usage
+from coregraph.services import quotas, usage, usage_store
 from coregraph.services.uow import UnitOfWork
 from coregraph.services.webhooks import SecretBox, attempt_message, signing_secrets
 from coregraph.settings import Settings
@@ -547,7 +547,7 @@ class WebhookWorker:
                 )
                 delivered = _delivered([o for o, status, _ in plans if status is _SUCCEEDED])
                 if delivered:
-                    await usage.insert_usage(conn, delivered)
+                    await usage_store.insert_usage(conn, delivered)
             failing = await self._count_failures(conn, [outcome for outcome, _, _ in plans])
         for _, status, next_attempt_at in plans:
             webhook_delivery("retrying" if status is DeliveryStatus.PENDING else status.value)

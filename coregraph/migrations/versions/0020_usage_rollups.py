@@ -1,5 +1,5 @@
 """Hourly usage rollups: each meter's records added up per tenant, environment, UTC hour and
-dimension set, kept in step with the records from now on (``services.usage.insert_usage``) and
+dimension set, kept in step with the records from now on (``services.usage_store.insert_usage``) and
 filled here from the records already written. The worker, which records the usage it feeds,
 adds to them too.
 
@@ -38,7 +38,7 @@ def _worker_role() -> str:
 
 
 def _dimensions_key(dimensions: Any) -> str:
-    # As services.usage.dimensions_key writes it (orjson, sorted keys): no spaces, UTF-8.
+    # As services.usage_store.dimensions_key writes it (orjson, sorted keys): no spaces, UTF-8.
     if isinstance(dimensions, str):
         dimensions = json.loads(dimensions)
     return json.dumps(dimensions or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

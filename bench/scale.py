@@ -46,7 +46,7 @@ import websockets
 
 from bench import load, seed
 from bench.__main__ import GRAPHQL_HEADERS, MEMBERS_QUERY, machine, migrate_database
-from bench.ingest import DEFAULT_ADMIN_DSN, bench_database, reachable
+from bench.ingest import DEFAULT_ADMIN_DSN, bench_database, postgres_cpu_seconds, reachable
 from bench.servers import Server, bench_env, bench_settings, stop, uvicorn_server
 
 PROCESSES = (1, 2, 4)
@@ -197,10 +197,55 @@ class LagRun:
     sent: int
     seconds: float
     lags_ms: list[float]
+    # CPU seconds each stage spent from the first emit to the last arrival (or the cut-off).
+    cpu_seconds: dict[str, float | None]
+    # Why the subscription ended early (SUBSCRIBER_TOO_SLOW...), None when every event arrived.
+    ended: str | None = None
 
     def percentile(self, p: float) -> float:
         ordered = sorted(self.lags_ms)
         return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+class Stages:
+    """CPU used by each process on the lag path, from /proc: the API (emit and subscription),
+    the worker (relay), the PostgreSQL backends of the bench's database, the machine's Redis
+    (shared with whatever else uses it) and this client."""
+
+    def __init__(self, api_pid: int, worker_pid: int, database: str) -> None:
+        self.api_pid, self.worker_pid, self.database = api_pid, worker_pid, database
+
+    def now(self) -> dict[str, float | None]:
+        return {
+            "api": load.process_cpu_seconds(self.api_pid),
+            "worker": load.process_cpu_seconds(self.worker_pid),
+            "postgres": postgres_cpu_seconds(self.database),
+            "redis": _redis_cpu_seconds(),
+            "client": time.process_time(),
+        }
+
+    @staticmethod
+    def spent(
+        before: dict[str, float | None], after: dict[str, float | None]
+    ) -> dict[str, float | None]:
+        return {
+            name: None if (b := before[name]) is None or (a := after[name]) is None else a - b
+            for name in before
+        }
+
+
+def _redis_cpu_seconds() -> float | None:
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if not fh.read().startswith(b"redis-server"):
+                    continue
+        except OSError:
+            continue
+        return load.process_cpu_seconds(int(pid))
+    return None
 
 
 async def lag(args: argparse.Namespace, env: dict[str, str], tmp: str) -> None:
@@ -212,18 +257,39 @@ async def lag(args: argparse.Namespace, env: dict[str, str], tmp: str) -> None:
     }
     with (
         coregraph_server("api-lag", api_env, tmp) as api,
-        worker_process({**env, "COREGRAPH_RELAY_POLL_SECONDS": "0.5"}, tmp),
+        worker_process({**env, "COREGRAPH_RELAY_POLL_SECONDS": "0.5"}, tmp) as worker,
     ):
         url = api.base_url + "/graphql"
         tenant = await seed.load_tenant(bench_settings(env), url, members=1)
+        stages = Stages(
+            api.process.pid, worker.pid, env["COREGRAPH_DATABASE_URL"].rsplit("/", 1)[1]
+        )
         async with httpx.AsyncClient(timeout=60) as http:
             await register(http, url, tenant)
-            result = await measure_lag(args, http, api, tenant)
+            result = await measure_lag(args, http, api, tenant, stages)
+    arrived = len(result.lags_ms)
     print(
         f"sent {result.sent} events in {result.seconds:.1f} s ({result.sent / result.seconds:.0f}"
-        f"/s achieved, {args.rate}/s asked); lag from commit to subscriber: p50 "
-        f"{result.percentile(50):.1f} ms, p99 {result.percentile(99):.1f} ms, max "
+        f"/s achieved, {args.rate}/s asked); {arrived} arrived; lag from commit to subscriber:"
+        f" p50 {result.percentile(50):.1f} ms, p99 {result.percentile(99):.1f} ms, max "
         f"{max(result.lags_ms):.1f} ms"
+        if arrived
+        else f"sent {result.sent} events in {result.seconds:.1f} s, none arrived"
+    )
+    if result.ended is not None:
+        print(f"THE SUBSCRIPTION ENDED after {arrived} of {result.sent} events: {result.ended}")
+    counted = max(arrived, 1)
+    print(
+        "CPU per event arrived (ms), by stage: "
+        + ", ".join(
+            f"{name} {'n/a' if cpu is None else f'{cpu * 1000 / counted:.2f}'}"
+            for name, cpu in result.cpu_seconds.items()
+        )
+        + "; of the run's wall time: "
+        + ", ".join(
+            f"{name} {'n/a' if cpu is None else f'{cpu / result.seconds:.0%}'}"
+            for name, cpu in result.cpu_seconds.items()
+        )
     )
 
 
@@ -267,7 +333,11 @@ async def subscribed(api: Server, tenant: seed.Tenant) -> AsyncIterator[Any]:
 
 
 async def measure_lag(
-    args: argparse.Namespace, http: httpx.AsyncClient, api: Server, tenant: seed.Tenant
+    args: argparse.Namespace,
+    http: httpx.AsyncClient,
+    api: Server,
+    tenant: seed.Tenant,
+    stages: Stages,
 ) -> LagRun:
     url = api.base_url + "/graphql"
     headers = {**GRAPHQL_HEADERS, **tenant.headers()}
@@ -292,6 +362,9 @@ async def measure_lag(
         for i in range(per_batch):
             committed[first + i] = answered
 
+    class Ended(Exception):
+        pass
+
     async with subscribed(api, tenant) as ws:
 
         async def read() -> None:
@@ -300,15 +373,16 @@ async def measure_lag(
                 if message.get("type") == "next":
                     payload = message["payload"]
                     if payload.get("errors") or not (payload.get("data") or {}).get("events"):
-                        raise RuntimeError(f"the subscription failed: {payload}")
+                        raise Ended(orjson.dumps(payload.get("errors") or payload).decode())
                     arrived[int(payload["data"]["events"]["node"]["data"]["n"])] = (
                         time.perf_counter()
                     )
                 elif message.get("type") in ("error", "complete"):
-                    raise RuntimeError(f"the subscription ended: {message}")
+                    raise Ended(orjson.dumps(message).decode())
 
         reader = asyncio.create_task(read())
         await asyncio.sleep(0.5)  # the subscription is in place before the first event
+        before = stages.now()
         started = time.perf_counter()
         tasks = []
         for batch in range(batches):
@@ -317,14 +391,21 @@ async def measure_lag(
         await asyncio.gather(*tasks)
         seconds = time.perf_counter() - started
         total = batches * per_batch
+        ended = None
         async with asyncio.timeout(120):
             while len(arrived) < total:
                 if reader.done():
-                    reader.result()
+                    break
                 await asyncio.sleep(0.05)
+        after = stages.now()
+        if reader.done():
+            try:
+                reader.result()
+            except Ended as exc:
+                ended = str(exc)[:300]
         reader.cancel()
-    lags = [(arrived[n] - committed[n]) * 1000 for n in range(total)]
-    return LagRun(total, seconds, lags)
+    lags = [(arrived[n] - committed[n]) * 1000 for n in range(total) if n in arrived]
+    return LagRun(total, seconds, lags, Stages.spent(before, after), ended)
 
 
 @contextlib.asynccontextmanager

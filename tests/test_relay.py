@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,8 +26,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coregraph import db
+from coregraph.auth.principal import Principal, PrincipalKind
 from coregraph.models.base import Environment
 from coregraph.streams.broker import (
+    TAKEN_BEFORE_A_TURN,
     Broker,
     InProcessBroker,
     SubscriberTooSlow,
@@ -34,6 +38,7 @@ from coregraph.streams.broker import (
     events_topic,
 )
 from coregraph.streams.relay import Relay, running
+from coregraph.streams.subscription import LiveFeed, live_only
 from tests.conftest import make_settings
 from tests.streams_support import (
     REDIS_URL,
@@ -273,6 +278,69 @@ async def test_a_slow_subscriber_is_cut_off_while_the_others_keep_receiving(
         with pytest.raises(SubscriberTooSlow):
             await asyncio.wait_for(anext(aiter(slow)), WAIT)
         assert broker.subscriber_count(topic) == 2
+
+
+async def test_a_subscriber_drains_a_published_batch_without_a_loop_turn_per_message(
+    broker: Broker,
+) -> None:
+    """The relay publishes whole batches; a subscription on a process that also serves
+    requests (each turn of its event loop then takes milliseconds) must take what is queued
+    at once, not one message a turn, or it falls behind and is cut off. It still lets the loop
+    turn now and then, so a long backlog does not hold the rest of the process."""
+    tenant_id = unique("ten_")
+    topic = events_topic(tenant_id, Environment.LIVE)
+    principal = Principal(
+        PrincipalKind.API_KEY, tenant_id=tenant_id, tenant_scopes={tenant_id: frozenset({"x"})}
+    )
+
+    async def nothing_to_release() -> None:
+        return None
+
+    ctx: Any = SimpleNamespace(
+        runtime=SimpleNamespace(broker=broker),
+        settings=SimpleNamespace(subscription_idle_recheck_seconds=30.0),
+        principal=principal,
+        reset_reads=nothing_to_release,
+    )
+    feed = LiveFeed(topic, lambda m: True, lambda m: m["sequence"], tenant_id, "x", "test")
+    items = live_only(ctx, feed)
+    # The first item puts the subscription in place (live_only subscribes when first read).
+    first = asyncio.create_task(anext(items))
+    deadline = time.monotonic() + WAIT
+    while not broker.subscriber_count(topic):
+        assert time.monotonic() < deadline, "the feed did not subscribe"
+        await asyncio.sleep(0.01)
+    batch = 500
+    async with broker.subscribe(topic) as beside:
+        await broker.publish_many([(topic, {"sequence": n}) for n in range(1, batch + 1)])
+        assert await asyncio.wait_for(first, WAIT) == 1
+        # Every message has reached this process (over Redis they come in pieces): the
+        # subscriber beside hears them right after the feed's.
+        while beside.pending < batch:
+            assert time.monotonic() < deadline, f"{beside.pending} of {batch} messages arrived"
+            await asyncio.sleep(0.01)
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def take(items: AsyncIterator[int], count: int) -> list[int]:
+        return [await anext(items) for _ in range(count)]
+
+    counter = asyncio.create_task(count_turns())
+    await asyncio.sleep(0)
+    try:
+        received = await asyncio.wait_for(take(items, batch - 1), WAIT)
+    finally:
+        counter.cancel()
+        await items.aclose()
+    assert received == list(range(2, batch + 1))
+    # 499 queued messages: a turn every TAKEN_BEFORE_A_TURN (64) of them; it was at least one
+    # a message (a task per asyncio.wait_for).
+    assert batch // TAKEN_BEFORE_A_TURN - 1 <= turns <= batch // TAKEN_BEFORE_A_TURN + 6
 
 
 @pytest.mark.skipif(REDIS_URL is None, reason="the worker process reaches subscribers via Redis")

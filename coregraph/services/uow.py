@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from coregraph import db, ids, telemetry
 from coregraph.auth.principal import Principal, PrincipalKind
 from coregraph.errors import CoregraphError
-from coregraph.models import AuditEntry, Event, StreamHead
+from coregraph.models import AuditEntry, Event, StreamHead, UsageRecord
 from coregraph.models.base import Environment, utcnow
 from coregraph.request import RequestMeta
 from coregraph.services.audit import entry_hash
@@ -149,6 +149,32 @@ _APPEND_EVENTS = text(
     + ", ".join(f"CAST(:{name} AS {kind})" for name, kind in _FUSED_COLUMNS.items())
     + ")"
 )
+# _APPEND_EVENTS and the usage records of the same unit of work, in one statement: the insert
+# reads the function's result, so it runs after the function has scoped the transaction (for
+# row-level security) and appended the events, and the statement's autocommit covers both.
+_USAGE_COLUMNS = {
+    "id": "text[]",
+    "tenant_id": "text[]",
+    "environment": "text[]",
+    "meter": "text[]",
+    "quantity": "numeric[]",
+    "occurred_at": "timestamptz[]",
+    "dimensions": "text[]",
+    "idempotency_key": "text[]",
+    "recorded_at": "timestamptz[]",
+}
+_APPEND_EVENTS_AND_USAGE = text(
+    "WITH appended AS MATERIALIZED (" + _APPEND_EVENTS.text + " AS base), metered AS ("
+    f" INSERT INTO usage_records ({', '.join(_USAGE_COLUMNS)})"
+    " SELECT "
+    + ", ".join(
+        "u.dimensions::jsonb" if name == "dimensions" else f"u.{name}" for name in _USAGE_COLUMNS
+    )
+    + " FROM appended, unnest("
+    + ", ".join(f"CAST(:usage_{name} AS {kind})" for name, kind in _USAGE_COLUMNS.items())
+    + f") AS u({', '.join(_USAGE_COLUMNS)}) RETURNING 1"
+    ") SELECT base FROM appended"
+)
 _SCOPE = "coregraph_scope"
 
 
@@ -171,6 +197,19 @@ def _json_text(data: Any) -> str:
         return json.dumps(data)
 
 
+def _usage_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = {f"usage_{name}": [] for name in _USAGE_COLUMNS}
+    for row in rows:
+        for name in _USAGE_COLUMNS:
+            value = row[name]
+            if name == "environment":
+                value = str(value)
+            elif name == "dimensions":
+                value = _json_text(value)
+            columns[f"usage_{name}"].append(value)
+    return columns
+
+
 class UnitOfWork:
     """``async with UnitOfWork(...) as uow:`` — commit on success, roll back on any exception."""
 
@@ -183,6 +222,8 @@ class UnitOfWork:
         )
         self.audit_entries: list[AuditEntry] = []
         self.events: list[StatedEvent] = []
+        # Usage records written with the commit (record_usage).
+        self.usage: list[dict[str, Any]] = []
         self._after_commit: list[AfterCommit] = []
         self._keep_on_failure = False
         # Set by a change that makes webhook deliveries due now (a retry, a replay, a test
@@ -286,9 +327,15 @@ class UnitOfWork:
         self.events.append(event)
         return event
 
+    def record_usage(self, rows: list[dict[str, Any]]) -> None:
+        """Usage records (``services.usage.usage_row``) written with this unit of work's commit,
+        for a built-in meter whose count needs no read before it: on PostgreSQL an events-only
+        unit of work then still commits in one statement (``_append_events``)."""
+        self.usage.extend(rows)
+
     async def _append_to_streams(self) -> None:
         """Give this transaction's audit entries their chain positions and hashes, and its
-        events their sequence numbers, then write them.
+        events their sequence numbers, then write them, with the usage recorded for the commit.
 
         Runs last, just before the commit: each chain's head row is locked by the update that
         advances it (a row lock on PostgreSQL, the write lock on SQLite) until the commit, so
@@ -296,9 +343,12 @@ class UnitOfWork:
         that commits late. Chains are taken in sorted order, so two units of work never wait
         on each other in a cycle.
         """
-        if not self.audit_entries and not self.events:
-            return
         if await self._append_events():
+            return
+        if self.usage:
+            # Before the heads below are advanced: they stay locked until the commit.
+            await self.session.execute(insert(UsageRecord), self.usage)
+        if not self.audit_entries and not self.events:
             return
         entries: dict[str, list[AuditEntry]] = {}
         for entry in self.audit_entries:
@@ -362,9 +412,13 @@ class UnitOfWork:
         ):
             return False
         parameters = {**self.session.info[_SCOPE], **self._event_columns(chain_id, self.events)}
+        statement = _APPEND_EVENTS
+        if self.usage:
+            statement = _APPEND_EVENTS_AND_USAGE
+            parameters.update(_usage_columns(self.usage))
         async with self.engine.connect() as conn:
             autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            base = (await autocommit.execute(_APPEND_EVENTS, parameters)).scalar_one()
+            base = (await autocommit.execute(statement, parameters)).scalar_one()
         for number, stated in enumerate(self.events, start=int(base) + 1):
             stated.sequence = number
         return True

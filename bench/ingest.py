@@ -119,7 +119,7 @@ class Result:
         return self.events / self.seconds
 
 
-def _postgres_cpu_seconds(database: str) -> float | None:
+def postgres_cpu_seconds(database: str) -> float | None:
     """CPU used so far by the PostgreSQL backends serving ``database`` (their command line
     names it), from /proc: what the database spent on this bench, not on whatever else the
     machine's PostgreSQL serves meanwhile. Shared work (the WAL writer, checkpoints) is left
@@ -164,7 +164,7 @@ async def measure(
             events += written
 
     server_before = load.process_cpu_seconds(server_pid) if server_pid else None
-    database_before = _postgres_cpu_seconds(database)
+    database_before = postgres_cpu_seconds(database)
     started = time.perf_counter()
     async with asyncio.timeout(seconds + 120):
         async with asyncio.TaskGroup() as group:
@@ -172,7 +172,7 @@ async def measure(
                 group.create_task(worker())
     elapsed = time.perf_counter() - started
     server_after = load.process_cpu_seconds(server_pid) if server_pid else None
-    database_after = _postgres_cpu_seconds(database)
+    database_after = postgres_cpu_seconds(database)
     server = (
         server_after - server_before
         if server_before is not None and server_after is not None

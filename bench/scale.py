@@ -15,7 +15,11 @@
    sending ``emitEvents`` batches at ``--rate`` events a second for ``--lag-seconds`` (a batch
    every 10 ms, at most 64 requests in flight). The lag of an event is the time from the answer
    to the mutation that committed it to its arrival at the subscriber: p50, p99 and max, and
-   the rate the emitter achieved;
+   the rate the emitter achieved. The commit lies between the request's sending and its
+   answer, so the same from the sending is printed too: the true lag is between the two (an
+   event can reach the subscriber before its answer is read, a negative lag from the answer).
+   CPU per event by stage (API, worker, the bench database's PostgreSQL backends, Redis, this
+   client), from /proc;
 4. **observability overhead**: the dashboard query against two single-process servers, one
    with tracing (OpenTelemetry over OTLP to a local sink started here) and metrics on, one with
    neither, alternating rounds in the same run; the issue's target is under 5 %.
@@ -46,7 +50,7 @@ import websockets
 
 from bench import load, seed
 from bench.__main__ import GRAPHQL_HEADERS, MEMBERS_QUERY, machine, migrate_database
-from bench.ingest import DEFAULT_ADMIN_DSN, bench_database, reachable
+from bench.ingest import DEFAULT_ADMIN_DSN, bench_database, postgres_cpu_seconds, reachable
 from bench.servers import Server, bench_env, bench_settings, stop, uvicorn_server
 
 PROCESSES = (1, 2, 4)
@@ -197,10 +201,57 @@ class LagRun:
     sent: int
     seconds: float
     lags_ms: list[float]
+    # The same from when the emitter sent the request (the commit lies between the two).
+    lags_from_sent_ms: list[float]
+    # CPU seconds each stage spent from the first emit to the last arrival (or the cut-off).
+    cpu_seconds: dict[str, float | None]
+    # Why the subscription ended early (SUBSCRIBER_TOO_SLOW...), None when every event arrived.
+    ended: str | None = None
 
-    def percentile(self, p: float) -> float:
-        ordered = sorted(self.lags_ms)
+    def percentile(self, p: float, *, from_sent: bool = False) -> float:
+        ordered = sorted(self.lags_from_sent_ms if from_sent else self.lags_ms)
         return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+class Stages:
+    """CPU used by each process on the lag path, from /proc: the API (emit and subscription),
+    the worker (relay), the PostgreSQL backends of the bench's database, the machine's Redis
+    (shared with whatever else uses it) and this client."""
+
+    def __init__(self, api_pid: int, worker_pid: int, database: str) -> None:
+        self.api_pid, self.worker_pid, self.database = api_pid, worker_pid, database
+
+    def now(self) -> dict[str, float | None]:
+        return {
+            "api": load.process_cpu_seconds(self.api_pid),
+            "worker": load.process_cpu_seconds(self.worker_pid),
+            "postgres": postgres_cpu_seconds(self.database),
+            "redis": _redis_cpu_seconds(),
+            "client": time.process_time(),
+        }
+
+    @staticmethod
+    def spent(
+        before: dict[str, float | None], after: dict[str, float | None]
+    ) -> dict[str, float | None]:
+        return {
+            name: None if (b := before[name]) is None or (a := after[name]) is None else a - b
+            for name in before
+        }
+
+
+def _redis_cpu_seconds() -> float | None:
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if not fh.read().startswith(b"redis-server"):
+                    continue
+        except OSError:
+            continue
+        return load.process_cpu_seconds(int(pid))
+    return None
 
 
 async def lag(args: argparse.Namespace, env: dict[str, str], tmp: str) -> None:
@@ -212,18 +263,41 @@ async def lag(args: argparse.Namespace, env: dict[str, str], tmp: str) -> None:
     }
     with (
         coregraph_server("api-lag", api_env, tmp) as api,
-        worker_process({**env, "COREGRAPH_RELAY_POLL_SECONDS": "0.5"}, tmp),
+        worker_process({**env, "COREGRAPH_RELAY_POLL_SECONDS": "0.5"}, tmp) as worker,
     ):
         url = api.base_url + "/graphql"
         tenant = await seed.load_tenant(bench_settings(env), url, members=1)
+        stages = Stages(
+            api.process.pid, worker.pid, env["COREGRAPH_DATABASE_URL"].rsplit("/", 1)[1]
+        )
         async with httpx.AsyncClient(timeout=60) as http:
             await register(http, url, tenant)
-            result = await measure_lag(args, http, api, tenant)
+            result = await measure_lag(args, http, api, tenant, stages)
+    arrived = len(result.lags_ms)
     print(
         f"sent {result.sent} events in {result.seconds:.1f} s ({result.sent / result.seconds:.0f}"
-        f"/s achieved, {args.rate}/s asked); lag from commit to subscriber: p50 "
-        f"{result.percentile(50):.1f} ms, p99 {result.percentile(99):.1f} ms, max "
-        f"{max(result.lags_ms):.1f} ms"
+        f"/s achieved, {args.rate}/s asked); {arrived} arrived; lag from commit to subscriber:"
+        f" p50 {result.percentile(50):.1f} ms, p99 {result.percentile(99):.1f} ms, max "
+        f"{max(result.lags_ms):.1f} ms (from the request's sending: p50 "
+        f"{result.percentile(50, from_sent=True):.1f} ms, p99 "
+        f"{result.percentile(99, from_sent=True):.1f} ms)"
+        if arrived
+        else f"sent {result.sent} events in {result.seconds:.1f} s, none arrived"
+    )
+    if result.ended is not None:
+        print(f"THE SUBSCRIPTION ENDED after {arrived} of {result.sent} events: {result.ended}")
+    counted = max(arrived, 1)
+    print(
+        "CPU per event arrived (ms), by stage: "
+        + ", ".join(
+            f"{name} {'n/a' if cpu is None else f'{cpu * 1000 / counted:.2f}'}"
+            for name, cpu in result.cpu_seconds.items()
+        )
+        + "; of the run's wall time: "
+        + ", ".join(
+            f"{name} {'n/a' if cpu is None else f'{cpu / result.seconds:.0%}'}"
+            for name, cpu in result.cpu_seconds.items()
+        )
     )
 
 
@@ -267,13 +341,18 @@ async def subscribed(api: Server, tenant: seed.Tenant) -> AsyncIterator[Any]:
 
 
 async def measure_lag(
-    args: argparse.Namespace, http: httpx.AsyncClient, api: Server, tenant: seed.Tenant
+    args: argparse.Namespace,
+    http: httpx.AsyncClient,
+    api: Server,
+    tenant: seed.Tenant,
+    stages: Stages,
 ) -> LagRun:
     url = api.base_url + "/graphql"
     headers = {**GRAPHQL_HEADERS, **tenant.headers()}
     per_batch = max(1, args.rate // 100)
     batches = int(args.lag_seconds * 100)
     committed: dict[int, float] = {}
+    sent: dict[int, float] = {}
     arrived: dict[int, float] = {}
     in_flight = asyncio.Semaphore(64)
 
@@ -281,6 +360,7 @@ async def measure_lag(
         first = batch * per_batch
         inputs = [{"type": LAG_EVENT, "data": {"n": first + i}} for i in range(per_batch)]
         async with in_flight:
+            sending = time.perf_counter()
             response = await http.post(
                 url,
                 content=orjson.dumps({"query": EMIT_MANY, "variables": {"inputs": inputs}}),
@@ -291,6 +371,10 @@ async def measure_lag(
             raise RuntimeError(f"emitEvents: {response.text[:300]}")
         for i in range(per_batch):
             committed[first + i] = answered
+            sent[first + i] = sending
+
+    class Ended(Exception):
+        pass
 
     async with subscribed(api, tenant) as ws:
 
@@ -300,15 +384,16 @@ async def measure_lag(
                 if message.get("type") == "next":
                     payload = message["payload"]
                     if payload.get("errors") or not (payload.get("data") or {}).get("events"):
-                        raise RuntimeError(f"the subscription failed: {payload}")
+                        raise Ended(orjson.dumps(payload.get("errors") or payload).decode())
                     arrived[int(payload["data"]["events"]["node"]["data"]["n"])] = (
                         time.perf_counter()
                     )
                 elif message.get("type") in ("error", "complete"):
-                    raise RuntimeError(f"the subscription ended: {message}")
+                    raise Ended(orjson.dumps(message).decode())
 
         reader = asyncio.create_task(read())
         await asyncio.sleep(0.5)  # the subscription is in place before the first event
+        before = stages.now()
         started = time.perf_counter()
         tasks = []
         for batch in range(batches):
@@ -317,14 +402,22 @@ async def measure_lag(
         await asyncio.gather(*tasks)
         seconds = time.perf_counter() - started
         total = batches * per_batch
+        ended = None
         async with asyncio.timeout(120):
             while len(arrived) < total:
                 if reader.done():
-                    reader.result()
+                    break
                 await asyncio.sleep(0.05)
+        after = stages.now()
+        if reader.done():
+            try:
+                reader.result()
+            except Ended as exc:
+                ended = str(exc)[:300]
         reader.cancel()
-    lags = [(arrived[n] - committed[n]) * 1000 for n in range(total)]
-    return LagRun(total, seconds, lags)
+    lags = [(arrived[n] - committed[n]) * 1000 for n in range(total) if n in arrived]
+    from_sent = [(arrived[n] - sent[n]) * 1000 for n in range(total) if n in arrived]
+    return LagRun(total, seconds, lags, from_sent, Stages.spent(before, after), ended)
 
 
 @contextlib.asynccontextmanager

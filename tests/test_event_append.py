@@ -4,19 +4,21 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import Select, select
+from sqlalchemy import Select, event, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coregraph import db, ids
 from coregraph.auth.principal import ANONYMOUS, Principal, PrincipalKind
-from coregraph.models import Event, EventType
+from coregraph.models import Event, EventType, UsageRecord, UsageRollup
 from coregraph.request import RequestMeta
 from coregraph.services import identity, tenancy
 from coregraph.services.uow import UnitOfWork
+from coregraph.services.usage import usage_row
 from tests.streams_support import engine_for
 from tests.support import PASSWORD, Server, unique
 
@@ -124,3 +126,65 @@ async def test_a_refused_append_writes_nothing_and_leaves_the_stream_where_it_wa
         ("d.first", 2),
         ("d.fourth", 3),
     ]
+
+
+async def _usage(server: Server, tenant_id: str) -> list[tuple[Any, ...]]:
+    return await _as_owner(
+        server,
+        select(UsageRecord.meter, UsageRecord.quantity, UsageRecord.dimensions)
+        .where(UsageRecord.tenant_id == tenant_id, UsageRecord.meter == "events.emitted")
+        .order_by(UsageRecord.recorded_at),
+    )
+
+
+async def _rollups(server: Server, tenant_id: str) -> list[tuple[Any, ...]]:
+    rollup = UsageRollup
+    return await _as_owner(
+        server,
+        select(rollup.meter, rollup.quantity_sum, rollup.record_count).where(
+            rollup.tenant_id == tenant_id, rollup.meter == "events.emitted"
+        ),
+    )
+
+
+async def test_usage_recorded_with_the_commit_is_written_with_the_events_in_one_statement(
+    engine: AsyncEngine, server: Server
+) -> None:
+    """What emitEvents does: its usage record rides with the events, so on PostgreSQL the
+    commit stays the one autocommitted statement (the tenant's head row is not held across a
+    round trip to the client), and on either backend both are written or neither."""
+    principal, tenant_id = await _owner_and_tenant(engine, server)
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        async with UnitOfWork(engine, principal, META) as uow:
+            uow.emit("e.one", tenant_id=tenant_id)
+            uow.emit("e.two", tenant_id=tenant_id)
+            uow.record_usage(
+                [usage_row(tenant_id, principal.environment, "events.emitted", Decimal(2))]
+            )
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+    if engine.dialect.name == "postgresql":
+        assert len(statements) == 1 and "append_events" in statements[0], statements
+    assert [(type, sequence) for type, sequence, _data in await _stored(server, tenant_id)][
+        -2:
+    ] == [("e.one", 2), ("e.two", 3)]
+    assert await _usage(server, tenant_id) == [("events.emitted", Decimal(2), {})]
+    # Its hour's rollup too, in the same statement (the usage query reads rollups).
+    assert await _rollups(server, tenant_id) == [("events.emitted", Decimal(2), 1)]
+    # Refused (a used idempotency key): neither the events nor the usage record.
+    with pytest.raises(IntegrityError):
+        async with UnitOfWork(engine, principal, META) as uow:
+            uow.emit("e.three", tenant_id=tenant_id, idempotency_key="k")
+            uow.emit("e.four", tenant_id=tenant_id, idempotency_key="k")
+            uow.record_usage(
+                [usage_row(tenant_id, principal.environment, "events.emitted", Decimal(2))]
+            )
+    assert len(await _stored(server, tenant_id)) == 3
+    assert len(await _usage(server, tenant_id)) == 1
+    assert await _rollups(server, tenant_id) == [("events.emitted", Decimal(2), 1)]

@@ -12,20 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coregraph import db
+from coregraph.auth.principal import Principal, PrincipalKind
 from coregraph.models.base import Environment
 from coregraph.streams.broker import (
+    TAKEN_BEFORE_A_TURN,
     Broker,
     InProcessBroker,
     SubscriberTooSlow,
@@ -34,6 +38,7 @@ from coregraph.streams.broker import (
     events_topic,
 )
 from coregraph.streams.relay import Relay, running
+from coregraph.streams.subscription import LiveFeed, live_only
 from tests.conftest import make_settings
 from tests.streams_support import (
     REDIS_URL,
@@ -241,6 +246,32 @@ async def test_events_reach_their_tenant_and_environment_topic_in_sequence_order
     assert first["id"].startswith("evt_") and first["occurredAt"].endswith("Z")
 
 
+async def test_a_pass_over_new_events_reads_only_what_is_behind(
+    api: Server, client_for_api: GraphQLClient, app_engine: AsyncEngine, worker_engine: AsyncEngine
+) -> None:
+    """At a pass per commit, the relay's round trips are most of its cost: a tenant whose audit
+    trail is caught up and which has no webhook endpoint costs the heads, the claim, the
+    events and the new position, nothing more (it read the audit trail and the endpoints
+    too, every pass)."""
+    owner = await client_for_api.sign_up()
+    tenant_id = await client_for_api.create_tenant(owner)
+    relay = Relay(worker_engine, InProcessBroker())
+    while await relay.publish_pending():
+        pass  # whatever creating the tenant left to publish
+    await emit(app_engine, tenant_id, 5, per_commit=5)
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement.split(None, 1)[0].upper())
+
+    event.listen(worker_engine.sync_engine, "before_cursor_execute", count)
+    try:
+        assert await relay.publish_pending() == 5
+    finally:
+        event.remove(worker_engine.sync_engine, "before_cursor_execute", count)
+    assert statements == ["SELECT", "SELECT", "SELECT", "UPDATE"]
+
+
 @pytest.fixture(scope="module")
 def client_for_api(api: Server, http: Any) -> GraphQLClient:
     return GraphQLClient(http, api.url)
@@ -273,6 +304,69 @@ async def test_a_slow_subscriber_is_cut_off_while_the_others_keep_receiving(
         with pytest.raises(SubscriberTooSlow):
             await asyncio.wait_for(anext(aiter(slow)), WAIT)
         assert broker.subscriber_count(topic) == 2
+
+
+async def test_a_subscriber_drains_a_published_batch_without_a_loop_turn_per_message(
+    broker: Broker,
+) -> None:
+    """The relay publishes whole batches; a subscription on a process that also serves
+    requests (each turn of its event loop then takes milliseconds) must take what is queued
+    at once, not one message a turn, or it falls behind and is cut off. It still lets the loop
+    turn now and then, so a long backlog does not hold the rest of the process."""
+    tenant_id = unique("ten_")
+    topic = events_topic(tenant_id, Environment.LIVE)
+    principal = Principal(
+        PrincipalKind.API_KEY, tenant_id=tenant_id, tenant_scopes={tenant_id: frozenset({"x"})}
+    )
+
+    async def nothing_to_release() -> None:
+        return None
+
+    ctx: Any = SimpleNamespace(
+        runtime=SimpleNamespace(broker=broker),
+        settings=SimpleNamespace(subscription_idle_recheck_seconds=30.0),
+        principal=principal,
+        reset_reads=nothing_to_release,
+    )
+    feed = LiveFeed(topic, lambda m: True, lambda m: m["sequence"], tenant_id, "x", "test")
+    items = live_only(ctx, feed)
+    # The first item puts the subscription in place (live_only subscribes when first read).
+    first = asyncio.create_task(anext(items))
+    deadline = time.monotonic() + WAIT
+    while not broker.subscriber_count(topic):
+        assert time.monotonic() < deadline, "the feed did not subscribe"
+        await asyncio.sleep(0.01)
+    batch = 500
+    async with broker.subscribe(topic) as beside:
+        await broker.publish_many([(topic, {"sequence": n}) for n in range(1, batch + 1)])
+        assert await asyncio.wait_for(first, WAIT) == 1
+        # Every message has reached this process (over Redis they come in pieces): the
+        # subscriber beside hears them right after the feed's.
+        while beside.pending < batch:
+            assert time.monotonic() < deadline, f"{beside.pending} of {batch} messages arrived"
+            await asyncio.sleep(0.01)
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def take(items: AsyncIterator[int], count: int) -> list[int]:
+        return [await anext(items) for _ in range(count)]
+
+    counter = asyncio.create_task(count_turns())
+    await asyncio.sleep(0)
+    try:
+        received = await asyncio.wait_for(take(items, batch - 1), WAIT)
+    finally:
+        counter.cancel()
+        await items.aclose()
+    assert received == list(range(2, batch + 1))
+    # 499 queued messages: a turn every TAKEN_BEFORE_A_TURN (64) of them; it was at least one
+    # a message (a task per asyncio.wait_for).
+    assert batch // TAKEN_BEFORE_A_TURN - 1 <= turns <= batch // TAKEN_BEFORE_A_TURN + 6
 
 
 @pytest.mark.skipif(REDIS_URL is None, reason="the worker process reaches subscribers via Redis")

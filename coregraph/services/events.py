@@ -718,14 +718,19 @@ async def emit_events(
     stated = sum(not item.replayed for item in emitted)
     if stated:
         # One record per call (not per event), no event of its own: the events are the news.
-        await usage_store.insert_usage(
-            uow.session,
-            [usage.usage_row(tenant_id, uow.principal.environment, EVENTS_METER, Decimal(stated))],
-        )
+        record = [
+            usage.usage_row(tenant_id, uow.principal.environment, EVENTS_METER, Decimal(stated))
+        ]
         if EVENTS_METER in await quotas.limited_meters(uow.session, tenant_id, default_plan):
+            # The thresholds are checked against the period's sum, this record included.
+            await usage_store.insert_usage(uow.session, record)
             await quotas.after_change(
                 uow, tenant_id, uow.principal.environment, EVENTS_METER, default_plan=default_plan
             )
+        else:
+            # Written with the commit: on PostgreSQL in the one statement that appends the
+            # events, so the tenant's head row is not held across a round trip (uow).
+            uow.record_usage(record)
     return emitted
 
 

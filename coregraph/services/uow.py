@@ -34,6 +34,7 @@ from coregraph.errors import CoregraphError, Forbidden
 from coregraph.models import AuditEntry, Event, StreamHead
 from coregraph.models.base import Environment, utcnow
 from coregraph.request import RequestMeta
+from coregraph.services import usage_store
 from coregraph.services.audit import entry_hash
 
 log = logging.getLogger("coregraph.uow")
@@ -154,6 +155,59 @@ _APPEND_EVENTS = text(
     + ", ".join(f"CAST(:{name} AS {kind})" for name, kind in _APPENDED_COLUMNS.items())
     + ")"
 )
+# _APPEND_EVENTS and the usage records of the same unit of work, with their hourly rollups
+# (services.usage_store), in one statement: the inserts read the function's result, so they
+# run after the function has scoped the transaction (for row-level security) and appended the
+# events, and the statement's autocommit covers all three.
+_USAGE_COLUMNS = {
+    "id": "text[]",
+    "tenant_id": "text[]",
+    "environment": "text[]",
+    "meter": "text[]",
+    "quantity": "numeric[]",
+    "occurred_at": "timestamptz[]",
+    "dimensions": "text[]",
+    "idempotency_key": "text[]",
+    "recorded_at": "timestamptz[]",
+}
+_ROLLUP_COLUMNS = {
+    "tenant_id": "text[]",
+    "environment": "text[]",
+    "meter": "text[]",
+    "hour": "timestamptz[]",
+    "dimensions_key": "text[]",
+    "dimensions": "text[]",
+    "quantity_sum": "numeric[]",
+    "record_count": "bigint[]",
+    "quantity_max": "numeric[]",
+}
+
+
+def _unnest_insert(table: str, columns: dict[str, str], prefix: str) -> str:
+    return (
+        f" INSERT INTO {table} ({', '.join(columns)}) SELECT "
+        + ", ".join(
+            f"{prefix}.{n}::jsonb" if n == "dimensions" else f"{prefix}.{n}" for n in columns
+        )
+        + " FROM appended, unnest("
+        + ", ".join(f"CAST(:{prefix}_{name} AS {kind})" for name, kind in columns.items())
+        + f") AS {prefix}({', '.join(columns)})"
+    )
+
+
+_APPEND_EVENTS_AND_USAGE = text(
+    "WITH appended AS MATERIALIZED ("
+    + _APPEND_EVENTS.text
+    + " AS base), metered AS ("
+    + _unnest_insert("usage_records", _USAGE_COLUMNS, "usage")
+    + " RETURNING 1), rolled AS ("
+    + _unnest_insert("usage_rollups", _ROLLUP_COLUMNS, "rollup")
+    + " ON CONFLICT (tenant_id, environment, meter, hour, dimensions_key) DO UPDATE SET"
+    " quantity_sum = usage_rollups.quantity_sum + EXCLUDED.quantity_sum,"
+    " record_count = usage_rollups.record_count + EXCLUDED.record_count,"
+    " quantity_max = GREATEST(usage_rollups.quantity_max, EXCLUDED.quantity_max)"
+    " RETURNING 1) SELECT base FROM appended"
+)
 _SCOPE = "coregraph_scope"
 
 
@@ -176,6 +230,22 @@ def _json_text(data: Any) -> str:
         return json.dumps(data)
 
 
+def _columns(
+    rows: list[dict[str, Any]], names: dict[str, str], prefix: str
+) -> dict[str, list[Any]]:
+    """``rows`` as one array parameter per column (``unnest``), named ``<prefix>_<column>``."""
+    columns: dict[str, list[Any]] = {f"{prefix}_{name}": [] for name in names}
+    for row in rows:
+        for name in names:
+            value = row[name]
+            if name == "environment":
+                value = str(value)
+            elif name == "dimensions":
+                value = _json_text(value)
+            columns[f"{prefix}_{name}"].append(value)
+    return columns
+
+
 class UnitOfWork:
     """``async with UnitOfWork(...) as uow:`` — commit on success, roll back on any exception."""
 
@@ -188,6 +258,8 @@ class UnitOfWork:
         )
         self.audit_entries: list[AuditEntry] = []
         self.events: list[StatedEvent] = []
+        # Usage records written with the commit (record_usage).
+        self.usage: list[dict[str, Any]] = []
         self._after_commit: list[AfterCommit] = []
         self._keep_on_failure = False
         # Set by a change that makes webhook deliveries due now (a retry, a replay, a test
@@ -302,9 +374,15 @@ class UnitOfWork:
         self.events.append(event)
         return event
 
+    def record_usage(self, rows: list[dict[str, Any]]) -> None:
+        """Usage records (``services.usage.usage_row``) written with this unit of work's commit,
+        for a built-in meter whose count needs no read before it: on PostgreSQL an events-only
+        unit of work then still commits in one statement (``_append_events``)."""
+        self.usage.extend(rows)
+
     async def _append_to_streams(self) -> None:
         """Give this transaction's audit entries their chain positions and hashes, and its
-        events their sequence numbers, then write them.
+        events their sequence numbers, then write them, with the usage recorded for the commit.
 
         Runs last, just before the commit: each chain's head row is locked by the update that
         advances it (a row lock on PostgreSQL, the write lock on SQLite) until the commit, so
@@ -312,9 +390,12 @@ class UnitOfWork:
         that commits late. Chains are taken in sorted order, so two units of work never wait
         on each other in a cycle.
         """
-        if not self.audit_entries and not self.events:
-            return
         if await self._append_events():
+            return
+        if self.usage:
+            # Before the heads below are advanced: they stay locked until the commit.
+            await usage_store.insert_usage(self.session, self.usage)
+        if not self.audit_entries and not self.events:
             return
         entries: dict[str, list[AuditEntry]] = {}
         for entry in self.audit_entries:
@@ -380,9 +461,15 @@ class UnitOfWork:
             return False
         parameters = {**self.session.info[_SCOPE], **self._event_columns(chain_id, self.events)}
         del parameters["support_session_id"]
+        statement = _APPEND_EVENTS
+        if self.usage:
+            statement = _APPEND_EVENTS_AND_USAGE
+            parameters.update(_columns(self.usage, _USAGE_COLUMNS, "usage"))
+            rollups = usage_store.rollup_rows(self.usage)
+            parameters.update(_columns(rollups, _ROLLUP_COLUMNS, "rollup"))
         async with self.engine.connect() as conn:
             autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            base = (await autocommit.execute(_APPEND_EVENTS, parameters)).scalar_one()
+            base = (await autocommit.execute(statement, parameters)).scalar_one()
         for number, stated in enumerate(self.events, start=int(base) + 1):
             stated.sequence = number
         return True

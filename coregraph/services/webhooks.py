@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from sqlalchemy import Table, false, func, or_, select, text, true, update
+from sqlalchemy import ColumnElement, Table, exists, false, func, or_, select, text, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -129,6 +129,17 @@ def test_envelope(endpoint_id: str, tenant_id: str, environment: str) -> dict[st
         "actor": None,
         "data": {"endpointId": endpoint_id},
     }
+
+
+def has_endpoints(tenant_id: ColumnElement[str]) -> ColumnElement[bool]:
+    """Whether the tenant has an enabled endpoint, as a column: the relay reads it with a
+    batch of events in the same statement (so the same snapshot: every endpoint that existed
+    when an event of the batch committed is seen) and skips ``schedule`` when it is false."""
+    return (
+        exists()
+        .where(_ENDPOINTS.c.tenant_id == tenant_id, _ENDPOINTS.c.enabled.is_(True))
+        .label("tenant_has_endpoints")
+    )
 
 
 async def schedule(

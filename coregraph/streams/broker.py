@@ -47,6 +47,9 @@ log = logging.getLogger("coregraph.broker")
 
 Message = Mapping[str, Any]
 
+# Queued messages a subscriber takes in a row before it lets the event loop turn.
+TAKEN_BEFORE_A_TURN = 64
+
 _TOPIC = re.compile(r"^[a-z]+(:[A-Za-z0-9_-]{1,64}){1,2}$")
 _END = object()
 
@@ -105,6 +108,7 @@ class Subscription:
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=buffer + 1)
         self._error: BrokerError | None = None
         self._ended = False
+        self._taken_in_a_row = 0
 
     def _offer(self, message: Message) -> None:
         if self._ended:
@@ -154,7 +158,18 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Message:
-        item = await self._queue.get()
+        if self._queue.empty():
+            self._taken_in_a_row = 0
+            item = await self._queue.get()
+        else:
+            # Queued messages are taken without waiting for the loop; every TAKEN_BEFORE_A_TURN
+            # of them the loop gets a turn anyway, so a backlog does not hold the process's
+            # other requests and subscribers while it drains.
+            self._taken_in_a_row += 1
+            if self._taken_in_a_row >= TAKEN_BEFORE_A_TURN:
+                self._taken_in_a_row = 0
+                await asyncio.sleep(0)
+            item = self._queue.get_nowait()
         if item is _END:
             self._queue.put_nowait(_END)
             if self._error is not None:

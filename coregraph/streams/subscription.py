@@ -144,6 +144,13 @@ async def _next_message(live: Subscription, idle: float, rights: _Rights) -> Mes
     """The next live message, or None once the broker subscription ended."""
     while True:
         try:
+            if live.pending:
+                # Taken at once. asyncio.wait_for wraps every wait in a task, which costs at
+                # least one turn of the event loop, and on a process serving requests a turn
+                # takes milliseconds: a subscriber took one message a turn while the relay
+                # published whole batches, and was cut off (SUBSCRIBER_TOO_SLOW at 250
+                # events/s in bench.scale).
+                return await anext(live)
             return await asyncio.wait_for(live.__anext__(), idle)
         except TimeoutError:
             # Nothing flows to carry the rights check: run one now, and wait for it.

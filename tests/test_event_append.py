@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -188,3 +189,26 @@ async def test_usage_recorded_with_the_commit_is_written_with_the_events_in_one_
     assert len(await _stored(server, tenant_id)) == 3
     assert len(await _usage(server, tenant_id)) == 1
     assert await _rollups(server, tenant_id) == [("events.emitted", Decimal(2), 1)]
+
+
+async def test_concurrent_commits_sharing_a_rollup_never_deadlock(
+    engine: AsyncEngine, server: Server
+) -> None:
+    """Units of work of one tenant, some committing in the one statement (head, then the
+    usage rollup), some in their transaction (usage written early, rollup after the head):
+    every writer takes the head before the rollup row, so none waits on another in a cycle
+    (PostgreSQL detected deadlocks here under concurrent emitEvent before)."""
+    principal, tenant_id = await _owner_and_tenant(engine, server)
+
+    async def commit(early: bool) -> None:
+        async with UnitOfWork(engine, principal, META) as uow:
+            row = usage_row(tenant_id, principal.environment, "events.emitted", Decimal(1))
+            if early:
+                await uow.insert_usage([row])
+            else:
+                uow.record_usage([row])
+            uow.emit("f.race", tenant_id=tenant_id)
+
+    await asyncio.wait_for(asyncio.gather(*(commit(i % 2 == 0) for i in range(24))), 60)
+    assert await _rollups(server, tenant_id) == [("events.emitted", Decimal(24), 24)]
+    assert len(await _usage(server, tenant_id)) == 24

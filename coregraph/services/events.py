@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from coregraph import ids
 from coregraph.errors import BadUserInput, Conflict
 from coregraph.models import Event, EventType
-from coregraph.services import quotas, usage, usage_store, validation
+from coregraph.services import quotas, usage, validation
 from coregraph.services.json_schema_precheck import Check, compile_precheck
 from coregraph.services.uow import StatedEvent, UnitOfWork
 
@@ -723,7 +723,7 @@ async def emit_events(
         ]
         if EVENTS_METER in await quotas.limited_meters(uow.session, tenant_id, default_plan):
             # The thresholds are checked against the period's sum, this record included.
-            await usage_store.insert_usage(uow.session, record)
+            await uow.insert_usage(record)
             await quotas.after_change(
                 uow, tenant_id, uow.principal.environment, EVENTS_METER, default_plan=default_plan
             )

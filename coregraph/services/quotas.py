@@ -51,7 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from coregraph.errors import NotFound, QuotaExceeded
 from coregraph.models import Invitation, Membership, Meter, UsageRecord, UsageThreshold
 from coregraph.models.base import Environment, utcnow
-from coregraph.services import billing, files, usage, usage_store
+from coregraph.services import billing, files, usage
 from coregraph.services.billing import CurrentPlan, LimitSpec, Period
 from coregraph.services.uow import UnitOfWork
 
@@ -379,9 +379,7 @@ async def record_gauge(
 ) -> None:
     """Record a tenant-wide gauge's value after a change (a usage record in the live
     environment, no event of its own), then announce its thresholds."""
-    await usage_store.insert_usage(
-        uow.session, [usage.usage_row(tenant_id, Environment.LIVE, meter, value)]
-    )
+    await uow.insert_usage([usage.usage_row(tenant_id, Environment.LIVE, meter, value)])
     if thresholds:
         await after_change(
             uow, tenant_id, Environment.LIVE, meter, value, default_plan=default_plan, plan=plan

@@ -45,7 +45,7 @@ from coregraph.models.base import Environment, utcnow
 from coregraph.models.usage import QUANTITY_SCALE, Quantity
 from coregraph.services import quotas, validation
 from coregraph.services.uow import UnitOfWork
-from coregraph.services.usage_store import hour_of, insert_usage
+from coregraph.services.usage_store import hour_of
 
 MAX_KEY_LENGTH = 120
 MAX_DIMENSIONS = 10
@@ -463,7 +463,7 @@ async def record_usage(
             )
         )
     if rows:
-        await insert_usage(uow.session, rows)
+        await uow.insert_usage(rows)
         if not builtin:
             # coregraph's own feeds state no event: they would say nothing but "time passed"
             # (api.requests flushes every few seconds into every active tenant's stream).

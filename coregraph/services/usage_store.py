@@ -23,21 +23,34 @@ from coregraph.models.base import Environment
 async def insert_usage(
     executor: AsyncSession | AsyncConnection, rows: Sequence[dict[str, Any]]
 ) -> None:
-    """Insert usage records (``usage_row``) in the caller's transaction, unchecked: for
-    ``record_usage`` once it has checked them, and for the built-in meters the core feeds
-    (seats, storage.bytes, events.emitted, webhooks.delivered), which write their records
-    directly, with no ``usage.recorded`` event: the action's own event already says what
-    happened. Their hourly rollups (``UsageRollup``) are added to in the same transaction:
-    the one place records are written, so the two never disagree."""
+    """Insert usage records (``services.usage.usage_row``) and add them to their hourly
+    rollups (``UsageRollup``), in the caller's transaction, unchecked: the one place records
+    are written, so the two never disagree. A unit of work writes through its own
+    ``insert_usage``/``record_usage`` instead, which add the rollups with its commit, after
+    the streams' heads (``UnitOfWork._add_rollups``). Built-in meters the core feeds (seats,
+    storage.bytes, events.emitted, webhooks.delivered) state no ``usage.recorded`` event: the
+    action's own event already says what happened."""
+    await insert_records(executor, rows)
+    await add_rollups(executor, rows)
+
+
+async def insert_records(
+    executor: AsyncSession | AsyncConnection, rows: Sequence[dict[str, Any]]
+) -> None:
+    """The usage records alone; their rollups are ``add_rollups``'s, later in the same
+    transaction."""
     await executor.execute(insert(UsageRecord), list(rows))
+
+
+async def add_rollups(
+    executor: AsyncSession | AsyncConnection, rows: Sequence[dict[str, Any]]
+) -> None:
+    """Add usage records written in this transaction to their hourly rollups: one upsert,
+    rows in key order (concurrent writers lock the rollups they share in the same order)."""
     rollups = rollup_rows(rows)
     if rollups:
-        dialect = (
-            executor.dialect
-            if isinstance(executor, AsyncConnection)
-            else executor.get_bind().dialect
-        )
-        await executor.execute(_rollup_upsert(dialect.name), rollups)
+        bind = executor if isinstance(executor, AsyncConnection) else executor.get_bind()
+        await executor.execute(_rollup_upsert(bind.dialect.name), rollups)
 
 
 def hour_of(moment: datetime) -> datetime:

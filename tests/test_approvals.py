@@ -228,7 +228,7 @@ async def test_the_sponsor_of_an_agent_cannot_approve_its_request(
     client: GraphQLClient,
 ) -> None:
     tenant, owner, admin, _ = await team(client)
-    _, agent = await agent_with_key(client, owner, tenant, ["tenant:manage"])
+    agent_id, agent = await agent_with_key(client, owner, tenant, ["tenant:manage"])
     await policy(client, owner, tenant, actions=["*"], principalKinds=["AGENT"])
     # The policy is for agents: the owner's own change runs.
     r = await run(client, UPDATE_TENANT, {"input": {"name": "By owner"}}, owner, tenant)
@@ -242,6 +242,19 @@ async def test_the_sponsor_of_an_agent_cannot_approve_its_request(
     assert r.ok()["approveRequest"]["request"]["status"] == "APPROVED"
     name = (await run(client, TENANT_NAME, None, owner, tenant)).ok()["tenant"]["name"]
     assert name == "By agent"
+    # What the approved run changed names the request, and the agent as its actor.
+    audit = await run(
+        client,
+        """{ tenant { auditLog(first: 20, action: "tenant.updated") { nodes { requestId
+            actorKind actorId } } } }""",
+        None,
+        owner,
+        tenant,
+    )
+    entries = audit.ok()["tenant"]["auditLog"]["nodes"]
+    assert [e for e in entries if e["requestId"] == request["id"]] == [
+        {"requestId": request["id"], "actorKind": "agent", "actorId": agent_id}
+    ]
 
 
 async def test_a_requester_demoted_before_approval_gets_forbidden_and_the_request_says_so(

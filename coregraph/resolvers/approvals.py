@@ -6,6 +6,7 @@ fields to define policies, read and decide requests, and follow them live.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
@@ -247,7 +248,9 @@ async def run_approved(
         )
     except CoregraphError as exc:
         return None, exc.code, exc.message
-    run = Context(runtime, principal, ctx.meta)
+    # Its audit entries and events carry the approval request's id as their request id: what
+    # the approved run changed is found from the request (auditLog, supportTimeline).
+    run = Context(runtime, principal, dataclasses.replace(ctx.meta, request_id=request.id))
     run.approved_request_id = request.id
     run.request_variables = dict(request.variables)
     try:

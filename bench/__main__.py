@@ -74,6 +74,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def print_machine() -> None:
+    """The machine and its load now: the first line of every bench's output."""
+    info = machine()
+    print(
+        f"machine: nproc={info['nproc']}, python {info['python']}, {info['cpu']}, "
+        f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}",
+        flush=True,
+    )
+
+
 def machine() -> dict[str, str]:
     info = {
         "nproc": str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.typing import Subprotocol
 
-from bench.__main__ import GRAPHQL_HEADERS, machine, migrate_database
+from bench.__main__ import GRAPHQL_HEADERS, migrate_database, print_machine
 from bench.seed import load_tenant
 from bench.servers import bench_env, bench_settings, uvicorn_server
 
@@ -116,12 +115,7 @@ async def emit(http: httpx.AsyncClient, url: str, headers: dict[str, str], n: in
 
 
 async def run(args: argparse.Namespace, tmp: str) -> int:
-    info = machine()
-    print(
-        f"machine: nproc={info['nproc']}, python {info['python']}, {info['cpu']}, "
-        f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}",
-        flush=True,
-    )
+    print_machine()
     env = bench_env(tmp)
     settings = bench_settings(env)
     migrate_database(env)

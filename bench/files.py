@@ -37,7 +37,7 @@ import httpx
 import orjson
 
 from bench import seed
-from bench.__main__ import GRAPHQL_HEADERS, machine, migrate_database
+from bench.__main__ import GRAPHQL_HEADERS, migrate_database, print_machine
 from bench.load import process_cpu_seconds
 from bench.servers import bench_env, bench_settings, uvicorn_server
 
@@ -271,12 +271,7 @@ def report(args: argparse.Namespace, size: int, rounds: list[Round]) -> bool:
 
 
 async def main(args: argparse.Namespace) -> int:
-    info = machine()
-    print(
-        f"machine: nproc={info['nproc']}, python {info['python']}, {info['cpu']}, "
-        f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}",
-        flush=True,
-    )
+    print_machine()
     size = args.megabytes * MB
     with tempfile.TemporaryDirectory(prefix="coregraph-bench-files-") as tmp:
         env = {**bench_env(tmp), "COREGRAPH_STORAGE_DIR": os.path.join(tmp, "files")}

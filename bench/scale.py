@@ -49,7 +49,7 @@ import orjson
 import websockets
 
 from bench import load, seed
-from bench.__main__ import GRAPHQL_HEADERS, MEMBERS_QUERY, machine, migrate_database
+from bench.__main__ import GRAPHQL_HEADERS, MEMBERS_QUERY, migrate_database, print_machine
 from bench.ingest import DEFAULT_ADMIN_DSN, bench_database, postgres_cpu_seconds, reachable
 from bench.servers import Server, bench_env, bench_settings, stop, uvicorn_server
 
@@ -490,12 +490,7 @@ async def _main(args: argparse.Namespace, tmp: str) -> int:
     if problem is not None:
         print(f"bench.scale: skipped, PostgreSQL is not reachable at {args.dsn} ({problem})")
         return 0
-    info = machine()
-    print(
-        f"machine: nproc={info['nproc']}, python {info['python']}, {info['cpu']}, "
-        f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}",
-        flush=True,
-    )
+    print_machine()
     parts = {"throughput": throughput, "lag": lag, "overhead": overhead}
     for name, part in parts.items():
         if args.only not in (None, name):

@@ -44,7 +44,7 @@ import httpx
 import orjson
 
 from bench import seed
-from bench.__main__ import GRAPHQL_HEADERS, machine, migrate_database
+from bench.__main__ import GRAPHQL_HEADERS, migrate_database, print_machine
 from bench.ingest import DEFAULT_ADMIN_DSN, bench_database, graphql, reachable
 from bench.servers import bench_env, bench_settings, uvicorn_server
 from coregraph import db, ids
@@ -503,12 +503,7 @@ async def _main(args: argparse.Namespace, tmp: str) -> int:
     if problem is not None:
         print(f"bench.support: skipped, PostgreSQL is not reachable at {args.dsn} ({problem})")
         return 0
-    info = machine()
-    print(
-        f"machine: nproc={info['nproc']}, python {info['python']}, {info['cpu']}, "
-        f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}",
-        flush=True,
-    )
+    print_machine()
     async with bench_database(args.dsn) as dsn:
         env = {
             **bench_env(tmp),

@@ -40,7 +40,7 @@ from cryptography.fernet import Fernet
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from bench import seed
-from bench.__main__ import machine, migrate_database
+from bench.__main__ import migrate_database, print_machine
 from bench.ingest import DEFAULT_ADMIN_DSN, bench_database, reachable
 from bench.load import process_cpu_seconds
 from bench.servers import HOST, bench_env, bench_settings, stop, uvicorn_server
@@ -191,12 +191,7 @@ async def _main(args: argparse.Namespace, tmp: str) -> int:
     if problem is not None:
         print(f"bench.webhooks: skipped, PostgreSQL is not reachable at {args.dsn} ({problem})")
         return 0
-    info = machine()
-    print(
-        f"machine: nproc={info['nproc']}, python {info['python']}, {info['cpu']}, "
-        f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}",
-        flush=True,
-    )
+    print_machine()
     broker, redis, prefix = await redis_broker()
     try:
         async with bench_database(args.dsn) as dsn:

@@ -380,7 +380,7 @@ async def explain(settings: Settings, tenant_id: str, start: datetime, end: date
         tenant_scopes={tenant_id: frozenset({"usage:read"})},
     )
     spec = usage.MeterSpec(AGGREGATE_METER, "", "", usage.Aggregation.SUM, ("model",))
-    statement = usage.rollup_usage_statement(
+    statement = usage.series_statement(
         usage_records(principal, tenant_id),
         usage_rollups(principal, tenant_id),
         spec,

@@ -692,49 +692,14 @@ def series_statement(
     group_by: Sequence[str],
     dialect: str,
 ) -> Select[Any]:
-    """The ``usage`` query's statement: from the hourly rollups where the meter's kind adds up
-    (``rollup_usage_statement``), else from the records (``usage_statement``)."""
-    if meter.aggregation in ROLLED_UP:
-        return rollup_usage_statement(
-            records,
-            rollups,
-            meter,
-            start=start,
-            end=end,
-            granularity=granularity,
-            group_by=group_by,
-            dialect=dialect,
-        )
-    return usage_statement(
-        records,
-        meter,
-        start=start,
-        end=end,
-        granularity=granularity,
-        group_by=group_by,
-        dialect=dialect,
-    )
-
-
-def rollup_usage_statement(
-    records: Select[Any],
-    rollups: Select[Any],
-    meter: MeterSpec,
-    *,
-    start: datetime,
-    end: datetime,
-    granularity: Granularity,
-    group_by: Sequence[str],
-    dialect: str,
-) -> Select[Any]:
-    """``usage_statement`` of a SUM, COUNT or MAX meter, read from its hourly rollups for the
-    whole hours of [start, end) and from its records for the partial hours at either end:
-    the same rows, from ~720 rollups a month per dimension set instead of every record.
+    """The ``usage`` query's statement: the rows of ``usage_statement``, read for a SUM,
+    COUNT or MAX meter from its hourly rollups for the whole hours of [start, end) and from its
+    records for the partial hours at either end (~720 rollups a month per dimension set
+    instead of every record); other kinds, and ranges without a whole hour, from the records.
     ``rollups``: the ``UsageRollup`` rows the principal may read (schema.usage)."""
-    assert meter.aggregation in ROLLED_UP
     first_hour = hour_of(start) + (timedelta(hours=1) if hour_of(start) != start else timedelta())
     last_hour = hour_of(end)
-    if first_hour >= last_hour:
+    if meter.aggregation not in ROLLED_UP or first_hour >= last_hour:
         return usage_statement(
             records,
             meter,

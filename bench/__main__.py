@@ -65,6 +65,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only", choices=("members", "typename"), help="run only one pair of targets"
     )
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the servers' database: a fresh SQLite file (default) or a fresh database on the "
+        "PostgreSQL of --dsn (created and dropped by the run)",
+    )
+    parser.add_argument(
+        "--dsn",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="PostgreSQL to create the bench database next to (with --database postgresql)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     if not 1 <= args.members <= 200:
@@ -236,19 +248,30 @@ def ratios(a: load.Stats, b: load.Stats) -> tuple[float, float | None]:
 async def main(args: argparse.Namespace) -> int:
     tmp = tempfile.mkdtemp(prefix="coregraph-bench-")
     try:
-        return await _main(args, tmp)
+        if args.database == "sqlite":
+            return await _main(args, tmp, bench_env(tmp))
+        from bench.ingest import bench_database, reachable
+
+        problem = await reachable(args.dsn)
+        if problem is not None:
+            print(f"bench: skipped, PostgreSQL is not reachable at {args.dsn} ({problem})")
+            return 0
+        async with bench_database(args.dsn) as dsn:
+            url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+            return await _main(args, tmp, {**bench_env(tmp), "COREGRAPH_DATABASE_URL": url})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def _main(args: argparse.Namespace, tmp: str) -> int:
-    env = bench_env(tmp)
+async def _main(args: argparse.Namespace, tmp: str, env: dict[str, str]) -> int:
     settings = bench_settings(env)
     migrate_database(env)
 
     info = machine()
     print(
-        f"machine: nproc={info['nproc']}, python {info['python']}, {info['cpu']}\n"
+        f"machine: nproc={info['nproc']}, python {info['python']}, {info['cpu']}, "
+        f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
+        f"database: {args.database}\n"
         f"         strawberry {info['strawberry-graphql']}, graphql-core {info['graphql-core']}, "
         f"fastapi {info['fastapi']}, uvicorn {info['uvicorn']} (uvloop {info['uvloop']}), "
         f"sqlalchemy {info['sqlalchemy']}, httpx {info['httpx']}",

@@ -108,6 +108,9 @@ async def main(args: argparse.Namespace) -> None:
                 f"{p_one / g_one:.2f}",
                 flush=True,
             )
+        from coregraph.schema.compiled import STATS
+
+        print(f"coregraph executions: {STATS} (planned / fell back / stock executor)")
         await cg.aclose()
         await pl.aclose()
     finally:

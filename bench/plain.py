@@ -4,7 +4,8 @@ It runs the very statements coregraph issues for it (read from coregraph's SQL e
 
 1. authentication: coregraph's own ``Authenticator`` (JWT check, then the one session +
    memberships + role permissions query), on its own pooled connection;
-2. on one request connection, in this order: the tenant by id (the tenant loader), the
+2. on one request connection, in this order: the row-level-security scope (PostgreSQL), the
+   tenant by id (the tenant loader), the
    membership page (``ORDER BY id LIMIT first + 1``), the users by ids (the user loader), the
    roles by ids within the principal's tenants (the role loader);
 
@@ -85,6 +86,12 @@ def create_app() -> FastAPI:
         tenants = list(principal.tenant_scopes)
 
         async with engine.connect() as conn:
+            # What coregraph's request connection does first: tell row-level security what
+            # this transaction may see (a no-op on SQLite; on PostgreSQL nothing is visible
+            # without it).
+            await db.scope_transaction(
+                conn, tenant_ids=principal.tenant_scopes.keys(), user_id=principal.user_id
+            )
             tenant_rows = (
                 await conn.execute(select(Tenant.__table__).where(Tenant.id.in_([tenant_id])))
             ).all()

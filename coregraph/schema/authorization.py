@@ -228,19 +228,29 @@ def _type_guard(
     if original is None and origin is None:
         raise ValueError(f"{type_.name}: cannot tell its objects apart to authorize them")
 
-    def is_type_of(value: Any, info: Any) -> bool:
+    def matches(value: Any, info: Any) -> bool:
         if original is not None:
-            if not original(value, info):
-                return False
-        elif not isinstance(value, origin) and get_strawberry_type_cast(value) is not origin:  # type: ignore[arg-type]
+            return bool(original(value, info))
+        return isinstance(value, origin) or get_strawberry_type_cast(value) is origin  # type: ignore[arg-type]
+
+    def is_type_of(value: Any, info: Any) -> bool:
+        if not matches(value, info):
             return False
         denial = first_denial(rules, info.context.principal, value)
         if denial is not None:
             raise denial
         return True
 
+    # The two halves, for the compiled plans (``schema.compiled``).
     is_type_of.rules = rules  # type: ignore[attr-defined]
+    is_type_of.matches = matches  # type: ignore[attr-defined]
     return is_type_of
+
+
+def judged_by_tenant(rules: tuple[Declaration, ...]) -> bool:
+    """Whether these rules' answer for a principal depends on nothing of a row but its
+    tenant (no ``@policy``): then it holds for every row of that tenant in a request."""
+    return all(rule.policies is None for rule in rules)
 
 
 def enforce_declarations(schema: GraphQLSchema) -> None:

@@ -34,6 +34,7 @@ of its fields.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import CoroutineType
 from typing import Any
 
 from graphql import (
@@ -49,6 +50,7 @@ from graphql.execution.executor import invalid_return_type_error, to_nodes
 from graphql.pyutils import Path, gather_with_cancel
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
+from coregraph.schema import compiled
 from coregraph.schema.authorization import first_denial
 
 _MISSING = object()
@@ -221,6 +223,39 @@ class CoregraphExecutor(StrawberryGraphQLCoreExecutionContext):
         executor._plans = {}
         executor._relevant_sub_fields = {}
         return executor
+
+    def execute_operation(self, serially: bool | None = None) -> Any:
+        """A query or a subscription event runs on its document's compiled plan
+        (``schema.compiled``) when it has one; whatever the plan does not produce (errors
+        above all) runs again here on graphql-core's walk, which answers it."""
+        plan = compiled.plan_for(self) if not serially else None
+        if plan is None:
+            compiled.STATS["stock"] += 1
+            return super().execute_operation(serially)
+        snapshot = compiled.snapshot_variables(self)
+        try:
+            data = plan.run(self)
+        except Exception:
+            compiled.STATS["fallback"] += 1
+            compiled.restore_variables(self, snapshot)
+            return super().execute_operation(serially)
+        if type(data) is CoroutineType:
+            return self._await_planned(data, serially, snapshot)
+        compiled.STATS["planned"] += 1
+        return self.finish(self.build_response(data))
+
+    async def _await_planned(
+        self, data: Any, serially: bool | None, snapshot: dict[str, Any] | None
+    ) -> Any:
+        try:
+            completed = await data
+        except Exception:
+            compiled.STATS["fallback"] += 1
+            compiled.restore_variables(self, snapshot)
+            result = super().execute_operation(serially)
+            return await result if self.is_awaitable(result) else result
+        compiled.STATS["planned"] += 1
+        return self.finish(self.build_response(completed))
 
     def _plan(self, parent_type: GraphQLObjectType, grouped_field_set: Any) -> Any:
         key = (parent_type.name, id(grouped_field_set))

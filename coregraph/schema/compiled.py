@@ -1,0 +1,592 @@
+"""Compiled plans: a query document executed without graphql-core's generic walk.
+
+graphql-core completes every field of every object through the same generic machinery: field
+lookup, a resolve-info object and a response path per field, argument coercion, and a
+``complete_value`` dispatch on the field's type. For a validated document all of that is the
+same at every request; only the objects differ. A **plan** decides it once per document (its
+text, the operation, and the values of the variables that ``@skip``/``@include`` read):
+
+- per object type and selection, the fields to produce, in response order, each as a *step*:
+  an attribute read with its scalar's coercion (most fields), an attribute read of an object,
+  ``__typename``, or a resolver call (fields with arguments or resolvers of their own);
+- per field, a *completer* for its type: non-null, list, leaf, object (the type's
+  ``IsTypeOf`` first: type declarations are enforced there), abstract (runtime type resolved,
+  the concrete type's selection planned the first time it is met);
+- the field-level checks that depend on the row (a declared field's rules run per object, as
+  the guard would run them).
+
+Executing a plan is a walk over the objects with those decisions taken. It produces the
+response only for an execution without errors; anything else — an error raised or returned
+anywhere, a denial, a null in a non-null position, an async iterable, a value the plan was not
+built for — abandons the attempt (``Fallback``) and the operation runs again on graphql-core's
+own executor (``CoregraphExecutor``), which produces the errors, their paths and the null
+propagation exactly as it always has. Queries and subscription events only: they have no side
+effects, and request-scoped dataloaders answer the second attempt from what the first loaded.
+Mutations, ``@defer``/``@stream``, introspection and resolver middleware are never planned.
+
+So the plan never has to reproduce graphql-core's error behaviour, only its successful
+results, and a document it cannot plan costs one dictionary lookup per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Callable
+from types import CoroutineType, SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from graphql import (
+    GraphQLInterfaceType,
+    GraphQLLeafType,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLUnionType,
+    OperationType,
+    Undefined,
+)
+from graphql.execution.values import get_argument_values
+from graphql.language import VariableNode
+from graphql.pyutils import Path
+
+from coregraph.schema.authorization import first_denial, judged_by_tenant
+
+if TYPE_CHECKING:
+    from graphql import GraphQLField, GraphQLOutputType
+
+
+class Unplannable(Exception):
+    """The document uses something plans do not cover: it runs on graphql-core's executor."""
+
+
+class Fallback(Exception):
+    """This execution met what a plan does not produce (an error, a denial, a null where
+    the type forbids one...): the operation runs again on graphql-core's executor."""
+
+
+# What happened to executions that asked for a plan (tests and the bench read these).
+STATS = {"planned": 0, "fallback": 0, "stock": 0}
+
+_PLAN_CACHE_SIZE = 1024
+_plans: dict[tuple[Any, ...], Plan | None] = {}
+_skip_variables: dict[tuple[str, str | None], tuple[str, ...]] = {}
+
+Completer = Callable[[Any, Any, "_Run", Any], Any]
+
+_NO_TENANT = object()  # a row without a tenant attribute is judged apart from tenant None
+
+# Step kinds (ints compare fastest in the object loop).
+_LEAF, _LEAF_LIST, _TYPENAME, _OBJECT_ATTRIBUTE, _RESOLVER = range(5)
+
+
+class _Run:
+    """What one execution of a plan shares: the executor, the principal, and the info
+    handed to ``IsTypeOf`` of objects reached without a resolver call."""
+
+    __slots__ = ("allowed", "executor", "principal", "type_info")
+
+    def __init__(self, executor: Any) -> None:
+        self.executor = executor
+        context = executor.context_value
+        self.principal: Any = getattr(context, "principal", None)
+        self.type_info = SimpleNamespace(context=context, schema=executor.schema)
+        # (selection, tenant id) -> whether its type's rules admit that tenant's rows
+        self.allowed: dict[tuple[Any, Any], bool] = {}
+
+
+class _Step:
+    __slots__ = (
+        "attribute",
+        "coerce",
+        "complete",
+        "field",
+        "field_nodes",
+        "has_args",
+        "key",
+        "kind",
+        "non_null",
+        "parent_type",
+        "resolve",
+        "rules",
+        "typename",
+    )
+
+    def __init__(self, key: str, kind: int) -> None:
+        self.key = key
+        self.kind = kind
+        self.rules: tuple[Any, ...] = ()
+        self.non_null = False
+        self.attribute = ""
+        self.coerce: Any = None
+        self.complete: Any = None
+        self.field: Any = None
+        self.field_nodes: list[Any] = []
+        self.has_args = False
+        self.parent_type: Any = None
+        self.resolve: Any = None
+        self.typename = ""
+
+
+class _Selection:
+    """The steps of one selection set on one object type, and the type's ``IsTypeOf``: a
+    type with declarations has it in two halves (``schema.authorization._type_guard``), the
+    type check and the rules, and rules that judge a row by its tenant alone are decided
+    once per tenant per request."""
+
+    __slots__ = ("by_tenant", "check", "matches", "rules", "steps", "type_name")
+
+    def __init__(self, object_type: GraphQLObjectType, steps: tuple[_Step, ...]) -> None:
+        self.type_name = object_type.name
+        self.check = object_type.is_type_of
+        self.steps = steps
+        self.rules: tuple[Any, ...] = getattr(self.check, "rules", ())
+        self.matches = getattr(self.check, "matches", None)
+        self.by_tenant = bool(self.rules) and judged_by_tenant(self.rules)
+
+
+class Plan:
+    __slots__ = ("root",)
+
+    def __init__(self, root: _Selection) -> None:
+        self.root = root
+
+    def run(self, executor: Any) -> Any:
+        """The data of the operation, or a coroutine resolving to it; raises on anything the
+        plan does not produce (the caller falls back, after ``restore_variables``)."""
+        run = _Run(executor)
+        return _complete_selection(self.root, executor.root_value, None, run, run.type_info)
+
+
+def snapshot_variables(executor: Any) -> dict[str, Any] | None:
+    """A copy of the variables that hold lists or objects, taken before a plan runs: a
+    resolver may change what it is given (federation's ``_entities`` pops ``__typename``
+    off each representation), and the fallback must start from what the client sent."""
+    coerced = executor.variable_values.coerced
+    for value in coerced.values():
+        if isinstance(value, list | dict):
+            return copy.deepcopy(coerced)
+    return None
+
+
+def restore_variables(executor: Any, snapshot: dict[str, Any] | None) -> None:
+    if snapshot is not None:
+        coerced = executor.variable_values.coerced
+        coerced.clear()
+        coerced.update(snapshot)
+
+
+def plan_for(executor: Any) -> Plan | None:
+    """The plan for this execution's document, operation and ``@skip``/``@include``
+    variables, built at the first request that needs it; None when it cannot be planned."""
+    operation = executor.operation
+    if operation.operation is OperationType.MUTATION or executor.abort_signal is not None:
+        return None
+    middleware = executor.middleware_manager
+    if middleware is not None and middleware.middlewares:
+        return None
+    location = operation.loc
+    if location is None:
+        return None
+    body = location.source.body
+    name = operation.name.value if operation.name else None
+    switches = _skip_variables.get((body, name))
+    if switches is None:
+        switches = _skip_include_variables((body, name), executor)
+    coerced = executor.variable_values.coerced
+    key = (id(executor.schema), body, name, tuple(coerced.get(v) for v in switches))
+    try:
+        return _plans[key]
+    except KeyError:
+        pass
+    plan: Plan | None
+    try:
+        plan = _Planner(executor).plan()
+    except Unplannable:
+        plan = None
+    if len(_plans) >= _PLAN_CACHE_SIZE:
+        del _plans[next(iter(_plans))]
+    _plans[key] = plan
+    return plan
+
+
+def _skip_include_variables(document: tuple[str, str | None], executor: Any) -> tuple[str, ...]:
+    """The variables an ``@skip``/``@include`` of the document reads: the selection, hence
+    the plan, depends on their values."""
+    from graphql.language import DirectiveNode, Visitor, visit
+
+    names: list[str] = []
+
+    class _Collect(Visitor):
+        def enter_directive(self, node: DirectiveNode, *_: Any) -> None:
+            if node.name.value in ("skip", "include"):
+                for argument in node.arguments or ():
+                    if isinstance(argument.value, VariableNode):
+                        names.append(argument.value.name.value)
+
+    for definition in executor.fragment_definitions.values():
+        visit(definition, _Collect())
+    visit(executor.operation, _Collect())
+    found = tuple(sorted(set(names)))
+    if len(_skip_variables) >= _PLAN_CACHE_SIZE:
+        del _skip_variables[next(iter(_skip_variables))]
+    _skip_variables[document] = found
+    return found
+
+
+class _Planner:
+    """Builds a plan with the executor of its first request (for collecting fields)."""
+
+    def __init__(self, executor: Any) -> None:
+        self.executor = executor
+        self.schema = executor.schema
+
+    def plan(self) -> Plan:
+        executor = self.executor
+        operation = executor.operation
+        root_type = self.schema.get_root_type(operation.operation)
+        if root_type is None:
+            raise Unplannable("no root type")
+        from graphql.execution.collect_fields import collect_fields
+
+        collected = collect_fields(
+            self.schema,
+            executor.fragments,
+            executor.variable_values,
+            root_type,
+            operation,
+            executor.hide_suggestions,
+        )
+        root = self._selection(root_type, collected)
+        return Plan(root)
+
+    def selection(self, object_type: GraphQLObjectType, field_details: Any) -> _Selection:
+        collected = self.executor.collect_subfields(object_type, field_details)
+        return self._selection(object_type, collected)
+
+    def _selection(self, object_type: GraphQLObjectType, collected: Any) -> _Selection:
+        grouped, new_defer_usages, forbidden = collected
+        if new_defer_usages or forbidden:
+            raise Unplannable("@defer, @stream or a forbidden directive")
+        steps = tuple(self._step(object_type, key, details) for key, details in grouped.items())
+        return _Selection(object_type, steps)
+
+    def _step(self, parent: GraphQLObjectType, key: str, details: Any) -> _Step:
+        for detail in details:
+            if detail.fragment_variable_values is not None or detail.defer_usage is not None:
+                raise Unplannable("fragment variables or @defer")
+        node = details[0].node
+        name = node.name.value
+        if name == "__typename":
+            typename = _Step(key, _TYPENAME)
+            typename.typename = parent.name
+            return typename
+        if name.startswith("__"):
+            raise Unplannable("introspection")
+        field = self.schema.get_field(parent, name)
+        if field is None:
+            raise Unplannable(f"unknown field {parent.name}.{name}")
+        resolve = field.resolve or self.executor.field_resolver
+        if not field.args and not node.arguments:
+            read = self._attribute_step(parent, key, details, field, resolve)
+            if read is not None:
+                return read
+        step = _Step(key, _RESOLVER)
+        step.field = field
+        step.field_nodes = [detail.node for detail in details]
+        step.has_args = bool(field.args or node.arguments)
+        step.parent_type = parent
+        step.resolve = resolve
+        step.complete = self.completer(field.type, details)
+        return step
+
+    def _attribute_step(
+        self, parent: GraphQLObjectType, key: str, details: Any, field: Any, resolve: Any
+    ) -> _Step | None:
+        """A field whose resolver reads an attribute (``attribute_resolver``), or a declared
+        field's guard around one: read without a resolver call or a resolve info. Leaves,
+        lists of non-null leaves and object types; anything else takes a resolver step."""
+        rules = getattr(resolve, "rules", ())
+        plain = getattr(resolve, "__wrapped__", None) if rules else resolve
+        attribute = getattr(plain, "attribute", None)
+        if attribute is None:
+            return None
+        type_: Any = field.type
+        non_null = isinstance(type_, GraphQLNonNull)
+        named = type_.of_type if non_null else type_
+        if isinstance(named, GraphQLLeafType):
+            step = _Step(key, _LEAF)
+            step.coerce = named.coerce_output_value
+        elif (
+            isinstance(named, GraphQLList)
+            and isinstance(named.of_type, GraphQLNonNull)
+            and isinstance(named.of_type.of_type, GraphQLLeafType)
+        ):
+            step = _Step(key, _LEAF_LIST)
+            step.coerce = named.of_type.of_type.coerce_output_value
+        elif isinstance(named, GraphQLObjectType):
+            step = _Step(key, _OBJECT_ATTRIBUTE)
+            step.complete = self.completer(type_, details)
+            step.parent_type = parent
+        else:
+            return None
+        step.attribute = attribute
+        step.rules = rules
+        step.non_null = non_null
+        return step
+
+    def completer(self, type_: GraphQLOutputType, details: Any) -> Completer:
+        """How a value of ``type_`` is completed (a value of the field that ``details``
+        selects): the same decisions as graphql-core's ``complete_value``, taken once."""
+        if isinstance(type_, GraphQLNonNull):
+            inner = self.completer(type_.of_type, details)
+
+            def complete_non_null(value: Any, path: Any, run: _Run, info: Any) -> Any:
+                if value is None or value is Undefined:
+                    raise Fallback
+                return inner(value, path, run, info)
+
+            return complete_non_null
+        if isinstance(type_, GraphQLList):
+            return self._list_completer(self.completer(type_.of_type, details), type_.of_type)
+        if isinstance(type_, GraphQLLeafType):
+            coerce = type_.coerce_output_value
+
+            def complete_leaf(value: Any, path: Any, run: _Run, info: Any) -> Any:
+                if value is None or value is Undefined:
+                    return None
+                if isinstance(value, Exception):
+                    raise Fallback
+                completed = coerce(value)
+                if completed is None or completed is Undefined:
+                    raise Fallback
+                return completed
+
+            return complete_leaf
+        if isinstance(type_, GraphQLObjectType):
+            selection = self.selection(type_, details)
+
+            def complete_object(value: Any, path: Any, run: _Run, info: Any) -> Any:
+                if value is None or value is Undefined:
+                    return None
+                if isinstance(value, Exception):
+                    raise Fallback
+                return _complete_selection(selection, value, path, run, info)
+
+            return complete_object
+        if isinstance(type_, GraphQLInterfaceType | GraphQLUnionType):
+            return self._abstract_completer(type_, details)
+        raise Unplannable(f"cannot complete {type_}")
+
+    def _list_completer(self, complete_item: Completer, item_type: Any) -> Completer:
+        item_is_leaf = isinstance(
+            item_type.of_type if isinstance(item_type, GraphQLNonNull) else item_type,
+            GraphQLLeafType,
+        )
+
+        def complete_list(value: Any, path: Any, run: _Run, info: Any) -> Any:
+            if value is None or value is Undefined:
+                return None
+            if value.__class__ is not list and not isinstance(value, list | tuple):
+                raise Fallback  # other iterables, async iterables, errors: graphql-core's path
+            if item_is_leaf:
+                return [complete_item(item, None, run, info) for item in value]
+            completed: list[Any] = []
+            is_awaitable = run.executor.is_awaitable
+            try:
+                for index, item in enumerate(value):
+                    item_path = Path(path, index, None)
+                    if is_awaitable(item):  # federation's _entities returns such items
+                        completed.append(
+                            _await_and_complete(complete_item, item, item_path, run, info)
+                        )
+                    else:
+                        completed.append(complete_item(item, item_path, run, info))
+            except BaseException:
+                _close(completed)
+                _close(value)
+                raise
+            pending = [index for index, item in enumerate(completed) if type(item) is CoroutineType]
+            if pending:
+                return _gather_list(completed, pending)
+            return completed
+
+        return complete_list
+
+    def _abstract_completer(self, abstract: Any, details: Any) -> Completer:
+        schema = self.schema
+        executor = self.executor
+        selections: dict[str, _Selection] = {}
+
+        def complete_abstract(value: Any, path: Any, run: _Run, info: Any) -> Any:
+            if value is None or value is Undefined:
+                return None
+            if isinstance(value, Exception):
+                raise Fallback
+            resolve_type = abstract.resolve_type or run.executor.type_resolver
+            name = resolve_type(value, info, abstract)
+            if not isinstance(name, str):
+                raise Fallback  # an awaitable or an invalid answer: graphql-core's path
+            selection = selections.get(name)
+            if selection is None:
+                runtime = schema.get_type(name)
+                if not isinstance(runtime, GraphQLObjectType) or not schema.is_sub_type(
+                    abstract, runtime
+                ):
+                    raise Fallback
+                # Planned with the first executor's collection (the document and the
+                # skip/include variables are those of the plan).
+                selection = _Planner(executor).selection(runtime, details)
+                selections[name] = selection
+            return _complete_selection(selection, value, path, run, info)
+
+        return complete_abstract
+
+
+def _complete_selection(selection: _Selection, source: Any, path: Any, run: _Run, info: Any) -> Any:
+    """The object's response: its type's ``IsTypeOf`` (where type declarations are
+    enforced), then each step. A coroutine when a field is still resolving."""
+    principal = run.principal
+    rules = selection.rules
+    if rules:
+        if not selection.matches(source, info):  # type: ignore[misc]
+            raise Fallback
+        if selection.by_tenant:
+            key = (selection, getattr(source, "tenant_id", _NO_TENANT))
+            allowed = run.allowed.get(key)
+            if allowed is None:
+                allowed = run.allowed[key] = first_denial(rules, principal, source) is None
+            if not allowed:
+                raise Fallback
+        elif first_denial(rules, principal, source) is not None:
+            raise Fallback
+    elif selection.check is not None and not selection.check(source, info):
+        raise Fallback
+    result: dict[str, Any] = {}
+    pending: list[str] | None = None
+    try:
+        for step in selection.steps:
+            kind = step.kind
+            if kind is _TYPENAME:
+                result[step.key] = step.typename
+                continue
+            if kind is not _RESOLVER:  # an attribute read: a leaf, a leaf list or an object
+                if step.rules and first_denial(step.rules, principal, source) is not None:
+                    raise Fallback
+                value = getattr(source, step.attribute)
+                if value is None or value is Undefined:
+                    if step.non_null:
+                        raise Fallback
+                    result[step.key] = None
+                    continue
+                if kind is _LEAF:
+                    if isinstance(value, Exception):
+                        raise Fallback
+                    completed = step.coerce(value)
+                    if completed is None or completed is Undefined:
+                        raise Fallback
+                    result[step.key] = completed
+                    continue
+                if kind is _LEAF_LIST:
+                    if value.__class__ is not list and not isinstance(value, list | tuple):
+                        raise Fallback
+                    coerce = step.coerce
+                    items = [coerce(item) for item in value]
+                    for item in items:
+                        if item is None or item is Undefined:
+                            raise Fallback
+                    result[step.key] = items
+                    continue
+                completed = step.complete(
+                    value, Path(path, step.key, selection.type_name), run, run.type_info
+                )
+            else:
+                completed = _resolve(step, source, Path(path, step.key, selection.type_name), run)
+            result[step.key] = completed
+            if type(completed) is CoroutineType:
+                if pending is None:
+                    pending = [step.key]
+                else:
+                    pending.append(step.key)
+        if pending is not None:
+            return _gather_fields(result, pending)
+        return result
+    except BaseException:
+        _close(result.values())
+        raise
+
+
+def _resolve(step: _Step, source: Any, path: Path, run: _Run) -> Any:
+    """A field with a resolver of its own: graphql-core's ``execute_field`` for the
+    successful case."""
+    executor = run.executor
+    field: GraphQLField = step.field
+    # Coerced at each call, as graphql-core does: a resolver may change what it is given
+    # (federation's ``_entities`` pops ``__typename`` off each representation).
+    args = (
+        get_argument_values(
+            field, step.field_nodes[0], executor.variable_values, None, executor.hide_suggestions
+        )
+        if step.has_args
+        else {}
+    )
+    info = executor.build_resolve_info(field, step.field_nodes, step.parent_type, path)
+    result = step.resolve(source, info, **args)
+    if executor.is_awaitable(result):
+        return _await_and_complete(step.complete, result, path, run, info)
+    return step.complete(result, path, run, info)
+
+
+def _close(values: Any) -> None:
+    """Close the coroutines of an abandoned attempt: never started, so nothing to undo, but
+    each may hold others among its arguments (a resolver's, the fields or items it was to
+    gather) that would be reported as never awaited."""
+    for value in values:
+        if type(value) is CoroutineType:
+            frame = value.cr_frame
+            if frame is not None and value.cr_await is None:
+                # An unstarted coroutine's locals are its arguments.
+                for held in frame.f_locals.values():
+                    if type(held) is CoroutineType:
+                        _close((held,))
+                    elif isinstance(held, dict):
+                        _close(held.values())
+                    elif isinstance(held, list):
+                        _close(held)
+            value.close()
+
+
+async def _await_and_complete(
+    complete: Completer, awaitable: Any, path: Path, run: _Run, info: Any
+) -> Any:
+    completed = complete(await awaitable, path, run, info)
+    if type(completed) is CoroutineType:
+        return await completed
+    return completed
+
+
+async def _settle(awaitables: list[Any]) -> list[Any]:
+    """Every awaitable to its end (a failure of one does not cancel the others: they may be
+    waiting on a dataloader's shared future, which the fallback run reuses), then the first
+    failure is raised."""
+    if len(awaitables) == 1:
+        return [await awaitables[0]]
+    results = await asyncio.gather(*awaitables, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+async def _gather_fields(result: dict[str, Any], pending: list[str]) -> dict[str, Any]:
+    values = await _settle([result[key] for key in pending])
+    for key, value in zip(pending, values, strict=True):
+        result[key] = value
+    return result
+
+
+async def _gather_list(completed: list[Any], pending: list[int]) -> list[Any]:
+    values = await _settle([completed[index] for index in pending])
+    for index, value in zip(pending, values, strict=True):
+        completed[index] = value
+    return completed

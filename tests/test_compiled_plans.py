@@ -1,0 +1,283 @@
+"""Compiled plans (``coregraph.schema.compiled``): a query runs on its document's plan, built
+once and reused, and answers exactly what graphql-core's own walk answers — data, errors and
+their paths — whatever the document does (variables for ``@skip``/``@include``, abstract
+types, lists of lists, async resolvers, resolvers that change their input, errors anywhere).
+
+Each query runs on two builds of the same schema: strawberry's stock executor and
+coregraph's (``CoregraphExecutor``, which plans). The suite-wide check compares the two on
+every query the other tests send; these tests make sure the plan is really taken (or really
+left) where it should be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import AsyncGenerator
+from typing import Annotated, Any
+
+import pytest
+import strawberry
+from aiodataloader import DataLoader
+from strawberry.scalars import JSON
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+from coregraph.schema import compiled
+from coregraph.schema.execution import CoregraphExecutor, install_fast_resolvers
+
+
+@strawberry.interface
+class Animal:
+    name: str
+
+
+@strawberry.type
+class Dog(Animal):
+    barks: int
+
+
+@strawberry.type
+class Cat(Animal):
+    lives: int
+    friend: Animal | None = None
+
+
+@strawberry.type
+class Stone:
+    weight: float
+
+
+Thing = Annotated[Dog | Cat | Stone, strawberry.union("Thing")]
+
+
+class Loaders:
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+        async def load(keys: list[int]) -> list[int]:
+            self.batches.append(list(keys))
+            return [key * 10 for key in keys]
+
+        self.tenfold = DataLoader(load)
+
+
+@strawberry.type
+class Item:
+    id: int
+
+    @strawberry.field
+    async def tenfold(self, info: strawberry.Info) -> int:
+        return await info.context.loaders.tenfold.load(self.id)  # type: ignore[no-any-return]
+
+    @strawberry.field
+    def grid(self) -> list[list[int]]:
+        return [[self.id, self.id + 1], [], [self.id * 2]]
+
+    @strawberry.field
+    def broken(self) -> int | None:
+        if self.id == 2:
+            raise ValueError(f"item {self.id} is broken")
+        return self.id
+
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    def animals(self) -> list[Animal]:
+        return [
+            Dog(name="rex", barks=3),
+            Cat(name="tom", lives=9, friend=Dog(name="fido", barks=1)),
+            Cat(name="kit", lives=7),
+        ]
+
+    @strawberry.field
+    def things(self) -> list[Thing]:
+        return [Stone(weight=1.5), Dog(name="rex", barks=2), Cat(name="tom", lives=9)]
+
+    @strawberry.field
+    def items(self, count: int = 3) -> list[Item]:
+        return [Item(id=i) for i in range(count)]
+
+    @strawberry.field
+    def first_key(self, data: JSON, fail: bool = False) -> str | None:
+        # Changes its input, as federation's _entities does (it pops __typename).
+        assert isinstance(data, dict)
+        key = next(iter(data))
+        data.pop(key)
+        if fail:
+            raise ValueError(f"refused {key}")
+        return str(key)
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation
+    def touch(self) -> int:
+        return 1
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription
+    async def ticks(self, count: int) -> AsyncGenerator[Item, None]:
+        for i in range(count):
+            yield Item(id=i)
+
+
+class Context:
+    def __init__(self) -> None:
+        self.loaders = Loaders()
+        self.principal = None
+
+
+def build(executor: type[Any]) -> strawberry.Schema:
+    schema = strawberry.Schema(
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription,
+        execution_context_class=executor,
+    )
+    if executor is CoregraphExecutor:
+        install_fast_resolvers(schema._schema, schema.config.info_class)
+    return schema
+
+
+STOCK = build(StrawberryGraphQLCoreExecutionContext)
+PLANNED = build(CoregraphExecutor)
+
+
+async def both(
+    query: str, variables: dict[str, Any] | None = None
+) -> tuple[Any, dict[str, int], Context]:
+    """The planned answer (asserted equal to stock's), what happened to it, its context."""
+    answers = []
+    context = Context()
+    before = dict(compiled.STATS)
+    for schema, ctx in ((PLANNED, context), (STOCK, Context())):
+        result = await schema.execute(
+            query,
+            variable_values=copy.deepcopy(variables),
+            context_value=ctx,
+        )
+        answers.append(
+            (result.data, [(e.message, e.path, e.locations) for e in result.errors or []])
+        )
+        if schema is PLANNED:
+            happened = {k: compiled.STATS[k] - before[k] for k in before}
+    assert answers[0] == answers[1]
+    return answers[0], happened, context
+
+
+async def test_a_query_is_planned_once_and_the_plan_is_reused() -> None:
+    query = "{ animals { name ... on Dog { barks } } items { id grid } }"
+    answer, happened, _ = await both(query)
+    assert answer[1] == []
+    assert happened == {"planned": 1, "fallback": 0, "stock": 0}
+    plans = len(compiled._plans)
+    for _ in range(3):
+        _, happened, _ = await both(query)
+        assert happened["planned"] == 1
+    assert len(compiled._plans) == plans  # the same plan, not one per request
+
+
+async def test_abstract_types_are_planned_per_runtime_type() -> None:
+    answer, happened, _ = await both(
+        "{ things { __typename ... on Animal { name } ... on Dog { barks } ... on Stone "
+        "{ weight } } animals { __typename ... on Cat { lives friend { name __typename } } } }"
+    )
+    assert happened["planned"] == 1
+    assert answer[0]["things"] == [
+        {"__typename": "Stone", "weight": 1.5},
+        {"__typename": "Dog", "name": "rex", "barks": 2},
+        {"__typename": "Cat", "name": "tom"},
+    ]
+    assert answer[0]["animals"][1] == {
+        "__typename": "Cat",
+        "lives": 9,
+        "friend": {"name": "fido", "__typename": "Dog"},
+    }
+
+
+async def test_skip_and_include_variables_choose_their_own_plan() -> None:
+    query = (
+        "query($with: Boolean!, $without: Boolean!) { items { id "
+        "tenfold @include(if: $with) grid @skip(if: $without) } }"
+    )
+    seen = []
+    for with_, without in ((True, False), (False, True), (True, True), (True, False)):
+        answer, happened, _ = await both(query, {"with": with_, "without": without})
+        assert happened["planned"] == 1
+        seen.append(sorted(answer[0]["items"][0]))
+    assert seen == [["grid", "id", "tenfold"], ["id"], ["id", "tenfold"], seen[0]]
+
+
+async def test_lists_of_lists_and_aliases_with_arguments() -> None:
+    answer, happened, _ = await both(
+        "{ few: items(count: 1) { id grid } many: items(count: 4) { g: grid id } }"
+    )
+    assert happened["planned"] == 1
+    assert answer[0]["few"] == [{"id": 0, "grid": [[0, 1], [], [0]]}]
+    assert [item["g"] for item in answer[0]["many"]][3] == [[3, 4], [], [6]]
+
+
+async def test_async_fields_of_a_list_load_in_one_batch_as_on_the_stock_path() -> None:
+    _, happened, context = await both("{ items(count: 5) { id tenfold } }")
+    assert happened["planned"] == 1
+    assert context.loaders.batches == [[0, 1, 2, 3, 4]]
+
+
+async def test_an_error_falls_back_to_graphql_core_which_answers_it() -> None:
+    answer, happened, _ = await both("{ items(count: 4) { id broken tenfold } }")
+    assert happened == {"planned": 0, "fallback": 1, "stock": 0}
+    data, errors = answer
+    assert [item["broken"] for item in data["items"]] == [0, 1, None, 3]
+    assert errors == [("item 2 is broken", ["items", 2, "broken"], [errors[0][2][0]])]
+
+
+async def test_the_fallback_starts_from_the_variables_the_client_sent() -> None:
+    # The plan's attempt changes the variable (the resolver pops a key), then fails: the
+    # fallback must see the client's variable, as the stock executor does, not the leftover.
+    query = "query($d: JSON!) { a: firstKey(data: $d) b: firstKey(data: $d, fail: true) }"
+    answer, happened, _ = await both(query, {"d": {"x": 1, "y": 2, "z": 3}})
+    assert happened["fallback"] == 1
+    assert answer == ({"a": "x", "b": None}, [("refused y", ["b"], answer[1][0][2])])
+
+
+async def test_mutations_and_introspection_run_on_graphql_core() -> None:
+    _, happened, _ = await both("mutation { touch }")
+    assert happened == {"planned": 0, "fallback": 0, "stock": 1}
+    _, happened, _ = await both("{ __schema { queryType { name } } }")
+    assert happened == {"planned": 0, "fallback": 0, "stock": 1}
+
+
+async def test_each_subscription_event_runs_on_the_subscription_documents_plan() -> None:
+    query = "subscription { ticks(count: 3) { id grid tenfold } }"
+    results: dict[Any, tuple[list[Any], int]] = {}
+    for schema in (PLANNED, STOCK):
+        before = compiled.STATS["planned"]
+        stream = await schema.subscribe(query, context_value=Context())
+        assert not isinstance(stream, strawberry.types.ExecutionResult) or not stream.errors
+        events = []
+        async for event in stream:  # type: ignore[union-attr]
+            events.append((event.data, event.errors))
+        results[schema] = (events, compiled.STATS["planned"] - before)
+    assert results[PLANNED][0] == results[STOCK][0]
+    assert [data["ticks"]["id"] for data, _ in results[PLANNED][0]] == [0, 1, 2]  # type: ignore[index]
+    assert results[PLANNED][1] == 3  # every event planned...
+    keys = [key for key in compiled._plans if key[1] == query]
+    assert len(keys) == 1  # ...on one plan
+
+
+@pytest.mark.parametrize("count", [0, 1, 50])
+async def test_empty_and_long_lists(count: int) -> None:
+    answer, happened, _ = await both(f"{{ items(count: {count}) {{ id tenfold grid }} }}")
+    assert happened["planned"] == 1
+    assert len(answer[0]["items"]) == count
+
+
+async def test_concurrent_requests_share_a_plan_and_keep_their_own_answers() -> None:
+    queries = [f"{{ items(count: {n}) {{ id tenfold }} }}" for n in (3, 5)] * 4
+    answers = await asyncio.gather(*(both(query) for query in queries))
+    for query, (answer, happened, _) in zip(queries, answers, strict=True):
+        assert happened["planned"] >= 1
+        assert len(answer[0]["items"]) == int(query.split("count: ")[1][0])

@@ -66,8 +66,10 @@ async def main(args: argparse.Namespace) -> None:
         settings = load_settings()
         await migrate.upgrade(settings)
         coregraph_app = create_app(settings)
+        walking_app = create_app(settings.model_copy(update={"compiled_plans": False}))
         plain_app = plain.create_app()
         cg = httpx.AsyncClient(transport=httpx.ASGITransport(coregraph_app), base_url="http://cg")
+        walk = httpx.AsyncClient(transport=httpx.ASGITransport(walking_app), base_url="http://cg")
         pl = httpx.AsyncClient(transport=httpx.ASGITransport(plain_app), base_url="http://pl")
         tenant = await seed.load_tenant(
             settings, "http://cg/graphql", args.members, httpx.ASGITransport(coregraph_app)
@@ -89,6 +91,7 @@ async def main(args: argparse.Namespace) -> None:
         gc.freeze()
         for _ in range(args.warmup):
             await cg.send(graphql)
+            await walk.send(graphql)
             await pl.send(baseline)
         if args.profile:
             profiler = cProfile.Profile()
@@ -97,21 +100,30 @@ async def main(args: argparse.Namespace) -> None:
                 await cg.send(graphql)
             profiler.disable()
             profiler.dump_stats(args.profile)
+        w = orjson.loads((await walk.send(graphql)).content)
+        if w.get("errors") or w["data"] != p["data"]:
+            raise SystemExit("coregraph without plans and the plain endpoint disagree")
         for _ in range(args.rounds):
             g_min, g_med, g_one = await _cpu_per_request(cg, graphql, args.batches, args.per_batch)
+            w_min, w_med, w_one = await _cpu_per_request(
+                walk, graphql, args.batches, args.per_batch
+            )
             p_min, p_med, p_one = await _cpu_per_request(pl, baseline, args.batches, args.per_batch)
             print(
                 f"CPU ms/request, batches min/median, cheapest single: "
                 f"coregraph {g_min:.2f}/{g_med:.2f}, {g_one:.2f} | "
+                f"without plans {w_min:.2f}/{w_med:.2f}, {w_one:.2f} | "
                 f"plain {p_min:.2f}/{p_med:.2f}, {p_one:.2f} | "
                 f"ratio plain/coregraph {p_min / g_min:.2f}/{p_med / g_med:.2f}, "
-                f"{p_one / g_one:.2f}",
+                f"{p_one / g_one:.2f} (without plans {p_min / w_min:.2f}/{p_med / w_med:.2f}, "
+                f"{p_one / w_one:.2f})",
                 flush=True,
             )
         from coregraph.schema.compiled import STATS
 
         print(f"coregraph executions: {STATS} (planned / fell back / stock executor)")
         await cg.aclose()
+        await walk.aclose()
         await pl.aclose()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -55,7 +55,7 @@ from coregraph.schema import scalars
 from coregraph.schema.approval_gate import install_approval_gates
 from coregraph.schema.authorization import enforce_declarations
 from coregraph.schema.errors import error_extension
-from coregraph.schema.execution import CoregraphExecutor, install_fast_resolvers
+from coregraph.schema.execution import CoregraphExecutor, WalkingExecutor, install_fast_resolvers
 from coregraph.schema.lookup import ENTITIES
 from coregraph.schema.operation_limits import create_rule
 from coregraph.schema.quota_refusals import KeepQuotaRefusals
@@ -252,7 +252,7 @@ def build_schema(settings: Settings) -> CoregraphSchema:
         types=ENTITY_TYPES,
         extensions=extensions,
         federation_version=FEDERATION_VERSION,  # type: ignore[arg-type]
-        execution_context_class=CoregraphExecutor,
+        execution_context_class=CoregraphExecutor if settings.compiled_plans else WalkingExecutor,
         scalar_overrides=scalars.OVERRIDES,
     )
     # Leaner resolvers first: the approval gate then wraps one, and a declared field's guard

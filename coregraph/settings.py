@@ -207,6 +207,10 @@ class Settings(BaseSettings):
     introspection: bool | None = None  # default: on, except in production
     field_suggestions: bool | None = None  # default: on, except in production
     max_query_depth: int = Field(12, ge=2, le=100)
+    # Queries run on their document's compiled plan (coregraph.schema.compiled); off, every
+    # operation takes graphql-core's walk (same answers; a switch for comparing and for
+    # ruling the plans out while investigating).
+    compiled_plans: bool = True
     max_aliases: int = Field(30, ge=1, le=10_000)
     max_tokens: int = Field(4000, ge=50, le=1_000_000)
     # Field selections per operation, each fragment counted every time it is spread: a few

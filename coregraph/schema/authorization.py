@@ -244,6 +244,9 @@ def _type_guard(
     # The two halves, for the compiled plans (``schema.compiled``).
     is_type_of.rules = rules  # type: ignore[attr-defined]
     is_type_of.matches = matches  # type: ignore[attr-defined]
+    # Whose instances match without asking (``matches`` is true for an instance of exactly
+    # this class that no ``strawberry.cast`` marked as another type).
+    is_type_of.origin = origin  # type: ignore[attr-defined]
     return is_type_of
 
 

@@ -49,6 +49,7 @@ from graphql import (
 from graphql.execution.values import get_argument_values
 from graphql.language import VariableNode
 from graphql.pyutils import Path
+from strawberry.types.cast import TYPE_CAST_ATTRIBUTE
 
 from coregraph.schema.authorization import first_denial, judged_by_tenant
 
@@ -74,6 +75,7 @@ _skip_variables: dict[tuple[str, str | None], tuple[str, ...]] = {}
 
 Completer = Callable[[Any, Any, "_Run", Any], Any]
 
+_CAST = TYPE_CAST_ATTRIBUTE  # set on an instance by strawberry.cast
 _NO_TENANT = object()  # a row without a tenant attribute is judged apart from tenant None
 
 # Step kinds (ints compare fastest in the object loop).
@@ -134,7 +136,7 @@ class _Selection:
     type check and the rules, and rules that judge a row by its tenant alone are decided
     once per tenant per request."""
 
-    __slots__ = ("by_tenant", "check", "matches", "rules", "steps", "type_name")
+    __slots__ = ("by_tenant", "check", "matches", "origin", "rules", "steps", "type_name")
 
     def __init__(self, object_type: GraphQLObjectType, steps: tuple[_Step, ...]) -> None:
         self.type_name = object_type.name
@@ -142,6 +144,9 @@ class _Selection:
         self.steps = steps
         self.rules: tuple[Any, ...] = getattr(self.check, "rules", ())
         self.matches = getattr(self.check, "matches", None)
+        origin = getattr(self.check, "origin", None)
+        # Instances of exactly the type's class match without the call (unless cast).
+        self.origin = origin if origin is not None and not hasattr(origin, "__slots__") else None
         self.by_tenant = bool(self.rules) and judged_by_tenant(self.rules)
 
 
@@ -449,7 +454,9 @@ def _complete_selection(selection: _Selection, source: Any, path: Any, run: _Run
     principal = run.principal
     rules = selection.rules
     if rules:
-        if not selection.matches(source, info):  # type: ignore[misc]
+        if (
+            source.__class__ is not selection.origin or _CAST in source.__dict__
+        ) and not selection.matches(source, info):  # type: ignore[misc]
             raise Fallback
         if selection.by_tenant:
             key = (selection, getattr(source, "tenant_id", _NO_TENANT))
@@ -530,11 +537,35 @@ def _resolve(step: _Step, source: Any, path: Path, run: _Run) -> Any:
         if step.has_args
         else {}
     )
-    info = executor.build_resolve_info(field, step.field_nodes, step.parent_type, path)
+    info = _LazyInfo(executor, step, path)
     result = step.resolve(source, info, **args)
     if executor.is_awaitable(result):
         return _await_and_complete(step.complete, result, path, run, info)
     return step.complete(result, path, run, info)
+
+
+class _LazyInfo:
+    """The resolve info of a resolver step, built when a resolver reads more of it than its
+    ``context`` (most read only that: loaders, the principal). Reads the same attributes as
+    the executor's ``build_resolve_info`` result, which it builds on first need."""
+
+    __slots__ = ("_built", "_executor", "_path", "_step", "context")
+
+    def __init__(self, executor: Any, step: _Step, path: Path) -> None:
+        self.context = executor.context_value
+        self._executor = executor
+        self._step = step
+        self._path = path
+        self._built: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        built = self._built
+        if built is None:
+            step = self._step
+            built = self._built = self._executor.build_resolve_info(
+                step.field, step.field_nodes, step.parent_type, self._path
+            )
+        return getattr(built, name)
 
 
 def _close(values: Any) -> None:

@@ -207,6 +207,8 @@ class CoregraphExecutor(StrawberryGraphQLCoreExecutionContext):
     """strawberry's executor with the shortcuts: leaves and object fields in
     ``execute_fields``, object list items in ``complete_list_item_value``."""
 
+    plans = True  # queries and subscription events run on compiled plans
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # (parent type, id(grouped field set)) -> (the set, kept alive so that its id stays
@@ -228,7 +230,7 @@ class CoregraphExecutor(StrawberryGraphQLCoreExecutionContext):
         """A query or a subscription event runs on its document's compiled plan
         (``schema.compiled``) when it has one; whatever the plan does not produce (errors
         above all) runs again here on graphql-core's walk, which answers it."""
-        plan = compiled.plan_for(self) if not serially else None
+        plan = compiled.plan_for(self) if self.plans and not serially else None
         if plan is None:
             compiled.STATS["stock"] += 1
             return super().execute_operation(serially)
@@ -466,3 +468,9 @@ class CoregraphExecutor(StrawberryGraphQLCoreExecutionContext):
             awaited = await gather_with_cancel(*(results[name] for name in awaitable_fields))
             results.update(zip(awaitable_fields, awaited, strict=True))
         return results
+
+
+class WalkingExecutor(CoregraphExecutor):
+    """The executor with compiled plans switched off (``COREGRAPH_COMPILED_PLANS=false``)."""
+
+    plans = False

@@ -281,3 +281,25 @@ async def test_concurrent_requests_share_a_plan_and_keep_their_own_answers() -> 
     for query, (answer, happened, _) in zip(queries, answers, strict=True):
         assert happened["planned"] >= 1
         assert len(answer[0]["items"]) == int(query.split("count: ")[1][0])
+
+
+async def test_plans_can_be_switched_off_and_the_answers_stay_the_same() -> None:
+    from coregraph.api import build_schema
+    from tests.conftest import make_settings
+
+    query = "{ __typename _service { sdl } }"
+    answers: dict[bool, Any] = {}
+    for enabled in (True, False):
+        schema = build_schema(make_settings("sqlite+aiosqlite://", compiled_plans=enabled))
+        before = dict(compiled.STATS)
+        result = await schema.execute(query, context_value=Context())
+        assert not result.errors, result.errors
+        answers[enabled] = result.data
+        happened = {k: compiled.STATS[k] - before[k] for k in before}
+        assert happened == (
+            {"planned": 1, "fallback": 0, "stock": 0}
+            if enabled
+            else {"planned": 0, "fallback": 0, "stock": 1}
+        )
+    assert answers[True] == answers[False]
+    assert "type Query" in answers[True]["_service"]["sdl"]

@@ -41,6 +41,7 @@ from coregraph.graphiql import graphiql_asset
 from coregraph.http import handle_graphql, method_not_allowed
 from coregraph.invitation_page import invitation_page
 from coregraph.metrics import endpoint as metrics_endpoint, running as running_metrics
+from coregraph.persisted import PersistedOperations
 from coregraph.readiness import Readiness
 from coregraph.request_log import log_request
 from coregraph.services import identity
@@ -86,6 +87,8 @@ class Runtime:
     storage: Storage
     # Refused operations' quota.refused events, at most one per tenant, meter and minute.
     quota_refusals: QuotaRefusals
+    # APQ's registered documents, or the trusted-documents manifest (coregraph.persisted).
+    persisted: PersistedOperations
     redis: Any = None
 
     @classmethod
@@ -104,10 +107,11 @@ class Runtime:
             redis = Redis.from_url(settings.redis_url)
         limiter = Limiter.create(redis, settings.redis_url, settings.redis_prefix)
         broker = create_broker(settings, redis)
+        schema = build_schema(settings)
         return cls(
             settings=settings,
             engine=engine,
-            schema=build_schema(settings),
+            schema=schema,
             tokens=tokens,
             authenticator=Authenticator(
                 settings,
@@ -133,6 +137,7 @@ class Runtime:
             broker=broker,
             storage=create_storage(settings),
             quota_refusals=QuotaRefusals(engine, broker),
+            persisted=PersistedOperations(settings, schema, redis),
             redis=redis,
         )
 

@@ -392,7 +392,7 @@ class SocketHandler(BaseGraphQLTransportWSHandler[SocketConnection, None]):
                     # connection is pinned while it waits for that event.
                     await context.reset_reads()
             except GraphQLError as error:
-                # strawberry's ParserCache raises a syntax error out of stream() instead of
+                # The document cache's parse raises a syntax error out of stream() instead of
                 # yielding it as a PreExecutionError.
                 if sent:
                     raise

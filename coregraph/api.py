@@ -51,6 +51,7 @@ from coregraph.schema.authorization import enforce_declarations
 from coregraph.schema.document_cache import CachedDocuments, DocumentCache
 from coregraph.schema.errors import error_extension
 from coregraph.schema.execution import CoregraphExecutor, install_fast_resolvers
+from coregraph.schema.extension_runner import CachedHooksRunner
 from coregraph.schema.lookup import ENTITIES
 from coregraph.schema.operation_limits import create_rule
 from coregraph.schema.quota_refusals import KeepQuotaRefusals
@@ -180,6 +181,12 @@ class CoregraphSchema(strawberry.federation.Schema):
         for index, result in zip(usable, resolved, strict=True):
             results[index] = _found(result)
         return results
+
+    def create_extensions_runner(
+        self, execution_context: Any, extensions: list[Any]
+    ) -> CachedHooksRunner:
+        # The hooks' kinds found once per extension class (schema.extension_runner).
+        return CachedHooksRunner(execution_context=execution_context, extensions=extensions)
 
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         """Errors are classified and logged once, in ``schema.errors``; expected ones

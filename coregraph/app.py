@@ -260,15 +260,21 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.runtime = runtime
     readiness = Readiness(runtime)
 
-    @app.api_route("/graphql", methods=["GET", "POST"], include_in_schema=False)
     async def graphql_http(request: Request) -> Response:
         return await handle_graphql(request, runtime)
 
-    @app.api_route(
-        "/graphql", methods=["PUT", "PATCH", "DELETE", "OPTIONS"], include_in_schema=False
-    )
     async def graphql_other_methods(request: Request) -> Response:
         return method_not_allowed(request)
+
+    # Starlette routes, not FastAPI's: the handler takes the request and nothing else, so
+    # FastAPI's dependency solving per request (~5 % of a `{ __typename }`) buys nothing.
+    app.add_route("/graphql", graphql_http, methods=["GET", "POST"], include_in_schema=False)
+    app.add_route(
+        "/graphql",
+        graphql_other_methods,
+        methods=["PUT", "PATCH", "DELETE", "OPTIONS"],
+        include_in_schema=False,
+    )
 
     app.add_api_route("/invitations/accept", invitation_page, include_in_schema=False)
     if runtime.settings.metrics_public_enabled:

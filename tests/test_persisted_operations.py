@@ -21,6 +21,7 @@ from coregraph.app import Runtime
 from coregraph.persisted import PersistedOperations, PersistedQueryRefused, TrustedDocumentsError
 from tests.conftest import make_settings
 from tests.support import GraphQLClient, Server, running_server, unique
+from tests.test_websocket import receive, socket
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 JSON = "application/json"
@@ -400,3 +401,34 @@ def test_the_app_itself_refuses_a_bad_manifest(tmp_path: Path, database_url: str
     manifest.write_text('{"abc": "query { noSuchField }"}')
     with pytest.raises(TrustedDocumentsError, match="noSuchField"):
         Runtime.create(make_settings(database_url, trusted_documents=manifest))
+
+
+async def test_a_socket_is_held_to_the_manifest_too(
+    client: GraphQLClient, trusted_server: Server
+) -> None:
+    """Otherwise graphql-transport-ws would run what HTTP refuses."""
+    owner = await client.sign_up()
+    await client.create_tenant(owner)
+    async with socket(trusted_server, owner.headers()) as ws:
+        by_id = await run_payload(ws, "1", {"documentId": sha256(TYPENAME)})
+        assert by_id[0] == {"id": "1", "type": "next", "payload": {"data": {"__typename": "Query"}}}
+        by_text = await run_payload(ws, "2", {"query": TYPENAME})
+        assert by_text[0]["payload"] == {"data": {"__typename": "Query"}}
+        refused = await run_payload(ws, "3", {"query": "{ viewer { id } }"})
+        assert refused[-1]["type"] == "error"
+        assert refused[-1]["payload"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_IN_LIST"
+        unknown = await run_payload(ws, "4", {"documentId": "nope"})
+        assert unknown[-1]["payload"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_FOUND"
+        # The socket stays usable after a refusal.
+        again = await run_payload(ws, "5", {"documentId": sha256(TYPENAME)})
+        assert again[0]["payload"] == {"data": {"__typename": "Query"}}
+
+
+async def run_payload(ws: Any, op_id: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    await ws.send(json.dumps({"id": op_id, "type": "subscribe", "payload": payload}))
+    messages = []
+    while True:
+        message = await receive(ws)
+        messages.append(message)
+        if message["type"] in ("complete", "error"):
+            return messages

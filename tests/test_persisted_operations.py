@@ -21,7 +21,7 @@ from coregraph.app import Runtime
 from coregraph.persisted import PersistedOperations, PersistedQueryRefused, TrustedDocumentsError
 from tests.conftest import make_settings
 from tests.support import GraphQLClient, Server, running_server, unique
-from tests.test_websocket import receive, socket
+from tests.test_websocket import run_payload, socket
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 JSON = "application/json"
@@ -422,13 +422,3 @@ async def test_a_socket_is_held_to_the_manifest_too(
         # The socket stays usable after a refusal.
         again = await run_payload(ws, "5", {"documentId": sha256(TYPENAME)})
         assert again[0]["payload"] == {"data": {"__typename": "Query"}}
-
-
-async def run_payload(ws: Any, op_id: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
-    await ws.send(json.dumps({"id": op_id, "type": "subscribe", "payload": payload}))
-    messages = []
-    while True:
-        message = await receive(ws)
-        messages.append(message)
-        if message["type"] in ("complete", "error"):
-            return messages

@@ -171,8 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         env = bench_env(tmp)
         migrate_database(env)
         with (
-            uvicorn_server("coregraph", "coregraph.app:create_app", env, tmp, "/healthz") as cg,
-            uvicorn_server("plain", "bench.plain:create_app", env, tmp, "/healthz") as plain,
+            uvicorn_server(
+                "coregraph", "coregraph.app:create_app", env, tmp, "/healthz", start_timeout=120
+            ) as cg,
+            uvicorn_server(
+                "plain", "bench.plain:create_app", env, tmp, "/healthz", start_timeout=120
+            ) as plain,
         ):
             register(cg)
             verdicts = []

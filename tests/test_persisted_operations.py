@@ -422,3 +422,15 @@ async def test_a_socket_is_held_to_the_manifest_too(
         # The socket stays usable after a refusal.
         again = await run_payload(ws, "5", {"documentId": sha256(TYPENAME)})
         assert again[0]["payload"] == {"data": {"__typename": "Query"}}
+
+
+async def test_with_apq_off_a_hash_is_answered_as_not_supported(database_url: str) -> None:
+    """What Apollo's link takes as "stop sending hashes" (PersistedQueryNotSupported)."""
+    settings = make_settings(database_url, persisted_queries=False)
+    operations = PersistedOperations(settings, build_schema(settings))
+    for query in (None, TYPENAME):
+        with pytest.raises(PersistedQueryRefused) as refused:
+            await operations.resolve(query, apq(TYPENAME), None, exempt=False)
+        assert refused.value.code == "PERSISTED_QUERY_NOT_SUPPORTED"
+        assert refused.value.message == "PersistedQueryNotSupported"
+    assert (await operations.resolve(TYPENAME, None, None, exempt=False)).query == TYPENAME

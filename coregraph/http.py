@@ -332,9 +332,13 @@ async def _handle_graphql(request: Request, runtime: Runtime, uploads: Uploads |
         )
     except PersistedQueryRefused as exc:
         state.outcome = exc.code
+        # A malformed request is a 400 whatever the media type, as before persisted
+        # operations; their own refusals follow the request-error rule (200 with
+        # application/json), which Apollo's clients read either way.
+        malformed = exc.code == "BAD_REQUEST"
         return _response(
             error_payload(exc.message, {"code": exc.code, "requestId": request_id}),
-            exc.status if media_type == GRAPHQL_RESPONSE else 200,
+            exc.status if media_type == GRAPHQL_RESPONSE or malformed else 200,
             media_type,
         )
     query = resolved.query

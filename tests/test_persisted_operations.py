@@ -139,8 +139,11 @@ async def test_malformed_persisted_query_extensions_are_bad_requests(
     for extensions in (wrong_version, {"persistedQuery": {"version": 1}}, {"persistedQuery": 1}):
         r = await post(http, server.url, {"query": query, "extensions": extensions})
         assert r.status_code == 400 and code(r) == "BAD_REQUEST", (extensions, r.text)
-    r = await post(http, server.url, {})
-    assert r.status_code == 400 and code(r) == "BAD_REQUEST"
+    for accept in (GRAPHQL_RESPONSE, JSON):  # malformed: 400 with either media type
+        r = await post(http, server.url, {}, accept=accept)
+        assert r.status_code == 400 and code(r) == "BAD_REQUEST"
+        r = await post(http, server.url, {"documentId": 12}, accept=accept)
+        assert r.status_code == 400 and code(r) == "BAD_REQUEST"
 
 
 async def test_a_persisted_mutation_is_refused_over_get(

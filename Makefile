@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 NODE_DEPS := tests/node/node_modules/.package-lock.json
 
-.PHONY: run test lint typecheck pytest bench bench-ingest bench-usage bench-scale bench-approvals bench-support bench-executor schema migrate lock clean
+.PHONY: run test lint typecheck pytest bench bench-ingest bench-usage bench-scale bench-approvals bench-support bench-executor bench-typename schema migrate lock clean
 
 # Installs take exactly what the lock files name, each download checked against its hash; the
 # package itself goes on top without resolving anything (`make lock` writes the locks).
@@ -72,6 +72,11 @@ bench-scale: $(VENV)/.dev-installed
 
 bench-approvals: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.approvals
+
+# Issue 13: `{ __typename }` under wrk (POST, and the persisted GET) against a plain FastAPI
+# endpoint; says so and exits 0 without wrk (apt-get install -y wrk).
+bench-typename: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.typename
 
 # Resolve pyproject.toml's ranges for every platform and Python 3.11+, keeping the versions the
 # locks already name where they still fit; `make lock LOCK_FLAGS=--upgrade` takes the newest.

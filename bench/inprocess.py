@@ -22,6 +22,9 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -29,6 +32,9 @@ import orjson
 from bench import seed
 from bench.__main__ import GRAPHQL_HEADERS, MEMBERS_QUERY
 from bench.servers import bench_env
+
+if TYPE_CHECKING:
+    from coregraph.settings import Settings
 
 
 async def _cpu_per_request(
@@ -54,8 +60,11 @@ async def _cpu_per_request(
     return min(results), statistics.median(results), cheapest * 1000
 
 
-async def main(args: argparse.Namespace) -> None:
-    tmp = tempfile.mkdtemp(prefix="coregraph-inprocess-")
+@asynccontextmanager
+async def both_apps(prefix: str) -> AsyncIterator[tuple[Settings, Any, Any]]:
+    """(settings, coregraph's app, the plain app) in this process, on a fresh migrated SQLite
+    file in a temporary directory removed on the way out."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
     try:
         os.environ.update(bench_env(tmp))
         from bench import plain
@@ -65,9 +74,16 @@ async def main(args: argparse.Namespace) -> None:
 
         settings = load_settings()
         await migrate.upgrade(settings)
-        coregraph_app = create_app(settings)
+        yield settings, create_app(settings), plain.create_app()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def main(args: argparse.Namespace) -> None:
+    async with both_apps("coregraph-inprocess-") as (settings, coregraph_app, plain_app):
+        from coregraph.app import create_app
+
         walking_app = create_app(settings.model_copy(update={"compiled_plans": False}))
-        plain_app = plain.create_app()
         cg = httpx.AsyncClient(transport=httpx.ASGITransport(coregraph_app), base_url="http://cg")
         walk = httpx.AsyncClient(transport=httpx.ASGITransport(walking_app), base_url="http://cg")
         pl = httpx.AsyncClient(transport=httpx.ASGITransport(plain_app), base_url="http://pl")
@@ -125,8 +141,6 @@ async def main(args: argparse.Namespace) -> None:
         await cg.aclose()
         await walk.aclose()
         await pl.aclose()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

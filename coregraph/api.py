@@ -12,12 +12,6 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError, NoSchemaIntrospectionCustomRule
-from strawberry.extensions import (
-    AddValidationRules,
-    MaxTokensLimiter,
-    ParserCache,
-    ValidationCache,
-)
 from strawberry.federation.schema import FederationAny
 from strawberry.tools import merge_types
 
@@ -54,8 +48,10 @@ from coregraph.resolvers.webhooks import WebhooksMutation, WebhooksQuery, Webhoo
 from coregraph.schema import scalars
 from coregraph.schema.approval_gate import install_approval_gates
 from coregraph.schema.authorization import enforce_declarations
+from coregraph.schema.document_cache import CachedDocuments, DocumentCache
 from coregraph.schema.errors import error_extension
 from coregraph.schema.execution import CoregraphExecutor, WalkingExecutor, install_fast_resolvers
+from coregraph.schema.extension_runner import CachedHooksRunner
 from coregraph.schema.lookup import ENTITIES
 from coregraph.schema.operation_limits import create_rule
 from coregraph.schema.quota_refusals import KeepQuotaRefusals
@@ -158,6 +154,10 @@ def _representation_problem(representation: Any) -> str | None:
 
 
 class CoregraphSchema(strawberry.federation.Schema):
+    # Each text's parsed document and validation result (schema.document_cache), set by
+    # build_schema: the rules it validates with are this schema's.
+    documents: DocumentCache
+
     def entities_resolver(
         self, info: strawberry.Info, representations: list[FederationAny]
     ) -> list[FederationAny]:
@@ -181,6 +181,12 @@ class CoregraphSchema(strawberry.federation.Schema):
         for index, result in zip(usable, resolved, strict=True):
             results[index] = _found(result)
         return results
+
+    def create_extensions_runner(
+        self, execution_context: Any, extensions: list[Any]
+    ) -> CachedHooksRunner:
+        # The hooks' kinds found once per extension class (schema.extension_runner).
+        return CachedHooksRunner(execution_context=execution_context, extensions=extensions)
 
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         """Errors are classified and logged once, in ``schema.errors``; expected ones
@@ -217,23 +223,21 @@ def _mutation_payloads(schema: CoregraphSchema) -> dict[str, type]:
 
 
 def build_schema(settings: Settings) -> CoregraphSchema:
-    # Factories: strawberry builds each extension per operation; the parser and validation
-    # caches themselves live at module level, shared by every request. The validation cache is
-    # keyed by the rule classes too, so the rules are built once, here (strawberry's
-    # QueryDepthLimiter and MaxAliasesLimiter would build new ones per operation, and then no
-    # lookup ever hits).
+    # Factories: strawberry builds each extension per operation; the document cache itself
+    # belongs to the schema, shared by every request. Its validation rules are built once,
+    # here (strawberry's QueryDepthLimiter and MaxAliasesLimiter would build new ones per
+    # operation).
     limits: list[Any] = [
         create_rule(settings.max_query_depth, settings.max_aliases, settings.max_fields)
     ]
     if not settings.introspection_enabled:
         limits.append(NoSchemaIntrospectionCustomRule)
+    documents = DocumentCache(tuple(limits), settings.max_tokens, maxsize=1024)
     extensions: list[Any] = [
         error_extension(settings.suggestions_enabled),
         KeepQuotaRefusals,
-        partial(ParserCache, maxsize=1024),
-        partial(ValidationCache, maxsize=1024),
-        partial(AddValidationRules, limits),
-        partial(MaxTokensLimiter, max_token_count=settings.max_tokens),
+        # Parse and validation (with the limits above and the token limit), once per text.
+        partial(CachedDocuments, documents),
         # After validation, before execution: a READ support session runs no mutation...
         ReadOnlySupportExtension,
         # ...and the plan's rate limits, api.requests and its cap.
@@ -255,6 +259,7 @@ def build_schema(settings: Settings) -> CoregraphSchema:
         execution_context_class=CoregraphExecutor if settings.compiled_plans else WalkingExecutor,
         scalar_overrides=scalars.OVERRIDES,
     )
+    schema.documents = documents
     # Leaner resolvers first: the approval gate then wraps one, and a declared field's guard
     # wraps both (a field's scopes are checked before a request for it is ever stored).
     install_fast_resolvers(schema._schema, schema.config.info_class)

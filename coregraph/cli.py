@@ -52,6 +52,8 @@ def serve(
 
     settings = _settings()
     cg_logging.configure(settings.log_level)
+    if settings.trusted_documents is not None:
+        _check_trusted_documents(settings)
     if migrate:
         _migrate_before_serving()
     uvicorn.run(
@@ -98,6 +100,20 @@ async def _migrate(settings: Settings) -> None:
     from coregraph import migrate
 
     await migrate.upgrade(settings)
+
+
+def _check_trusted_documents(settings: Settings) -> None:
+    """A manifest that cannot be read, or holds a document this schema would refuse, stops
+    ``serve`` with the reason (the app's own load would stop it with a traceback)."""
+    from coregraph.api import build_schema
+    from coregraph.persisted import TrustedDocuments, TrustedDocumentsError
+
+    assert settings.trusted_documents is not None
+    try:
+        TrustedDocuments(settings.trusted_documents, build_schema(settings))
+    except TrustedDocumentsError as exc:
+        typer.echo(f"coregraph: COREGRAPH_TRUSTED_DOCUMENTS: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _migrate_before_serving() -> None:

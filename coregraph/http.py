@@ -9,6 +9,7 @@ authenticates once per request, and keeps the per-request path short. WebSockets
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -25,6 +26,7 @@ from coregraph.auth.schema_reader import SCHEMA_SECRET_HEADER, carries_schema_se
 from coregraph.context import Context
 from coregraph.errors import CoregraphError, ServiceUnavailable, Unauthenticated
 from coregraph.graphiql import graphiql_page
+from coregraph.persisted import PersistedQueryRefused
 from coregraph.request import RequestMeta, served_base_url
 from coregraph.schema.errors import present, with_trace_id
 from coregraph.uploads import UploadRefused, Uploads, forces_preflight, is_multipart
@@ -81,11 +83,23 @@ def _json_param(raw: str | None, name: str) -> Any:
         raise RequestError(400, f"{name} must be JSON") from None
 
 
-def _check_params(body: Any) -> tuple[str, dict[str, Any] | None, str | None]:
+@dataclass(frozen=True, slots=True)
+class GraphQLParams:
+    """A request's parameters; ``query`` may be absent when a persisted document is named
+    (``extensions.persistedQuery`` or ``documentId``: coregraph.persisted)."""
+
+    query: str | None
+    variables: dict[str, Any] | None
+    operation_name: str | None
+    extensions: dict[str, Any] | None
+    document_id: Any = None
+
+
+def _check_params(body: Any) -> GraphQLParams:
     if not isinstance(body, dict):
         raise RequestError(400, "the body must be a JSON object")
     query = body.get("query")
-    if not isinstance(query, str):
+    if query is not None and not isinstance(query, str):
         raise RequestError(400, "query must be a string")
     variables = body.get("variables")
     if variables is not None and not isinstance(variables, dict):
@@ -96,10 +110,10 @@ def _check_params(body: Any) -> tuple[str, dict[str, Any] | None, str | None]:
     extensions = body.get("extensions")
     if extensions is not None and not isinstance(extensions, dict):
         raise RequestError(400, "extensions must be an object")
-    return query, variables, operation_name
+    return GraphQLParams(query, variables, operation_name, extensions, body.get("documentId"))
 
 
-async def read_params(request: Request) -> tuple[str, dict[str, Any] | None, str | None]:
+async def read_params(request: Request) -> GraphQLParams:
     if request.method == "GET":
         params = request.query_params
         return _check_params(
@@ -108,6 +122,7 @@ async def read_params(request: Request) -> tuple[str, dict[str, Any] | None, str
                 "variables": _json_param(params.get("variables"), "variables"),
                 "operationName": params.get("operationName"),
                 "extensions": _json_param(params.get("extensions"), "extensions"),
+                "documentId": params.get("documentId"),
             }
         )
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -207,6 +222,29 @@ def _refused(state: Any, exc: CoregraphError, request_id: str, media_type: str) 
     )
 
 
+# What a GET's answer depends on besides its URL: a cache must key on them too.
+_GET_VARY = "Accept, Authorization, X-Tenant-Id, X-Environment, " + SCHEMA_SECRET_HEADER
+
+
+def _cache_headers(request: Request, response: Response, max_age: int) -> None:
+    """Cache-Control for a GET. Answers depend on the caller's credential, so only the client's
+    own cache may keep one (``private``), and only a persisted query's answer without errors,
+    for ``COREGRAPH_PERSISTED_QUERIES_MAX_AGE`` (an anonymous one, the same for every caller
+    without a credential, may also be kept by shared caches: ``public``). Anything else is
+    revalidated every time, and errors are never stored."""
+    if response.media_type == "text/html":
+        return  # the IDE page
+    state = request.state
+    response.headers["Vary"] = _GET_VARY
+    if response.status_code != 200 or getattr(state, "outcome", None) is not None:
+        response.headers["Cache-Control"] = "no-store"
+    elif getattr(state, "persisted", False) and max_age > 0:
+        scope = "private" if request.headers.get("authorization") else "public"
+        response.headers["Cache-Control"] = f"{scope}, max-age={max_age}"
+    else:
+        response.headers["Cache-Control"] = "private, no-cache"
+
+
 async def handle_graphql(request: Request, runtime: Runtime) -> Response:
     if request.method == "POST" and is_multipart(request):
         # File uploads (coregraph.uploads): their temporary files go when the request ends.
@@ -215,7 +253,10 @@ async def handle_graphql(request: Request, runtime: Runtime) -> Response:
             return await _handle_graphql(request, runtime, uploads)
         finally:
             await uploads.close()
-    return await _handle_graphql(request, runtime, None)
+    response = await _handle_graphql(request, runtime, None)
+    if request.method == "GET":
+        _cache_headers(request, response, runtime.settings.persisted_queries_max_age)
+    return response
 
 
 async def _handle_graphql(request: Request, runtime: Runtime, uploads: Uploads | None) -> Response:
@@ -258,9 +299,12 @@ async def _handle_graphql(request: Request, runtime: Runtime, uploads: Uploads |
             )
     try:
         if uploads is not None:
-            query, variables, operation_name, _ = await uploads.read(request, runtime.settings)
+            query, variables, operation_name, extensions = await uploads.read(
+                request, runtime.settings
+            )
+            params = GraphQLParams(query, variables, operation_name, extensions)
         else:
-            query, variables, operation_name = await read_params(request)
+            params = await read_params(request)
     except RequestError as exc:
         state.outcome = "BAD_REQUEST"
         return _response(
@@ -275,7 +319,30 @@ async def _handle_graphql(request: Request, runtime: Runtime, uploads: Uploads |
             exc.status,
             media_type,
         )
+    operation_name = params.operation_name
+    variables = params.variables
     state.operation_name = operation_name
+    schema_reader = carries_schema_secret(
+        runtime.settings, request.headers.get(SCHEMA_SECRET_HEADER)
+    )
+    try:
+        # The persisted document named (APQ, trusted documents), before any database work.
+        resolved = await runtime.persisted.resolve(
+            params.query, params.extensions, params.document_id, exempt=schema_reader
+        )
+    except PersistedQueryRefused as exc:
+        state.outcome = exc.code
+        # A malformed request is a 400 whatever the media type, as before persisted
+        # operations; their own refusals follow the request-error rule (200 with
+        # application/json), which Apollo's clients read either way.
+        malformed = exc.code == "BAD_REQUEST"
+        return _response(
+            error_payload(exc.message, {"code": exc.code, "requestId": request_id}),
+            exc.status if media_type == GRAPHQL_RESPONSE or malformed else 200,
+            media_type,
+        )
+    query = resolved.query
+    state.persisted = resolved.persisted
     if principal is None:
         try:
             principal = await authenticate(request, runtime, meta)
@@ -290,9 +357,7 @@ async def _handle_graphql(request: Request, runtime: Runtime, uploads: Uploads |
     context = Context(runtime, principal, meta)
     context.request_variables = variables
     context.approval_reason = request.headers.get(APPROVAL_REASON_HEADER)
-    context.schema_reader = carries_schema_secret(
-        runtime.settings, request.headers.get(SCHEMA_SECRET_HEADER)
-    )
+    context.schema_reader = schema_reader
     allowed = (
         {OperationType.QUERY}
         if request.method == "GET"
@@ -341,6 +406,10 @@ async def _handle_graphql(request: Request, runtime: Runtime, uploads: Uploads |
     finally:
         await context.close()
 
+    if resolved.register is not None and not isinstance(result, PreExecutionError):
+        # Parsed, validated and of a type this method may run: known from now on, in every
+        # process sharing the Redis.
+        await runtime.persisted.register(resolved.register, query)
     state.operation_name = context.operation_name or operation_name
     state.operation_type = context.operation_type
     payload: dict[str, Any] = {}

@@ -239,6 +239,19 @@ class Settings(BaseSettings):
     # then composes its supergraph offline from `coregraph export-schema`.
     schema_reader_secret: str | None = None
 
+    # Persisted operations (coregraph/persisted.py). Apollo's automatic persisted queries:
+    # registered texts kept per process (an LRU of this many) and, with Redis, shared by every
+    # process for the TTL. A GET of a persisted query answered without errors may be kept by
+    # the client for this many seconds (Cache-Control; 0: revalidate every time).
+    persisted_queries: bool = True
+    persisted_queries_max: int = Field(1024, ge=1, le=1_000_000)
+    persisted_queries_ttl_seconds: int = Field(86400, ge=1, le=365 * 86400)
+    persisted_queries_max_age: int = Field(0, ge=0, le=86400)
+    # Trusted documents: a manifest written by the client build (GraphQL Code Generator's
+    # persisted-documents.json, Relay's persisted queries, Apollo's persisted query list).
+    # Set, only its documents run (GraphiQL is not served); every one is validated at start.
+    trusted_documents: Path | None = None
+
     # Attempts per window: login, refreshSession, acceptInvitation per account and per address;
     # signUp and logout by refresh token per address.
     auth_rate_limit_per_account: int = Field(10, ge=1)
@@ -276,7 +289,9 @@ class Settings(BaseSettings):
             value = "postgresql+asyncpg://" + value.removeprefix("postgresql://")
         return value
 
-    @field_validator("public_url", "storage_url", "s3_endpoint_url", mode="before")
+    @field_validator(
+        "public_url", "storage_url", "s3_endpoint_url", "trusted_documents", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # Compose files pass `${COREGRAPH_PUBLIC_URL:-}`: empty means "the address served".
@@ -392,6 +407,8 @@ class Settings(BaseSettings):
 
     @property
     def graphiql_enabled(self) -> bool:
+        if self.trusted_documents is not None:
+            return False  # the IDE's documents are not in the manifest: none would run
         return self.graphiql if self.graphiql is not None else not self.is_production
 
     @property

@@ -59,6 +59,7 @@ from coregraph.auth.schema_reader import SCHEMA_SECRET_HEADER, carries_schema_se
 from coregraph.context import Context
 from coregraph.errors import CoregraphError
 from coregraph.metrics import open_socket, subscription_ended, subscription_started
+from coregraph.persisted import PersistedQueryRefused
 from coregraph.request import RequestMeta, served_base_url
 from coregraph.request_log import log_request
 from coregraph.schema.errors import present
@@ -272,6 +273,14 @@ class SocketHandler(BaseGraphQLTransportWSHandler[SocketConnection, None]):
     async def handle_subscribe(self, message: SubscribeMessage) -> None:
         payload: Any = message.get("payload")
         if (
+            isinstance(message.get("id"), str)
+            and isinstance(payload, dict)
+            and self.connection_acknowledged
+            and await self._persisted_document_refused(message, payload)
+        ):
+            return
+        payload = message.get("payload")
+        if (
             not isinstance(message.get("id"), str)
             or not isinstance(payload, dict)
             or not isinstance(payload.get("query"), str)
@@ -282,6 +291,37 @@ class SocketHandler(BaseGraphQLTransportWSHandler[SocketConnection, None]):
             await self.websocket.close(code=BAD_REQUEST, reason="Invalid subscribe message")
             return
         await super().handle_subscribe(message)
+
+    async def _persisted_document_refused(
+        self, message: SubscribeMessage, payload: dict[str, Any]
+    ) -> bool:
+        """In trusted-documents mode only the manifest's documents run here too, named by id
+        or sent whole; a document named by id (or APQ hash) replaces the missing query. APQ
+        registration is HTTP's (Apollo's link is an HTTP link): a socket only looks up."""
+        persisted = self.context.runtime.persisted
+        extensions = payload.get("extensions")
+        names_one = payload.get("documentId") is not None or (
+            isinstance(extensions, dict) and extensions.get("persistedQuery") is not None
+        )
+        if persisted.trusted is None and not names_one:
+            return False
+        query = payload.get("query")
+        try:
+            resolved = await persisted.resolve(
+                query if isinstance(query, str) else None,
+                extensions if isinstance(extensions, dict) else None,
+                payload.get("documentId"),
+                exempt=self.context.schema_reader,
+            )
+        except PersistedQueryRefused as exc:
+            error = GraphQLError(exc.message, extensions={"code": exc.code})
+            presented = present([error], uuid.uuid4().hex, False)
+            await self.send_message(
+                {"id": message["id"], "type": "error", "payload": [e.formatted for e in presented]}
+            )
+            return True
+        payload["query"] = resolved.query
+        return False
 
     async def run_operation(self, operation: Operation[SocketConnection, None]) -> None:
         started = time.perf_counter()
@@ -392,7 +432,7 @@ class SocketHandler(BaseGraphQLTransportWSHandler[SocketConnection, None]):
                     # connection is pinned while it waits for that event.
                     await context.reset_reads()
             except GraphQLError as error:
-                # strawberry's ParserCache raises a syntax error out of stream() instead of
+                # The document cache's parse raises a syntax error out of stream() instead of
                 # yielding it as a PreExecutionError.
                 if sent:
                     raise

@@ -40,6 +40,13 @@ async def run(
     payload: dict[str, Any] = {"query": query}
     if variables is not None:
         payload["variables"] = variables
+    return await run_payload(ws, op_id, payload)
+
+
+async def run_payload(
+    ws: ClientConnection, op_id: str, payload: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Subscribes with ``payload``; every message until the operation completes or fails."""
     await ws.send(json.dumps({"id": op_id, "type": "subscribe", "payload": payload}))
     messages = []
     while True:

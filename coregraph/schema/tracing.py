@@ -7,7 +7,7 @@ strawberry's ``OpenTelemetryExtension`` with three changes:
 - no span per resolver: an extension with a ``resolve`` hook installs resolver middleware, which
   turns off the executor's shortcuts (``coregraph.schema.execution``) and makes every field of
   a large answer several times slower, traced or not;
-- no parsing and validation spans: both are cached (``ParserCache``, ``ValidationCache``), so
+- no parsing and validation spans: both are cached (``schema.document_cache``), so
   they were two of a small query's six spans for microseconds of work;
 - the document is not recorded: literals in it (a password, a token) would reach the trace
   backend. The span carries the operation's name and type instead.

@@ -33,10 +33,9 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import ColumnElement, Table, exists, false, func, or_, select, text, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -52,6 +51,9 @@ from coregraph.services.uow import UnitOfWork, diff
 from coregraph.settings import Settings
 from coregraph.streams.messages import event_message, iso_time
 
+if TYPE_CHECKING:
+    from cryptography.fernet import MultiFernet
+
 SECRET_PREFIX = "whsec_"
 
 _ENDPOINTS: Table = WebhookEndpoint.__table__  # type: ignore[assignment]
@@ -64,15 +66,28 @@ def new_secret() -> str:
 
 
 class SecretBox:
-    """Encrypts endpoint secrets at rest with the configured Fernet keys."""
+    """Encrypts endpoint secrets at rest with the configured Fernet keys. cryptography is
+    imported at the first secret sealed or opened, not with the webhook worker every server on
+    the embedded defaults runs (coregraph.auth.pyjwt says what it costs)."""
 
     def __init__(self, keys: Sequence[str]) -> None:
-        self._fernet = MultiFernet([Fernet(key) for key in keys])
+        self._keys = list(keys)
+        self._multi: MultiFernet | None = None
+
+    @property
+    def _fernet(self) -> MultiFernet:
+        if self._multi is None:
+            from cryptography.fernet import Fernet, MultiFernet
+
+            self._multi = MultiFernet([Fernet(key) for key in self._keys])
+        return self._multi
 
     def seal(self, secret: str) -> str:
         return self._fernet.encrypt(secret.encode()).decode()
 
     def open(self, token: str) -> str:
+        from cryptography.fernet import InvalidToken
+
         try:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken:
@@ -779,6 +794,8 @@ async def reseal_secrets(uow: UnitOfWork, tenant_id: str, box: SecretBox) -> int
             .with_for_update()
         )
     ).all()
+    from cryptography.fernet import InvalidToken
+
     for endpoint in endpoints:
         try:
             endpoint.secret = box.reseal(endpoint.secret)

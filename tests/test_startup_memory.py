@@ -34,6 +34,10 @@ LAZY = (
     # PyJWT signs coregraph's HMAC tokens without it; only an external issuer's RSA/EC keys,
     # webhook secrets (Fernet) and the CLI load it (coregraph.auth.pyjwt).
     "cryptography",
+    # The PostgreSQL dialect and its driver, on SQLite (coregraph.db.dialect_insert, the JSONB
+    # of models.base.JSONDocument).
+    "sqlalchemy.dialects.postgresql",
+    "asyncpg",
     # Tracing is off without OTEL_EXPORTER_OTLP_ENDPOINT (coregraph.telemetry). (FastAPI
     # itself imports the OpenTelemetry API, a few hundred KiB.)
     "opentelemetry.sdk",

@@ -37,10 +37,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import ColumnElement, Table, exists, false, func, or_, select, text, true, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from coregraph import ids, outbound
+from coregraph import db as database, ids, outbound
 from coregraph.errors import BadUserInput, Conflict, QuotaExceeded
 from coregraph.models import Event, EventType, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from coregraph.models.base import Environment, utcnow
@@ -206,9 +205,8 @@ async def schedule(
     if not rows:
         return 0
     name = db.dialect.name if isinstance(db, AsyncConnection) else db.get_bind().dialect.name
-    dialect = postgresql if name == "postgresql" else sqlite
     result = await db.execute(
-        dialect.insert(_DELIVERIES)
+        database.dialect_insert(name, _DELIVERIES)
         .on_conflict_do_nothing(index_elements=[_DELIVERIES.c.endpoint_id, _DELIVERIES.c.event_id])
         .returning(_DELIVERIES.c.id),
         rows,

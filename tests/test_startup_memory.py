@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 from alembic.script import ScriptDirectory
@@ -30,6 +31,13 @@ LAZY = (
     "rich",
     "httpx",
     "jsonschema",
+    # PyJWT signs coregraph's HMAC tokens without it; only an external issuer's RSA/EC keys,
+    # webhook secrets (Fernet) and the CLI load it (coregraph.auth.pyjwt).
+    "cryptography",
+    # The PostgreSQL dialect and its driver, on SQLite (coregraph.db.dialect_insert, the JSONB
+    # of models.base.JSONDocument).
+    "sqlalchemy.dialects.postgresql",
+    "asyncpg",
     # Tracing is off without OTEL_EXPORTER_OTLP_ENDPOINT (coregraph.telemetry). (FastAPI
     # itself imports the OpenTelemetry API, a few hundred KiB.)
     "opentelemetry.sdk",
@@ -56,19 +64,13 @@ print(json.dumps({
 """
 
 
-def test_a_server_on_the_embedded_defaults_starts_without_the_libraries_it_does_not_use(
-    tmp_path: Path,
-) -> None:
+def run_probe(code: str, *args: str, **environ: str) -> Any:
+    """What ``code``, run by a fresh interpreter with no COREGRAPH_/OTEL_ settings but
+    ``environ``, printed last (JSON)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COREGRAPH_", "OTEL_"))}
-    env |= {
-        "COREGRAPH_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/startup.sqlite3",
-        "COREGRAPH_STORAGE_DIR": str(tmp_path / "files"),
-        # The production cost of a password hash (64 MiB), which startup must not pay.
-        "COREGRAPH_PASSWORD_HASH_MEMORY_KIB": "65536",
-    }
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, *LAZY],
-        env=env,
+        [sys.executable, "-c", code, *args],
+        env=env | environ,
         cwd=Path(__file__).parent.parent,
         capture_output=True,
         text=True,
@@ -76,12 +78,77 @@ def test_a_server_on_the_embedded_defaults_starts_without_the_libraries_it_does_
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    probe = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_server_on_the_embedded_defaults_starts_without_the_libraries_it_does_not_use(
+    tmp_path: Path,
+) -> None:
+    probe = run_probe(
+        PROBE,
+        *LAZY,
+        COREGRAPH_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/startup.sqlite3",
+        COREGRAPH_STORAGE_DIR=str(tmp_path / "files"),
+        # The production cost of a password hash (64 MiB), which startup must not pay.
+        COREGRAPH_PASSWORD_HASH_MEMORY_KIB="65536",
+    )
     assert probe["loaded"] == []
     if probe["hwm_kib"] is not None:
         # No argon2 hash at import or startup: one would have peaked ~64 MiB above the
         # resident set the process keeps.
         assert probe["hwm_kib"] - probe["rss_kib"] < 32 * 1024, probe
+
+
+TOKENS_PROBE = """
+import asyncio, json, sys
+from coregraph.auth.tokens import TokenService
+from coregraph.settings import Settings
+
+own = TokenService(Settings())
+token, _ = own.issue_access_token("usr_probe", "ses_probe")
+before = asyncio.run(own.verify(token))
+hmac_only = "cryptography" not in sys.modules
+
+# Later in the same process, a token service for an external issuer (RS256).
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+pem = private.public_key().public_bytes(
+    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+).decode()
+external = TokenService(Settings(
+    external_jwt_issuer="https://idp.example", external_jwt_audience="cg-probe",
+    external_jwt_public_key=pem,
+))
+claims = {"iss": "https://idp.example", "aud": "cg-probe", "sub": "idp-user",
+          "iat": 1_700_000_000, "exp": 4_000_000_000}
+theirs = asyncio.run(external.verify(jwt.encode(claims, private, algorithm="RS256")))
+forged = jwt.encode({**claims, "sub": "forged"}, "x" * 32, algorithm="HS256")
+try:
+    asyncio.run(external.verify(forged))
+    refused = None
+except Exception as exc:
+    refused = getattr(exc, "code", type(exc).__name__)
+print(json.dumps({
+    "hmac_only": hmac_only,
+    "own": [before.subject, before.external],
+    "external": [theirs.subject, theirs.external],
+    "own_after": asyncio.run(own.verify(token)).subject,
+    "forged": refused,
+}))
+"""
+
+
+def test_own_tokens_need_no_cryptography_and_an_external_issuer_still_verifies_later() -> None:
+    assert run_probe(TOKENS_PROBE) == {
+        "hmac_only": True,
+        "own": ["usr_probe", False],
+        "external": ["idp-user", True],
+        "own_after": "usr_probe",
+        "forged": "UNAUTHENTICATED",
+    }
 
 
 async def test_readiness_reads_the_revisions_as_alembic_does(tmp_path: Path) -> None:

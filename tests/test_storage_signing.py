@@ -65,3 +65,14 @@ def test_sign_owns_the_expiry() -> None:
         signing.sign(SETTINGS, {**CLAIMS, "exp": 2**40}, expires_in=300)
     with pytest.raises(ValueError):
         signing.sign(SETTINGS, CLAIMS, expires_in=0)
+
+
+@pytest.mark.parametrize("secret", [SECRET, "x", "ünïcode-secret", "s" * 500])
+def test_the_signing_key_is_hkdf_sha256_of_the_secret(secret: str) -> None:
+    # Derived with hmac (no cryptography at startup); cryptography's HKDF is the reference, so
+    # URLs signed before and after the change verify alike.
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    reference = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=signing.HKDF_LABEL)
+    assert signing._key(secret) == reference.derive(secret.encode())

@@ -25,8 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import jwt
-
+from coregraph.auth.pyjwt import pyjwt
 from coregraph.errors import Unauthenticated
 
 log = logging.getLogger("coregraph.auth")
@@ -44,7 +43,8 @@ class JwksKeys:
         unknown_kid_cooldown_seconds: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._client = jwt.PyJWKClient(
+        self._jwt = pyjwt(asymmetric=True)
+        self._client = self._jwt.PyJWKClient(
             url, cache_jwk_set=False, cache_keys=False, timeout=timeout_seconds
         )
         self._refresh = refresh_seconds
@@ -92,10 +92,14 @@ class JwksKeys:
                 data = await asyncio.to_thread(self._client.fetch_data)
                 keys = {
                     key.key_id: key.key
-                    for key in jwt.PyJWKSet.from_dict(data).keys
+                    for key in self._jwt.PyJWKSet.from_dict(data).keys
                     if key.key_id and key.public_key_use in (None, "sig")
                 }
-            except (jwt.PyJWKClientError, jwt.PyJWKSetError, jwt.InvalidKeyError) as exc:
+            except (
+                self._jwt.PyJWKClientError,
+                self._jwt.PyJWKSetError,
+                self._jwt.InvalidKeyError,
+            ) as exc:
                 self._failed_at = self._clock()
                 log.warning(
                     "jwks fetch failed", extra={"error": type(exc).__name__, "detail": str(exc)}

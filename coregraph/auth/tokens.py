@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import jwt
-
 from coregraph.auth.jwks import JwksKeys
+from coregraph.auth.pyjwt import pyjwt
 from coregraph.errors import Unauthenticated
 from coregraph.settings import Settings
 
@@ -68,6 +67,8 @@ class VerifiedToken:
 class TokenService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # cryptography only for an external issuer's keys (coregraph.auth.pyjwt).
+        self._jwt = pyjwt(asymmetric=bool(settings.external_jwt_issuer))
         self._jwks: JwksKeys | None = None
         if settings.external_jwt_jwks_url:
             self._jwks = JwksKeys(settings.external_jwt_jwks_url)
@@ -88,7 +89,7 @@ class TokenService:
             "jti": uuid.uuid4().hex,
             **claims,
         }
-        token = jwt.encode(
+        token = self._jwt.encode(
             claims,
             self.settings.jwt_secret,
             algorithm=self.settings.jwt_algorithm,
@@ -154,16 +155,16 @@ class TokenService:
     async def verify(self, token: str) -> VerifiedToken:
         """Verify an access token from coregraph or the configured external issuer."""
         try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError as exc:
+            header = self._jwt.get_unverified_header(token)
+            unverified = self._jwt.decode(token, options={"verify_signature": False})
+        except self._jwt.PyJWTError as exc:
             raise Unauthenticated("malformed token") from exc
         issuer = unverified.get("iss")
         try:
             if issuer == self.settings.jwt_issuer:
                 if header.get("typ") != ACCESS_TOKEN_TYPE:
                     raise Unauthenticated("not an access token")
-                claims = jwt.decode(
+                claims = self._jwt.decode(
                     token,
                     self.settings.jwt_secret,
                     algorithms=[self.settings.jwt_algorithm],
@@ -185,7 +186,7 @@ class TokenService:
                 return VerifiedToken(issuer, str(claims["sub"]), claims, external=False)
             if self.settings.external_jwt_issuer and issuer == self.settings.external_jwt_issuer:
                 key = await self._external_key(header.get("kid"))
-                claims = jwt.decode(
+                claims = self._jwt.decode(
                     token,
                     key,
                     algorithms=[self.settings.external_jwt_algorithm],
@@ -194,9 +195,9 @@ class TokenService:
                     options={"require": _REQUIRED_CLAIMS},
                 )
                 return VerifiedToken(issuer, str(claims["sub"]), claims, external=True)
-        except jwt.ExpiredSignatureError as exc:
+        except self._jwt.ExpiredSignatureError as exc:
             raise Unauthenticated("token expired") from exc
-        except jwt.PyJWTError as exc:
+        except self._jwt.PyJWTError as exc:
             raise Unauthenticated("invalid token") from exc
         raise Unauthenticated("token issuer not accepted")
 

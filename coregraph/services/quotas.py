@@ -45,9 +45,9 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from coregraph import db
 from coregraph.errors import NotFound, QuotaExceeded
 from coregraph.models import Invitation, Membership, Meter, UsageRecord, UsageThreshold
 from coregraph.models.base import Environment, utcnow
@@ -292,9 +292,10 @@ async def enforce(
 
 
 def _insert_ignoring_duplicates(dialect: str, values: dict[str, Any]) -> Any:
+    statement = db.dialect_insert(dialect, UsageThreshold).values(**values)
     if dialect == "postgresql":
-        return postgresql.insert(UsageThreshold).values(**values).on_conflict_do_nothing()
-    return sqlite.insert(UsageThreshold).values(**values).prefix_with("OR IGNORE")
+        return statement.on_conflict_do_nothing()
+    return statement.prefix_with("OR IGNORE")
 
 
 async def after_change(

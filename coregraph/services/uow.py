@@ -21,7 +21,6 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Table, insert, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.event import listens_for
 from sqlalchemy.exc import IntegrityError
@@ -540,9 +539,8 @@ class UnitOfWork:
         if row is None:
             # The chain's first entry. A concurrent first writer may insert the head too: the
             # insert then does nothing and the update waits for that writer's commit.
-            dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
             await self.session.execute(
-                dialect.insert(heads)
+                db.dialect_insert(self.engine.dialect.name, heads)
                 .values(chain_id=chain_id, audit_position=0, audit_hash="", event_sequence=0)
                 .on_conflict_do_nothing(index_elements=[heads.c.chain_id])
             )

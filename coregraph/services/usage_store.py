@@ -16,6 +16,7 @@ import orjson
 from sqlalchemy import Table, func, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from coregraph import db
 from coregraph.models import UsageRecord, UsageRollup
 from coregraph.models.base import Environment
 
@@ -110,10 +111,8 @@ def rollup_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @functools.cache
 def _rollup_upsert(dialect: str) -> Any:
-    from sqlalchemy.dialects import postgresql, sqlite
-
     table: Table = UsageRollup.__table__  # type: ignore[assignment]
-    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    statement = db.dialect_insert(dialect, table)
     excluded = statement.excluded
     greatest = func.greatest if dialect == "postgresql" else func.max
     return statement.on_conflict_do_update(

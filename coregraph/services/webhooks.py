@@ -33,15 +33,13 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import ColumnElement, Table, exists, false, func, or_, select, text, true, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from coregraph import ids, outbound
+from coregraph import db as database, ids, outbound
 from coregraph.errors import BadUserInput, Conflict, QuotaExceeded
 from coregraph.models import Event, EventType, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from coregraph.models.base import Environment, utcnow
@@ -51,6 +49,9 @@ from coregraph.services.events import BUILTIN_EVENT_TYPES
 from coregraph.services.uow import UnitOfWork, diff
 from coregraph.settings import Settings
 from coregraph.streams.messages import event_message, iso_time
+
+if TYPE_CHECKING:
+    from cryptography.fernet import MultiFernet
 
 SECRET_PREFIX = "whsec_"
 
@@ -64,15 +65,28 @@ def new_secret() -> str:
 
 
 class SecretBox:
-    """Encrypts endpoint secrets at rest with the configured Fernet keys."""
+    """Encrypts endpoint secrets at rest with the configured Fernet keys. cryptography is
+    imported at the first secret sealed or opened, not with the webhook worker every server on
+    the embedded defaults runs (coregraph.auth.pyjwt says what it costs)."""
 
     def __init__(self, keys: Sequence[str]) -> None:
-        self._fernet = MultiFernet([Fernet(key) for key in keys])
+        self._keys = list(keys)
+        self._multi: MultiFernet | None = None
+
+    @property
+    def _fernet(self) -> MultiFernet:
+        if self._multi is None:
+            from cryptography.fernet import Fernet, MultiFernet
+
+            self._multi = MultiFernet([Fernet(key) for key in self._keys])
+        return self._multi
 
     def seal(self, secret: str) -> str:
         return self._fernet.encrypt(secret.encode()).decode()
 
     def open(self, token: str) -> str:
+        from cryptography.fernet import InvalidToken
+
         try:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken:
@@ -191,9 +205,8 @@ async def schedule(
     if not rows:
         return 0
     name = db.dialect.name if isinstance(db, AsyncConnection) else db.get_bind().dialect.name
-    dialect = postgresql if name == "postgresql" else sqlite
     result = await db.execute(
-        dialect.insert(_DELIVERIES)
+        database.dialect_insert(name, _DELIVERIES)
         .on_conflict_do_nothing(index_elements=[_DELIVERIES.c.endpoint_id, _DELIVERIES.c.event_id])
         .returning(_DELIVERIES.c.id),
         rows,
@@ -779,6 +792,8 @@ async def reseal_secrets(uow: UnitOfWork, tenant_id: str, box: SecretBox) -> int
             .with_for_update()
         )
     ).all()
+    from cryptography.fernet import InvalidToken
+
     for endpoint in endpoints:
         try:
             endpoint.secret = box.reseal(endpoint.secret)

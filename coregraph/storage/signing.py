@@ -19,8 +19,6 @@ import time
 from typing import Any
 
 import orjson
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from coregraph.settings import Settings
 
@@ -32,9 +30,12 @@ MAX_TOKEN_LENGTH = 2048
 
 @functools.lru_cache(maxsize=8)
 def _key(secret: str) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=HKDF_LABEL).derive(
-        secret.encode()
-    )
+    """HKDF-SHA256 (RFC 5869) of the secret, no salt, ``HKDF_LABEL`` as info, 32 bytes: one
+    block of the expand step. With ``hmac`` rather than cryptography's HKDF, which gives the same
+    key (tests/test_storage_signing.py) but would load cryptography (~9 MiB, coregraph.auth.pyjwt)
+    into a server that has no other use for it."""
+    pseudorandom = hmac.digest(bytes(hashlib.sha256().digest_size), secret.encode(), "sha256")
+    return hmac.digest(pseudorandom, HKDF_LABEL + b"\x01", "sha256")
 
 
 def _b64encode(data: bytes) -> str:

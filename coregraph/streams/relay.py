@@ -35,10 +35,9 @@ from typing import Any
 
 import orjson
 from sqlalchemy import ColumnElement, Row, Select, Table, exists, literal, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coregraph import telemetry
+from coregraph import db, telemetry
 from coregraph.models import AuditEntry, Event, RelayPosition, StreamHead
 from coregraph.services import webhooks
 from coregraph.services.uow import UnitOfWork
@@ -161,12 +160,11 @@ class Relay:
         return published
 
     async def _add_new_chains(self, conn: AsyncConnection) -> None:
-        dialect = postgresql if self.claims else sqlite
         missing = select(_HEADS.c.chain_id, literal(0), literal(0)).where(
             ~exists().where(_POSITIONS.c.chain_id == _HEADS.c.chain_id)
         )
         await conn.execute(
-            dialect.insert(_POSITIONS)
+            db.dialect_insert(conn.dialect.name, _POSITIONS)
             .from_select(["chain_id", "events_published", "audit_published"], missing)
             .on_conflict_do_nothing(index_elements=[_POSITIONS.c.chain_id])
         )

@@ -56,6 +56,7 @@ from coregraph.schema.approval_gate import install_approval_gates
 from coregraph.schema.authorization import enforce_declarations
 from coregraph.schema.errors import error_extension
 from coregraph.schema.execution import CoregraphExecutor, install_fast_resolvers
+from coregraph.schema.execution_check import checked
 from coregraph.schema.lookup import ENTITIES
 from coregraph.schema.operation_limits import create_rule
 from coregraph.schema.quota_refusals import KeepQuotaRefusals
@@ -265,4 +266,6 @@ def build_schema(settings: Settings) -> CoregraphSchema:
     install_approval_gates(schema._schema, _mutation_payloads(schema))
     enforce_declarations(schema._schema)
     _guard_service_sdl(schema, settings)
+    if settings.execution_check:
+        schema.execution_context_class = checked(schema.execution_context_class)
     return schema

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable
+from copy import copy
 from functools import partial
 from typing import Any
 
@@ -178,7 +179,10 @@ class CoregraphSchema(strawberry.federation.Schema):
                 results[index] = Unauthenticated("_entities needs a signed-in user or an API key")
             else:
                 usable.append(index)
-        resolved = super().entities_resolver(info, [representations[i] for i in usable])
+        # Copies: strawberry's resolver pops ``__typename`` from each representation and adds
+        # ``info`` to it, and the representations are the request's variables, which another
+        # ``_entities`` field of the same operation (an alias) reads after this one.
+        resolved = super().entities_resolver(info, [copy(representations[i]) for i in usable])
         for index, result in zip(usable, resolved, strict=True):
             results[index] = _found(result)
         return results

@@ -16,6 +16,7 @@ import pytest
 
 from coregraph.schema import execution_check
 from coregraph.settings import Settings
+from tests.equivalence import RealSchema, SeededTenant, seed_tenant
 from tests.support import (
     GraphQLClient,
     Server,
@@ -98,3 +99,15 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 def client(server: Server, http: httpx.AsyncClient) -> GraphQLClient:
     return GraphQLClient(http, server.url)
 
+
+@pytest.fixture(scope="module")
+async def seeded_tenant(client: GraphQLClient) -> SeededTenant:
+    """A tenant with something of every kind (``tests.equivalence.seed_tenant``)."""
+    return await seed_tenant(client)
+
+
+@pytest.fixture(scope="module")
+async def real_schema(server: Server) -> AsyncIterator[RealSchema]:
+    """coregraph's schema on the suite's database, to run documents on chosen executors."""
+    async with RealSchema.open(server.settings) as schema:
+        yield schema

@@ -9,6 +9,7 @@ collected, as a compiled executor that forgot an error path would.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,18 @@ class Mutation:
         raise ValueError("bumped")
 
 
+@strawberry.type
+class Subscription:
+    @strawberry.subscription
+    async def ticks(self, count: int) -> AsyncIterator[Item]:
+        for number in range(count):
+            yield Item(name=f"tick {number}")
+
+
 def schema(executor: type[Any]) -> strawberry.Schema:
-    built = strawberry.Schema(query=Query, mutation=Mutation, execution_context_class=executor)
+    built = strawberry.Schema(
+        query=Query, mutation=Mutation, subscription=Subscription, execution_context_class=executor
+    )
     install_fast_resolvers(built._schema, built.config.info_class)
     return built
 
@@ -136,6 +147,20 @@ async def test_a_resolver_changing_its_arguments_is_reported_and_runs_on_fresh_i
     [mismatch] = seen  # only the change: the stock run, on a fresh copy, answered "book" too
     assert mismatch.headline == CHANGED_VARIABLES
     assert "variables.o: keys ['kind'] (before) != [] (after)" in mismatch.diff
+
+
+async def test_each_subscription_event_is_checked() -> None:
+    with expecting_mismatches() as seen:
+        stream = await schema(checked(LosesErrors)).subscribe(
+            "subscription { ticks(count: 2) { name broken } }"
+        )
+        events = [event async for event in stream]  # type: ignore[union-attr]
+    assert [event.data for event in events] == [
+        {"ticks": {"name": "tick 0", "broken": None}},
+        {"ticks": {"name": "tick 1", "broken": None}},
+    ]
+    assert len(seen) == 2
+    assert "'message': 'tick 1 cannot say', 'path': ['ticks', 'broken']" in seen[1].diff
 
 
 async def test_a_mutation_runs_once_and_is_not_compared() -> None:

@@ -305,8 +305,12 @@ def checked(executor_class: type[Any]) -> type[Any]:
 
 def _difference(result: Any, stock: Any) -> str | None:
     if not isinstance(result, ExecutionResult) or not isinstance(stock, ExecutionResult):
-        # Incremental delivery is not compared (the schema enables no @defer/@stream).
-        return None
+        # The schema enables no @defer/@stream, so both must be plain results: anything else
+        # (an answer serialised ahead, say) is reported rather than let through unchecked.
+        return (
+            f"cannot compare: this executor returned {type(result).__name__}, "
+            f"stock graphql-core {type(stock).__name__}"
+        )
     return difference(stock, result)
 
 

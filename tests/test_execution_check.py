@@ -20,6 +20,7 @@ from graphql.execution.executor import CollectedErrors
 from strawberry.scalars import JSON
 
 from coregraph import api
+from coregraph.schema import execution_check
 from coregraph.schema.execution import CoregraphExecutor, install_fast_resolvers
 from coregraph.schema.execution_check import CHANGED_VARIABLES, checked
 from tests.conftest import make_settings
@@ -38,6 +39,7 @@ class LosesErrors(CoregraphExecutor):
 
 
 CALLS = {"bump": 0, "reading": 0}
+RUNS: list[bool] = []
 
 
 @strawberry.type
@@ -64,6 +66,11 @@ class Query:
         """A row that changes once, between the first run and the second."""
         CALLS["reading"] += 1
         return 1 if CALLS["reading"] == 1 else 2
+
+    @strawberry.field
+    async def whoami(self) -> str:
+        RUNS.append(execution_check.in_second_run())
+        return "me"
 
     @strawberry.field
     def consume(self, order: JSON) -> str:
@@ -161,6 +168,16 @@ async def test_each_subscription_event_is_checked() -> None:
     ]
     assert len(seen) == 2
     assert "'message': 'tick 1 cannot say', 'path': ['ticks', 'broken']" in seen[1].diff
+
+
+async def test_the_second_run_is_told_apart_from_the_request() -> None:
+    """A test counting what a request costs (``test_dataloaders``' SQL statements) leaves out
+    what the check's own run reads."""
+    RUNS.clear()
+    with expecting_mismatches() as seen:
+        await schema(checked(CoregraphExecutor)).execute("{ whoami }")
+    assert RUNS == [False, True] and seen == []
+    assert not execution_check.in_second_run()
 
 
 async def test_a_mutation_runs_once_and_is_not_compared() -> None:

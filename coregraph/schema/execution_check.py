@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any
@@ -208,7 +209,8 @@ class _Check:
         )
 
     def stock(self) -> Any:
-        return stock_executor(self.executor, self.variables()).execute_operation(self.serially)
+        executor = stock_executor(self.executor, self.variables())
+        return self._second_run(lambda: executor.execute_operation(self.serially))
 
     def again(self) -> Any:
         """The checked executor's operation once more, on a fresh copy of it (errors and caches
@@ -216,7 +218,19 @@ class _Check:
         executor = self.executor
         again = executor.build_per_event_executor(executor.root_value)
         again.variable_values = self.variables()
-        return type(executor).checked_executor.execute_operation(again, self.serially)
+        run = type(executor).checked_executor.execute_operation
+        return self._second_run(lambda: run(again, self.serially))
+
+    def _second_run(self, start: Callable[[], Any]) -> Any:
+        """``start()`` with ``in_second_run`` true while it runs, awaited or not."""
+        token = _SECOND_RUN.set(True)
+        try:
+            result = start()
+        finally:
+            _SECOND_RUN.reset(token)
+        if self.executor.is_awaitable(result):
+            return _awaited_as_second_run(result)
+        return result
 
     def compare(self, result: Any, stock: Any) -> Awaitable[None] | None:
         """Reports what differs; an awaitable when confirming a difference needs awaiting."""
@@ -266,6 +280,23 @@ class _Check:
         if confirming is not None:
             await confirming
         return result
+
+
+_SECOND_RUN: ContextVar[bool] = ContextVar("execution_check_second_run", default=False)
+
+
+def in_second_run() -> bool:
+    """Whether the code running now is one of the check's own runs, not the request's: for a
+    test that counts what a request costs (its SQL statements, say)."""
+    return _SECOND_RUN.get()
+
+
+async def _awaited_as_second_run(awaitable: Awaitable[Any]) -> Any:
+    token = _SECOND_RUN.set(True)
+    try:
+        return await awaitable
+    finally:
+        _SECOND_RUN.reset(token)
 
 
 def checked(executor_class: type[Any]) -> type[Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable
+from copy import copy
 from functools import partial
 from typing import Any
 
@@ -51,6 +52,7 @@ from coregraph.schema.authorization import enforce_declarations
 from coregraph.schema.document_cache import CachedDocuments, DocumentCache
 from coregraph.schema.errors import error_extension
 from coregraph.schema.execution import CoregraphExecutor, WalkingExecutor, install_fast_resolvers
+from coregraph.schema.execution_check import checked
 from coregraph.schema.extension_runner import CachedHooksRunner
 from coregraph.schema.lookup import ENTITIES
 from coregraph.schema.operation_limits import create_rule
@@ -177,7 +179,10 @@ class CoregraphSchema(strawberry.federation.Schema):
                 results[index] = Unauthenticated("_entities needs a signed-in user or an API key")
             else:
                 usable.append(index)
-        resolved = super().entities_resolver(info, [representations[i] for i in usable])
+        # Copies: strawberry's resolver pops ``__typename`` from each representation and adds
+        # ``info`` to it, and the representations are the request's variables, which another
+        # ``_entities`` field of the same operation (an alias) reads after this one.
+        resolved = super().entities_resolver(info, [copy(representations[i]) for i in usable])
         for index, result in zip(usable, resolved, strict=True):
             results[index] = _found(result)
         return results
@@ -270,4 +275,6 @@ def build_schema(settings: Settings) -> CoregraphSchema:
     install_approval_gates(schema._schema, _mutation_payloads(schema))
     enforce_declarations(schema._schema)
     _guard_service_sdl(schema, settings)
+    if settings.execution_check:
+        schema.execution_context_class = checked(schema.execution_context_class)
     return schema

@@ -218,6 +218,10 @@ class Settings(BaseSettings):
     # hundred tokens can otherwise ask for the same field millions of times.
     max_fields: int = Field(500, ge=1, le=1_000_000)
     max_page_size: int = Field(200, ge=1, le=1000)
+    # A test aid (the test suite turns it on): each query and subscription event also runs on
+    # stock graphql-core and the two answers are compared (coregraph.schema.execution_check).
+    # It doubles every query's execution: leave it off outside tests.
+    execution_check: bool = False
     # Events one emitEvents call may carry (all written in one transaction).
     max_event_batch: int = Field(500, ge=1, le=5000)
     # Usage records one recordUsageBatch call may carry (all written in one transaction).

@@ -1,15 +1,22 @@
 """Session fixtures: one real database (SQLite by default, PostgreSQL when
-COREGRAPH_DATABASE_URL says so), one real server on 127.0.0.1, one HTTP client."""
+COREGRAPH_DATABASE_URL says so), one real server on 127.0.0.1, one HTTP client.
+
+Every query and subscription event the suite's servers execute is also executed by stock
+graphql-core and compared (``coregraph.schema.execution_check``): a difference fails the test
+that issued it. ``COREGRAPH_EXECUTION_CHECK=false`` turns that off (to time the suite without).
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 
 import httpx
 import pytest
 
+from coregraph.schema import execution_check
 from coregraph.settings import Settings
+from tests.equivalence import RealSchema, SeededTenant, seed_tenant
 from tests.support import (
     GraphQLClient,
     Server,
@@ -18,6 +25,30 @@ from tests.support import (
     env_database_url,
     running_server,
 )
+
+# Before any Settings is made: the test servers (threads of this process) and the processes the
+# tests start read it.
+os.environ.setdefault("COREGRAPH_EXECUTION_CHECK", "true")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    """Fails the test whose queries answered differently from stock graphql-core, with the
+    difference. The servers compare before they answer, so every mismatch of the test's own
+    requests is in before the test ends."""
+    mismatches: list[execution_check.Mismatch] = []
+    execution_check.listeners.append(mismatches.append)
+    try:
+        result = yield
+    finally:
+        execution_check.listeners.remove(mismatches.append)
+    if mismatches:
+        raise AssertionError(
+            "execution check (coregraph.schema.execution_check):\n\n"
+            + "\n\n".join(str(mismatch) for mismatch in mismatches)
+        )
+    return result
+
 
 # Not the development key, so servers started with env="production" accept it.
 TEST_WEBHOOK_KEY = "9tDkWjSSUFiV3SPqMnxkHxIC90ZBrVi4PNOmRpbUoTU="
@@ -67,3 +98,16 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture(scope="session")
 def client(server: Server, http: httpx.AsyncClient) -> GraphQLClient:
     return GraphQLClient(http, server.url)
+
+
+@pytest.fixture(scope="module")
+async def seeded_tenant(client: GraphQLClient) -> SeededTenant:
+    """A tenant with something of every kind (``tests.equivalence.seed_tenant``)."""
+    return await seed_tenant(client)
+
+
+@pytest.fixture(scope="module")
+async def real_schema(server: Server) -> AsyncIterator[RealSchema]:
+    """coregraph's schema on the suite's database, to run documents on chosen executors."""
+    async with RealSchema.open(server.settings) as schema:
+        yield schema

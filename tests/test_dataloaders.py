@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import event
 
+from coregraph.schema import execution_check
 from coregraph.services.api_requests import FLUSH_TASK
 from tests.support import Actor, GraphQLClient, Server
 
@@ -27,6 +28,8 @@ def counting_statements(server: Server) -> Iterator[list[str]]:
         task = asyncio.current_task()
         if task is not None and task.get_name() == FLUSH_TASK:
             return  # the server's periodic api.requests flush, not the request
+        if execution_check.in_second_run():
+            return  # the suite's execution check reading again what no loader caches
         with lock:
             statements.append(statement)
 

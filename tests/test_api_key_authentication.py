@@ -174,3 +174,42 @@ async def test_an_api_key_is_read_in_one_autocommitted_call_on_postgresql(
         event.remove(other_runtime.engine.sync_engine, "before_cursor_execute", count)
     assert r.ok() == {"__typename": "Query"}
     assert len(statements) == 1 and "api_key_principal" in statements[0], statements
+
+
+async def test_concurrent_requests_with_one_key_share_its_reads_and_each_is_answered(
+    client: GraphQLClient, other_process: GraphQLClient, other_runtime: Runtime
+) -> None:
+    """Requests presenting one key at the same moment share a read of it (one sent after
+    each of them arrived: coregraph.group_commit); each gets its own answer, and a
+    revocation committed before the next ones binds all of them."""
+    owner = await client.sign_up()
+    tenant_id = await client.create_tenant(owner)
+    key, key_id = await _key(client, owner, tenant_id, ["tenant:read"])
+    assert (await other_process.execute("{ tenant { id } }", actor=key)).ok()
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(other_runtime.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        answers = await asyncio.wait_for(
+            asyncio.gather(
+                *(other_process.execute("{ tenant { id } }", actor=key) for _ in range(12))
+            ),
+            30,
+        )
+    finally:
+        event.remove(other_runtime.engine.sync_engine, "before_cursor_execute", count)
+    assert [a.ok()["tenant"]["id"] for a in answers] == [tenant_id] * 12
+    if other_runtime.engine.dialect.name == "postgresql":
+        reads = [s for s in statements if "api_key_principal" in s]
+        assert 1 <= len(reads) < 12, statements
+
+    r = await client.execute(REVOKE_KEY, {"id": key_id}, actor=owner, tenant_id=tenant_id)
+    r.ok()
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(other_process.execute("{ tenant { id } }", actor=key) for _ in range(12))),
+        30,
+    )
+    assert [a.status for a in answers] == [401] * 12

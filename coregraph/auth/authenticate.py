@@ -35,6 +35,7 @@ from coregraph.auth.principal import (
 )
 from coregraph.auth.tokens import AGENT_KIND, SUPPORT_KIND, TokenService, VerifiedToken
 from coregraph.errors import BadUserInput, Forbidden, Unauthenticated
+from coregraph.group_commit import GroupCommit
 from coregraph.models import (
     Agent,
     ApiKey,
@@ -51,6 +52,8 @@ from coregraph.settings import Settings
 
 # lastUsedAt is a hint, not a log: writing it at most once a minute keeps reads read-only.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
+# At most this many requests share one read of their API key.
+_API_KEY_READ_SHARED_BY = 256
 
 # An agent key's agent's sponsor and their role (the key's creator may be someone else).
 _SPONSOR = aliased(Membership)
@@ -155,6 +158,13 @@ class Authenticator:
         self.engine = engine
         self.tokens = tokens
         self.provision_external_user = provision_external_user
+        # Requests presenting one key at the same moment share its read (_api_key_row).
+        self._api_key_reads: GroupCommit[str, Any] = GroupCommit(
+            self._read_api_key_for,
+            lambda _digest: 1,
+            _API_KEY_READ_SHARED_BY,
+            lambda _error: False,
+        )
 
     async def authenticate(
         self,
@@ -480,14 +490,26 @@ class Authenticator:
     async def _api_key_row(self, digest: str) -> Any:
         """The key whose secret hashes to ``digest``, with its creator's current role
         permissions (``creator_permissions``) and its agent's and sponsor's rights, as the
-        database has them now; None if there is no such key. Read afresh for every request
-        (nothing about a key is remembered), so a revocation, expiry, demotion or removal made
-        through any process binds the very next request.
+        database has them now; None if there is no such key.
 
-        PostgreSQL: one autocommitted call to ``api_key_principal()`` (migration 0022), which
-        scopes its own transaction for row-level security in the two steps the policies need
-        (the key by its hash, then its tenant for the creator's role), as the API role. SQLite
-        has no row-level security: the same row in one statement."""
+        Nothing about a key is remembered: every request is answered by a read sent after it
+        arrived, so a revocation, expiry, demotion or removal committed before a request
+        (through any process) binds that request. Requests of this process presenting the
+        same key at the same moment share a read (``group_commit``): one that arrives while a
+        read of its key is under way waits for the next read, never joins the one already
+        sent, which may predate it."""
+        return await self._api_key_reads.submit(digest, digest)
+
+    async def _read_api_key_for(self, digests: list[str]) -> list[Any]:
+        # One key (the grouping key is the digest), read once for every request waiting.
+        row = await self._read_api_key(digests[0])
+        return [row] * len(digests)
+
+    async def _read_api_key(self, digest: str) -> Any:
+        """PostgreSQL: one autocommitted call to ``api_key_principal()`` (migration 0022),
+        which scopes its own transaction for row-level security in the two steps the
+        policies need (the key by its hash, then its tenant for the creator's role), as the
+        API role. SQLite has no row-level security: the same row in one statement."""
         async with self.engine.connect() as conn:
             if conn.dialect.name != "postgresql":
                 return (await conn.execute(_API_KEY_WITH_PERMISSIONS, {"digest": digest})).first()

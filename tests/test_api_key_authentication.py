@@ -6,7 +6,8 @@ through one process holds for the very next request on the other."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -44,6 +45,21 @@ async def other_process(other_runtime: Runtime) -> AsyncIterator[GraphQLClient]:
         transport=httpx.ASGITransport(app), base_url="http://other", timeout=30
     ) as http:
         yield GraphQLClient(http, "http://other/graphql")
+
+
+@contextmanager
+def statements_sent(runtime: Runtime) -> Iterator[list[str]]:
+    """The SQL statements ``runtime``'s engine sends inside the block."""
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(runtime.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        event.remove(runtime.engine.sync_engine, "before_cursor_execute", count)
 
 
 async def _key(
@@ -162,16 +178,8 @@ async def test_an_api_key_is_read_in_one_autocommitted_call_on_postgresql(
     key, _ = await _key(client, owner, tenant_id, ["tenant:read"])
     # The first use also writes lastUsedAt (at most once a minute): not counted.
     assert (await other_process.execute("{ tenant { id } }", actor=key)).ok()
-    statements: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
-    event.listen(other_runtime.engine.sync_engine, "before_cursor_execute", count)
-    try:
+    with statements_sent(other_runtime) as statements:
         r = await other_process.execute("{ __typename }", actor=key)
-    finally:
-        event.remove(other_runtime.engine.sync_engine, "before_cursor_execute", count)
     assert r.ok() == {"__typename": "Query"}
     assert len(statements) == 1 and "api_key_principal" in statements[0], statements
 
@@ -186,21 +194,13 @@ async def test_concurrent_requests_with_one_key_share_its_reads_and_each_is_answ
     tenant_id = await client.create_tenant(owner)
     key, key_id = await _key(client, owner, tenant_id, ["tenant:read"])
     assert (await other_process.execute("{ tenant { id } }", actor=key)).ok()
-    statements: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
-    event.listen(other_runtime.engine.sync_engine, "before_cursor_execute", count)
-    try:
+    with statements_sent(other_runtime) as statements:
         answers = await asyncio.wait_for(
             asyncio.gather(
                 *(other_process.execute("{ tenant { id } }", actor=key) for _ in range(12))
             ),
             30,
         )
-    finally:
-        event.remove(other_runtime.engine.sync_engine, "before_cursor_execute", count)
     assert [a.ok()["tenant"]["id"] for a in answers] == [tenant_id] * 12
     if other_runtime.engine.dialect.name == "postgresql":
         reads = [s for s in statements if "api_key_principal" in s]

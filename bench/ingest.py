@@ -4,8 +4,11 @@ inserts of the same rows into the same table, measured in the same run.
 
 1. a fresh database on the local PostgreSQL (created here and dropped on the way out, whatever
    happens), ``coregraph migrate``; without a reachable PostgreSQL it says so and exits 0;
-2. coregraph (``uvicorn coregraph.app:create_app --factory``, one worker, production settings,
-   no Redis, so the outbox relay runs in the server as ``coregraph serve`` would) on 127.0.0.1;
+2. coregraph (``uvicorn coregraph.app:create_app --factory``, one worker by default,
+   ``--workers N`` for more, production settings, no Redis, so the outbox relay runs in the
+   server as ``coregraph serve`` would) on 127.0.0.1; its requests are sent with
+   ``bench.light_http`` (``--httpx``: with httpx), over one keep-alive connection per request
+   in flight;
 3. an owner, a tenant, an API key holding ``events:write`` and one registered event type, all
    through the public API;
 4. four targets, each for ``--seconds`` at ``--concurrency`` after a short warm-up:
@@ -43,6 +46,7 @@ import orjson
 
 from bench import load, seed
 from bench.__main__ import GRAPHQL_HEADERS, migrate_database, print_machine
+from bench.light_http import LightClient
 from bench.servers import bench_env, bench_settings, uvicorn_server
 from coregraph import ids
 from coregraph.settings import Settings
@@ -93,6 +97,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="emit without idempotency keys (coregraph then looks nothing up before writing)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="coregraph server processes (uvicorn --workers; 1): production runs one or more"
+        " API processes per machine, each with the relay in-process on these settings",
+    )
+    parser.add_argument(
+        "--httpx",
+        action="store_true",
+        help="send coregraph's requests with httpx instead of bench.light_http (the load"
+        " generator then takes about as much CPU per request as the server's HTTP layer)",
+    )
+    parser.add_argument(
         "--no-analyze",
         dest="analyze",
         action="store_false",
@@ -101,8 +118,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0 < args.seconds <= 600 or not 0 <= args.warmup <= 60:
         parser.error("--seconds in (0, 600], --warmup in [0, 60]")
-    if args.concurrency < 1 or not 1 <= args.batch <= 500:
-        parser.error("--concurrency >= 1, --batch in 1..500")
+    if args.concurrency < 1 or not 1 <= args.batch <= 500 or not 1 <= args.workers <= 8:
+        parser.error("--concurrency >= 1, --batch in 1..500, --workers in 1..8")
     return args
 
 
@@ -113,6 +130,9 @@ class Result:
     seconds: float
     server_cpu_seconds: float | None
     database_cpu_seconds: float | None
+    # This process's (the load generator's) CPU, and the 1-minute load average at the end.
+    client_cpu_seconds: float = 0.0
+    load_average: float = 0.0
 
     @property
     def per_second(self) -> float:
@@ -142,6 +162,20 @@ def postgres_cpu_seconds(database: str) -> float | None:
     return total / os.sysconf("SC_CLK_TCK") if found else None
 
 
+def process_tree_cpu_seconds(pid: int) -> float | None:
+    """CPU used so far by ``pid`` and its descendants (uvicorn's worker processes), from
+    /proc."""
+    own = load.process_cpu_seconds(pid)
+    if own is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as fh:
+            children = [int(child) for child in fh.read().split()]
+    except OSError:
+        children = []
+    return own + sum(process_tree_cpu_seconds(child) or 0.0 for child in children)
+
+
 async def measure(
     name: str,
     once: Callable[[], Awaitable[int]],
@@ -163,15 +197,17 @@ async def measure(
             written = await once()
             events += written
 
-    server_before = load.process_cpu_seconds(server_pid) if server_pid else None
+    server_before = process_tree_cpu_seconds(server_pid) if server_pid else None
     database_before = postgres_cpu_seconds(database)
+    client_before = time.process_time()
     started = time.perf_counter()
     async with asyncio.timeout(seconds + 120):
         async with asyncio.TaskGroup() as group:
             for _ in range(concurrency):
                 group.create_task(worker())
     elapsed = time.perf_counter() - started
-    server_after = load.process_cpu_seconds(server_pid) if server_pid else None
+    client = time.process_time() - client_before
+    server_after = process_tree_cpu_seconds(server_pid) if server_pid else None
     database_after = postgres_cpu_seconds(database)
     server = (
         server_after - server_before
@@ -183,7 +219,7 @@ async def measure(
         if database_before is not None and database_after is not None
         else None
     )
-    return Result(name, events, elapsed, server, database_cpu)
+    return Result(name, events, elapsed, server, database_cpu, client, os.getloadavg()[0])
 
 
 @contextlib.asynccontextmanager
@@ -295,10 +331,21 @@ async def _main(args: argparse.Namespace, tmp: str) -> int:
         }
         settings = bench_settings(env)
         migrate_database(env)
-        with uvicorn_server("coregraph", "coregraph.app:create_app", env, tmp, "/healthz") as cg:
+        with uvicorn_server(
+            "coregraph",
+            "coregraph.app:create_app",
+            env,
+            tmp,
+            "/healthz",
+            workers=args.workers,
+        ) as cg:
             url = cg.base_url + "/graphql"
             setup = await set_up(settings, url)
-            print(f"server {cg.base_url}; tenant {setup.tenant_id}, key {setup.api_key_id}")
+            print(
+                f"server {cg.base_url} ({args.workers} process(es), client"
+                f" {'httpx' if args.httpx else 'bench.light_http'}); tenant {setup.tenant_id},"
+                f" key {setup.api_key_id}"
+            )
             results = await run_targets(args, url, dsn, setup, cg.process.pid)
     report(args, results)
     return 0
@@ -340,33 +387,32 @@ async def run_targets(
         )
 
     results: dict[str, Result] = {}
+    light = LightClient(url, headers)
     async with (
         httpx.AsyncClient(limits=limits, timeout=60.0) as http,
         asyncpg.create_pool(dsn, min_size=args.concurrency, max_size=args.concurrency) as pool,
     ):
 
+        async def post(name: str, request: dict[str, object]) -> dict[str, object]:
+            content = orjson.dumps(request)
+            if args.httpx:
+                response = await http.post(url, content=content, headers=headers)
+                status, raw = response.status_code, response.content
+            else:
+                status, raw = await light.post(content)
+            body = orjson.loads(raw)
+            if status != 200 or body.get("errors"):
+                raise RuntimeError(f"{name}: {status} {raw[:300]!r}")
+            return body["data"]  # type: ignore[no-any-return]
+
         async def emit_one() -> int:
-            response = await http.post(
-                url,
-                content=orjson.dumps({"query": EMIT, "variables": {"input": item()}}),
-                headers=headers,
-            )
-            body = orjson.loads(response.content)
-            if response.status_code != 200 or body.get("errors"):
-                raise RuntimeError(f"emitEvent: {response.text[:300]}")
+            await post("emitEvent", {"query": EMIT, "variables": {"input": item()}})
             return 1
 
         async def emit_batch() -> int:
             inputs = [item() for _ in range(args.batch)]
-            response = await http.post(
-                url,
-                content=orjson.dumps({"query": EMIT_MANY, "variables": {"inputs": inputs}}),
-                headers=headers,
-            )
-            body = orjson.loads(response.content)
-            if response.status_code != 200 or body.get("errors"):
-                raise RuntimeError(f"emitEvents: {response.text[:300]}")
-            return len(body["data"]["emitEvents"]["items"])
+            data = await post("emitEvents", {"query": EMIT_MANY, "variables": {"inputs": inputs}})
+            return len(data["emitEvents"]["items"])  # type: ignore[index,arg-type]
 
         async def raw_one() -> int:
             async with pool.acquire() as connection, connection.transaction():
@@ -416,6 +462,7 @@ async def run_targets(
                 " WHERE tenant_id = $1",
                 setup.tenant_id,
             )
+    await light.close()
     if gaps != 0:
         raise SystemExit(f"verification: coregraph's sequence has {gaps} gaps")
     written = sum(sent.values())
@@ -426,16 +473,18 @@ async def run_targets(
 def report(args: argparse.Namespace, results: dict[str, Result]) -> None:
     print()
     header = f"{'target':<34} {'events':>8} {'s':>6} {'events/s':>9} {'srv CPU ms/ev':>13}"
-    print(header + f" {'db CPU ms/ev':>12}")
-    print("-" * (len(header) + 13))
+    header += f" {'db CPU ms/ev':>12} {'client ms/ev':>12} {'load':>5}"
+    print(header)
+    print("-" * len(header))
     for r in results.values():
         server = f"{r.server_cpu_seconds * 1000 / r.events:.3f}" if r.server_cpu_seconds else "-"
         database = (
             f"{r.database_cpu_seconds * 1000 / r.events:.3f}" if r.database_cpu_seconds else "-"
         )
+        client = r.client_cpu_seconds * 1000 / r.events
         print(
             f"{r.name:<34} {r.events:>8} {r.seconds:>6.1f} {r.per_second:>9.0f} {server:>13}"
-            f" {database:>12}"
+            f" {database:>12} {client:>12.3f} {r.load_average:>5.1f}"
         )
     names = list(results)
     print()

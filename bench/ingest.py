@@ -33,10 +33,11 @@ import itertools
 import os
 import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -47,7 +48,7 @@ import orjson
 from bench import load, seed
 from bench.__main__ import GRAPHQL_HEADERS, migrate_database, print_machine
 from bench.light_http import LightClient
-from bench.servers import bench_env, bench_settings, uvicorn_server
+from bench.servers import bench_env, bench_settings, stop, uvicorn_server
 from coregraph import ids
 from coregraph.settings import Settings
 
@@ -102,6 +103,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1,
         help="coregraph server processes (uvicorn --workers; 1): production runs one or more"
         " API processes per machine, each with the relay in-process on these settings",
+    )
+    parser.add_argument(
+        "--separate-worker",
+        action="store_true",
+        help="run the outbox relay and webhook delivery in a `coregraph worker` process beside"
+        " the API, as production does, instead of in the API process (server CPU then counts"
+        " both processes)",
     )
     parser.add_argument(
         "--httpx",
@@ -176,12 +184,19 @@ def process_tree_cpu_seconds(pid: int) -> float | None:
     return own + sum(process_tree_cpu_seconds(child) or 0.0 for child in children)
 
 
+def servers_cpu_seconds(pids: list[int] | None) -> float | None:
+    if not pids:
+        return None
+    found = [process_tree_cpu_seconds(pid) for pid in pids]
+    return None if None in found else sum(seconds or 0.0 for seconds in found)
+
+
 async def measure(
     name: str,
     once: Callable[[], Awaitable[int]],
     concurrency: int,
     seconds: float,
-    server_pid: int | None,
+    server_pids: list[int] | None,
     database: str,
 ) -> Result:
     """``concurrency`` workers call ``once`` (which writes and returns how many events it
@@ -197,7 +212,7 @@ async def measure(
             written = await once()
             events += written
 
-    server_before = process_tree_cpu_seconds(server_pid) if server_pid else None
+    server_before = servers_cpu_seconds(server_pids)
     database_before = postgres_cpu_seconds(database)
     client_before = time.process_time()
     started = time.perf_counter()
@@ -207,7 +222,7 @@ async def measure(
                 group.create_task(worker())
     elapsed = time.perf_counter() - started
     client = time.process_time() - client_before
-    server_after = process_tree_cpu_seconds(server_pid) if server_pid else None
+    server_after = servers_cpu_seconds(server_pids)
     database_after = postgres_cpu_seconds(database)
     server = (
         server_after - server_before
@@ -314,6 +329,26 @@ async def set_up(settings: Settings, url: str) -> Setup:
     )
 
 
+@contextlib.contextmanager
+def worker_process(env: dict[str, str], tmp: str, wanted: bool) -> Iterator[int | None]:
+    """``coregraph worker`` (relay and webhook delivery) beside the API, if ``wanted``."""
+    if not wanted:
+        yield None
+        return
+    with open(os.path.join(tmp, "worker.log"), "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from coregraph.cli import app; app()", "worker"],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        yield process.pid
+    finally:
+        stop(process)
+
+
 def _key(prefix: str, counter: itertools.count[int]) -> str:
     return f"{prefix}-{next(counter)}"
 
@@ -331,28 +366,38 @@ async def _main(args: argparse.Namespace, tmp: str) -> int:
         }
         settings = bench_settings(env)
         migrate_database(env)
-        with uvicorn_server(
-            "coregraph",
-            "coregraph.app:create_app",
-            env,
-            tmp,
-            "/healthz",
-            workers=args.workers,
-        ) as cg:
+        if args.separate_worker:
+            # The production shape: the API relays nothing; `coregraph worker` does, finding
+            # new events by polling (no Redis here to wake it).
+            env.update({"COREGRAPH_RUN_RELAY": "false", "COREGRAPH_RUN_WEBHOOK_WORKER": "false"})
+        with (
+            uvicorn_server(
+                "coregraph",
+                "coregraph.app:create_app",
+                env,
+                tmp,
+                "/healthz",
+                workers=args.workers,
+            ) as cg,
+            worker_process(env, tmp, args.separate_worker) as worker_pid,
+        ):
             url = cg.base_url + "/graphql"
             setup = await set_up(settings, url)
             print(
-                f"server {cg.base_url} ({args.workers} process(es), client"
+                f"server {cg.base_url} ({args.workers} process(es),"
+                f" relay {'in a worker process' if args.separate_worker else 'in-process'},"
+                f" client"
                 f" {'httpx' if args.httpx else 'bench.light_http'}); tenant {setup.tenant_id},"
                 f" key {setup.api_key_id}"
             )
-            results = await run_targets(args, url, dsn, setup, cg.process.pid)
+            pids = [cg.process.pid] + ([worker_pid] if worker_pid is not None else [])
+            results = await run_targets(args, url, dsn, setup, pids)
     report(args, results)
     return 0
 
 
 async def run_targets(
-    args: argparse.Namespace, url: str, dsn: str, setup: Setup, server_pid: int
+    args: argparse.Namespace, url: str, dsn: str, setup: Setup, server_pids: list[int]
 ) -> dict[str, Result]:
     database = dsn.rsplit("/", 1)[1]
     keys = itertools.count()
@@ -433,7 +478,7 @@ async def run_targets(
         ]
         sent = {setup.tenant_id: 0, setup.raw_tenant_id: 0}
         for name, once, tenant_id in targets:
-            pid = server_pid if tenant_id == setup.tenant_id else None
+            pids = server_pids if tenant_id == setup.tenant_id else None
             if args.warmup:
                 warmup = await measure(name, once, args.concurrency, args.warmup, None, database)
                 sent[tenant_id] += warmup.events
@@ -443,7 +488,7 @@ async def run_targets(
                 # checks idempotency keys by filtering every row of the tenant.
                 async with pool.acquire() as connection:
                     await connection.execute("ANALYZE events")
-            result = await measure(name, once, args.concurrency, args.seconds, pid, database)
+            result = await measure(name, once, args.concurrency, args.seconds, pids, database)
             sent[tenant_id] += result.events
             results[name] = result
             print(f"  {name}: {result.per_second:.0f} events/s", flush=True)
@@ -462,11 +507,28 @@ async def run_targets(
                 " WHERE tenant_id = $1",
                 setup.tenant_id,
             )
+            # And the relay (in the API or the worker process) published all of them.
+            deadline = time.monotonic() + 60
+            while True:
+                behind = await connection.fetchval(
+                    "SELECT (SELECT max(sequence) FROM events WHERE tenant_id = $1)"
+                    " - coalesce((SELECT events_published FROM relay_positions"
+                    " WHERE chain_id = $1), 0)",
+                    setup.tenant_id,
+                )
+                if behind == 0 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
     await light.close()
+    if behind != 0:
+        raise SystemExit(f"verification: the relay left {behind} events unpublished")
     if gaps != 0:
         raise SystemExit(f"verification: coregraph's sequence has {gaps} gaps")
     written = sum(sent.values())
-    print(f"verified: all {written} events written, coregraph's sequence without gaps")
+    print(
+        f"verified: all {written} events written, coregraph's sequence without gaps, all"
+        " published by the relay"
+    )
     return results
 
 

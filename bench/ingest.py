@@ -33,11 +33,10 @@ import itertools
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -48,7 +47,7 @@ import orjson
 from bench import load, seed
 from bench.__main__ import GRAPHQL_HEADERS, migrate_database, print_machine
 from bench.light_http import LightClient
-from bench.servers import bench_env, bench_settings, stop, uvicorn_server
+from bench.servers import bench_env, bench_settings, uvicorn_server, worker_process
 from coregraph import ids
 from coregraph.settings import Settings
 
@@ -329,26 +328,6 @@ async def set_up(settings: Settings, url: str) -> Setup:
     )
 
 
-@contextlib.contextmanager
-def worker_process(env: dict[str, str], tmp: str, wanted: bool) -> Iterator[int | None]:
-    """``coregraph worker`` (relay and webhook delivery) beside the API, if ``wanted``."""
-    if not wanted:
-        yield None
-        return
-    with open(os.path.join(tmp, "worker.log"), "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-c", "from coregraph.cli import app; app()", "worker"],
-            env={**os.environ, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        yield process.pid
-    finally:
-        stop(process)
-
-
 def _key(prefix: str, counter: itertools.count[int]) -> str:
     return f"{prefix}-{next(counter)}"
 
@@ -370,17 +349,20 @@ async def _main(args: argparse.Namespace, tmp: str) -> int:
             # The production shape: the API relays nothing; `coregraph worker` does, finding
             # new events by polling (no Redis here to wake it).
             env.update({"COREGRAPH_RUN_RELAY": "false", "COREGRAPH_RUN_WEBHOOK_WORKER": "false"})
-        with (
-            uvicorn_server(
-                "coregraph",
-                "coregraph.app:create_app",
-                env,
-                tmp,
-                "/healthz",
-                workers=args.workers,
-            ) as cg,
-            worker_process(env, tmp, args.separate_worker) as worker_pid,
-        ):
+        with contextlib.ExitStack() as processes:
+            cg = processes.enter_context(
+                uvicorn_server(
+                    "coregraph",
+                    "coregraph.app:create_app",
+                    env,
+                    tmp,
+                    "/healthz",
+                    workers=args.workers,
+                )
+            )
+            pids = [cg.process.pid]
+            if args.separate_worker:
+                pids.append(processes.enter_context(worker_process(env, tmp)).pid)
             url = cg.base_url + "/graphql"
             setup = await set_up(settings, url)
             print(
@@ -390,7 +372,6 @@ async def _main(args: argparse.Namespace, tmp: str) -> int:
                 f" {'httpx' if args.httpx else 'bench.light_http'}); tenant {setup.tenant_id},"
                 f" key {setup.api_key_id}"
             )
-            pids = [cg.process.pid] + ([worker_pid] if worker_pid is not None else [])
             results = await run_targets(args, url, dsn, setup, pids)
     report(args, results)
     return 0

@@ -357,6 +357,8 @@ async def _main(args: argparse.Namespace, tmp: str) -> int:
                     env,
                     tmp,
                     "/healthz",
+                    # A loaded machine (other sessions' suites) can take a while to start it.
+                    start_timeout=120,
                     workers=args.workers,
                 )
             )
@@ -372,7 +374,12 @@ async def _main(args: argparse.Namespace, tmp: str) -> int:
                 f" {'httpx' if args.httpx else 'bench.light_http'}); tenant {setup.tenant_id},"
                 f" key {setup.api_key_id}"
             )
-            results = await run_targets(args, url, dsn, setup, pids)
+            try:
+                results = await run_targets(args, url, dsn, setup, pids)
+            except BaseException:
+                # The server's side of a failure goes with the rest of the temporary files.
+                print(f"--- the server's log:\n{cg.log_tail(80)}", file=sys.stderr)
+                raise
     report(args, results)
     return 0
 

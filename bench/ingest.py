@@ -4,8 +4,11 @@ inserts of the same rows into the same table, measured in the same run.
 
 1. a fresh database on the local PostgreSQL (created here and dropped on the way out, whatever
    happens), ``coregraph migrate``; without a reachable PostgreSQL it says so and exits 0;
-2. coregraph (``uvicorn coregraph.app:create_app --factory``, one worker, production settings,
-   no Redis, so the outbox relay runs in the server as ``coregraph serve`` would) on 127.0.0.1;
+2. coregraph (``uvicorn coregraph.app:create_app --factory``, one worker by default,
+   ``--workers N`` for more, production settings, no Redis, so the outbox relay runs in the
+   server as ``coregraph serve`` would) on 127.0.0.1; its requests are sent with
+   ``bench.light_http`` (``--httpx``: with httpx), over one keep-alive connection per request
+   in flight;
 3. an owner, a tenant, an API key holding ``events:write`` and one registered event type, all
    through the public API;
 4. four targets, each for ``--seconds`` at ``--concurrency`` after a short warm-up:
@@ -43,7 +46,8 @@ import orjson
 
 from bench import load, seed
 from bench.__main__ import GRAPHQL_HEADERS, migrate_database, print_machine
-from bench.servers import bench_env, bench_settings, uvicorn_server
+from bench.light_http import LightClient
+from bench.servers import bench_env, bench_settings, uvicorn_server, worker_process
 from coregraph import ids
 from coregraph.settings import Settings
 
@@ -93,6 +97,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="emit without idempotency keys (coregraph then looks nothing up before writing)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="coregraph server processes (uvicorn --workers; 1): production runs one or more"
+        " API processes per machine, each with the relay in-process on these settings",
+    )
+    parser.add_argument(
+        "--separate-worker",
+        action="store_true",
+        help="run the outbox relay and webhook delivery in a `coregraph worker` process beside"
+        " the API, as production does, instead of in the API process (server CPU then counts"
+        " both processes)",
+    )
+    parser.add_argument(
+        "--httpx",
+        action="store_true",
+        help="send coregraph's requests with httpx instead of bench.light_http (the load"
+        " generator then takes about as much CPU per request as the server's HTTP layer)",
+    )
+    parser.add_argument(
         "--no-analyze",
         dest="analyze",
         action="store_false",
@@ -101,8 +125,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0 < args.seconds <= 600 or not 0 <= args.warmup <= 60:
         parser.error("--seconds in (0, 600], --warmup in [0, 60]")
-    if args.concurrency < 1 or not 1 <= args.batch <= 500:
-        parser.error("--concurrency >= 1, --batch in 1..500")
+    if args.concurrency < 1 or not 1 <= args.batch <= 500 or not 1 <= args.workers <= 8:
+        parser.error("--concurrency >= 1, --batch in 1..500, --workers in 1..8")
     return args
 
 
@@ -113,6 +137,9 @@ class Result:
     seconds: float
     server_cpu_seconds: float | None
     database_cpu_seconds: float | None
+    # This process's (the load generator's) CPU, and the 1-minute load average at the end.
+    client_cpu_seconds: float = 0.0
+    load_average: float = 0.0
 
     @property
     def per_second(self) -> float:
@@ -142,12 +169,33 @@ def postgres_cpu_seconds(database: str) -> float | None:
     return total / os.sysconf("SC_CLK_TCK") if found else None
 
 
+def process_tree_cpu_seconds(pid: int) -> float | None:
+    """CPU used so far by ``pid`` and its descendants (uvicorn's worker processes), from
+    /proc."""
+    own = load.process_cpu_seconds(pid)
+    if own is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as fh:
+            children = [int(child) for child in fh.read().split()]
+    except OSError:
+        children = []
+    return own + sum(process_tree_cpu_seconds(child) or 0.0 for child in children)
+
+
+def servers_cpu_seconds(pids: list[int] | None) -> float | None:
+    if not pids:
+        return None
+    found = [process_tree_cpu_seconds(pid) for pid in pids]
+    return None if None in found else sum(seconds or 0.0 for seconds in found)
+
+
 async def measure(
     name: str,
     once: Callable[[], Awaitable[int]],
     concurrency: int,
     seconds: float,
-    server_pid: int | None,
+    server_pids: list[int] | None,
     database: str,
 ) -> Result:
     """``concurrency`` workers call ``once`` (which writes and returns how many events it
@@ -163,15 +211,17 @@ async def measure(
             written = await once()
             events += written
 
-    server_before = load.process_cpu_seconds(server_pid) if server_pid else None
+    server_before = servers_cpu_seconds(server_pids)
     database_before = postgres_cpu_seconds(database)
+    client_before = time.process_time()
     started = time.perf_counter()
     async with asyncio.timeout(seconds + 120):
         async with asyncio.TaskGroup() as group:
             for _ in range(concurrency):
                 group.create_task(worker())
     elapsed = time.perf_counter() - started
-    server_after = load.process_cpu_seconds(server_pid) if server_pid else None
+    client = time.process_time() - client_before
+    server_after = servers_cpu_seconds(server_pids)
     database_after = postgres_cpu_seconds(database)
     server = (
         server_after - server_before
@@ -183,7 +233,7 @@ async def measure(
         if database_before is not None and database_after is not None
         else None
     )
-    return Result(name, events, elapsed, server, database_cpu)
+    return Result(name, events, elapsed, server, database_cpu, client, os.getloadavg()[0])
 
 
 @contextlib.asynccontextmanager
@@ -295,17 +345,47 @@ async def _main(args: argparse.Namespace, tmp: str) -> int:
         }
         settings = bench_settings(env)
         migrate_database(env)
-        with uvicorn_server("coregraph", "coregraph.app:create_app", env, tmp, "/healthz") as cg:
+        if args.separate_worker:
+            # The production shape: the API relays nothing; `coregraph worker` does, finding
+            # new events by polling (no Redis here to wake it).
+            env.update({"COREGRAPH_RUN_RELAY": "false", "COREGRAPH_RUN_WEBHOOK_WORKER": "false"})
+        with contextlib.ExitStack() as processes:
+            cg = processes.enter_context(
+                uvicorn_server(
+                    "coregraph",
+                    "coregraph.app:create_app",
+                    env,
+                    tmp,
+                    "/healthz",
+                    # A loaded machine (other sessions' suites) can take a while to start it.
+                    start_timeout=120,
+                    workers=args.workers,
+                )
+            )
+            pids = [cg.process.pid]
+            if args.separate_worker:
+                pids.append(processes.enter_context(worker_process(env, tmp)).pid)
             url = cg.base_url + "/graphql"
             setup = await set_up(settings, url)
-            print(f"server {cg.base_url}; tenant {setup.tenant_id}, key {setup.api_key_id}")
-            results = await run_targets(args, url, dsn, setup, cg.process.pid)
+            print(
+                f"server {cg.base_url} ({args.workers} process(es),"
+                f" relay {'in a worker process' if args.separate_worker else 'in-process'},"
+                f" client"
+                f" {'httpx' if args.httpx else 'bench.light_http'}); tenant {setup.tenant_id},"
+                f" key {setup.api_key_id}"
+            )
+            try:
+                results = await run_targets(args, url, dsn, setup, pids)
+            except BaseException:
+                # The server's side of a failure goes with the rest of the temporary files.
+                print(f"--- the server's log:\n{cg.log_tail(80)}", file=sys.stderr)
+                raise
     report(args, results)
     return 0
 
 
 async def run_targets(
-    args: argparse.Namespace, url: str, dsn: str, setup: Setup, server_pid: int
+    args: argparse.Namespace, url: str, dsn: str, setup: Setup, server_pids: list[int]
 ) -> dict[str, Result]:
     database = dsn.rsplit("/", 1)[1]
     keys = itertools.count()
@@ -340,33 +420,32 @@ async def run_targets(
         )
 
     results: dict[str, Result] = {}
+    light = LightClient(url, headers)
     async with (
         httpx.AsyncClient(limits=limits, timeout=60.0) as http,
         asyncpg.create_pool(dsn, min_size=args.concurrency, max_size=args.concurrency) as pool,
     ):
 
+        async def post(name: str, request: dict[str, object]) -> dict[str, object]:
+            content = orjson.dumps(request)
+            if args.httpx:
+                response = await http.post(url, content=content, headers=headers)
+                status, raw = response.status_code, response.content
+            else:
+                status, raw = await light.post(content)
+            body = orjson.loads(raw)
+            if status != 200 or body.get("errors"):
+                raise RuntimeError(f"{name}: {status} {raw[:300]!r}")
+            return body["data"]  # type: ignore[no-any-return]
+
         async def emit_one() -> int:
-            response = await http.post(
-                url,
-                content=orjson.dumps({"query": EMIT, "variables": {"input": item()}}),
-                headers=headers,
-            )
-            body = orjson.loads(response.content)
-            if response.status_code != 200 or body.get("errors"):
-                raise RuntimeError(f"emitEvent: {response.text[:300]}")
+            await post("emitEvent", {"query": EMIT, "variables": {"input": item()}})
             return 1
 
         async def emit_batch() -> int:
             inputs = [item() for _ in range(args.batch)]
-            response = await http.post(
-                url,
-                content=orjson.dumps({"query": EMIT_MANY, "variables": {"inputs": inputs}}),
-                headers=headers,
-            )
-            body = orjson.loads(response.content)
-            if response.status_code != 200 or body.get("errors"):
-                raise RuntimeError(f"emitEvents: {response.text[:300]}")
-            return len(body["data"]["emitEvents"]["items"])
+            data = await post("emitEvents", {"query": EMIT_MANY, "variables": {"inputs": inputs}})
+            return len(data["emitEvents"]["items"])  # type: ignore[index,arg-type]
 
         async def raw_one() -> int:
             async with pool.acquire() as connection, connection.transaction():
@@ -387,7 +466,7 @@ async def run_targets(
         ]
         sent = {setup.tenant_id: 0, setup.raw_tenant_id: 0}
         for name, once, tenant_id in targets:
-            pid = server_pid if tenant_id == setup.tenant_id else None
+            pids = server_pids if tenant_id == setup.tenant_id else None
             if args.warmup:
                 warmup = await measure(name, once, args.concurrency, args.warmup, None, database)
                 sent[tenant_id] += warmup.events
@@ -397,7 +476,7 @@ async def run_targets(
                 # checks idempotency keys by filtering every row of the tenant.
                 async with pool.acquire() as connection:
                     await connection.execute("ANALYZE events")
-            result = await measure(name, once, args.concurrency, args.seconds, pid, database)
+            result = await measure(name, once, args.concurrency, args.seconds, pids, database)
             sent[tenant_id] += result.events
             results[name] = result
             print(f"  {name}: {result.per_second:.0f} events/s", flush=True)
@@ -416,26 +495,46 @@ async def run_targets(
                 " WHERE tenant_id = $1",
                 setup.tenant_id,
             )
+            # And the relay (in the API or the worker process) published all of them.
+            deadline = time.monotonic() + 60
+            while True:
+                behind = await connection.fetchval(
+                    "SELECT (SELECT max(sequence) FROM events WHERE tenant_id = $1)"
+                    " - coalesce((SELECT events_published FROM relay_positions"
+                    " WHERE chain_id = $1), 0)",
+                    setup.tenant_id,
+                )
+                if behind == 0 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+    await light.close()
+    if behind != 0:
+        raise SystemExit(f"verification: the relay left {behind} events unpublished")
     if gaps != 0:
         raise SystemExit(f"verification: coregraph's sequence has {gaps} gaps")
     written = sum(sent.values())
-    print(f"verified: all {written} events written, coregraph's sequence without gaps")
+    print(
+        f"verified: all {written} events written, coregraph's sequence without gaps, all"
+        " published by the relay"
+    )
     return results
 
 
 def report(args: argparse.Namespace, results: dict[str, Result]) -> None:
     print()
     header = f"{'target':<34} {'events':>8} {'s':>6} {'events/s':>9} {'srv CPU ms/ev':>13}"
-    print(header + f" {'db CPU ms/ev':>12}")
-    print("-" * (len(header) + 13))
+    header += f" {'db CPU ms/ev':>12} {'client ms/ev':>12} {'load':>5}"
+    print(header)
+    print("-" * len(header))
     for r in results.values():
         server = f"{r.server_cpu_seconds * 1000 / r.events:.3f}" if r.server_cpu_seconds else "-"
         database = (
             f"{r.database_cpu_seconds * 1000 / r.events:.3f}" if r.database_cpu_seconds else "-"
         )
+        client = r.client_cpu_seconds * 1000 / r.events
         print(
             f"{r.name:<34} {r.events:>8} {r.seconds:>6.1f} {r.per_second:>9.0f} {server:>13}"
-            f" {database:>12}"
+            f" {database:>12} {client:>12.3f} {r.load_average:>5.1f}"
         )
     names = list(results)
     print()

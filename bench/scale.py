@@ -36,7 +36,6 @@ import os
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,7 +50,7 @@ import websockets
 from bench import load, seed
 from bench.__main__ import GRAPHQL_HEADERS, MEMBERS_QUERY, migrate_database, print_machine
 from bench.ingest import DEFAULT_ADMIN_DSN, bench_database, postgres_cpu_seconds, reachable
-from bench.servers import Server, bench_env, bench_settings, stop, uvicorn_server
+from bench.servers import Server, bench_env, bench_settings, uvicorn_server, worker_process
 
 PROCESSES = (1, 2, 4)
 LAG_EVENT = "bench.lagged"
@@ -93,22 +92,6 @@ def coregraph_server(
         name, "coregraph.app:create_app", env, tmp, "/healthz", 120.0, workers=workers
     ) as server:
         yield server
-
-
-@contextlib.contextmanager
-def worker_process(env: dict[str, str], tmp: str) -> Iterator[subprocess.Popen[bytes]]:
-    with open(os.path.join(tmp, "worker.log"), "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "coregraph.cli", "worker"],
-            env={**os.environ, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        yield process
-    finally:
-        stop(process)
 
 
 def dashboard_target(server: Server, tenant: seed.Tenant, name: str) -> load.Target:

@@ -134,6 +134,23 @@ def uvicorn_server(
         stop(process)
 
 
+@contextlib.contextmanager
+def worker_process(env: dict[str, str], log_dir: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``coregraph worker`` (the outbox relay and webhook delivery) as a subprocess."""
+    with open(os.path.join(log_dir, "worker.log"), "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "coregraph.cli", "worker"],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        yield process
+    finally:
+        stop(process)
+
+
 def stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     if process.poll() is not None:
         return

@@ -18,7 +18,7 @@ from coregraph.auth.principal import ANONYMOUS, Principal, PrincipalKind
 from coregraph.models import Event, EventType, UsageRecord, UsageRollup
 from coregraph.request import RequestMeta
 from coregraph.services import identity, tenancy
-from coregraph.services.uow import UnitOfWork
+from coregraph.services.uow import StatedEvent, UnitOfWork
 from coregraph.services.usage import usage_row
 from tests.streams_support import engine_for
 from tests.support import PASSWORD, Server, unique
@@ -212,3 +212,80 @@ async def test_concurrent_commits_sharing_a_rollup_never_deadlock(
     await asyncio.wait_for(asyncio.gather(*(commit(i % 2 == 0) for i in range(24))), 60)
     assert await _rollups(server, tenant_id) == [("events.emitted", Decimal(24), 24)]
     assert len(await _usage(server, tenant_id)) == 24
+
+
+async def _count_statements(engine: AsyncEngine, work: Any) -> tuple[Any, list[str]]:
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        return await work, statements
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+
+
+async def test_concurrent_commits_of_one_tenant_each_get_their_own_events_in_one_stream(
+    engine: AsyncEngine, server: Server
+) -> None:
+    """Group commit (services.group_commit): units of work of one tenant committing at the
+    same moment share the call on PostgreSQL — and each still gets its own events, numbered
+    without a gap in the order they were written, with its usage record."""
+    principal, tenant_id = await _owner_and_tenant(engine, server)
+
+    async def commit(index: int) -> list[StatedEvent]:
+        async with UnitOfWork(engine, principal, META) as uow:
+            for part in range(index % 3 + 1):
+                uow.emit("g.grouped", tenant_id=tenant_id, data={"unit": index, "part": part})
+            uow.record_usage(
+                [usage_row(tenant_id, principal.environment, "events.emitted", Decimal(1))]
+            )
+        return uow.events
+
+    units, statements = await _count_statements(
+        engine, asyncio.wait_for(asyncio.gather(*(commit(i) for i in range(24))), 60)
+    )
+    if engine.dialect.name == "postgresql":
+        assert 1 <= len(statements) < 24, statements  # shared calls
+    # Each unit's own events, numbered consecutively within it; all of them without a gap.
+    for index, stated in enumerate(units):
+        assert [e.data for e in stated] == [
+            {"unit": index, "part": part} for part in range(index % 3 + 1)
+        ]
+        numbers = [e.sequence for e in stated]
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    stored = await _stored(server, tenant_id)
+    assert [sequence for _type, sequence, _data in stored] == list(range(1, len(stored) + 1))
+    by_sequence = {sequence: data for _type, sequence, data in stored}
+    assert all(by_sequence[e.sequence] == e.data for stated in units for e in stated)
+    assert len(stored) == 1 + sum(len(stated) for stated in units)
+    assert len(await _usage(server, tenant_id)) == 24
+    assert await _rollups(server, tenant_id) == [("events.emitted", Decimal(24), 24)]
+
+
+async def test_a_commit_refused_in_a_group_fails_alone(engine: AsyncEngine, server: Server) -> None:
+    """One unit of work reusing an idempotency key among concurrent ones: the database refuses
+    the shared call, every unit commits again on its own, and only the one at fault fails —
+    the stream keeps no gap."""
+    principal, tenant_id = await _owner_and_tenant(engine, server)
+    async with UnitOfWork(engine, principal, META) as uow:
+        uow.emit("h.first", tenant_id=tenant_id, idempotency_key="used")
+
+    async def commit(index: int) -> int:
+        async with UnitOfWork(engine, principal, META) as uow:
+            key = "used" if index == 5 else f"fresh-{index}"
+            uow.emit("h.next", tenant_id=tenant_id, data={"unit": index}, idempotency_key=key)
+        return index
+
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(*(commit(i) for i in range(12)), return_exceptions=True), 60
+    )
+    assert isinstance(outcomes[5], IntegrityError)
+    assert [o for i, o in enumerate(outcomes) if i != 5] == [i for i in range(12) if i != 5]
+    stored = await _stored(server, tenant_id)
+    assert [sequence for _type, sequence, _data in stored] == list(range(1, 14))
+    assert sorted(data["unit"] for type, _s, data in stored if type == "h.next") == [
+        i for i in range(12) if i != 5
+    ]

@@ -5,6 +5,7 @@ process remembers."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -136,3 +137,38 @@ async def test_a_registration_rolled_back_is_not_remembered_as_registered(
                 )
     finally:
         await engine.dispose()
+
+
+async def test_concurrent_emits_each_get_their_own_answer(client: GraphQLClient) -> None:
+    """emitEvent requests of one tenant at the same moment (their commits grouped on
+    PostgreSQL, services.group_commit): each gets its own event, a replayed key the first
+    event, a payload its schema refuses BAD_USER_INPUT — the others are unaffected, and the
+    stream has no gap."""
+    team = await new_team(client)
+    await team.register("ingest.grouped", ORDER)
+    first = (await team.emit("ingest.grouped", {"amount": 1}, key="used")).ok()["emitEvent"]
+    before = await team.cursor()
+
+    def data(index: int) -> dict[str, Any]:
+        return {"amount": "lots"} if index == 3 else {"amount": index}
+
+    answers = await asyncio.wait_for(
+        asyncio.gather(
+            *(
+                team.emit("ingest.grouped", data(i), key="used" if i == 7 else f"new-{i}")
+                for i in range(16)
+            )
+        ),
+        60,
+    )
+    assert answers[3].codes == ["BAD_USER_INPUT"]
+    assert answers[3].errors[0]["extensions"]["path"] == "$.amount"
+    replay = answers[7].ok()["emitEvent"]
+    assert replay["replayed"] is True and replay["event"] == first["event"]
+    emitted = {i: answers[i].ok()["emitEvent"]["event"] for i in range(16) if i not in (3, 7)}
+    assert all(event["data"] == {"amount": i} for i, event in emitted.items())
+    stored = await team.events(after=before)
+    assert sorted(e["id"] for e in stored) == sorted(e["id"] for e in emitted.values())
+    sequences = sorted(e["sequence"] for e in emitted.values())
+    assert sequences == list(range(sequences[0], sequences[0] + 14))
+    assert sequences[0] == first["event"]["sequence"] + 1

@@ -8,13 +8,12 @@ or ``X-Environment`` (``live`` by default).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import and_, bindparam, column, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import aliased
 
@@ -36,6 +35,7 @@ from coregraph.auth.principal import (
 )
 from coregraph.auth.tokens import AGENT_KIND, SUPPORT_KIND, TokenService, VerifiedToken
 from coregraph.errors import BadUserInput, Forbidden, Unauthenticated
+from coregraph.group_commit import GroupCommit
 from coregraph.models import (
     Agent,
     ApiKey,
@@ -52,9 +52,9 @@ from coregraph.settings import Settings
 
 # lastUsedAt is a hint, not a log: writing it at most once a minute keeps reads read-only.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
-_API_KEY_TENANTS_KEPT = 10_000
+# At most this many requests share one read of their API key.
+_API_KEY_READ_SHARED_BY = 256
 
-_API_KEY = select(ApiKey.tenant_id).where(ApiKey.secret_hash == bindparam("digest"))
 # An agent key's agent's sponsor and their role (the key's creator may be someone else).
 _SPONSOR = aliased(Membership)
 _SPONSOR_ROLE = aliased(Role)
@@ -95,6 +95,10 @@ _API_KEY_AND_PERMISSIONS = (
 )
 _API_KEY_WITH_PERMISSIONS = _API_KEY_AND_PERMISSIONS.where(
     ApiKey.secret_hash == bindparam("digest")
+)
+# The same columns, with the same types, from migration 0022's function (PostgreSQL).
+_API_KEY_PRINCIPAL = text("SELECT * FROM api_key_principal(:digest)").columns(
+    *(column(c.name, c.type) for c in _API_KEY_AND_PERMISSIONS.selected_columns)
 )
 # The same by id and tenant: an approval request's key, when the request runs.
 _API_KEY_BY_ID = _API_KEY_AND_PERMISSIONS.where(
@@ -154,9 +158,13 @@ class Authenticator:
         self.engine = engine
         self.tokens = tokens
         self.provision_external_user = provision_external_user
-        # API key (secret hash) -> its tenant, for the keys this process has read (see
-        # _api_key_row). Bounded: a forgotten key only costs its next request a round trip.
-        self._api_key_tenants: OrderedDict[str, str] = OrderedDict()
+        # Requests presenting one key at the same moment share its read (_api_key_row).
+        self._api_key_reads: GroupCommit[str, Any] = GroupCommit(
+            self._read_api_key_for,
+            lambda _digest: 1,
+            _API_KEY_READ_SHARED_BY,
+            lambda _error: False,
+        )
 
     async def authenticate(
         self,
@@ -481,36 +489,32 @@ class Authenticator:
 
     async def _api_key_row(self, digest: str) -> Any:
         """The key whose secret hashes to ``digest``, with its creator's current role
-        permissions (``creator_permissions``), as the database has them now; None if there is
-        no such key.
+        permissions (``creator_permissions``) and its agent's and sponsor's rights, as the
+        database has them now; None if there is no such key.
 
-        Row-level security shows a transaction the key by its hash, but its creator's role only
-        within the key's tenant, which the key row tells: two steps in one transaction. The
-        tenant a key belongs to never changes, so once a key has been read this process
-        remembers its tenant and reads the key and the role in one statement; revocation,
-        expiry and the creator's rights are still read afresh for every request."""
-        tenant_hint = self._api_key_tenants.get(digest)
-        if tenant_hint is not None:
-            self._api_key_tenants.move_to_end(digest)
+        Nothing about a key is remembered: every request is answered by a read sent after it
+        arrived, so a revocation, expiry, demotion or removal committed before a request
+        (through any process) binds that request. Requests of this process presenting the
+        same key at the same moment share a read (``group_commit``): one that arrives while a
+        read of its key is under way waits for the next read, never joins the one already
+        sent, which may predate it."""
+        return await self._api_key_reads.submit(digest, digest)
+
+    async def _read_api_key_for(self, digests: list[str]) -> list[Any]:
+        # One key (the grouping key is the digest), read once for every request waiting.
+        row = await self._read_api_key(digests[0])
+        return [row] * len(digests)
+
+    async def _read_api_key(self, digest: str) -> Any:
+        """PostgreSQL: one autocommitted call to ``api_key_principal()`` (migration 0022),
+        which scopes its own transaction for row-level security in the two steps the
+        policies need (the key by its hash, then its tenant for the creator's role), as the
+        API role. SQLite has no row-level security: the same row in one statement."""
         async with self.engine.connect() as conn:
-            if tenant_hint is not None:
-                await db.scope_transaction(conn, tenant_ids=(tenant_hint,), api_key_hash=digest)
-                row = (await conn.execute(_API_KEY_WITH_PERMISSIONS, {"digest": digest})).first()
-                if row is not None and row.tenant_id == tenant_hint:
-                    return row
-            # Row-level security shows this step only the key whose secret it holds...
-            await db.scope_transaction(conn, tenant_ids=(), api_key_hash=digest)
-            key = (await conn.execute(_API_KEY, {"digest": digest})).first()
-            if key is None:
-                return None
-            # ...then the key's own tenant, for its creator's current role.
-            await db.scope_transaction(conn, tenant_ids=(key.tenant_id,), api_key_hash=digest)
-            row = (await conn.execute(_API_KEY_WITH_PERMISSIONS, {"digest": digest})).first()
-        if row is not None:
-            self._api_key_tenants[digest] = row.tenant_id
-            if len(self._api_key_tenants) > _API_KEY_TENANTS_KEPT:
-                self._api_key_tenants.popitem(last=False)
-        return row
+            if conn.dialect.name != "postgresql":
+                return (await conn.execute(_API_KEY_WITH_PERMISSIONS, {"digest": digest})).first()
+            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            return (await autocommit.execute(_API_KEY_PRINCIPAL, {"digest": digest})).first()
 
 
 def _usable_key(row: Any, now: datetime) -> None:

@@ -37,6 +37,7 @@ from coregraph import db, ids
 from coregraph.auth.permissions import PERMISSION_KEYS
 from coregraph.auth.principal import Principal, PrincipalKind, system_principal
 from coregraph.errors import BadUserInput, Conflict, Forbidden, NotFound
+from coregraph.group_commit import GroupCommit
 from coregraph.models import (
     Agent,
     ApprovalDecision,
@@ -391,6 +392,12 @@ class PolicyCache:
     engine: AsyncEngine
     seconds: float
     _kept: dict[tuple[str, str], tuple[float, Sequence[Any]]] = field(default_factory=dict)
+    # Mutations of one tenant that find its entry expired at the same moment share one read,
+    # sent after each of them asked (coregraph.group_commit), rather than each reading.
+    _reads: GroupCommit[tuple[str, str], Sequence[Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._reads = GroupCommit(self._read, lambda _key: 1, 10_000, lambda _error: False)
 
     async def get(self, tenant_id: str, environment: Environment) -> Sequence[Any]:
         key = (tenant_id, environment.value)
@@ -398,8 +405,7 @@ class PolicyCache:
         kept = self._kept.get(key)
         if kept is not None and kept[0] > now:
             return kept[1]
-        async with self.engine.connect() as conn:
-            policies = await policies_for(conn, tenant_id, environment)
+        policies = await self._reads.submit(key, key)
         if self.seconds > 0:
             if len(self._kept) > 10_000:
                 self._kept.clear()
@@ -408,6 +414,12 @@ class PolicyCache:
 
     def forget(self, tenant_id: str, environment: Environment) -> None:
         self._kept.pop((tenant_id, environment.value), None)
+
+    async def _read(self, keys: list[tuple[str, str]]) -> list[Sequence[Any]]:
+        tenant_id, environment = keys[0]
+        async with self.engine.connect() as conn:
+            policies = await policies_for(conn, tenant_id, Environment(environment))
+        return [policies] * len(keys)
 
 
 # --- requests ------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from coregraph import db
 from coregraph.auth.principal import Principal, PrincipalKind
 from coregraph.errors import RateLimited
+from coregraph.group_commit import GroupCommit
 from coregraph.services import billing
 from coregraph.services.ratelimit import Limiter, Window
 
@@ -142,13 +143,18 @@ class PlanLimits:
         self.cache_seconds = cache_seconds
         self._clock = clock
         self._cache: dict[str, tuple[float, TenantLimits]] = {}
+        # Operations of one tenant that find its entry expired at the same moment share one
+        # read, sent after each of them asked (coregraph.group_commit).
+        self._reads: GroupCommit[str, TenantLimits] = GroupCommit(
+            self._read_for, lambda _tenant: 1, 10_000, lambda _error: False
+        )
 
     async def of_tenant(self, tenant_id: str) -> TenantLimits:
         now = self._clock()
         cached = self._cache.get(tenant_id)
         if cached is not None and cached[0] > now:
             return cached[1]
-        limits = await self._read(tenant_id)
+        limits = await self._reads.submit(tenant_id, tenant_id)
         if len(self._cache) >= _CACHED_TENANTS:
             self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
             if len(self._cache) >= _CACHED_TENANTS:
@@ -159,6 +165,9 @@ class PlanLimits:
     def forget(self, tenant_id: str) -> None:
         """This process changed the tenant's plan: read it again at the next request."""
         self._cache.pop(tenant_id, None)
+
+    async def _read_for(self, tenant_ids: list[str]) -> list[TenantLimits]:
+        return [await self._read(tenant_ids[0])] * len(tenant_ids)
 
     async def _read(self, tenant_id: str) -> TenantLimits:
         async with self.engine.connect() as conn:

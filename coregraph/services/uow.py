@@ -16,20 +16,23 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
+from functools import partial
 from types import TracebackType
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import orjson
 from sqlalchemy import Table, insert, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.event import listens_for
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
 from coregraph import db, ids, telemetry
 from coregraph.auth.principal import Principal, PrincipalKind
 from coregraph.errors import CoregraphError, Forbidden
+from coregraph.group_commit import CommitAlone, GroupCommit
 from coregraph.models import AuditEntry, Event, StreamHead
 from coregraph.models.base import Environment, utcnow
 from coregraph.request import RequestMeta
@@ -243,6 +246,72 @@ def _columns(
                 value = _json_text(value)
             columns[f"{prefix}_{name}"].append(value)
     return columns
+
+
+@dataclass(slots=True, eq=False)
+class _Append:
+    """One unit of work's events-only commit (``UnitOfWork._append_events``)."""
+
+    chain_id: str
+    scope: dict[str, str]
+    events: list[StatedEvent]
+    usage: list[dict[str, Any]]
+
+
+async def _append_together(engine: AsyncEngine, appends: list[_Append]) -> list[int]:
+    """Commit ``appends`` (one chain, one scope) in one autocommitted call of
+    ``append_events()``: their events numbered in turn, their usage records and rollups in the
+    same statement. Each one's sequence base (its first event is base + 1)."""
+    first = appends[0]
+    events = [event for append in appends for event in append.events]
+    usage = [row for append in appends for row in append.usage]
+    parameters = {**first.scope, **_event_columns(first.chain_id, events)}
+    del parameters["support_session_id"]
+    statement = _APPEND_EVENTS
+    if usage:
+        statement = _APPEND_EVENTS_AND_USAGE
+        parameters.update(_columns(usage, _USAGE_COLUMNS, "usage"))
+        parameters.update(_columns(usage_store.rollup_rows(usage), _ROLLUP_COLUMNS, "rollup"))
+    async with engine.connect() as conn:
+        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        base = int((await autocommit.execute(statement, parameters)).scalar_one())
+    bases = []
+    for append in appends:
+        bases.append(base)
+        base += len(append.events)
+    return bases
+
+
+def _refused(error: Exception) -> bool:
+    """The database refused the statement (so nothing of it committed), rather than the
+    connection failing with the outcome unknown."""
+    return isinstance(error, DBAPIError) and not error.connection_invalidated
+
+
+# A call carries at most this many events (a batch of emitEvents larger still goes alone).
+GROUPED_EVENTS_LIMIT = 1000
+_GROUP_COMMITS: WeakKeyDictionary[AsyncEngine, GroupCommit[_Append, int]] = WeakKeyDictionary()
+
+
+def _group_commit(engine: AsyncEngine) -> GroupCommit[_Append, int]:
+    group = _GROUP_COMMITS.get(engine)
+    if group is None:
+        group = _GROUP_COMMITS[engine] = GroupCommit(
+            partial(_append_together, engine),
+            lambda append: len(append.events),
+            GROUPED_EVENTS_LIMIT,
+            _refused,
+        )
+    return group
+
+
+def _event_columns(chain_id: str, sequenced: list[StatedEvent]) -> dict[str, Any]:
+    columns: dict[str, Any] = {name: [] for name in _FUSED_COLUMNS}
+    for stated in sequenced:
+        for name, values in columns.items():
+            values.append(getattr(stated, name))
+    columns["data"] = [_json_text(data) for data in columns["data"]]
+    return {"chain_id": chain_id, "count": len(sequenced), **columns}
 
 
 class UnitOfWork:
@@ -469,7 +538,10 @@ class UnitOfWork:
         """PostgreSQL, a unit of work that only states events of one of its tenants and has
         sent no statement: scope, advance the head and insert them in one autocommitted call
         (migration 0013), so the head row is locked for that statement and its commit on the
-        server, with no round trip to the client in between. False where it does not apply."""
+        server, with no round trip to the client in between. Concurrent units of work of this
+        process with the same chain and scope share the call (``group_commit``): one head
+        advance and one WAL flush for all of them, each with its own numbers and outcome.
+        False where it does not apply."""
         chain_id = self.events[0].tenant_id if self.events else None
         if (
             chain_id is None
@@ -482,29 +554,15 @@ class UnitOfWork:
             or self.principal.support_session_id is not None
         ):
             return False
-        parameters = {**self.session.info[_SCOPE], **self._event_columns(chain_id, self.events)}
-        del parameters["support_session_id"]
-        statement = _APPEND_EVENTS
-        if self.usage:
-            statement = _APPEND_EVENTS_AND_USAGE
-            parameters.update(_columns(self.usage, _USAGE_COLUMNS, "usage"))
-            rollups = usage_store.rollup_rows(self.usage)
-            parameters.update(_columns(rollups, _ROLLUP_COLUMNS, "rollup"))
-        async with self.engine.connect() as conn:
-            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            base = (await autocommit.execute(statement, parameters)).scalar_one()
-        for number, stated in enumerate(self.events, start=int(base) + 1):
+        scope: dict[str, str] = self.session.info[_SCOPE]
+        append = _Append(chain_id, scope, self.events, self.usage)
+        try:
+            base = await _group_commit(self.engine).submit((chain_id, *scope.values()), append)
+        except CommitAlone:
+            [base] = await _append_together(self.engine, [append])
+        for number, stated in enumerate(self.events, start=base + 1):
             stated.sequence = number
         return True
-
-    @staticmethod
-    def _event_columns(chain_id: str, sequenced: list[StatedEvent]) -> dict[str, Any]:
-        columns: dict[str, Any] = {name: [] for name in _FUSED_COLUMNS}
-        for stated in sequenced:
-            for name, values in columns.items():
-                values.append(getattr(stated, name))
-        columns["data"] = [_json_text(data) for data in columns["data"]]
-        return {"chain_id": chain_id, "count": len(sequenced), **columns}
 
     async def _advance_and_insert(
         self, heads: Table, chain_id: str, sequenced: list[StatedEvent]
@@ -512,7 +570,7 @@ class UnitOfWork:
         """PostgreSQL: move ``chain_id``'s event sequence forward by ``len(sequenced)`` and
         insert them, numbered from where it stood, in one statement (the head row stays
         locked until the commit, as with ``_advance``)."""
-        parameters = self._event_columns(chain_id, sequenced)
+        parameters = _event_columns(chain_id, sequenced)
         base = (await self.session.execute(_ADVANCE_AND_INSERT, parameters)).scalar()
         if base is None:
             # The chain's first event: make its head (as _advance does), then go again.

@@ -173,11 +173,11 @@ async def test_a_query_is_planned_once_and_the_plan_is_reused() -> None:
     answer, happened, _ = await both(query)
     assert answer[1] == []
     assert happened == {"planned": 1, "fallback": 0, "stock": 0}
-    plans = len(compiled._plans)
+    plans = len(compiled.plans_of(PLANNED._schema))
     for _ in range(3):
         _, happened, _ = await both(query)
         assert happened["planned"] == 1
-    assert len(compiled._plans) == plans  # the same plan, not one per request
+    assert len(compiled.plans_of(PLANNED._schema)) == plans  # the same plan, not one per request
 
 
 async def test_abstract_types_are_planned_per_runtime_type() -> None:
@@ -264,7 +264,7 @@ async def test_each_subscription_event_runs_on_the_subscription_documents_plan()
     assert results[PLANNED][0] == results[STOCK][0]
     assert [data["ticks"]["id"] for data, _ in results[PLANNED][0]] == [0, 1, 2]  # type: ignore[index]
     assert results[PLANNED][1] == 3  # every event planned...
-    keys = [key for key in compiled._plans if key[1] == query]
+    keys = [key for key in compiled.plans_of(PLANNED._schema) if key[0] == query]
     assert len(keys) == 1  # ...on one plan
 
 
@@ -303,3 +303,22 @@ async def test_plans_can_be_switched_off_and_the_answers_stay_the_same() -> None
         )
     assert answers[True] == answers[False]
     assert "type Query" in answers[True]["_service"]["sdl"]
+
+
+async def test_each_schema_keeps_its_own_plans() -> None:
+    # The same text on two schemas of different shape: each runs on a plan of its own (a
+    # plan holds its schema's types and resolvers), whatever schema came and went before.
+    @strawberry.type
+    class Other:
+        @strawberry.field
+        def items(self) -> list[Dog]:
+            return [Dog(name="a", barks=1)]
+
+    query = "{ items { __typename } }"
+    for _ in range(3):
+        other = strawberry.Schema(query=Other, execution_context_class=CoregraphExecutor)
+        mine = await PLANNED.execute(query, context_value=Context())
+        theirs = await other.execute(query, context_value=Context())
+        assert mine.data == {"items": [{"__typename": "Item"}] * 3}
+        assert theirs.data == {"items": [{"__typename": "Dog"}]}
+        assert len(compiled.plans_of(other._schema)) == 1

@@ -69,8 +69,7 @@ class Fallback(Exception):
 # What happened to executions that asked for a plan (tests and the bench read these).
 STATS = {"planned": 0, "fallback": 0, "stock": 0}
 
-_PLAN_CACHE_SIZE = 1024
-_plans: dict[tuple[Any, ...], Plan | None] = {}
+_PLAN_CACHE_SIZE = 1024  # per schema
 _skip_variables: dict[tuple[str, str | None], tuple[str, ...]] = {}
 
 Completer = Callable[[Any, Any, "_Run", Any], Any]
@@ -199,9 +198,10 @@ def plan_for(executor: Any) -> Plan | None:
     if switches is None:
         switches = _skip_include_variables((body, name), executor)
     coerced = executor.variable_values.coerced
-    key = (id(executor.schema), body, name, tuple(coerced.get(v) for v in switches))
+    key = (body, name, tuple(coerced.get(v) for v in switches))
+    plans = plans_of(executor.schema)
     try:
-        return _plans[key]
+        return plans[key]
     except KeyError:
         pass
     plan: Plan | None
@@ -209,10 +209,20 @@ def plan_for(executor: Any) -> Plan | None:
         plan = _Planner(executor).plan()
     except Unplannable:
         plan = None
-    if len(_plans) >= _PLAN_CACHE_SIZE:
-        del _plans[next(iter(_plans))]
-    _plans[key] = plan
+    if len(plans) >= _PLAN_CACHE_SIZE:
+        del plans[next(iter(plans))]
+    plans[key] = plan
     return plan
+
+
+def plans_of(schema: Any) -> dict[tuple[Any, ...], Plan | None]:
+    """The plans made for ``schema`` (a GraphQLSchema), kept on it: they hold its types and
+    resolvers, and end with it (a cache keyed by ``id(schema)`` could hand a later schema,
+    given the same id, plans of one that is gone)."""
+    plans = schema.__dict__.get("_coregraph_plans")
+    if plans is None:
+        plans = schema.__dict__["_coregraph_plans"] = {}
+    return plans  # type: ignore[no-any-return]
 
 
 def _skip_include_variables(document: tuple[str, str | None], executor: Any) -> tuple[str, ...]:

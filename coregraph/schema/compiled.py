@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import keyword
 from collections.abc import Callable
 from types import CoroutineType, SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -135,7 +136,16 @@ class _Selection:
     type check and the rules, and rules that judge a row by its tenant alone are decided
     once per tenant per request."""
 
-    __slots__ = ("by_tenant", "check", "matches", "origin", "rules", "steps", "type_name")
+    __slots__ = (
+        "by_tenant",
+        "check",
+        "complete",
+        "matches",
+        "origin",
+        "rules",
+        "steps",
+        "type_name",
+    )
 
     def __init__(self, object_type: GraphQLObjectType, steps: tuple[_Step, ...]) -> None:
         self.type_name = object_type.name
@@ -147,6 +157,7 @@ class _Selection:
         # Instances of exactly the type's class match without the call (unless cast).
         self.origin = origin if origin is not None and not hasattr(origin, "__slots__") else None
         self.by_tenant = bool(self.rules) and judged_by_tenant(self.rules)
+        self.complete = _generate(self)
 
 
 class Plan:
@@ -461,7 +472,12 @@ class _Planner:
 def _complete_selection(selection: _Selection, source: Any, path: Any, run: _Run, info: Any) -> Any:
     """The object's response: its type's ``IsTypeOf`` (where type declarations are
     enforced), then each step. A coroutine when a field is still resolving."""
-    principal = run.principal
+    return selection.complete(source, path, run, info)
+
+
+def _admit(selection: _Selection, source: Any, run: _Run, info: Any) -> None:
+    """The type's ``IsTypeOf`` for ``source``: raises ``Fallback`` where graphql-core's would
+    refuse the object (not of the type, or denied to the principal)."""
     rules = selection.rules
     if rules:
         if (
@@ -472,65 +488,113 @@ def _complete_selection(selection: _Selection, source: Any, path: Any, run: _Run
             key = (selection, getattr(source, "tenant_id", _NO_TENANT))
             allowed = run.allowed.get(key)
             if allowed is None:
-                allowed = run.allowed[key] = first_denial(rules, principal, source) is None
+                allowed = run.allowed[key] = first_denial(rules, run.principal, source) is None
             if not allowed:
                 raise Fallback
-        elif first_denial(rules, principal, source) is not None:
+        elif first_denial(rules, run.principal, source) is not None:
             raise Fallback
     elif selection.check is not None and not selection.check(source, info):
         raise Fallback
-    result: dict[str, Any] = {}
-    pending: list[str] | None = None
-    try:
-        for step in selection.steps:
-            kind = step.kind
-            if kind is _TYPENAME:
-                result[step.key] = step.typename
-                continue
-            if kind is not _RESOLVER:  # an attribute read: a leaf, a leaf list or an object
-                if step.rules and first_denial(step.rules, principal, source) is not None:
-                    raise Fallback
-                value = getattr(source, step.attribute)
-                if value is None or value is Undefined:
-                    if step.non_null:
-                        raise Fallback
-                    result[step.key] = None
-                    continue
-                if kind is _LEAF:
-                    if isinstance(value, Exception):
-                        raise Fallback
-                    completed = step.coerce(value)
-                    if completed is None or completed is Undefined:
-                        raise Fallback
-                    result[step.key] = completed
-                    continue
-                if kind is _LEAF_LIST:
-                    if value.__class__ is not list and not isinstance(value, list | tuple):
-                        raise Fallback
-                    coerce = step.coerce
-                    items = [coerce(item) for item in value]
-                    for item in items:
-                        if item is None or item is Undefined:
-                            raise Fallback
-                    result[step.key] = items
-                    continue
-                completed = step.complete(
-                    value, Path(path, step.key, selection.type_name), run, run.type_info
-                )
-            else:
-                completed = _resolve(step, source, Path(path, step.key, selection.type_name), run)
-            result[step.key] = completed
-            if type(completed) is CoroutineType:
-                if pending is None:
-                    pending = [step.key]
-                else:
-                    pending.append(step.key)
-        if pending is not None:
-            return _gather_fields(result, pending)
-        return result
-    except BaseException:
-        _close(result.values())
-        raise
+
+
+def _generate(selection: _Selection) -> Callable[[Any, Any, _Run, Any], Any]:
+    """The selection's steps as one Python function, written once per plan: each field's
+    attribute name, response key, coercion and nullability are constants of its code (no
+    dispatch on the step's kind, no lookups on step objects per object). What it does per
+    step is what graphql-core's walk does for a field that succeeds; anything else raises
+    ``Fallback``."""
+    names: dict[str, Any] = {
+        "Undefined": Undefined,
+        "Fallback": Fallback,
+        "first_denial": first_denial,
+        "CoroutineType": CoroutineType,
+        "Path": Path,
+        "_resolve": _resolve,
+        "_gather_fields": _gather_fields,
+        "_close": _close,
+        "_admit": _admit,
+        "SELECTION": selection,
+        "TYPE_NAME": selection.type_name,
+    }
+    lines = ["def complete(source, path, run, info):"]
+    if selection.rules or selection.check is not None:
+        lines.append("    _admit(SELECTION, source, run, info)")
+    lines += ["    principal = run.principal", "    result = {}", "    pending = None", "    try:"]
+    body: list[str] = []
+    for index, step in enumerate(selection.steps):
+        key = f"KEY{index}"
+        names[key] = step.key
+        names[f"STEP{index}"] = step
+        if step.kind is _TYPENAME:
+            body.append(f"result[{key}] = TYPE_NAME")
+            continue
+        if step.kind is _RESOLVER:
+            body += [
+                f"value = _resolve(STEP{index}, source, Path(path, {key}, TYPE_NAME), run)",
+                f"result[{key}] = value",
+                "if value.__class__ is CoroutineType:",
+                f"    pending = [{key}] if pending is None else pending + [{key}]",
+            ]
+            continue
+        if step.rules:
+            names[f"RULES{index}"] = step.rules
+            body += [
+                f"if first_denial(RULES{index}, principal, source) is not None:",
+                "    raise Fallback",
+            ]
+        attribute = step.attribute
+        if attribute.isidentifier() and not keyword.iskeyword(attribute):
+            body.append(f"value = source.{attribute}")
+        else:
+            names[f"ATTRIBUTE{index}"] = attribute
+            body.append(f"value = getattr(source, ATTRIBUTE{index})")
+        body += [
+            "if value is None or value is Undefined:",
+            "    raise Fallback" if step.non_null else f"    result[{key}] = None",
+            "else:",
+        ]
+        names[f"COERCE{index}"] = step.coerce
+        names[f"COMPLETE{index}"] = step.complete
+        if step.kind is _LEAF:
+            body += [
+                "    if isinstance(value, Exception):",
+                "        raise Fallback",
+                f"    value = COERCE{index}(value)",
+                "    if value is None or value is Undefined:",
+                "        raise Fallback",
+                f"    result[{key}] = value",
+            ]
+        elif step.kind is _LEAF_LIST:
+            body += [
+                "    if value.__class__ is not list and not isinstance(value, (list, tuple)):",
+                "        raise Fallback",
+                f"    value = [COERCE{index}(item) for item in value]",
+                "    for item in value:",
+                "        if item is None or item is Undefined:",
+                "            raise Fallback",
+                f"    result[{key}] = value",
+            ]
+        else:  # an object read off the attribute
+            body += [
+                f"    value = COMPLETE{index}(value, Path(path, {key}, TYPE_NAME), run, "
+                "run.type_info)",
+                f"    result[{key}] = value",
+                "    if value.__class__ is CoroutineType:",
+                f"        pending = [{key}] if pending is None else pending + [{key}]",
+            ]
+    lines += ["        " + line for line in body]
+    lines += [
+        "        if pending is not None:",
+        "            return _gather_fields(result, pending)",
+        "        return result",
+        "    except BaseException:",
+        "        _close(result.values())",
+        "        raise",
+    ]
+    code = compile("\n".join(lines), f"<plan of {selection.type_name}>", "exec")
+    # Nothing a client sends is part of the code: keys, names and functions are constants.
+    exec(code, names)
+    return names["complete"]  # type: ignore[no-any-return]
 
 
 def _resolve(step: _Step, source: Any, path: Path, run: _Run) -> Any:

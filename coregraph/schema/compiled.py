@@ -15,7 +15,9 @@ text, the operation, and the values of the variables that ``@skip``/``@include``
 - the field-level checks that depend on the row (a declared field's rules run per object, as
   the guard would run them).
 
-Executing a plan is a walk over the objects with those decisions taken. It produces the
+Each selection's steps are written out as one generated Python function (``_generate``: the
+names, keys and coercions are constants of its code; nothing a client sends becomes code), so
+executing a plan is a walk over the objects with those decisions taken. It produces the
 response only for an execution without errors; anything else — an error raised or returned
 anywhere, a denial, a null in a non-null position, an async iterable, a value the plan was not
 built for — abandons the attempt (``Fallback``) and the operation runs again on graphql-core's
@@ -170,7 +172,7 @@ class Plan:
         """The data of the operation, or a coroutine resolving to it; raises on anything the
         plan does not produce (the caller falls back, after ``restore_variables``)."""
         run = _Run(executor)
-        return _complete_selection(self.root, executor.root_value, None, run, run.type_info)
+        return self.root.complete(executor.root_value, None, run, run.type_info)
 
 
 def snapshot_variables(executor: Any) -> dict[str, Any] | None:
@@ -397,7 +399,7 @@ class _Planner:
                     return None
                 if isinstance(value, Exception):
                     raise Fallback
-                return _complete_selection(selection, value, path, run, info)
+                return selection.complete(value, path, run, info)
 
             return complete_object
         if isinstance(type_, GraphQLInterfaceType | GraphQLUnionType):
@@ -464,15 +466,9 @@ class _Planner:
                 # skip/include variables are those of the plan).
                 selection = _Planner(executor).selection(runtime, details)
                 selections[name] = selection
-            return _complete_selection(selection, value, path, run, info)
+            return selection.complete(value, path, run, info)
 
         return complete_abstract
-
-
-def _complete_selection(selection: _Selection, source: Any, path: Any, run: _Run, info: Any) -> Any:
-    """The object's response: its type's ``IsTypeOf`` (where type declarations are
-    enforced), then each step. A coroutine when a field is still resolving."""
-    return selection.complete(source, path, run, info)
 
 
 def _admit(selection: _Selection, source: Any, run: _Run, info: Any) -> None:

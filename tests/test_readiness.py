@@ -99,16 +99,23 @@ async def test_readyz_reports_redis_down_while_it_is_and_ready_once_it_is_back(
                 "relay": "ok",
             }
             await redis.kill()
+
+            def only_redis_named(status: int, body: dict[str, Any]) -> bool:
+                # On a loaded machine a probe taken while the server is busy noticing the lost
+                # connection may miss the 1 s deadline on other checks too; the state to reach
+                # is the steady one, where only Redis is named.
+                others = {k: v for k, v in body["checks"].items() if k != "redis"}
+                return status == 503 and others == {
+                    "database": "ok",
+                    "migrations": "ok",
+                    "relay": "ok",
+                }
+
             status, body, took = await until(
-                lambda: probe(http, srv.base_url), lambda s, _: s == 503, "unready"
+                lambda: probe(http, srv.base_url), only_redis_named, "unready, naming only Redis"
             )
             assert body["status"] == "unavailable"
             assert body["checks"]["redis"].startswith("unreachable"), body
-            assert {k: v for k, v in body["checks"].items() if k != "redis"} == {
-                "database": "ok",
-                "migrations": "ok",
-                "relay": "ok",
-            }, "only Redis is named"
             assert took < 1.0 + SLACK
             await redis.start()  # on the same port: the server's client reconnects
             await until(lambda: probe(http, srv.base_url), lambda s, _: s == 200, "ready again")

@@ -24,6 +24,7 @@ from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from coregraph.schema import compiled
 from coregraph.schema.execution import CoregraphExecutor, install_fast_resolvers
+from coregraph.schema.prefetch import NOT_LOADED, prefetched
 
 
 @strawberry.interface
@@ -80,8 +81,34 @@ class Item:
         return self.id
 
 
+PARTNER_CALLS: list[int] = []
+
+
+@strawberry.type
+class Pair:
+    id: int
+    loaded_partner: strawberry.Private[Any] = NOT_LOADED
+
+    @strawberry.field
+    @prefetched("loaded_partner")
+    def partner(self) -> Pair | None:
+        PARTNER_CALLS.append(self.id)
+        if self.loaded_partner is not NOT_LOADED:
+            return self.loaded_partner  # type: ignore[no-any-return]
+        return Pair(id=-self.id) if self.id % 3 else None
+
+
 @strawberry.type
 class Query:
+    @strawberry.field
+    def pairs(self) -> list[Pair]:
+        # Even items are handed their partner (an object, or None), odd ones load it.
+        pairs = [Pair(id=i) for i in range(1, 7)]
+        for pair in pairs:
+            if pair.id % 2 == 0:
+                pair.loaded_partner = Pair(id=100 + pair.id) if pair.id != 4 else None
+        return pairs
+
     @strawberry.field
     def animals(self) -> list[Animal]:
         return [
@@ -224,6 +251,27 @@ async def test_async_fields_of_a_list_load_in_one_batch_as_on_the_stock_path() -
     _, happened, context = await both("{ items(count: 5) { id tenfold } }")
     assert happened["planned"] == 1
     assert context.loaders.batches == [[0, 1, 2, 3, 4]]
+
+
+async def test_prefetched_fields_are_read_and_the_resolver_runs_only_where_not_handed_over() -> (
+    None
+):
+    PARTNER_CALLS.clear()
+    context = Context()
+    result = await PLANNED.execute("{ pairs { id partner { id } } }", context_value=context)
+    assert result.errors is None
+    assert [p["partner"] for p in result.data["pairs"]] == [
+        {"id": -1},
+        {"id": 102},
+        None,  # 3: loaded, and its resolver answers None
+        None,  # 4: handed None
+        {"id": -5},
+        {"id": 106},
+    ]
+    assert PARTNER_CALLS == [1, 3, 5]  # the odd ones: nothing was handed to them
+    answer, happened, _ = await both("{ pairs { id partner { id partner { id } } } }")
+    assert happened["planned"] == 1
+    assert answer[0]["pairs"][1] == {"id": 2, "partner": {"id": 102, "partner": None}}
 
 
 async def test_an_error_falls_back_to_graphql_core_which_answers_it() -> None:

@@ -55,6 +55,7 @@ from graphql.pyutils import Path
 from strawberry.types.cast import TYPE_CAST_ATTRIBUTE
 
 from coregraph.schema.authorization import first_denial, judged_by_tenant
+from coregraph.schema.prefetch import NOT_LOADED
 
 if TYPE_CHECKING:
     from graphql import GraphQLField, GraphQLOutputType
@@ -81,7 +82,7 @@ _CAST = TYPE_CAST_ATTRIBUTE  # set on an instance by strawberry.cast
 _NO_TENANT = object()  # a row without a tenant attribute is judged apart from tenant None
 
 # Step kinds (ints compare fastest in the object loop).
-_LEAF, _LEAF_LIST, _TYPENAME, _OBJECT_ATTRIBUTE, _RESOLVER = range(5)
+_LEAF, _LEAF_LIST, _TYPENAME, _OBJECT_ATTRIBUTE, _RESOLVER, _PREFETCHED = range(6)
 
 
 class _Run:
@@ -326,6 +327,15 @@ class _Planner:
         step.parent_type = parent
         step.resolve = resolve
         step.complete = self.completer(field.type, details)
+        rules = getattr(resolve, "rules", ())
+        plain = getattr(resolve, "__wrapped__", None) if rules else resolve
+        attribute = getattr(plain, "prefetched", None)
+        if attribute is not None and not step.has_args:
+            # Read off the object when a list handed it over (``execution.prefetched``);
+            # the resolver runs only for an object whose value was not.
+            step.kind = _PREFETCHED
+            step.attribute = attribute
+            step.rules = rules
         return step
 
     def _attribute_step(
@@ -509,6 +519,7 @@ def _generate(selection: _Selection) -> Callable[[Any, Any, _Run, Any], Any]:
         "_gather_fields": _gather_fields,
         "_close": _close,
         "_admit": _admit,
+        "NOT_LOADED": NOT_LOADED,
         "SELECTION": selection,
         "TYPE_NAME": selection.type_name,
     }
@@ -527,6 +538,27 @@ def _generate(selection: _Selection) -> Callable[[Any, Any, _Run, Any], Any]:
         if step.kind is _RESOLVER:
             body += [
                 f"value = _resolve(STEP{index}, source, Path(path, {key}, TYPE_NAME), run)",
+                f"result[{key}] = value",
+                "if value.__class__ is CoroutineType:",
+                f"    pending = [{key}] if pending is None else pending + [{key}]",
+            ]
+            continue
+        if step.kind is _PREFETCHED:
+            names[f"COMPLETE{index}"] = step.complete
+            names[f"ATTRIBUTE{index}"] = step.attribute
+            if step.rules:
+                names[f"RULES{index}"] = step.rules
+                body += [
+                    f"if first_denial(RULES{index}, principal, source) is not None:",
+                    "    raise Fallback",
+                ]
+            body += [
+                f"value = getattr(source, ATTRIBUTE{index}, NOT_LOADED)",
+                "if value is NOT_LOADED:",
+                f"    value = _resolve(STEP{index}, source, Path(path, {key}, TYPE_NAME), run)",
+                "else:",
+                f"    value = COMPLETE{index}(value, Path(path, {key}, TYPE_NAME), run, "
+                "run.type_info)",
                 f"result[{key}] = value",
                 "if value.__class__ is CoroutineType:",
                 f"    pending = [{key}] if pending is None else pending + [{key}]",

@@ -88,6 +88,9 @@ def direct_resolver(definition: Any, info_class: type) -> Callable[..., Any] | N
             kwargs[info_name] = info_class(_raw_info=info, _field=definition)
         return func(source, **kwargs) if by_self else func(**kwargs)
 
+    attribute = getattr(func, "prefetched", None)
+    if attribute is not None:
+        resolve.prefetched = attribute  # type: ignore[attr-defined]
     return resolve
 
 

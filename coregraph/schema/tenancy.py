@@ -21,9 +21,8 @@ from coregraph.schema.identity import User
 from coregraph.schema.lookup import entity
 from coregraph.schema.node import Node
 from coregraph.schema.pagination import Connection, node_selects, paginate
+from coregraph.schema.prefetch import NOT_LOADED, prefetched
 from coregraph.schema.readable import readable
-
-NOT_LOADED: Any = object()
 
 
 @entity(models.Tenant)
@@ -201,6 +200,7 @@ class Membership(Node):
     loaded_role: strawberry.Private[Any] = NOT_LOADED
 
     @strawberry.field(graphql_type=User | None)
+    @prefetched("loaded_user")
     def user(self, info: strawberry.Info) -> User | Awaitable[User | None] | None:
         if self.loaded_user is not NOT_LOADED:
             return self.loaded_user  # type: ignore[no-any-return]
@@ -211,6 +211,7 @@ class Membership(Node):
         )
 
     @strawberry.field(graphql_type=Role | None)
+    @prefetched("loaded_role")
     def role(self, info: strawberry.Info) -> Role | Awaitable[Role | None] | None:
         if self.loaded_role is not NOT_LOADED:
             return self.loaded_role  # type: ignore[no-any-return]

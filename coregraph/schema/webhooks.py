@@ -19,6 +19,7 @@ from coregraph.models.webhooks import DeliveryStatus
 from coregraph.schema.access import Environment
 from coregraph.schema.lookup import entity
 from coregraph.schema.node import Node
+from coregraph.schema.prefetch import NOT_LOADED, prefetched
 from coregraph.schema.readable import readable
 from coregraph.streams.broker import Message
 
@@ -28,7 +29,6 @@ WebhookDeliveryStatus = strawberry.enum(
     description="pending (waiting for its next attempt), sending (a worker holds it),"
     " succeeded, or failed (every attempt of the retry schedule failed).",
 )
-NOT_LOADED: Any = object()
 
 
 @entity(models.WebhookEndpoint)
@@ -199,6 +199,7 @@ class WebhookDelivery(Node):
         return JSON(self.body)
 
     @strawberry.field(description="Every attempt so far, oldest first.")
+    @prefetched("loaded_attempts")
     async def attempts(self, info: strawberry.Info) -> list[WebhookAttempt]:
         if self.loaded_attempts is not NOT_LOADED:
             return list(self.loaded_attempts)

@@ -6,7 +6,7 @@ It sits above both packages, so neither imports the other through it."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from copy import copy
 from functools import partial
 from typing import Any
@@ -14,7 +14,10 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError, NoSchemaIntrospectionCustomRule
 from strawberry.federation.schema import FederationAny
+from strawberry.schema.schema import DEFAULT_ALLOWED_OPERATION_TYPES
 from strawberry.tools import merge_types
+from strawberry.types.execution import ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from coregraph import telemetry
 from coregraph.auth.schema_reader import SCHEMA_SECRET_HEADER, may_read_schema
@@ -55,6 +58,7 @@ from coregraph.schema.execution import CoregraphExecutor, WalkingExecutor, insta
 from coregraph.schema.execution_check import checked
 from coregraph.schema.extension_runner import CachedHooksRunner
 from coregraph.schema.lookup import ENTITIES
+from coregraph.schema.operation import LeanOperations
 from coregraph.schema.operation_limits import create_rule
 from coregraph.schema.quota_refusals import KeepQuotaRefusals
 from coregraph.schema.rate_limiting import PlanLimitsExtension
@@ -159,6 +163,9 @@ class CoregraphSchema(strawberry.federation.Schema):
     # Each text's parsed document and validation result (schema.document_cache), set by
     # build_schema: the rules it validates with are this schema's.
     documents: DocumentCache
+    # Operations of cached documents without strawberry's pipeline (schema.operation); None
+    # where the schema has extensions that pipeline must drive (tracing).
+    lean: LeanOperations | None = None
 
     def entities_resolver(
         self, info: strawberry.Info, representations: list[FederationAny]
@@ -186,6 +193,46 @@ class CoregraphSchema(strawberry.federation.Schema):
         for index, result in zip(usable, resolved, strict=True):
             results[index] = _found(result)
         return results
+
+    async def execute(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """A document already parsed and valid runs without strawberry's per-operation
+        pipeline (``schema.operation``); anything else, and every first request of a text,
+        takes strawberry's."""
+        lean = self.lean
+        if lean is not None and query and operation_extensions is None:
+            found = lean.operation(
+                query, operation_name, allowed_operation_types or DEFAULT_ALLOWED_OPERATION_TYPES
+            )
+            if found is not None:
+                document, operation_type, name = found
+                return await lean.execute(
+                    self,
+                    query,
+                    document,
+                    operation_type,
+                    name,
+                    variable_values,
+                    context_value,
+                    root_value,
+                )
+        return await super().execute(
+            query,
+            variable_values,
+            context_value,
+            root_value,
+            operation_name,
+            allowed_operation_types,
+            operation_extensions,
+        )
 
     def create_extensions_runner(
         self, execution_context: Any, extensions: list[Any]
@@ -265,6 +312,8 @@ def build_schema(settings: Settings) -> CoregraphSchema:
         scalar_overrides=scalars.OVERRIDES,
     )
     schema.documents = documents
+    if not telemetry.enabled():
+        schema.lean = LeanOperations(documents, settings.suggestions_enabled)
     # Leaner resolvers first: the approval gate then wraps one, and a declared field's guard
     # wraps both (a field's scopes are checked before a request for it is ever stored).
     install_fast_resolvers(schema._schema, schema.config.info_class)

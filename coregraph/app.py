@@ -256,6 +256,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # coregraph instruments itself (coregraph.telemetry: OpenTelemetry's FastAPI
+        # instrumentation, its own metrics and logs); FastAPI's native telemetry would only
+        # look up the global providers again on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.runtime = runtime
     readiness = Readiness(runtime)

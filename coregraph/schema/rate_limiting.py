@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from functools import partial
+from typing import Any
 
 from strawberry.extensions import SchemaExtension
 from strawberry.types.execution import ExecutionContext
@@ -29,32 +30,45 @@ _MEASURES: dict[tuple[str, str | None], tuple[int, int]] = {}
 _MEASURES_KEPT = 1024
 
 
-def _measure(execution: ExecutionContext) -> tuple[int, int]:
-    key = (execution.query or "", execution.operation_name)
+def _measure(query: str | None, operation_name: str | None, document: Any) -> tuple[int, int]:
+    key = (query or "", operation_name)
     measured = _MEASURES.get(key)
     if measured is None:
-        assert execution.graphql_document is not None
-        measured = measure_operation(execution.graphql_document, execution.operation_name)
+        assert document is not None
+        measured = measure_operation(document, operation_name)
         if len(_MEASURES) >= _MEASURES_KEPT:
             _MEASURES.clear()
         _MEASURES[key] = measured
     return measured
 
 
+async def admit_operation(
+    context: Any, query: str | None, operation_name: str | None, document: Any
+) -> None:
+    """The plan's limits for one operation of ``context``'s principal (none without one);
+    a refusal marks the response 429 and is raised."""
+    principal = getattr(context, "principal", None)
+    if principal is None:
+        return
+    try:
+        await admit(
+            context.runtime,
+            principal,
+            context.response_headers,
+            measure=partial(_measure, query, operation_name, document),
+        )
+    except (OperationRateLimited, QuotaExceeded):
+        context.refused_status = TOO_MANY_REQUESTS
+        raise
+
+
 class PlanLimitsExtension(SchemaExtension):
     async def on_execute(self) -> AsyncIterator[None]:
-        execution = self.execution_context
-        context = execution.context
-        principal = getattr(context, "principal", None)
-        if principal is not None:
-            try:
-                await admit(
-                    context.runtime,
-                    principal,
-                    context.response_headers,
-                    measure=partial(_measure, execution),
-                )
-            except (OperationRateLimited, QuotaExceeded):
-                context.refused_status = TOO_MANY_REQUESTS
-                raise
+        execution: ExecutionContext = self.execution_context
+        await admit_operation(
+            execution.context,
+            execution.query,
+            execution.operation_name,
+            execution.graphql_document,
+        )
         yield

@@ -10,6 +10,7 @@ for the REST routes and any path that writes without a mutation.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from strawberry.extensions import SchemaExtension
 from strawberry.types.graphql import OperationType
@@ -17,14 +18,16 @@ from strawberry.types.graphql import OperationType
 from coregraph.errors import Forbidden
 
 
+def refuse_in_read_session(principal: Any, operation_type: OperationType) -> None:
+    """Raises ``Forbidden`` for a mutation under a READ support session."""
+    if principal is not None and principal.read_only and operation_type is OperationType.MUTATION:
+        raise Forbidden("this support session is read-only: no mutation runs under it")
+
+
 class ReadOnlySupportExtension(SchemaExtension):
     def on_execute(self) -> Iterator[None]:
         execution = self.execution_context
-        principal = getattr(execution.context, "principal", None)
-        if (
-            principal is not None
-            and principal.read_only
-            and execution.operation_type is OperationType.MUTATION
-        ):
-            raise Forbidden("this support session is read-only: no mutation runs under it")
+        refuse_in_read_session(
+            getattr(execution.context, "principal", None), execution.operation_type
+        )
         yield

@@ -42,8 +42,8 @@ from coregraph.schema.support_mode import refuse_in_read_session
 
 if TYPE_CHECKING:
     from graphql import DocumentNode
+    from strawberry import Schema
 
-    from coregraph.api import CoregraphSchema
     from coregraph.schema.document_cache import DocumentCache
 
 
@@ -85,7 +85,7 @@ class LeanOperations:
 
     async def execute(
         self,
-        schema: CoregraphSchema,
+        schema: Schema,
         query: str,
         document: DocumentNode,
         operation_type: OperationType,

@@ -40,11 +40,13 @@ from types import CoroutineType, SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from graphql import (
+    GraphQLID,
     GraphQLInterfaceType,
     GraphQLLeafType,
     GraphQLList,
     GraphQLNonNull,
     GraphQLObjectType,
+    GraphQLString,
     GraphQLUnionType,
     OperationType,
     Undefined,
@@ -80,6 +82,9 @@ Completer = Callable[[Any, Any, "_Run", Any], Any]
 
 _CAST = TYPE_CAST_ATTRIBUTE  # set on an instance by strawberry.cast
 _NO_TENANT = object()  # a row without a tenant attribute is judged apart from tenant None
+
+# Output coercions that answer a str unchanged, before any other check.
+_STR_AS_IS = (GraphQLString.coerce_output_value, GraphQLID.coerce_output_value)
 
 # Step kinds (ints compare fastest in the object loop).
 _LEAF, _LEAF_LIST, _TYPENAME, _OBJECT_ATTRIBUTE, _RESOLVER, _PREFETCHED = range(6)
@@ -576,8 +581,17 @@ def _generate(selection: _Selection) -> Callable[[Any, Any, _Run, Any], Any]:
         else:
             names[f"ATTRIBUTE{index}"] = attribute
             body.append(f"value = getattr(source, ATTRIBUTE{index})")
+        # String and ID answer a str as it is (their coercion's first case): no call.
+        as_is = step.coerce in _STR_AS_IS
+        if as_is and step.kind is _LEAF:
+            body += [
+                "if value.__class__ is str:",
+                f"    result[{key}] = value",
+                "elif value is None or value is Undefined:",
+            ]
+        else:
+            body.append("if value is None or value is Undefined:")
         body += [
-            "if value is None or value is Undefined:",
             "    raise Fallback" if step.non_null else f"    result[{key}] = None",
             "else:",
         ]
@@ -596,7 +610,12 @@ def _generate(selection: _Selection) -> Callable[[Any, Any, _Run, Any], Any]:
             body += [
                 "    if value.__class__ is not list and not isinstance(value, (list, tuple)):",
                 "        raise Fallback",
-                f"    value = [COERCE{index}(item) for item in value]",
+                (
+                    f"    value = [item if item.__class__ is str else COERCE{index}(item) "
+                    "for item in value]"
+                    if as_is
+                    else f"    value = [COERCE{index}(item) for item in value]"
+                ),
                 "    for item in value:",
                 "        if item is None or item is Undefined:",
                 "            raise Fallback",

@@ -90,6 +90,10 @@ class Pair:
     loaded_partner: strawberry.Private[Any] = NOT_LOADED
 
     @strawberry.field
+    def where(self, info: strawberry.Info) -> str:
+        return ".".join(str(key) for key in info.path.as_list())
+
+    @strawberry.field
     @prefetched("loaded_partner")
     def partner(self) -> Pair | None:
         PARTNER_CALLS.append(self.id)
@@ -272,6 +276,19 @@ async def test_prefetched_fields_are_read_and_the_resolver_runs_only_where_not_h
     answer, happened, _ = await both("{ pairs { id partner { id partner { id } } } }")
     assert happened["planned"] == 1
     assert answer[0]["pairs"][1] == {"id": 2, "partner": {"id": 102, "partner": None}}
+
+
+async def test_resolvers_get_their_response_path_below_objects_read_without_one() -> None:
+    # Plans build paths only where a resolver below reads one: through lists, attribute
+    # objects and prefetched fields, each resolver still sees its own.
+    answer, happened, _ = await both(
+        "{ pairs { id partner { w: where partner { where } } } "
+        "animals { ... on Cat { friend { name } } } }"
+    )
+    assert happened["planned"] == 1
+    assert answer[0]["pairs"][1]["partner"]["w"] == "pairs.1.partner.w"
+    assert answer[0]["pairs"][0]["partner"]["partner"] == {"where": "pairs.0.partner.partner.where"}
+    assert answer[0]["pairs"][1]["partner"]["partner"] is None
 
 
 async def test_an_error_falls_back_to_graphql_core_which_answers_it() -> None:

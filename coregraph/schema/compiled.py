@@ -149,6 +149,7 @@ class _Selection:
         "check",
         "complete",
         "matches",
+        "needs_path",
         "origin",
         "rules",
         "steps",
@@ -165,6 +166,14 @@ class _Selection:
         # Instances of exactly the type's class match without the call (unless cast).
         self.origin = origin if origin is not None and not hasattr(origin, "__slots__") else None
         self.by_tenant = bool(self.rules) and judged_by_tenant(self.rules)
+        # Whether anything below reads the response path: only a resolver's info does (a
+        # plan answers no errors, whose paths graphql-core's walk makes).
+        self.needs_path = any(
+            step.kind is _RESOLVER
+            or step.kind is _PREFETCHED
+            or (step.kind is _OBJECT_ATTRIBUTE and _needs_path(step.complete))
+            for step in steps
+        )
         self.complete = _generate(self)
 
 
@@ -389,6 +398,7 @@ class _Planner:
                     raise Fallback
                 return inner(value, path, run, info)
 
+            complete_non_null.needs_path = _needs_path(inner)  # type: ignore[attr-defined]
             return complete_non_null
         if isinstance(type_, GraphQLList):
             return self._list_completer(self.completer(type_.of_type, details), type_.of_type)
@@ -405,6 +415,7 @@ class _Planner:
                     raise Fallback
                 return completed
 
+            complete_leaf.needs_path = False  # type: ignore[attr-defined]
             return complete_leaf
         if isinstance(type_, GraphQLObjectType):
             selection = self.selection(type_, details)
@@ -416,12 +427,14 @@ class _Planner:
                     raise Fallback
                 return selection.complete(value, path, run, info)
 
+            complete_object.needs_path = selection.needs_path  # type: ignore[attr-defined]
             return complete_object
         if isinstance(type_, GraphQLInterfaceType | GraphQLUnionType):
             return self._abstract_completer(type_, details)
         raise Unplannable(f"cannot complete {type_}")
 
     def _list_completer(self, complete_item: Completer, item_type: Any) -> Completer:
+        item_needs_path = _needs_path(complete_item)
         item_is_leaf = isinstance(
             item_type.of_type if isinstance(item_type, GraphQLNonNull) else item_type,
             GraphQLLeafType,
@@ -434,6 +447,8 @@ class _Planner:
                 raise Fallback  # other iterables, async iterables, errors: graphql-core's path
             if item_is_leaf:
                 return [complete_item(item, None, run, info) for item in value]
+            if not item_needs_path:
+                return _complete_items(complete_item, value, run, info)
             completed: list[Any] = []
             is_awaitable = run.executor.is_awaitable
             try:
@@ -454,6 +469,7 @@ class _Planner:
                 return _gather_list(completed, pending)
             return completed
 
+        complete_list.needs_path = item_needs_path  # type: ignore[attr-defined]
         return complete_list
 
     def _abstract_completer(self, abstract: Any, details: Any) -> Completer:
@@ -483,7 +499,36 @@ class _Planner:
                 selections[name] = selection
             return selection.complete(value, path, run, info)
 
+        # Its types' selections are planned when met: they may need the path.
+        complete_abstract.needs_path = True  # type: ignore[attr-defined]
         return complete_abstract
+
+
+def _needs_path(complete: Completer) -> bool:
+    return getattr(complete, "needs_path", True)
+
+
+def _complete_items(complete_item: Completer, value: Any, run: _Run, info: Any) -> Any:
+    """A list's items when none of them reads its path: no ``Path`` per item."""
+    completed: list[Any] = []
+    is_awaitable = run.executor.is_awaitable
+    pending = None
+    try:
+        for item in value:
+            if is_awaitable(item):
+                item = _await_and_complete(complete_item, item, None, run, info)
+            else:
+                item = complete_item(item, None, run, info)
+            if type(item) is CoroutineType:
+                pending = [len(completed)] if pending is None else [*pending, len(completed)]
+            completed.append(item)
+    except BaseException:
+        _close(completed)
+        _close(value)
+        raise
+    if pending is not None:
+        return _gather_list(completed, pending)
+    return completed
 
 
 def _admit(selection: _Selection, source: Any, run: _Run, info: Any) -> None:
@@ -557,13 +602,13 @@ def _generate(selection: _Selection) -> Callable[[Any, Any, _Run, Any], Any]:
                     f"if first_denial(RULES{index}, principal, source) is not None:",
                     "    raise Fallback",
                 ]
+            child_path = f"Path(path, {key}, TYPE_NAME)" if _needs_path(step.complete) else "None"
             body += [
                 f"value = getattr(source, ATTRIBUTE{index}, NOT_LOADED)",
                 "if value is NOT_LOADED:",
                 f"    value = _resolve(STEP{index}, source, Path(path, {key}, TYPE_NAME), run)",
                 "else:",
-                f"    value = COMPLETE{index}(value, Path(path, {key}, TYPE_NAME), run, "
-                "run.type_info)",
+                f"    value = COMPLETE{index}(value, {child_path}, run, run.type_info)",
                 f"result[{key}] = value",
                 "if value.__class__ is CoroutineType:",
                 f"    pending = [{key}] if pending is None else pending + [{key}]",
@@ -622,9 +667,9 @@ def _generate(selection: _Selection) -> Callable[[Any, Any, _Run, Any], Any]:
                 f"    result[{key}] = value",
             ]
         else:  # an object read off the attribute
+            child_path = f"Path(path, {key}, TYPE_NAME)" if _needs_path(step.complete) else "None"
             body += [
-                f"    value = COMPLETE{index}(value, Path(path, {key}, TYPE_NAME), run, "
-                "run.type_info)",
+                f"    value = COMPLETE{index}(value, {child_path}, run, run.type_info)",
                 f"    result[{key}] = value",
                 "    if value.__class__ is CoroutineType:",
                 f"        pending = [{key}] if pending is None else pending + [{key}]",
@@ -709,7 +754,7 @@ def _close(values: Any) -> None:
 
 
 async def _await_and_complete(
-    complete: Completer, awaitable: Any, path: Path, run: _Run, info: Any
+    complete: Completer, awaitable: Any, path: Path | None, run: _Run, info: Any
 ) -> Any:
     completed = complete(await awaitable, path, run, info)
     if type(completed) is CoroutineType:

@@ -63,6 +63,12 @@ def _not_found() -> Response:
     return _refuse(404, "NOT_FOUND", "no file at this URL (it may have expired)")
 
 
+def _token(request: Request) -> str:
+    # Read from the path, not declared as a parameter: FastAPI builds a pydantic field for a
+    # declared one, and imports pydantic.v1 to check its type (~1 MiB of every server).
+    return str(request.path_params["token"])
+
+
 async def _file_row(runtime: Runtime, grant: file_urls.FileGrant) -> File | None:
     async with AsyncSession(runtime.engine, expire_on_commit=False) as session, session.begin():
         await db.scope_transaction(await session.connection(), tenant_ids={grant.tenant_id})
@@ -71,9 +77,9 @@ async def _file_row(runtime: Runtime, grant: file_urls.FileGrant) -> File | None
         )
 
 
-async def download(request: Request, token: str) -> Response:
+async def download(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    grant = file_urls.read_token(runtime.settings, token, file_urls.GET)
+    grant = file_urls.read_token(runtime.settings, _token(request), file_urls.GET)
     if grant is None:
         return _not_found()
     if request.headers.get("authorization"):
@@ -100,9 +106,9 @@ async def download(request: Request, token: str) -> Response:
     return StreamingResponse(stream, media_type=media_type, headers=headers)
 
 
-async def upload(request: Request, token: str) -> Response:
+async def upload(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    grant = file_urls.read_token(runtime.settings, token, file_urls.PUT)
+    grant = file_urls.read_token(runtime.settings, _token(request), file_urls.PUT)
     if grant is None:
         return _not_found()
     # Checked before the URL is spent: a client that got the length wrong may try again.

@@ -171,8 +171,11 @@ async def graphiql_page() -> HTMLResponse:
     return HTMLResponse((await ide()).page, headers=PAGE_HEADERS)
 
 
-async def graphiql_asset(request: Request, digest: str, name: str) -> Response:
+async def graphiql_asset(request: Request) -> Response:
     """``GET /graphiql/<digest>/<name>``: one of the page's files, if the digest is current."""
+    # From the path, not parameters: FastAPI would build pydantic fields for them, and import
+    # pydantic.v1 to check their types (coregraph.files_http does the same).
+    digest, name = str(request.path_params["digest"]), str(request.path_params["name"])
     asset = (await ide()).assets.get(name)
     if asset is None or asset.digest != digest:
         return Response(status_code=404, headers={"Cache-Control": "no-store"})

@@ -43,6 +43,12 @@ LAZY = (
     "opentelemetry.sdk",
     "opentelemetry.instrumentation",
     "opentelemetry.exporter",
+    # Webhook sending (coregraph.outbound, httpcore): with the first delivery or endpoint saved.
+    "coregraph.outbound",
+    "httpcore",
+    # FastAPI imports it to check the type of a route's declared parameter or returned model:
+    # coregraph's routes declare none (coregraph.files_http, graphiql, healthz).
+    "pydantic.v1",
 )
 
 PROBE = """

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -392,6 +394,47 @@ async def test_large_objects_stream_in_bounded_memory(backend: Backend) -> None:
     assert bound < total / 2
     assert put_peak < bound, f"put peaked at {put_peak / MiB:.1f} MiB (bound {bound / MiB:.2f})"
     assert read_peak < 4 * MiB, f"read peaked at {read_peak / MiB:.1f} MiB"
+
+
+async def test_a_cancelled_local_digest_stops_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LocalStorage.digest reads the whole file in one thread: a request that gives up
+    (cancels the check) must not leave that thread hashing a large file to its end."""
+    import coregraph.storage.local as local
+
+    storage = LocalStorage(tmp_path)
+    await storage.put(KEY, generated(4 * MiB, 256 * 1024), max_bytes=4 * MiB)
+    monkeypatch.setattr(local, "DIGEST_BUFFER", 1)  # millions of reads for the whole file
+    started, release, finished = (threading.Event() for _ in range(3))
+    updates = 0
+
+    class Held:
+        """sha256 that holds the thread at its first update until the check is cancelled."""
+
+        def __init__(self) -> None:
+            self.inner = hashlib.sha256()
+
+        def update(self, data: memoryview) -> None:
+            nonlocal updates
+            updates += 1
+            started.set()
+            release.wait(10)
+            self.inner.update(data)
+
+        def hexdigest(self) -> str:
+            finished.set()
+            return self.inner.hexdigest()
+
+    monkeypatch.setattr(local, "hashlib", SimpleNamespace(sha256=Held))
+    check = asyncio.ensure_future(storage.digest(KEY))
+    assert await asyncio.to_thread(started.wait, 10)
+    check.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await check
+    release.set()
+    assert await asyncio.to_thread(finished.wait, 10)
+    assert updates <= 2
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import ColumnElement, Table, exists, false, func, or_, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from coregraph import db as database, ids, outbound
+from coregraph import db as database, ids
 from coregraph.errors import BadUserInput, Conflict, QuotaExceeded
 from coregraph.models import Event, EventType, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from coregraph.models.base import Environment, utcnow
@@ -328,6 +328,9 @@ async def checked_url(settings: Settings, url: str, environment: Environment) ->
     """The endpoint URL, normalised, or BAD_USER_INPUT: http(s), https for live endpoints in
     production, and (unless private targets are allowed) no loopback, private, link-local or
     metadata address, the host's resolved addresses included (``coregraph.outbound``)."""
+    # Imported here, with httpcore, when an endpoint is saved (coregraph.streams.webhooks).
+    from coregraph import outbound
+
     return await outbound.check_destination(
         url,
         allow_private=settings.webhook_private_allowed,

@@ -69,7 +69,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import Interval, Row, Table, and_, case, func, insert, literal, or_, select, update
@@ -82,13 +82,17 @@ from coregraph.metrics import webhook_delivery
 from coregraph.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from coregraph.models.base import Environment, UTCDateTime, utcnow
 from coregraph.models.webhooks import DeliveryStatus
-from coregraph.outbound import OutboundClient, OutboundResult
 from coregraph.request import RequestMeta
 from coregraph.services import quotas, usage, usage_store
 from coregraph.services.uow import UnitOfWork
 from coregraph.services.webhooks import SecretBox, attempt_message, signing_secrets
 from coregraph.settings import Settings
 from coregraph.streams.broker import Broker, webhook_attempts_topic
+
+# coregraph.outbound (and httpcore with it, ~1 MiB) is imported with the first delivery: a
+# server whose tenants have no webhooks never loads it.
+if TYPE_CHECKING:
+    from coregraph.outbound import OutboundClient, OutboundResult
 
 log = logging.getLogger("coregraph.webhooks")
 
@@ -204,6 +208,8 @@ class WebhookWorker:
     @property
     def client(self) -> OutboundClient:
         if self._client is None:
+            from coregraph.outbound import OutboundClient
+
             self._client = OutboundClient(
                 allow_private=self.settings.webhook_private_allowed,
                 timeout=self.settings.webhook_timeout_seconds,
@@ -405,12 +411,12 @@ class WebhookWorker:
                 },
             ) as span:
                 prepared = self._prepare(row)
-                if isinstance(prepared, OutboundResult):
-                    result = prepared
-                else:
+                if isinstance(prepared, tuple):
                     body, headers = prepared
                     result = await self.client.post(row.url, content=body, headers=headers)
                     self.sent += 1
+                else:
+                    result = prepared
                 if span is not None and not result.ok:
                     span.set_attribute("error.type", result.error or f"HTTP {result.status_code}")
             outcome = _Outcome(row, _attempt(row, started_at, result), token, asyncio.Future())
@@ -445,6 +451,8 @@ class WebhookWorker:
                 "webhook delivery could not be prepared",
                 extra={"delivery_id": row.id, "endpoint_id": row.endpoint_id},
             )
+            from coregraph.outbound import OutboundResult
+
             return OutboundResult(
                 status_code=None, body=b"", duration_ms=0.0, error=f"not sent: {step}"
             )

@@ -146,13 +146,38 @@ def _response(payload: dict[str, Any], status: int, media_type: str, **headers: 
 APPROVAL_REASON_HEADER = "x-approval-reason"
 
 
+# The base URL of recent (scheme, server, root path, Host header) combinations: Starlette
+# builds it by parsing a URL on every request. Bounded: the Host header is the client's.
+_BASE_URLS: dict[tuple[Any, ...], str] = {}
+_BASE_URLS_KEPT = 64
+
+
+def _base_url(request: Request) -> str:
+    scope = request.scope
+    host = next((value for name, value in scope["headers"] if name == b"host"), None)
+    key = (
+        scope.get("scheme"),
+        scope.get("server"),
+        scope.get("root_path"),
+        scope.get("app_root_path"),
+        host,
+    )
+    base_url = _BASE_URLS.get(key)
+    if base_url is None:
+        base_url = served_base_url(request.base_url)
+        if len(_BASE_URLS) >= _BASE_URLS_KEPT:
+            _BASE_URLS.clear()
+        _BASE_URLS[key] = base_url
+    return base_url
+
+
 def request_meta(request: Request) -> RequestMeta:
     """Where an HTTP request came from (the client address is the trusted proxies' reading)."""
     return RequestMeta(
         request_id=request.state.request_id,
         ip=request.client.host if request.client else None,
         user_agent=(request.headers.get("user-agent") or "")[:400] or None,
-        base_url=served_base_url(request.base_url),
+        base_url=_base_url(request),
     )
 
 

@@ -312,7 +312,7 @@ def build_schema(settings: Settings) -> CoregraphSchema:
         scalar_overrides=scalars.OVERRIDES,
     )
     schema.documents = documents
-    if not telemetry.enabled():
+    if LeanOperations.stands_in_for(extensions):
         schema.lean = LeanOperations(documents, settings.suggestions_enabled)
     # Leaner resolvers first: the approval gate then wraps one, and a declared field's guard
     # wraps both (a field's scopes are checked before a request for it is ever stored).

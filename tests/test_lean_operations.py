@@ -239,3 +239,23 @@ async def test_a_read_support_session_runs_no_mutation_on_either_path(
         await client.execute("{ tenant { name } }", actor=owner, tenant_id=tenant.tenant_id)
     ).ok()
     assert name["tenant"]["name"] != "Renamed"
+
+
+def test_an_extension_the_lean_path_does_not_stand_in_for_switches_it_off(
+    lean_server: Server,
+) -> None:
+    from functools import partial
+
+    from strawberry.extensions import SchemaExtension
+
+    from coregraph.schema.operation import LeanOperations
+    from coregraph.schema.tracing import OperationTracing
+
+    schema = lean_server.runtime.schema
+    assert LeanOperations.stands_in_for(schema.extensions)
+
+    class Other(SchemaExtension):
+        pass
+
+    for extra in (Other, partial(OperationTracing, tracer_provider=None)):
+        assert not LeanOperations.stands_in_for([*schema.extensions, extra])

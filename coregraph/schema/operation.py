@@ -20,14 +20,16 @@ own extensions is a handful of calls, which ``LeanOperations.execute`` makes in 
 Every one of those is a function the extension itself calls, so the two paths cannot drift
 apart. Anything else takes strawberry's path: a text not yet in the cache (its first request
 parses and validates it there), an invalid document, an operation the document lacks or the
-transport does not allow (strawberry raises the errors the transports answer), a schema with
-extensions this module does not know (tracing: ``api.build_schema`` then makes none of this).
+transport does not allow (strawberry raises the errors the transports answer); and a schema
+with any extension this module does not stand in for (tracing) has no lean path at all
+(``stands_in_for``, checked by ``api.build_schema``).
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from graphql import GraphQLError, OperationDefinitionNode, execute
@@ -35,10 +37,11 @@ from strawberry.execution.is_awaitable import optimized_is_awaitable
 from strawberry.types.execution import ExecutionResult, PreExecutionError
 from strawberry.types.graphql import OperationType
 
-from coregraph.schema.errors import present
-from coregraph.schema.quota_refusals import keep_quota_refusals
-from coregraph.schema.rate_limiting import admit_operation
-from coregraph.schema.support_mode import refuse_in_read_session
+from coregraph.schema.document_cache import CachedDocuments
+from coregraph.schema.errors import CoregraphErrors, present
+from coregraph.schema.quota_refusals import KeepQuotaRefusals, keep_quota_refusals
+from coregraph.schema.rate_limiting import PlanLimitsExtension, admit_operation
+from coregraph.schema.support_mode import ReadOnlySupportExtension, refuse_in_read_session
 
 if TYPE_CHECKING:
     from graphql import DocumentNode
@@ -48,6 +51,23 @@ if TYPE_CHECKING:
 
 
 class LeanOperations:
+    @staticmethod
+    def stands_in_for(extensions: Iterable[Any]) -> bool:
+        """Whether these schema extensions (classes or factories) are exactly those whose
+        duties ``execute`` performs: any other makes the schema keep strawberry's pipeline."""
+        known = (
+            CoregraphErrors,
+            KeepQuotaRefusals,
+            CachedDocuments,
+            ReadOnlySupportExtension,
+            PlanLimitsExtension,
+        )
+        for extension in extensions:
+            cls = extension.func if isinstance(extension, partial) else extension
+            if not (isinstance(cls, type) and issubclass(cls, known)):
+                return False
+        return True
+
     def __init__(self, documents: DocumentCache, suggestions: bool) -> None:
         self.documents = documents
         self.suggestions = suggestions

@@ -401,8 +401,18 @@ class RedisBroker(Broker):
             from redis.exceptions import RedisError
 
             try:
-                await self._pubsub.subscribe(channel)
-            except RedisError as exc:
+                try:
+                    await self._pubsub.subscribe(channel)
+                except RedisError:
+                    raise
+                except Exception:
+                    # Not Redis refusing: redis-py's connection caught between a reconnect and
+                    # a write (seen right after Redis came back: AttributeError on a writer
+                    # that was None). Its next command connects again and resubscribes the
+                    # connection's channels: one more try, then a typed refusal.
+                    log.warning("subscribing failed on a reconnecting connection; once more")
+                    await self._pubsub.subscribe(channel)
+            except Exception as exc:
                 self._unconfirmed(channel, confirmed)
                 if self._reader is None or self._reader.done():
                     # Nothing reads this connection: forget it, so the next subscriber (once

@@ -54,6 +54,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=200, help="per batch (200)")
     parser.add_argument("--batch", type=int, default=100, help="events per emitEvents (100)")
     parser.add_argument("--profile", metavar="DIR", help="write <target>.prof files there")
+    parser.add_argument(
+        "--only",
+        metavar="NAME",
+        help="only the target whose name's first word is NAME (anonymous, API, emitEvent...)",
+    )
     return parser.parse_args(argv)
 
 
@@ -170,6 +175,8 @@ async def _main(args: argparse.Namespace, tmp: str) -> int:
                 gc.freeze()  # as a server process does after startup (coregraph.app)
                 print(f"{'target':<26} {'CPU ms/req min':>14} {'median':>8} {'wall ms min':>12}")
                 for name, (once, requests) in targets.items():
+                    if args.only and name.split(" ")[0] != args.only:
+                        continue
                     low, median, wall = await _measure(once, args.batches, requests)
                     print(f"{name:<26} {low:>14.3f} {median:>8.3f} {wall:>12.3f}", flush=True)
                     if args.profile:

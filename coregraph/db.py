@@ -277,8 +277,10 @@ def _translated(
     )
     if disconnect:
         if not interrupted:
+            # Every connection older than this one is suspect too (this also invalidates it).
             sync_engine.pool._invalidate(pooled, error)
-        pooled.invalidate(error)
+        if pooled.is_valid:
+            pooled.invalidate(error)
     if not isinstance(error, dbapi_error):
         return error
     return exc.DBAPIError.instance(

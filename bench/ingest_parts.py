@@ -29,14 +29,8 @@ import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 
-import httpx
-import orjson
-
-from bench import seed
-from bench.__main__ import migrate_database
-from bench.ingest import DATA, DEFAULT_ADMIN_DSN, EVENT_TYPE, SCHEMA, bench_database, reachable
-from bench.ingest_inprocess import URL, _post
-from bench.servers import bench_env
+from bench.ingest import DATA, DEFAULT_ADMIN_DSN, EVENT_TYPE
+from bench.ingest_inprocess import ingest_app, unreachable
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -72,53 +66,20 @@ async def _measure(
 
 
 async def _main(args: argparse.Namespace, tmp: str) -> int:
-    problem = await reachable(args.dsn)
-    if problem is not None:
-        print(f"bench.ingest_parts: skipped, PostgreSQL is not reachable ({problem})")
+    if await unreachable(args.dsn, "bench.ingest_parts"):
         return 0
-    async with bench_database(args.dsn) as dsn:
-        env = {
-            **bench_env(tmp),
-            "COREGRAPH_DATABASE_URL": dsn.replace("postgresql://", "postgresql+asyncpg://", 1),
-        }
-        migrate_database(env)
-        os.environ.update(env)
+    async with ingest_app(args.dsn, tmp) as (app, _http, key):
         from coregraph import db
-        from coregraph.app import create_app
         from coregraph.auth import secrets
         from coregraph.request import RequestMeta
         from coregraph.services import events
         from coregraph.services.uow import UnitOfWork
-        from coregraph.settings import load_settings
         from coregraph.streams.relay import Relay
 
-        settings = load_settings()
-        app = create_app(settings)
         runtime = app.state.runtime
+        settings = runtime.settings
         worker_engine = db.create_engine(settings, role=settings.database_worker_role)
         try:
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app), timeout=60) as http:
-                tenant = await seed.load_tenant(settings, URL, 1, httpx.ASGITransport(app))
-                created = await _post(
-                    http,
-                    {
-                        "query": """mutation($input: CreateApiKeyInput!) {
-                            createApiKey(input: $input) { secret } }""",
-                        "variables": {"input": {"name": "ingest", "scopes": ["events:write"]}},
-                    },
-                    tenant.owner_token,
-                    tenant.id,
-                )
-                key = orjson.loads(created)["data"]["createApiKey"]["secret"]
-                await _post(
-                    http,
-                    {
-                        "query": """mutation($input: RegisterEventTypeInput!) {
-                            registerEventType(input: $input) { eventType { id } } }""",
-                        "variables": {"input": {"type": EVENT_TYPE, "schema": SCHEMA}},
-                    },
-                    key,
-                )
             meta = RequestMeta(request_id="bench")
             bearer = f"Bearer {key}"
             authenticator = runtime.authenticator
@@ -168,7 +129,6 @@ async def _main(args: argparse.Namespace, tmp: str) -> int:
             await _measure("emit_once + relay pass", emit_and_relay, args)
         finally:
             await worker_engine.dispose()
-            await runtime.close()
     return 0
 
 

@@ -241,9 +241,7 @@ class Relay:
                         "events_to": (
                             published[-1].sequence if published else position.events_published
                         ),
-                        "audit_to": (
-                            entries[-1].position if entries else position.audit_published
-                        ),
+                        "audit_to": (entries[-1].position if entries else position.audit_published),
                     },
                 )
         if scheduled:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import gc
 import itertools
@@ -25,7 +26,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import httpx
 import orjson
@@ -54,6 +56,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=200, help="per batch (200)")
     parser.add_argument("--batch", type=int, default=100, help="events per emitEvents (100)")
     parser.add_argument("--profile", metavar="DIR", help="write <target>.prof files there")
+    parser.add_argument(
+        "--only",
+        metavar="NAME",
+        help="only the target whose name's first word is NAME (anonymous, API, emitEvent...)",
+    )
     return parser.parse_args(argv)
 
 
@@ -95,15 +102,23 @@ async def _measure(
     return min(cpu), statistics.median(cpu), min(wall)
 
 
-async def _main(args: argparse.Namespace, tmp: str) -> int:
-    problem = await reachable(args.dsn)
+async def unreachable(dsn: str, prog: str) -> bool:
+    """True, having said so, when PostgreSQL at ``dsn`` cannot be reached (the bench skips)."""
+    problem = await reachable(dsn)
     if problem is not None:
-        print(f"bench.ingest_inprocess: skipped, PostgreSQL is not reachable ({problem})")
-        return 0
-    async with bench_database(args.dsn) as dsn:
+        print(f"{prog}: skipped, PostgreSQL is not reachable ({problem})")
+    return problem is not None
+
+
+@contextlib.asynccontextmanager
+async def ingest_app(dsn: str, tmp: str) -> AsyncIterator[tuple[Any, httpx.AsyncClient, str]]:
+    """On a fresh database made from ``dsn``: the coregraph app (settings from ``bench_env``),
+    a client calling it in process, and an API key holding ``events:write`` of a tenant that
+    registered ``EVENT_TYPE``. Shared with ``bench.ingest_parts``."""
+    async with bench_database(dsn) as database:
         env = {
             **bench_env(tmp),
-            "COREGRAPH_DATABASE_URL": dsn.replace("postgresql://", "postgresql+asyncpg://", 1),
+            "COREGRAPH_DATABASE_URL": database.replace("postgresql://", "postgresql+asyncpg://", 1),
         }
         migrate_database(env)
         os.environ.update(env)
@@ -136,52 +151,61 @@ async def _main(args: argparse.Namespace, tmp: str) -> int:
                     },
                     key,
                 )
-                keys = itertools.count()
-
-                def item() -> dict[str, object]:
-                    return {"type": EVENT_TYPE, "data": DATA, "idempotencyKey": f"k{next(keys)}"}
-
-                targets: dict[str, tuple[Callable[[], Awaitable[object]], int]] = {
-                    "anonymous { __typename }": (
-                        lambda: _post(http, {"query": "{ __typename }"}, None),
-                        args.requests,
-                    ),
-                    "API key { __typename }": (
-                        lambda: _post(http, {"query": "{ __typename }"}, key),
-                        args.requests,
-                    ),
-                    "emitEvent": (
-                        lambda: _post(http, {"query": EMIT, "variables": {"input": item()}}, key),
-                        args.requests,
-                    ),
-                    f"emitEvents x{args.batch}": (
-                        lambda: _post(
-                            http,
-                            {
-                                "query": EMIT_MANY,
-                                "variables": {"inputs": [item() for _ in range(args.batch)]},
-                            },
-                            key,
-                        ),
-                        max(args.requests // 20, 5),
-                    ),
-                }
-                gc.collect()
-                gc.freeze()  # as a server process does after startup (coregraph.app)
-                print(f"{'target':<26} {'CPU ms/req min':>14} {'median':>8} {'wall ms min':>12}")
-                for name, (once, requests) in targets.items():
-                    low, median, wall = await _measure(once, args.batches, requests)
-                    print(f"{name:<26} {low:>14.3f} {median:>8.3f} {wall:>12.3f}", flush=True)
-                    if args.profile:
-                        profile = cProfile.Profile()
-                        profile.enable()
-                        for _ in range(requests):
-                            await once()
-                        profile.disable()
-                        filename = name.split()[0].strip("{").replace(" ", "_") or "target"
-                        profile.dump_stats(os.path.join(args.profile, f"{filename}.prof"))
+                yield app, http, key
         finally:
             await app.state.runtime.close()
+
+
+async def _main(args: argparse.Namespace, tmp: str) -> int:
+    if await unreachable(args.dsn, "bench.ingest_inprocess"):
+        return 0
+    async with ingest_app(args.dsn, tmp) as (_app, http, key):
+        keys = itertools.count()
+
+        def item() -> dict[str, object]:
+            return {"type": EVENT_TYPE, "data": DATA, "idempotencyKey": f"k{next(keys)}"}
+
+        targets: dict[str, tuple[Callable[[], Awaitable[object]], int]] = {
+            "anonymous { __typename }": (
+                lambda: _post(http, {"query": "{ __typename }"}, None),
+                args.requests,
+            ),
+            "API key { __typename }": (
+                lambda: _post(http, {"query": "{ __typename }"}, key),
+                args.requests,
+            ),
+            "emitEvent": (
+                lambda: _post(http, {"query": EMIT, "variables": {"input": item()}}, key),
+                args.requests,
+            ),
+            f"emitEvents x{args.batch}": (
+                lambda: _post(
+                    http,
+                    {
+                        "query": EMIT_MANY,
+                        "variables": {"inputs": [item() for _ in range(args.batch)]},
+                    },
+                    key,
+                ),
+                max(args.requests // 20, 5),
+            ),
+        }
+        gc.collect()
+        gc.freeze()  # as a server process does after startup (coregraph.app)
+        print(f"{'target':<26} {'CPU ms/req min':>14} {'median':>8} {'wall ms min':>12}")
+        for name, (once, requests) in targets.items():
+            if args.only and name.split(" ")[0] != args.only:
+                continue
+            low, median, wall = await _measure(once, args.batches, requests)
+            print(f"{name:<26} {low:>14.3f} {median:>8.3f} {wall:>12.3f}", flush=True)
+            if args.profile:
+                profile = cProfile.Profile()
+                profile.enable()
+                for _ in range(requests):
+                    await once()
+                profile.disable()
+                filename = name.split()[0].strip("{").replace(" ", "_") or "target"
+                profile.dump_stats(os.path.join(args.profile, f"{filename}.prof"))
     return 0
 
 

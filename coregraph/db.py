@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import event, exc, text
+from sqlalchemy import TextClause, TextualSelect, event, exc, text, util
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util.concurrency import greenlet_spawn
 
 from coregraph import telemetry
 from coregraph.models.base import RowSecurity
@@ -188,3 +189,106 @@ def _ensure_sqlite_dir(url: str) -> None:
     if path and path != ":memory:":
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
+
+
+async def fetch_autocommitted(
+    engine: AsyncEngine, statement: TextClause | TextualSelect, parameters: Mapping[str, Any]
+) -> Mapping[Any, Any] | None:
+    """PostgreSQL: ``statement``'s first row as a mapping of its columns (or None), run alone in
+    its own autocommitted transaction — for a function that scopes its own transaction
+    (migrations 0013 and 0022).
+
+    The statement goes to the pooled connection's driver directly: SQLAlchemy's execution
+    around it (a ``Connection``, its execution context and result, the isolation level set
+    and reset) cost about twice the driver's own work, ~0.2 ms of CPU per call, on the two
+    statements of every emitEvent (bench/RESULTS.md, "Event ingest"). What SQLAlchemy adds
+    that callers rely on is kept: its checkout (the idle ping), its exceptions (an
+    ``IntegrityError`` for a unique violation, ``connection_invalidated`` for a lost
+    connection, which invalidates the pool as ``Connection`` does). An engine something
+    observes statement by statement (``COREGRAPH_DATABASE_ECHO``, the OpenTelemetry
+    instrumentation, an error hook) runs it through SQLAlchemy instead, unchanged."""
+    sync_engine = engine.sync_engine
+    dialect = sync_engine.dialect
+    if (
+        sync_engine.echo
+        or sync_engine.dispatch.before_cursor_execute
+        or sync_engine.dispatch.after_cursor_execute
+        or dialect.dispatch.handle_error
+    ):
+        async with engine.connect() as conn:
+            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            row = (await autocommit.execute(statement, parameters)).first()
+            return None if row is None else row._mapping
+    sql, names = _driver_statement(dialect, statement)
+    arguments = [parameters[name] for name in names]
+    pooled = await engine.raw_connection()
+    try:
+        record: Mapping[Any, Any] | None = await pooled.driver_connection.fetchrow(  # type: ignore[union-attr]
+            sql, *arguments
+        )
+        return record
+    except BaseException as error:
+        translated = _translated(sync_engine, pooled, sql, arguments, error)
+        if translated is error:
+            raise
+        raise translated from translated.orig if isinstance(translated, exc.DBAPIError) else error
+    finally:
+        await greenlet_spawn(pooled.close)
+
+
+# By dialect and SQL text (the statements are the callers' constants: a handful).
+_DRIVER_STATEMENTS: dict[tuple[str, str, str], tuple[str, tuple[str, ...]]] = {}
+
+
+def _driver_statement(
+    dialect: Any, statement: TextClause | TextualSelect
+) -> tuple[str, tuple[str, ...]]:
+    """``statement`` as the driver takes it ($1, $2, ...) and its parameters' names in that
+    order, compiled once."""
+    clause = statement if isinstance(statement, TextClause) else statement.element
+    key = (dialect.name, dialect.paramstyle, str(getattr(clause, "text", clause)))
+    found = _DRIVER_STATEMENTS.get(key)
+    if found is None:
+        compiled = statement.compile(dialect=dialect)
+        names = tuple(compiled.positiontup or ())
+        found = _DRIVER_STATEMENTS[key] = (str(compiled), names)
+    return found
+
+
+def _translated(
+    sync_engine: Any, pooled: Any, sql: str, arguments: list[Any], error: BaseException
+) -> BaseException:
+    """What ``Connection`` raises for ``error`` from the driver (``_handle_dbapi_exception``):
+    the driver's exception as SQLAlchemy's (``IntegrityError``, ``DBAPIError``...), the
+    connection invalidated on a disconnect (and the pool with it) or when interrupted."""
+    dialect = sync_engine.dialect
+    dbapi_error = dialect.loaded_dbapi.Error
+    if isinstance(error, Exception) and not isinstance(error, dbapi_error):
+        try:
+            type(pooled.dbapi_connection)._handle_exception_no_connection(
+                dialect.loaded_dbapi, error
+            )
+        except Exception as translated:
+            error = translated
+    interrupted = util.is_exit_exception(error)
+    disconnect = interrupted or (
+        isinstance(error, dbapi_error)
+        and dialect.is_disconnect(error, pooled.dbapi_connection, None)
+    )
+    if disconnect:
+        if not interrupted:
+            # Every connection older than this one is suspect too (this also invalidates it).
+            sync_engine.pool._invalidate(pooled, error)
+        if pooled.is_valid:
+            pooled.invalidate(error)
+    if not isinstance(error, dbapi_error):
+        return error
+    return exc.DBAPIError.instance(
+        sql,
+        arguments,
+        error,
+        dbapi_error,
+        hide_parameters=sync_engine.hide_parameters,
+        connection_invalidated=disconnect,
+        dialect=dialect,
+    )

@@ -42,6 +42,8 @@ class CommitAlone(Exception):
 class _Queue(Generic[Item, Result]):
     waiting: list[tuple[Item, asyncio.Future[Result]]] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    # A call carrying one item is under way in its submitter's own task (``submit``).
+    alone: bool = False
 
 
 class GroupCommit(Generic[Item, Result]):
@@ -63,13 +65,27 @@ class GroupCommit(Generic[Item, Result]):
 
     async def submit(self, key: Hashable, item: Item) -> Result:
         """``item``'s result once the call carrying it has committed. Raises what the call
-        raised when it carried ``item`` alone, or ``CommitAlone``."""
+        raised when it carried ``item`` alone, or ``CommitAlone``. An item whose call went
+        alone from its submitter's task shares that task's fate: cancelled, its call is
+        interrupted like any statement of a cancelled request (no other item is in it)."""
         queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[key] = _Queue()
+            # No call under way for this key: this item's own call goes at once, from its
+            # submitter's task (no task and no future to hand it over: the common case of an
+            # idle stream); items submitted meanwhile queue for the next call, as below.
+            queue = self._queues[key] = _Queue(alone=True)
+            try:
+                [value] = await self._run([item])
+                return value
+            finally:
+                queue.alone = False
+                if queue.waiting:
+                    queue.task = asyncio.create_task(self._drain(key, queue))
+                elif self._queues.get(key) is queue:
+                    del self._queues[key]
         result: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         queue.waiting.append((item, result))
-        if queue.task is None:
+        if queue.task is None and not queue.alone:
             # A task of its own rather than the submitter's: a request cancelled while its
             # call is under way does not cancel the others' commit.
             queue.task = asyncio.create_task(self._drain(key, queue))

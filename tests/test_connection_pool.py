@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coregraph import db
@@ -70,5 +70,44 @@ async def test_a_connection_used_a_moment_ago_is_not_pinged_and_a_failure_resets
         assert failed.value.connection_invalidated
 
         assert await _backend(engine) != first
+    finally:
+        await engine.dispose()
+
+
+async def test_a_statement_sent_to_the_driver_fails_and_recovers_as_through_sqlalchemy(
+    postgresql: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``db.fetch_autocommitted`` (the API key's and the event append's one call) bypasses
+    SQLAlchemy's execution but not its exceptions or its pool: a refused statement is the
+    same exception class and leaves the connection in use; a lost connection invalidates the
+    pool, and the next call connects afresh."""
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 3600.0)
+    engine = db.create_engine(postgresql.settings)
+    backend = text("SELECT pg_backend_pid() AS pid")
+    try:
+        row = await db.fetch_autocommitted(engine, backend, {})
+        assert row is not None
+        first = row["pid"]
+        assert await _backend(engine) == first  # one pool, one connection
+
+        with pytest.raises(IntegrityError) as refused:
+            await db.fetch_autocommitted(
+                engine,
+                text("DO $$ BEGIN RAISE unique_violation USING MESSAGE = 'taken'; END $$"),
+                {},
+            )
+        assert not refused.value.connection_invalidated
+        with pytest.raises(DBAPIError):
+            await db.fetch_autocommitted(engine, text("SELECT 1 / :zero"), {"zero": 0})
+        row = await db.fetch_autocommitted(engine, backend, {})
+        assert row is not None and row["pid"] == first
+
+        await _terminate(postgresql, first)
+        with pytest.raises(DBAPIError) as failed:
+            await db.fetch_autocommitted(engine, backend, {})
+        assert failed.value.connection_invalidated
+
+        row = await db.fetch_autocommitted(engine, backend, {})
+        assert row is not None and row["pid"] != first
     finally:
         await engine.dispose()

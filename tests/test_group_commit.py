@@ -106,11 +106,17 @@ async def test_a_failure_with_the_outcome_unknown_is_every_items_failure() -> No
     assert all(isinstance(outcome, ConnectionError) for outcome in outcomes)
 
 
-async def test_an_item_whose_request_went_away_before_its_call_is_left_out() -> None:
+async def _first_call_under_way() -> tuple[Calls, GroupCommit[str, str], asyncio.Task[str]]:
+    """A group whose first call, carrying "a", has started and waits to be released."""
     calls = Calls()
     group = _group(calls)
     first = asyncio.create_task(group.submit("k", "a"))
     await asyncio.wait_for(calls.started.wait(), 5)
+    return calls, group, first
+
+
+async def test_an_item_whose_request_went_away_before_its_call_is_left_out() -> None:
+    calls, group, first = await _first_call_under_way()
     gone = asyncio.create_task(group.submit("k", "gone"))
     kept = asyncio.create_task(group.submit("k", "kept"))
     await _settle()
@@ -119,3 +125,19 @@ async def test_an_item_whose_request_went_away_before_its_call_is_left_out() -> 
     assert await first == "a@1"
     assert await asyncio.wait_for(kept, 5) == "kept@2"
     assert calls.carried == [["a"], ["kept"]]
+
+
+async def test_a_lone_call_cancelled_with_its_request_leaves_the_others_their_call() -> None:
+    # The first item of an idle key goes from its submitter's own task: cancelling that
+    # request interrupts its own call only, and what queued behind it still goes.
+    calls, group, first = await _first_call_under_way()
+    later = asyncio.create_task(group.submit("k", "b"))
+    await _settle()
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await _settle()
+    assert calls.carried == [["a"], ["b"]]
+    calls.release.set()
+    assert await asyncio.wait_for(later, 5) == "b@2"
+    assert await asyncio.wait_for(group.submit("k", "c"), 5) == "c@3"

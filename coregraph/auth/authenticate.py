@@ -8,6 +8,7 @@ or ``X-Environment`` (``live`` by default).
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -99,6 +100,10 @@ _API_KEY_WITH_PERMISSIONS = _API_KEY_AND_PERMISSIONS.where(
 # The same columns, with the same types, from migration 0022's function (PostgreSQL).
 _API_KEY_PRINCIPAL = text("SELECT * FROM api_key_principal(:digest)").columns(
     *(column(c.name, c.type) for c in _API_KEY_AND_PERMISSIONS.selected_columns)
+)
+# A row of _API_KEY_PRINCIPAL as the driver returns it, with its columns as attributes.
+_ApiKeyRow = namedtuple(  # type: ignore[misc]
+    "_ApiKeyRow", [c.name for c in _API_KEY_AND_PERMISSIONS.selected_columns]
 )
 # The same by id and tenant: an approval request's key, when the request runs.
 _API_KEY_BY_ID = _API_KEY_AND_PERMISSIONS.where(
@@ -510,11 +515,11 @@ class Authenticator:
         which scopes its own transaction for row-level security in the two steps the
         policies need (the key by its hash, then its tenant for the creator's role), as the
         API role. SQLite has no row-level security: the same row in one statement."""
-        async with self.engine.connect() as conn:
-            if conn.dialect.name != "postgresql":
+        if self.engine.dialect.name != "postgresql":
+            async with self.engine.connect() as conn:
                 return (await conn.execute(_API_KEY_WITH_PERMISSIONS, {"digest": digest})).first()
-            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            return (await autocommit.execute(_API_KEY_PRINCIPAL, {"digest": digest})).first()
+        row = await db.fetch_autocommitted(self.engine, _API_KEY_PRINCIPAL, {"digest": digest})
+        return None if row is None else _ApiKeyRow(**row)
 
 
 def _usable_key(row: Any, now: datetime) -> None:

@@ -721,7 +721,11 @@ async def emit_events(
         record = [
             usage.usage_row(tenant_id, uow.principal.environment, EVENTS_METER, Decimal(stated))
         ]
-        if EVENTS_METER in await quotas.limited_meters(uow.session, tenant_id, default_plan):
+        limited = quotas.remembered_limited_meters(tenant_id, default_plan)
+        if limited is None:
+            # (uow.session makes the unit of work's session: only when the cache is cold)
+            limited = await quotas.limited_meters(uow.session, tenant_id, default_plan)
+        if EVENTS_METER in limited:
             # The thresholds are checked against the period's sum, this record included.
             await uow.insert_usage(record)
             await quotas.after_change(

@@ -186,12 +186,11 @@ async def limited_meters(
     which check their thresholds only when their meter is limited. After a plan change a
     process may skip the check for that long; the next write after it announces whatever the
     period's sum has reached, so a threshold is late, never lost."""
+    cached = remembered_limited_meters(tenant_id, default_plan)
+    if cached is not None:
+        return cached
     key = (tenant_id, default_plan)
     now = time.monotonic()
-    cached = _LIMITED.get(key)
-    if cached is not None and cached[0] > now:
-        _LIMITED.move_to_end(key)
-        return cached[1]
     plan = await billing.current_plan(session, tenant_id, default_plan)
     meters = frozenset(limit.meter for limit in plan.spec.limits) if plan.spec else frozenset()
     _LIMITED[key] = (now + LIMITED_METERS_SECONDS, meters)
@@ -199,6 +198,17 @@ async def limited_meters(
     while len(_LIMITED) > _LIMITED_CACHE_SIZE:
         _LIMITED.popitem(last=False)
     return meters
+
+
+def remembered_limited_meters(tenant_id: str, default_plan: str | None) -> frozenset[str] | None:
+    """``limited_meters`` as this process read it less than ``LIMITED_METERS_SECONDS`` ago,
+    or None: for a caller that would otherwise open a session only to be told."""
+    key = (tenant_id, default_plan)
+    cached = _LIMITED.get(key)
+    if cached is None or cached[0] <= time.monotonic():
+        return None
+    _LIMITED.move_to_end(key)
+    return cached[1]
 
 
 def _limits(plan: CurrentPlan, meter: str) -> list[LimitSpec]:

@@ -113,18 +113,39 @@ def _check_params(body: Any) -> GraphQLParams:
     return GraphQLParams(query, variables, operation_name, extensions, body.get("documentId"))
 
 
+# The parameters of recent GET query strings without variables (a persisted query's GET is
+# the same URL every time; its percent-decoding and JSON are most of its parsing). Bounded:
+# the query string is the client's. With variables (a dict handed on to the request's
+# context) a GET is parsed afresh; ``extensions`` is only read (persisted.resolve).
+_GET_PARAMS: dict[bytes, GraphQLParams] = {}
+_GET_PARAMS_KEPT = 256
+
+
+def _get_params(request: Request) -> GraphQLParams:
+    raw = request.scope.get("query_string", b"")
+    known = _GET_PARAMS.get(raw)
+    if known is not None:
+        return known
+    params = request.query_params
+    checked = _check_params(
+        {
+            "query": params.get("query"),
+            "variables": _json_param(params.get("variables"), "variables"),
+            "operationName": params.get("operationName"),
+            "extensions": _json_param(params.get("extensions"), "extensions"),
+            "documentId": params.get("documentId"),
+        }
+    )
+    if checked.variables is None:
+        if len(_GET_PARAMS) >= _GET_PARAMS_KEPT:
+            _GET_PARAMS.clear()
+        _GET_PARAMS[raw] = checked
+    return checked
+
+
 async def read_params(request: Request) -> GraphQLParams:
     if request.method == "GET":
-        params = request.query_params
-        return _check_params(
-            {
-                "query": params.get("query"),
-                "variables": _json_param(params.get("variables"), "variables"),
-                "operationName": params.get("operationName"),
-                "extensions": _json_param(params.get("extensions"), "extensions"),
-                "documentId": params.get("documentId"),
-            }
-        )
+        return _get_params(request)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != JSON:
         raise RequestError(415, "POST needs Content-Type: application/json")

@@ -43,21 +43,73 @@ def _by_id(rows: Iterable[Row[Any]], keys: Sequence[str], attr: str = "id") -> l
     return [found.get(key) for key in keys]
 
 
-def _loader(fn: Callable[[Any], Awaitable[list[Any]]]) -> DataLoader:
-    return DataLoader(fn, max_batch_size=500)  # type: ignore[arg-type]
+_MAX_BATCH = 500
+
+
+class RowLoader(DataLoader):
+    """A DataLoader that can also fetch a whole page of keys at once (``fetch_many``) without
+    the future per key that ``load_many`` makes and settles (~1 ms for a page of 200, as much
+    as the page's query). Rows fetched that way answer later ``load``s of the same keys in
+    this request without a query, as the loader's own cache would."""
+
+    def __init__(self, fetch: Callable[[Sequence[Any]], Awaitable[list[Any]]]) -> None:
+        self._fetch = fetch
+        self._fetched: dict[Any, Any] = {}
+        super().__init__(self._load_batch, max_batch_size=_MAX_BATCH)  # type: ignore[arg-type]
+
+    async def fetch_many(self, keys: Sequence[Any]) -> list[Any]:
+        """The rows of ``keys`` (None where there is none), one query per 500 keys not yet
+        known to this loader."""
+        fetched = self._fetched
+        cache = self._cache
+        missing: list[Any] = []
+        for key in dict.fromkeys(keys):
+            if key in fetched:
+                continue
+            future = cache.get(self.get_cache_key(key))
+            if future is not None and future.done() and future.exception() is None:
+                fetched[key] = future.result()
+            else:
+                missing.append(key)
+        for start in range(0, len(missing), _MAX_BATCH):
+            chunk = missing[start : start + _MAX_BATCH]
+            fetched.update(zip(chunk, await self._fetch(chunk), strict=True))
+        return [fetched[key] for key in keys]
+
+    def clear(self, key: Any) -> RowLoader:
+        self._fetched.pop(key, None)
+        super().clear(key)
+        return self
+
+    def clear_all(self) -> RowLoader:
+        self._fetched.clear()
+        super().clear_all()
+        return self
+
+    async def _load_batch(self, keys: Sequence[Any]) -> list[Any]:
+        fetched = self._fetched
+        if not fetched:
+            return await self._fetch(keys)
+        missing = [key for key in keys if key not in fetched]
+        rows = dict(zip(missing, await self._fetch(missing), strict=True)) if missing else {}
+        return [fetched[key] if key in fetched else rows[key] for key in keys]
+
+
+def _loader(fn: Callable[[Sequence[Any]], Awaitable[list[Any]]]) -> RowLoader:
+    return RowLoader(fn)
 
 
 class Loaders:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
-        self._by_model: dict[Any, DataLoader] = {}
+        self._by_model: dict[Any, RowLoader] = {}
         self.user = _loader(self._users)
         self.role = self.rows_of(Role)
         self.tenant = self.rows_of(Tenant)
         self.memberships_of_user = _loader(self._memberships_of_users)
         self.addressed_tenant_user = _loader(self._addressed_tenant_users)
 
-    def rows_of(self, model: Any) -> DataLoader:
+    def rows_of(self, model: Any) -> RowLoader:
         """Rows of a tenant-owned ``model`` by id, only in the principal's tenants: one query
         per batch (a gateway's ``_entities`` list of 200 representations is one query)."""
         loader = self._by_model.get(model)

@@ -103,7 +103,36 @@ class Pair:
 
 
 @strawberry.type
+class Badge:
+    id: int
+    tags: list[str]
+
+
+@strawberry.type
+class Holder:
+    id: int
+    loaded_badge: strawberry.Private[Any] = NOT_LOADED
+
+    @strawberry.field
+    @prefetched("loaded_badge")
+    def badge(self) -> Badge | None:
+        if self.loaded_badge is not NOT_LOADED:
+            return self.loaded_badge  # type: ignore[no-any-return]
+        return Badge(id=-self.id, tags=[])
+
+
+@strawberry.type
 class Query:
+    @strawberry.field
+    def holders(self) -> list[Holder]:
+        # Two holders are handed one badge, a third an equal one, the fourth loads its own.
+        shared = Badge(id=1, tags=["a", "b"])
+        handed = [shared, shared, Badge(id=1, tags=["a", "b"])]
+        holders = [Holder(id=i) for i in range(1, 5)]
+        for holder, badge in zip(holders, handed, strict=False):
+            holder.loaded_badge = badge
+        return holders
+
     @strawberry.field
     def pairs(self) -> list[Pair]:
         # Even items are handed their partner (an object, or None), odd ones load it.
@@ -387,3 +416,14 @@ async def test_each_schema_keeps_its_own_plans() -> None:
         assert mine.data == {"items": [{"__typename": "Item"}] * 3}
         assert theirs.data == {"items": [{"__typename": "Dog"}]}
         assert len(compiled.plans_of(other._schema)) == 1
+
+
+async def test_an_object_handed_to_many_items_is_completed_once() -> None:
+    answer, happened, _ = await both("{ holders { id badge { id tags __typename } } }")
+    assert happened["planned"] == 1
+    badges = [holder["badge"] for holder in answer[0]["holders"]]
+    assert badges[:3] == [{"id": 1, "tags": ["a", "b"], "__typename": "Badge"}] * 3
+    assert badges[3] == {"id": -4, "tags": [], "__typename": "Badge"}
+    # The shared object's answer is reused; an equal object of its own is completed anew.
+    assert badges[0] is badges[1]
+    assert badges[2] is not badges[0]

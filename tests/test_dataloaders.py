@@ -107,3 +107,34 @@ async def test_entities_cost_the_same_for_3_representations_as_for_40(
         assert len(found) == 2 * n and all(found), r.body
         counts[n] = len(statements)
     assert counts[3] == counts[40], counts
+
+
+async def test_a_page_fetched_at_once_answers_later_loads_without_a_query() -> None:
+    from coregraph.loaders import RowLoader
+
+    calls: list[list[int]] = []
+
+    async def fetch(keys: Any) -> list[Any]:
+        calls.append(list(keys))
+        return [None if key < 0 else f"row {key}" for key in keys]
+
+    loader = RowLoader(fetch)
+    assert await loader.load(7) == "row 7"
+    calls.clear()
+    # A page: repeated keys fetched once, a key the loader already holds not fetched again.
+    assert await loader.fetch_many([1, 2, 2, -3, 7]) == ["row 1", "row 2", "row 2", None, "row 7"]
+    assert calls == [[1, 2, -3]]
+    # Later lookups of the page's keys need no query; a new key goes to the batch alone.
+    assert await asyncio.gather(loader.load(2), loader.load(4), loader.load(-3)) == [
+        "row 2",
+        "row 4",
+        None,
+    ]
+    assert calls == [[1, 2, -3], [4]]
+    # A cleared key is read again; a page of 1,200 new keys is fetched 500 at a time.
+    loader.clear(1)
+    assert await loader.load(1) == "row 1"
+    assert calls[-1] == [1]
+    keys = list(range(100, 1300))
+    assert await loader.fetch_many(keys) == [f"row {key}" for key in keys]
+    assert [len(batch) for batch in calls[3:]] == [500, 500, 200]

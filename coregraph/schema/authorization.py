@@ -107,6 +107,22 @@ POLICIES: dict[str, PolicyCheck] = {
     "in_support_session": _in_support_session,
 }
 
+# What each policy reads of a row, besides the principal (tests/test_compiled_plans.py checks
+# these against what the functions above really read). A policy group that reads nothing but
+# a row's tenant gives one answer for all the rows of that tenant in a request, so compiled
+# plans judge it once per tenant (``request_verdict``).
+POLICY_READS: dict[str, frozenset[str]] = {
+    "self": frozenset({"user_id"}),
+    "colleague": frozenset({"via_tenant_id"}),
+    "member_directory": frozenset({"tenant_id"}),
+    "own_security_log": frozenset({"tenant_id", "chain_id"}),
+    "approval_party": frozenset({"tenant_id", "requester"}),
+    "support_session_reader": frozenset({"tenant_id", "staff_user_id"}),
+    "in_support_session": frozenset({"tenant_id"}),
+}
+_TENANT_LEVEL = frozenset({"tenant_id", "via_tenant_id"})
+_ABSENT: Any = object()
+
 
 @dataclass(frozen=True, slots=True)
 class Declaration:
@@ -193,6 +209,70 @@ def first_denial(
         if denial is not None:
             return denial
     return None
+
+
+Verdict = Callable[[Principal, Any, dict[Any, bool]], bool]
+
+
+def request_verdict(rules: tuple[Declaration, ...]) -> Verdict:
+    """``first_denial(rules, principal, source) is None``, for the compiled plans, which ask it
+    for every object of a page: what depends on nothing of a row but its tenant (scope rules,
+    and policy groups that read only ``tenant_id`` or ``via_tenant_id``) is decided once per
+    tenant and kept in ``memo``, a dict that lives as long as one request (one principal).
+    Policy groups are OR: the remembered ones are asked first, then the rest per row."""
+    steps: list[tuple[object, Declaration, Any, Any]] = []
+    for rule in rules:
+        if rule.policies is None:
+            steps.append((object(), rule, None, None))
+            continue
+        remembered: list[tuple[object, str, tuple[PolicyCheck, ...]]] = []
+        per_row: list[tuple[PolicyCheck, ...]] = []
+        for group in rule.policies:
+            checks = tuple(POLICIES[name] for name in group)
+            reads = frozenset().union(*(POLICY_READS[name] for name in group))
+            if len(reads) == 1 and reads <= _TENANT_LEVEL:
+                remembered.append((object(), next(iter(reads)), checks))
+            else:
+                per_row.append(checks)
+        steps.append((object(), rule, tuple(remembered), tuple(per_row)))
+
+    def verdict(principal: Principal, source: Any, memo: dict[Any, bool]) -> bool:
+        for token, rule, remembered, per_row in steps:
+            if remembered is None:
+                # Scopes and @authenticated: the principal and the row's tenant.
+                key: Any = (token, getattr(source, "tenant_id", _NOT_A_TENANT_ROW))
+                allowed = memo.get(key)
+                if allowed is None:
+                    allowed = memo[key] = rule.denial(principal, source) is None
+                if not allowed:
+                    return False
+                continue
+            if not principal.is_authenticated:
+                return False
+            for group_token, attribute, checks in remembered:
+                key = (group_token, getattr(source, attribute, _ABSENT))
+                allowed = memo.get(key)
+                if allowed is None:
+                    allowed = True
+                    for check in checks:
+                        if not check(principal, source):
+                            allowed = False
+                            break
+                    memo[key] = allowed
+                if allowed:
+                    break
+            else:
+                for checks in per_row:
+                    for check in checks:
+                        if not check(principal, source):
+                            break
+                    else:
+                        break
+                else:
+                    return False
+        return True
+
+    return verdict
 
 
 def _guard(resolve: Callable[..., Any], rules: tuple[Declaration, ...]) -> Callable[..., Any]:

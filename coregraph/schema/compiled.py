@@ -56,7 +56,7 @@ from graphql.language import VariableNode
 from graphql.pyutils import Path
 from strawberry.types.cast import TYPE_CAST_ATTRIBUTE
 
-from coregraph.schema.authorization import first_denial, judged_by_tenant
+from coregraph.schema.authorization import first_denial, judged_by_tenant, request_verdict
 from coregraph.schema.prefetch import NOT_LOADED
 
 if TYPE_CHECKING:
@@ -94,15 +94,17 @@ class _Run:
     """What one execution of a plan shares: the executor, the principal, and the info
     handed to ``IsTypeOf`` of objects reached without a resolver call."""
 
-    __slots__ = ("allowed", "executor", "principal", "type_info")
+    __slots__ = ("allowed", "completed", "executor", "principal", "type_info")
 
     def __init__(self, executor: Any) -> None:
         self.executor = executor
         context = executor.context_value
         self.principal: Any = getattr(context, "principal", None)
         self.type_info = SimpleNamespace(context=context, schema=executor.schema)
-        # (selection, tenant id) -> whether its type's rules admit that tenant's rows
-        self.allowed: dict[tuple[Any, Any], bool] = {}
+        # What the rules decided by tenant (``_admit``, ``authorization.request_verdict``)
+        self.allowed: dict[Any, bool] = {}
+        # Objects handed to many items and completed once (``_completed_once``)
+        self.completed: dict[tuple[Any, int], tuple[Any, Any]] = {}
 
 
 class _Step:
@@ -154,6 +156,7 @@ class _Selection:
         "rules",
         "steps",
         "type_name",
+        "verdict",
     )
 
     def __init__(self, object_type: GraphQLObjectType, steps: tuple[_Step, ...]) -> None:
@@ -166,6 +169,7 @@ class _Selection:
         # Instances of exactly the type's class match without the call (unless cast).
         self.origin = origin if origin is not None and not hasattr(origin, "__slots__") else None
         self.by_tenant = bool(self.rules) and judged_by_tenant(self.rules)
+        self.verdict = request_verdict(self.rules) if self.rules else None
         # Whether anything below reads the response path: only a resolver's info does (a
         # plan answers no errors, whose paths graphql-core's walk makes).
         self.needs_path = any(
@@ -350,6 +354,9 @@ class _Planner:
             step.kind = _PREFETCHED
             step.attribute = attribute
             step.rules = rules
+            selection = getattr(step.complete, "selection", None)
+            if selection is not None and all(s.kind in _READS_ONLY for s in selection.steps):
+                step.complete = _completed_once(step.complete)
         return step
 
     def _attribute_step(
@@ -428,6 +435,7 @@ class _Planner:
                 return selection.complete(value, path, run, info)
 
             complete_object.needs_path = selection.needs_path  # type: ignore[attr-defined]
+            complete_object.selection = selection  # type: ignore[attr-defined]
             return complete_object
         if isinstance(type_, GraphQLInterfaceType | GraphQLUnionType):
             return self._abstract_completer(type_, details)
@@ -504,6 +512,29 @@ class _Planner:
         return complete_abstract
 
 
+_READS_ONLY = frozenset({_LEAF, _LEAF_LIST, _TYPENAME})
+
+
+def _completed_once(complete: Completer) -> Completer:
+    """``complete`` for a prefetched object whose selection reads only its leaves, done once
+    per object and request: a list hands many items the same object (a page of members shares
+    a few roles, ``Tenant.members``), and the same object, checked by the same rules and read
+    by the same steps, completes to the same value. The object is kept with its value, so a
+    freed object's reused ``id`` cannot match."""
+
+    def complete_shared(value: Any, path: Any, run: _Run, info: Any) -> Any:
+        key = (complete_shared, id(value))
+        known = run.completed.get(key)
+        if known is not None and known[0] is value:
+            return known[1]
+        completed = complete(value, path, run, info)
+        run.completed[key] = (value, completed)
+        return completed
+
+    complete_shared.needs_path = False  # type: ignore[attr-defined]
+    return complete_shared
+
+
 def _needs_path(complete: Completer) -> bool:
     return getattr(complete, "needs_path", True)
 
@@ -547,7 +578,7 @@ def _admit(selection: _Selection, source: Any, run: _Run, info: Any) -> None:
                 allowed = run.allowed[key] = first_denial(rules, run.principal, source) is None
             if not allowed:
                 raise Fallback
-        elif first_denial(rules, run.principal, source) is not None:
+        elif not selection.verdict(run.principal, source, run.allowed):  # type: ignore[misc]
             raise Fallback
     elif selection.check is not None and not selection.check(source, info):
         raise Fallback
@@ -597,9 +628,9 @@ def _generate(selection: _Selection) -> Callable[[Any, Any, _Run, Any], Any]:
             names[f"COMPLETE{index}"] = step.complete
             names[f"ATTRIBUTE{index}"] = step.attribute
             if step.rules:
-                names[f"RULES{index}"] = step.rules
+                names[f"VERDICT{index}"] = request_verdict(step.rules)
                 body += [
-                    f"if first_denial(RULES{index}, principal, source) is not None:",
+                    f"if not VERDICT{index}(principal, source, run.allowed):",
                     "    raise Fallback",
                 ]
             child_path = f"Path(path, {key}, TYPE_NAME)" if _needs_path(step.complete) else "None"
@@ -615,9 +646,9 @@ def _generate(selection: _Selection) -> Callable[[Any, Any, _Run, Any], Any]:
             ]
             continue
         if step.rules:
-            names[f"RULES{index}"] = step.rules
+            names[f"VERDICT{index}"] = request_verdict(step.rules)
             body += [
-                f"if first_denial(RULES{index}, principal, source) is not None:",
+                f"if not VERDICT{index}(principal, source, run.allowed):",
                 "    raise Fallback",
             ]
         attribute = step.attribute

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from collections.abc import Awaitable
 from datetime import UTC, datetime
@@ -66,9 +65,9 @@ class Tenant(Node):
         wants_user, wants_role = node_selects(info, "user"), node_selects(info, "role")
         user_ids = [m.user_id for m in memberships] if wants_user else []
         role_ids = list(dict.fromkeys(m.role_id for m in memberships)) if wants_role else []
-        users, roles = await asyncio.gather(
-            loaders.user.load_many(user_ids), loaders.role.load_many(role_ids)
-        )
+        # One after the other: both queries run on the request's one read connection.
+        users = await loaders.user.fetch_many(user_ids)
+        roles = await loaders.role.fetch_many(role_ids)
         if wants_user:
             for membership, row in zip(memberships, users, strict=True):
                 membership.loaded_user = (

@@ -13,6 +13,7 @@ from aiodataloader import DataLoader
 from sqlalchemy import Row, exists, select
 
 from coregraph.models import Membership, Role, Tenant, User
+from coregraph.rows import column_of
 from coregraph.schema.readable import readable
 
 if TYPE_CHECKING:
@@ -39,7 +40,8 @@ def load_now_or_later(
 
 
 def _by_id(rows: Iterable[Row[Any]], keys: Sequence[str], attr: str = "id") -> list[Any]:
-    found = {getattr(row, attr): row for row in rows}
+    rows = list(rows)
+    found = dict(zip(column_of(rows, attr), rows, strict=True))
     return [found.get(key) for key in keys]
 
 

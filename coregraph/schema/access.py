@@ -11,6 +11,7 @@ from strawberry.federation import field, type as ftype
 
 from coregraph import models
 from coregraph.models.base import Environment as EnvironmentValue
+from coregraph.rows import Columns
 from coregraph.schema.billing import PlanRateLimits
 from coregraph.schema.lookup import entity
 from coregraph.schema.node import Node
@@ -45,16 +46,25 @@ class Role(Node):
 
     @classmethod
     def from_row(cls, row: Any) -> Role:
-        return cls(
-            id=strawberry.ID(row.id),
-            key=row.key,
-            name=row.name,
-            description=row.description,
-            permissions=list(row.permissions),
-            builtin=row.builtin,
-            created_at=row.created_at,
-            tenant_id=row.tenant_id,
+        id_, key, name, description, permissions, builtin, created_at, tenant_id = _ROLE_COLUMNS(
+            row
         )
+        return cls(
+            id=strawberry.ID(id_),
+            key=key,
+            name=name,
+            description=description,
+            permissions=list(permissions),
+            builtin=builtin,
+            created_at=created_at,
+            tenant_id=tenant_id,
+        )
+
+
+# Rows are read by position (coregraph.rows).
+_ROLE_COLUMNS = Columns(
+    "id", "key", "name", "description", "permissions", "builtin", "created_at", "tenant_id"
+)
 
 
 @strawberry.enum

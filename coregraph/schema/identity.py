@@ -9,6 +9,7 @@ import strawberry
 from strawberry.federation import field, type as ftype
 
 from coregraph import ids, models
+from coregraph.rows import Columns
 from coregraph.schema.approvals import MutationPayload
 from coregraph.schema.audit import SecurityLogEntry, chain_page, security_log
 from coregraph.schema.lookup import entity
@@ -69,13 +70,18 @@ class User(Node):
 
     @classmethod
     def from_row(cls, row: Any, via_tenant_id: str | None) -> User:
+        id_, display_name, created_at, email = _USER_COLUMNS(row)
         return cls(
-            id=strawberry.ID(row.id),
-            display_name=row.display_name,
-            created_at=row.created_at,
-            email=row.email,
+            id=strawberry.ID(id_),
+            display_name=display_name,
+            created_at=created_at,
+            email=email,
             via_tenant_id=via_tenant_id,
         )
+
+
+# A page's rows are read by position (coregraph.rows).
+_USER_COLUMNS = Columns("id", "display_name", "created_at", "email")
 
 
 @strawberry.type(

@@ -23,6 +23,7 @@ from strawberry.types.nodes import SelectedField, Selection
 from coregraph import ids
 from coregraph.context import Context
 from coregraph.errors import BadUserInput
+from coregraph.rows import column_of
 
 T = TypeVar("T")
 _CURSOR_PREFIX = "c1:"
@@ -150,7 +151,7 @@ async def paginate(
     rows = await ctx.read(page.order_by(order).limit(size + 1))
     has_next = len(rows) > size
     rows = rows[:size]
-    keys = [getattr(row, key.key) for row in rows]
+    keys = column_of(rows, key.key)
     edges = [
         Edge(node=to_node(row), key=value, cursors=cursors)
         for row, value in zip(rows, keys, strict=True)

@@ -14,6 +14,7 @@ from coregraph import models
 from coregraph.errors import BadUserInput
 from coregraph.loaders import load_now_or_later
 from coregraph.models.base import Environment as EnvironmentValue
+from coregraph.rows import Columns
 from coregraph.schema.access import ApiKey, Environment, Role
 from coregraph.schema.audit import AuditEntry, AuditFilter, chain_page, tenant_chain
 from coregraph.schema.identity import User
@@ -222,13 +223,18 @@ class Membership(Node):
 
     @classmethod
     def from_row(cls, row: Any) -> Membership:
+        id_, created_at, tenant_id, user_id, role_id = _MEMBERSHIP_COLUMNS(row)
         return cls(
-            id=strawberry.ID(row.id),
-            created_at=row.created_at,
-            tenant_id=row.tenant_id,
-            user_id=row.user_id,
-            role_id=row.role_id,
+            id=strawberry.ID(id_),
+            created_at=created_at,
+            tenant_id=tenant_id,
+            user_id=user_id,
+            role_id=role_id,
         )
+
+
+# A page's rows are read by position (coregraph.rows).
+_MEMBERSHIP_COLUMNS = Columns("id", "created_at", "tenant_id", "user_id", "role_id")
 
 
 @strawberry.enum

@@ -170,6 +170,11 @@ class Context(BaseContext):
         self.__dict__.pop("loaders", None)
 
     async def close(self) -> None:
+        # The loaders point back at this context: released here, their rows are freed with
+        # the request rather than by a later cyclic collection.
+        loaders = self.__dict__.pop("loaders", None)
+        if loaders is not None:
+            loaders.release()
         if self._connection is not None:
             await self._connection.close()
             self._connection = None

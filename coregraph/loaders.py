@@ -57,7 +57,7 @@ class RowLoader(DataLoader):
     def __init__(self, fetch: Callable[[Sequence[Any]], Awaitable[list[Any]]]) -> None:
         self._fetch = fetch
         self._fetched: dict[Any, Any] = {}
-        super().__init__(self._load_batch, max_batch_size=_MAX_BATCH)  # type: ignore[arg-type]
+        super().__init__(max_batch_size=_MAX_BATCH)
 
     async def fetch_many(self, keys: Sequence[Any]) -> list[Any]:
         """The rows of ``keys`` (None where there is none), one query per 500 keys not yet
@@ -88,7 +88,8 @@ class RowLoader(DataLoader):
         super().clear_all()
         return self
 
-    async def _load_batch(self, keys: Sequence[Any]) -> list[Any]:
+    async def batch_load_fn(self, keys: Sequence[Any]) -> list[Any]:  # type: ignore[override]
+        # A method of the class, not a bound method kept on the instance: no cycle.
         fetched = self._fetched
         if not fetched:
             return await self._fetch(keys)
@@ -110,6 +111,12 @@ class Loaders:
         self.tenant = self.rows_of(Tenant)
         self.memberships_of_user = _loader(self._memberships_of_users)
         self.addressed_tenant_user = _loader(self._addressed_tenant_users)
+
+    def release(self) -> None:
+        """Drop every loader and what it holds, at the end of the request: loaders and their
+        batch functions point at each other and at the context, so without this a request's
+        rows would wait for the cyclic collector."""
+        self.__dict__.clear()
 
     def rows_of(self, model: Any) -> RowLoader:
         """Rows of a tenant-owned ``model`` by id, only in the principal's tenants: one query

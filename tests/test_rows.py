@@ -44,14 +44,14 @@ def test_columns_read_by_position_what_attributes_read(connection) -> None:  # t
 def _by_name(row, names):  # type: ignore[no-untyped-def]
     try:
         return tuple(getattr(row, name) for name in names)
-    except Exception as exc:  # noqa: BLE001 - the failure is what is compared
+    except Exception as exc:
         return type(exc)
 
 
 def _by_position(row, names):  # type: ignore[no-untyped-def]
     try:
         return Columns(*names)(row)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return type(exc)
 
 

@@ -91,7 +91,7 @@ async def test_readyz_reports_redis_down_while_it_is_and_ready_once_it_is_back(
         with running_server(settings, migrate_first=False) as srv:
             # The first probes of a fresh server open its first connections: on a loaded
             # machine one may miss the 1 s deadline, so wait for the ready state itself.
-            status, body, _ = await until(
+            _status, body, _ = await until(
                 lambda: probe(http, srv.base_url), lambda s, _: s == 200, "ready"
             )
             assert body["status"] == "ready"
@@ -114,7 +114,7 @@ async def test_readyz_reports_redis_down_while_it_is_and_ready_once_it_is_back(
                     "relay": "ok",
                 }
 
-            status, body, took = await until(
+            _status, body, took = await until(
                 lambda: probe(http, srv.base_url), only_redis_named, "unready, naming only Redis"
             )
             assert body["status"] == "unavailable"
@@ -201,7 +201,7 @@ async def test_a_lag_limit_of_zero_reports_the_lag_without_checking_it(
     with running_server(settings, migrate_first=False) as srv:
         api = GraphQLClient(http, srv.url)
         await api.create_tenant(await api.sign_up())  # its entries wait: no relay runs
-        status, body, _ = await until(
+        _status, body, _ = await until(
             lambda: probe(http, srv.base_url), lambda s, _: s == 200, "ready"
         )
     assert "relay" not in body["checks"]
@@ -224,9 +224,10 @@ async def test_a_lag_that_cannot_be_read_fails_readiness_only_when_checked(
             readyz_max_relay_lag_seconds=limit,
         )
         with running_server(settings, migrate_first=False) as srv:
+            want = 200 if ready else 503
             status, body, _ = await until(
-                lambda: probe(http, srv.base_url),
-                lambda s, _: s == (200 if ready else 503),
+                lambda srv=srv: probe(http, srv.base_url),
+                lambda s, _, want=want: s == want,
                 "ready" if ready else "unready",
             )
         if ready:

@@ -72,6 +72,25 @@ async def _exported(exporter: InMemorySpanExporter, *names: str) -> list[Readabl
         await asyncio.sleep(0.02)
 
 
+async def _exported_in_trace(
+    exporter: InMemorySpanExporter, operation: str, *names: str
+) -> list[ReadableSpan]:
+    """Every span exported so far, once the span named ``operation`` and spans of all
+    ``names`` in its trace are among them (bounded): the relay and the webhook worker each
+    poll on their own, so either may finish first, and either may still be exporting spans of
+    earlier events."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        spans = list(exporter.get_finished_spans())
+        traces = {span.context.trace_id for span in spans if span.name == operation}
+        in_trace = {span.name for span in spans if span.context.trace_id in traces}
+        if traces and set(names) <= in_trace:
+            return spans
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no spans {names} in {[span.name for span in spans]}")
+        await asyncio.sleep(0.02)
+
+
 async def test_a_mutation_its_event_its_relay_and_its_webhook_share_one_trace(
     spans: InMemorySpanExporter, tmp_path: Path, http: httpx.AsyncClient
 ) -> None:
@@ -112,7 +131,9 @@ async def test_a_mutation_its_event_its_relay_and_its_webhook_share_one_trace(
                 )
                 event_id = paid.ok()["emitEvent"]["eventId"]
                 await receiver.wait_for(lambda: len(handler.verified) == 1, WAIT)
-                finished = await _exported(spans, "webhook deliver")
+                finished = await _exported_in_trace(
+                    spans, "mutation Pay", "relay publish", "webhook deliver"
+                )
             async with engine.begin() as conn:
                 await db.scope_transaction(conn, tenant_ids=[tenant])
                 event = (await conn.execute(select(Event).where(Event.id == event_id))).one()

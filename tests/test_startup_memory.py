@@ -49,10 +49,15 @@ LAZY = (
     # FastAPI imports it to check the type of a route's declared parameter or returned model:
     # coregraph's routes declare none (coregraph.files_http, graphiql, healthz).
     "pydantic.v1",
+    # uvicorn's command line loads it for --reload whenever it is installed; coregraph does not
+    # install it (pyproject.toml: uvicorn without its "standard" extra's watchfiles).
+    "watchfiles",
 )
 
 PROBE = """
 import json, sys
+# What `python -m uvicorn` and `coregraph serve` (through `import uvicorn`) load first.
+import uvicorn.main
 import coregraph.app
 
 coregraph.app.create_app()

@@ -26,8 +26,13 @@ def counting_statements(server: Server) -> Iterator[list[str]]:
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         task = asyncio.current_task()
-        if task is not None and task.get_name() == FLUSH_TASK:
-            return  # the server's periodic api.requests flush, not the request
+        if task is not None and (
+            task.get_name() == FLUSH_TASK or task.get_name().startswith("coregraph-")
+        ):
+            # The server's own background work (the api.requests flush, the in-process relay
+            # and webhook worker polling, pool sampling), not the request: on a loaded machine
+            # a poll lands inside the counted request now and then.
+            return
         if execution_check.in_second_run():
             return  # the suite's execution check reading again what no loader caches
         with lock:

@@ -120,6 +120,8 @@ POLICY_READS: dict[str, frozenset[str]] = {
     "support_session_reader": frozenset({"tenant_id", "staff_user_id"}),
     "in_support_session": frozenset({"tenant_id"}),
 }
+if POLICY_READS.keys() != POLICIES.keys():
+    raise RuntimeError("every policy declares what it reads of a row in POLICY_READS")
 _TENANT_LEVEL = frozenset({"tenant_id", "via_tenant_id"})
 _ABSENT: Any = object()
 

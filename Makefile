@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 NODE_DEPS := tests/node/node_modules/.package-lock.json
 
-.PHONY: run test lint typecheck pytest bench bench-ingest bench-usage bench-scale bench-approvals bench-support bench-executor bench-typename schema migrate lock clean
+.PHONY: run test lint typecheck pytest bench bench-ingest bench-usage bench-scale bench-approvals bench-support bench-executor bench-typename bench-instructions schema migrate lock clean
 
 # Installs take exactly what the lock files name, each download checked against its hash; the
 # package itself goes on top without resolving anything (`make lock` writes the locks).
@@ -51,6 +51,10 @@ bench: $(VENV)/.dev-installed
 # Issue 13: the executor alone (compiled plans) against stock graphql-core, 1,000 items x 5 fields.
 bench-executor: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.executor
+
+# Instructions per members request, coregraph and plain, under valgrind (steady on a busy machine).
+bench-instructions: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.instructions
 
 # Event ingest on the local PostgreSQL (a database it creates and drops); skipped without one.
 bench-ingest: $(VENV)/.dev-installed

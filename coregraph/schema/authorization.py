@@ -107,7 +107,7 @@ POLICIES: dict[str, PolicyCheck] = {
     "in_support_session": _in_support_session,
 }
 
-# What each policy reads of a row, besides the principal (tests/test_compiled_plans.py checks
+# What each policy reads of a row, besides the principal (tests/test_request_verdict.py checks
 # these against what the functions above really read). A policy group that reads nothing but
 # a row's tenant gives one answer for all the rows of that tenant in a request, so compiled
 # plans judge it once per tenant (``request_verdict``).

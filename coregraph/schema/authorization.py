@@ -332,12 +332,6 @@ def _type_guard(
     return is_type_of
 
 
-def judged_by_tenant(rules: tuple[Declaration, ...]) -> bool:
-    """Whether these rules' answer for a principal depends on nothing of a row but its
-    tenant (no ``@policy``): then it holds for every row of that tenant in a request."""
-    return all(rule.policies is None for rule in rules)
-
-
 def enforce_declarations(schema: GraphQLSchema) -> None:
     """Install the checks.
 

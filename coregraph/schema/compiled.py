@@ -56,7 +56,7 @@ from graphql.language import VariableNode
 from graphql.pyutils import Path
 from strawberry.types.cast import TYPE_CAST_ATTRIBUTE
 
-from coregraph.schema.authorization import first_denial, judged_by_tenant, request_verdict
+from coregraph.schema.authorization import request_verdict
 from coregraph.schema.prefetch import NOT_LOADED
 
 if TYPE_CHECKING:
@@ -81,7 +81,6 @@ _skip_variables: dict[tuple[str, str | None], tuple[str, ...]] = {}
 Completer = Callable[[Any, Any, "_Run", Any], Any]
 
 _CAST = TYPE_CAST_ATTRIBUTE  # set on an instance by strawberry.cast
-_NO_TENANT = object()  # a row without a tenant attribute is judged apart from tenant None
 
 # Output coercions that answer a str unchanged, before any other check.
 _STR_AS_IS = (GraphQLString.coerce_output_value, GraphQLID.coerce_output_value)
@@ -147,7 +146,6 @@ class _Selection:
     once per tenant per request."""
 
     __slots__ = (
-        "by_tenant",
         "check",
         "complete",
         "matches",
@@ -168,7 +166,6 @@ class _Selection:
         origin = getattr(self.check, "origin", None)
         # Instances of exactly the type's class match without the call (unless cast).
         self.origin = origin if origin is not None and not hasattr(origin, "__slots__") else None
-        self.by_tenant = bool(self.rules) and judged_by_tenant(self.rules)
         self.verdict = request_verdict(self.rules) if self.rules else None
         # Whether anything below reads the response path: only a resolver's info does (a
         # plan answers no errors, whose paths graphql-core's walk makes).
@@ -571,14 +568,7 @@ def _admit(selection: _Selection, source: Any, run: _Run, info: Any) -> None:
             source.__class__ is not selection.origin or _CAST in source.__dict__
         ) and not selection.matches(source, info):  # type: ignore[misc]
             raise Fallback
-        if selection.by_tenant:
-            key = (selection, getattr(source, "tenant_id", _NO_TENANT))
-            allowed = run.allowed.get(key)
-            if allowed is None:
-                allowed = run.allowed[key] = first_denial(rules, run.principal, source) is None
-            if not allowed:
-                raise Fallback
-        elif not selection.verdict(run.principal, source, run.allowed):  # type: ignore[misc]
+        if not selection.verdict(run.principal, source, run.allowed):  # type: ignore[misc]
             raise Fallback
     elif selection.check is not None and not selection.check(source, info):
         raise Fallback
@@ -593,7 +583,6 @@ def _generate(selection: _Selection) -> Callable[[Any, Any, _Run, Any], Any]:
     names: dict[str, Any] = {
         "Undefined": Undefined,
         "Fallback": Fallback,
-        "first_denial": first_denial,
         "CoroutineType": CoroutineType,
         "Path": Path,
         "_resolve": _resolve,
